@@ -1,0 +1,172 @@
+"""The method configuration: which PEFT method, with which knobs. Frozen, validated, JSON round-trip.
+
+Field names are the project's public vocabulary: the same keys appear in ``--set key=value``, in
+experiment files and as MLflow params.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from search_spaces.errors import ConfigError, one_of
+
+METHODS = (
+    "full", "bitfit", "lora", "adalora", "houlsby", "pfeiffer",
+    "prefix", "unipelt", "fusion", "lora_fusion",
+)  # fmt: skip
+FUSION_METHODS = ("fusion", "lora_fusion")
+LORA_METHODS = ("lora", "adalora", "lora_fusion", "unipelt")
+
+# placement -> the BERT linear layers (names as in transformers' BertLayer) that carry LoRA
+PLACEMENTS: dict[str, tuple[str, ...]] = {
+    "attn_qv": ("query", "value"),
+    "attn_all": ("query", "key", "value", "attention.output"),
+    "ffn": ("intermediate", "output"),
+    "all": ("query", "key", "value", "attention.output", "intermediate", "output"),
+}
+HEADS = ("mean", "cls")  # mean pooling + linear, or [CLS] through the (trainable) pooler + linear
+FUSIONS = ("static", "dynamic")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One PEFT method and its knobs. Unused knobs keep their defaults and are ignored.
+
+    Layers are 0-indexed encoder layers; ``None`` means every layer.
+    """
+
+    method: str
+    num_labels: int = 2
+    head: str = "mean"
+    # LoRA / AdaLoRA / the LoRA part of unipelt and lora_fusion
+    rank: int = 8
+    alpha: float = 16.0
+    placement: str = "attn_qv"
+    layers: tuple[int, ...] | None = None
+    layer_ranks: tuple[int, ...] | None = None  # per-layer rank (peft's rank_pattern); 0 = no LoRA
+    init_rank: int = 12  # AdaLoRA: rank every module starts with; ``rank`` is the target average
+    # bottleneck adapters (houlsby, pfeiffer, unipelt) and the source adapters fused by fusion methods
+    bottleneck: int = 24
+    # prefix tuning
+    prefix_length: int = 16
+    prefix_reparam: bool = True
+    # AdapterFusion
+    fusion: str = "dynamic"
+    sources: tuple[str, ...] = ()
+    fusion_layers: tuple[int, ...] | None = None  # fusion depth: layers that carry a fusion layer
+    target_bottleneck: int = 0  # a trainable target-task adapter fused with the sources (0 = none)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise one_of("method", self.method, METHODS)
+        if self.head not in HEADS:
+            raise one_of("head", self.head, HEADS)
+        if self.placement not in PLACEMENTS:
+            raise one_of("placement", self.placement, PLACEMENTS)
+        if self.fusion not in FUSIONS:
+            raise one_of("fusion", self.fusion, FUSIONS)
+        for name in ("num_labels", "rank", "init_rank", "bottleneck", "prefix_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if self.target_bottleneck < 0:
+            raise ConfigError(f"target_bottleneck={self.target_bottleneck!r} must be >= 0")
+        if self.alpha <= 0:
+            raise ConfigError(f"alpha={self.alpha!r} must be > 0")
+        if self.method == "adalora" and self.init_rank < self.rank:
+            raise ConfigError(f"init_rank={self.init_rank} must be >= rank={self.rank} for adalora")
+        for name in ("layers", "fusion_layers"):
+            _check_layers(name, getattr(self, name))
+        if self.layer_ranks is not None and any(r < 0 for r in self.layer_ranks):
+            raise ConfigError(f"layer_ranks={self.layer_ranks!r} must be >= 0")
+        if self.method in FUSION_METHODS and not self.sources:
+            raise ConfigError(f"method={self.method!r} needs sources (comma-separated task names)")
+        if len(set(self.sources)) != len(self.sources):
+            raise ConfigError(f"sources={','.join(self.sources)!r} lists a task twice")
+
+    def replace(self, **changes: Any) -> MethodConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        """From a JSON-like dict or from ``--set`` strings; unknown keys are refused."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise one_of("method key", unknown[0], sorted(known))
+        return cls(**{k: coerce(k, v, known[k].type) for k, v in data.items()})
+
+    def lora_ranks(self, num_layers: int) -> tuple[int, ...]:
+        """The LoRA rank of each encoder layer (0 where it carries none)."""
+        if self.layer_ranks is not None:
+            if len(self.layer_ranks) != num_layers:
+                raise ConfigError(
+                    f"layer_ranks has {len(self.layer_ranks)} entries, the backbone {num_layers} layers"
+                )
+            return self.layer_ranks
+        chosen = range(num_layers) if self.layers is None else self.layers
+        _check_in_range("layers", chosen, num_layers)
+        return tuple(self.rank if i in chosen else 0 for i in range(num_layers))
+
+    def fused_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The encoder layers that carry a fusion layer."""
+        chosen = tuple(range(num_layers)) if self.fusion_layers is None else self.fusion_layers
+        _check_in_range("fusion_layers", chosen, num_layers)
+        return tuple(chosen)
+
+
+def _check_layers(name: str, layers: tuple[int, ...] | None) -> None:
+    if layers is None:
+        return
+    if not layers:
+        raise ConfigError(f"{name}=() is empty: leave it unset for every layer")
+    if any(not isinstance(i, int) or i < 0 for i in layers) or list(layers) != sorted(set(layers)):
+        raise ConfigError(f"{name}={layers!r} must be distinct layer indices >= 0, ascending")
+
+
+def _check_in_range(name: str, layers: Any, num_layers: int) -> None:
+    bad = [i for i in layers if i >= num_layers]
+    if bad:
+        raise ConfigError(f"{name} has layer {bad[0]}, the backbone has layers 0..{num_layers - 1}")
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Turn a ``--set`` string (or a JSON value) into the type of the field it sets."""
+    kind = str(annotation)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "") and "None" in kind):
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{key}={value!r} must not be empty")
+    try:
+        if kind.startswith("tuple[int"):
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(sorted({int(x) for x in items}))
+        if kind.startswith("tuple[str"):
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(s.strip() for s in items if s.strip())
+        if kind == "bool":
+            return _to_bool(key, value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a valid {kind}") from None
+    return str(value) if kind == "str" else value
+
+
+def _to_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}={value!r} is not a boolean (true/false)")
