@@ -136,9 +136,10 @@ def _check_in_range(name: str, layers: Any, num_layers: int) -> None:
 
 def coerce(key: str, value: Any, annotation: Any) -> Any:
     """Turn a ``--set`` string (or a JSON value) into the type of the field it sets."""
-    kind = str(annotation)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "") and "None" in kind):
-        if "None" in kind:
+    optional = "None" in str(annotation)
+    kind = str(annotation).replace(" | None", "")
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
+        if optional:
             return None
         raise ConfigError(f"{key}={value!r} must not be empty")
     try:

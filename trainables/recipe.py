@@ -1,0 +1,144 @@
+"""One trial, top to bottom: parse config → build backbone → apply method → train → evaluate → report.
+
+Used by the Ray Tune trainable and, without Ray, by ``python -m tuner.train``. It knows nothing
+about Ray: results go to a ``report(metrics, checkpoint_dir)`` function and a checkpoint to
+resume from comes in as a folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search_spaces.errors import ConfigError
+from search_spaces.method_config import MethodConfig
+from trainables.backbones import load_backbone
+from trainables.loop import evaluate, fit, measure_latency
+from trainables.methods import build_model
+from trainables.prepared import PreparedData
+from trainables.train_config import TrainConfig
+
+Report = Callable[[dict[str, Any], Path | None], None]
+WEIGHTS = "method.safetensors"
+LOOP_STATE = "loop_state.pt"
+# Trial-level keys that are neither method nor training knobs (kept in the config for MLflow).
+META_KEYS = frozenset({
+    "task", "backbone", "budget_params", "tolerance", "accounting", "trainable_params",
+    "added_params", "budget_deviation", "train_samples", "fault",
+})  # fmt: skip
+
+
+def split_config(config: dict[str, Any], *, num_labels: int) -> tuple[MethodConfig, TrainConfig]:
+    """Split a flat trial config into the method's and the loop's configs; refuse unknown keys."""
+    method_keys = {f.name for f in fields(MethodConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(config) - method_keys - train_keys - META_KEYS)
+    if unknown:
+        allowed = ", ".join(sorted(method_keys | train_keys | META_KEYS))
+        raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: {allowed}")
+    method = {k: v for k, v in config.items() if k in method_keys and v is not None}
+    method["num_labels"] = num_labels
+    train = {k: v for k, v in config.items() if k in train_keys and v is not None}
+    return MethodConfig.from_dict(method), TrainConfig.from_dict(train)
+
+
+def run_trial(
+    config: dict[str, Any],
+    data: PreparedData,
+    *,
+    report: Report,
+    resume_from: Path | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train one configuration and report every evaluation; returns the last metrics reported."""
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
+    method_config, train_config = split_config(config, num_labels=data.num_labels)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(train_config.seed)
+    backbone = load_backbone(config.get("backbone", "minilm-l6"))
+    model = build_model(
+        method_config,
+        backbone,
+        source_adapters=data.adapters_for(method_config.bottleneck),
+        total_steps=train_config.total_steps(len(data.train)),
+    ).to(device)
+    state = None
+    if resume_from is not None:
+        model.load_method_weights(resume_from / WEIGHTS)
+        state = torch.load(resume_from / LOOP_STATE, weights_only=True)
+    counts = {"trainable_params": model.trainable_params(), "added_params": model.added_params()}
+    last: dict[str, Any] = {}
+    started = time.perf_counter()
+
+    def on_eval(ev: Any) -> bool:
+        metrics = {
+            **counts,
+            "evaluation": ev.evaluation,
+            "fidelity": ev.evaluation / train_config.evals,
+            "step": ev.step,
+            "epoch": ev.epoch,
+            "train_loss": ev.train_loss,
+            "dev_loss": ev.dev_loss,
+            "dev_score": ev.dev_score,
+            **{f"dev_{k}": v for k, v in ev.dev_metrics.items() if k != "score"},
+            "train_samples_per_s": ev.train_samples_per_s,
+            "wall_s": time.perf_counter() - started,
+            "status": "running",
+        }
+        if ev.evaluation == train_config.evals:
+            metrics.update(final_metrics(model, data, train_config, device))
+            metrics["status"] = "completed"
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            model.save_method_weights(folder / WEIGHTS)
+            torch.save(ev.state(), folder / LOOP_STATE)
+            (folder / "method_config.json").write_text(_json(method_config.to_dict()))
+            report(metrics, folder)
+        last.clear()
+        last.update(metrics)
+        return False
+
+    result = fit(
+        model, data.train, data.dev, train_config,
+        task_kind=data.task_kind, metric=data.metric, on_eval=on_eval, state=state, device=device,
+    )  # fmt: skip
+    if result.status == "oom":
+        last.update({**counts, "status": "oom", "peak_mem_mib": result.peak_mem_mib})
+        report(last, None)
+    return last
+
+
+def final_metrics(
+    model: Any, data: PreparedData, config: TrainConfig, device: str
+) -> dict[str, float]:
+    """Test-split scores (the reported split), extra evaluation sets and inference latency."""
+    kwargs = {"task_kind": data.task_kind, "metric": data.metric,
+              "batch_size": config.eval_batch_size, "device": device}  # fmt: skip
+    out: dict[str, float] = {}
+    test_loss, test = evaluate(model, data.test, **kwargs)
+    out["test_score"] = test["score"]
+    out.update({f"test_{k}": v for k, v in test.items() if k != "score"})
+    for name, split in data.extra_tests.items():
+        _, scores = evaluate(model, split, **kwargs)
+        out[f"shift_{name}_score"] = scores["score"]
+    out["latency_ms"] = measure_latency(model, data.dev, device=device)
+    if model.config.method == "lora":  # merged LoRA: the same function, no added latency
+        merged = copy.deepcopy(model)
+        merged.merge()
+        out["latency_merged_ms"] = measure_latency(merged, data.dev, device=device)
+    if torch.cuda.is_available() and device.startswith("cuda"):
+        out["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=list)

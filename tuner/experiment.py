@@ -1,0 +1,135 @@
+"""An experiment is a frozen dataclass; a preset is a short diff of it with reasons.
+
+Experiments register themselves (``tuner/experiments/e*.py``) with :func:`register`; the CLI and
+the tests iterate the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from search_spaces.errors import ConfigError, one_of
+from search_spaces.registry import Registry
+
+PRESETS = ("smoke", "demo", "full")
+MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the trials try.
+
+    ``kind``: ``budget_split`` (the allocator's split of one budget between LoRA rank, adapter
+    size and fusion sources), ``methods`` (each of ``methods`` matched to the budget, its
+    learning rate tuned), or ``grid`` (the explicit ``configs``, each repeated per seed).
+    """
+
+    kind: str
+    budget_params: int = 500_000
+    tolerance: float = 0.05
+    accounting: str = "trainable"
+    sources: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    configs: tuple[Mapping[str, Any], ...] = ()
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # constant keys added to every trial
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("budget_split", "methods", "grid"):
+            raise one_of("search kind", self.kind, ("budget_split", "methods", "grid"))
+        if self.budget_params <= 0:
+            raise ConfigError(f"budget_params={self.budget_params} must be > 0")
+        if not 0 < self.tolerance < 1:
+            raise ConfigError(f"tolerance={self.tolerance} must be in (0, 1)")
+        if self.accounting not in ("trainable", "added"):
+            raise one_of("accounting", self.accounting, ("trainable", "added"))
+        if self.kind == "grid" and not self.configs:
+            raise ConfigError("a grid search needs configs")
+        if self.kind == "methods" and not self.methods:
+            raise ConfigError("a methods search needs methods")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One study: a task, what to search, how to stop trials early, and its presets."""
+
+    name: str
+    summary: str
+    task: str
+    search: Search
+    backbone: str = "minilm-l6"
+    head: str = "mean"
+    objectives: tuple[tuple[str, str], ...] = (("dev_score", "max"),)
+    num_samples: int = 16
+    seeds: tuple[int, ...] = (0,)
+    grace_period: int = 1
+    reduction_factor: int = 3
+    train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig overrides
+    train_samples: int | None = None  # subsample the honest train split (few-shot: stratified)
+    extra_tests: tuple[str, ...] = ()  # further evaluation tasks, e.g. domain-shift sets
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_samples <= 0:
+            raise ConfigError(f"num_samples={self.num_samples} must be > 0")
+        if self.grace_period <= 0:
+            raise ConfigError(f"grace_period={self.grace_period} must be > 0")
+        for metric, mode in self.objectives:
+            if mode not in MODES:
+                raise one_of(f"mode of {metric}", mode, MODES)
+        unknown = sorted(set(self.presets) - set(PRESETS))
+        if unknown:
+            raise one_of("preset", unknown[0], PRESETS)
+
+    @property
+    def metric(self) -> str:
+        """The primary objective: what ASHA compares."""
+        return self.objectives[0][0]
+
+    @property
+    def mode(self) -> str:
+        return self.objectives[0][1]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def with_preset(self, preset: str) -> Experiment:
+        """The experiment with a preset's overrides applied (``full`` = as written)."""
+        if preset not in PRESETS:
+            raise one_of("preset", preset, PRESETS)
+        changes = dict(self.presets.get(preset, {}))
+        search_changes = changes.pop("search", None)
+        train_changes = changes.pop("train", None)
+        exp = dataclasses.replace(self, **changes)
+        if search_changes:
+            exp = dataclasses.replace(exp, search=dataclasses.replace(exp.search, **search_changes))
+        if train_changes:
+            exp = dataclasses.replace(exp, train={**exp.train, **train_changes})
+        return exp
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("presets")
+        return data
+
+
+EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+
+
+def register(experiment: Experiment) -> Experiment:
+    return EXPERIMENTS.register(experiment.name, experiment)
+
+
+def get_experiment(name: str) -> Experiment:
+    import tuner.experiments  # noqa: F401  (fills the registry)
+
+    return EXPERIMENTS.get(name)
+
+
+def all_experiments() -> list[Experiment]:
+    import tuner.experiments  # noqa: F401
+
+    return [EXPERIMENTS.get(n) for n in EXPERIMENTS.names()]

@@ -1,0 +1,17 @@
+from tuner.experiment import Experiment, Search, register
+from tuner.experiments._presets import DEMO, SMOKE
+
+E4_BUDGET = register(Experiment(
+    name="e4_budget",
+    summary="Split one trainable-parameter budget between LoRA rank, adapter size and fusion sources (H3).",
+    task="tweet_eval/sentiment",
+    # 600k trainable on MiniLM admits every split: one dynamic fusion layer (443k) + LoRA r~17,
+    # static fusion on 2 layers + LoRA r~1, or LoRA alone at r~65.
+    search=Search(kind="budget_split", budget_params=600_000, tolerance=0.05,
+                  sources=("glue/sst2", "newsgroups/bydate", "imdb")),
+    objectives=(("dev_score", "max"), ("trainable_params", "min")),  # the accuracy-vs-params front
+    num_samples=64,   # enough for NSGA-II to leave its random first generation
+    grace_period=1,   # ASHA may stop after the first evaluation: bad splits show early
+    train={"epochs": 2.0, "evals": 6, "max_length": 96},  # tweets: 99% fit in 96 tokens
+    presets={"smoke": SMOKE, "demo": DEMO},
+))  # fmt: skip

@@ -1,0 +1,140 @@
+"""Launch (or resume) a study: check inputs, prepare data, start Ray, fit, summarise.
+
+Every check that can fail on user input runs before Ray starts or an MLflow run is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from search_spaces.errors import ConfigError
+from trainables.train_config import TrainConfig
+from tuner.experiment import Experiment
+from tuner.provenance import provenance
+from tuner.study import Resources, study_paths, write_json
+from tuner.tracking import connect, ensure_experiment
+
+PARENT_RUN_FILE = "mlflow_parent_run.txt"
+
+
+def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace) -> dict:
+    from ray import tune
+
+    from trainables.backbones import load_backbone
+    from trainables.trainable import tune_trial
+    from tuner.prepare import prepare
+    from tuner.runner import (
+        ConsoleProgress, build_scheduler, build_searcher, connect_ray, dump, print_summary, summarise,
+    )  # fmt: skip
+    from tuner.sources import ensure_source_adapters
+
+    paths = study_paths(exp, preset, args.storage, args.tracking_uri)
+    resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial)
+    train = TrainConfig.from_dict(dict(exp.train))
+    study_dir = paths.study_dir
+    if args.resume and (study_dir is None or not (study_dir / "tuner.pkl").exists()):
+        raise ConfigError(
+            f"--resume: nothing to resume at {study_dir} (no study was started there)"
+        )
+    client = connect(paths.tracking_uri)
+
+    log(f"preparing data for {exp.task} ({exp.backbone}, max_length={train.max_length})")
+    backbone = load_backbone(exp.backbone, meta=True)
+    data = prepare(
+        exp.task, tokenizer=backbone.tokenizer, max_length=train.max_length,
+        train_samples=exp.train_samples, data_dir=args.data_dir, extra_tests=exp.extra_tests,
+    )  # fmt: skip
+    log(f"train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,} examples")
+
+    connect_ray(resources)
+    data = ensure_source_adapters(exp, data, resources=resources, data_dir=args.data_dir,
+                                  tracking_uri=paths.tracking_uri, log=log)  # fmt: skip
+
+    experiment_id = ensure_experiment(client, exp.name)
+    parent_id = parent_run(client, experiment_id, exp, preset, study_dir, resume=args.resume)
+    callbacks = [
+        _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset),
+        ConsoleProgress(total=exp.num_samples),
+    ]
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, data=data),
+        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+    )
+    if args.resume:
+        tuner = tune.Tuner.restore(str(Path(paths.storage) / paths.name), trainable,
+                                   resume_unfinished=True, resume_errored=True)  # fmt: skip
+    else:
+        record_start(study_dir, exp, preset, resources, paths)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=build_searcher(exp, space, seed=0),
+                scheduler=build_scheduler(exp, max_t=train.evals),
+                num_samples=exp.num_samples,
+            ),
+            run_config=tune.RunConfig(
+                name=paths.name, storage_path=paths.storage, callbacks=callbacks, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )  # fmt: skip
+    log(f"running {exp.num_samples} trials; results in {paths.storage}/{paths.name}, "
+        f"MLflow at {paths.tracking_uri}")  # fmt: skip
+    results = tuner.fit()
+    summary = summarise(results, exp)
+    client.set_terminated(parent_id, "FINISHED")
+    if study_dir is not None:
+        dump(study_dir / "summary.json", summary)
+    print_summary(summary)
+    return summary
+
+
+def _mlflow_logger(uri: str, experiment_id: str, parent_id: str, exp: Experiment, preset: str):
+    from tuner.provenance import git_commit
+    from tuner.tracking import MlflowLogger
+
+    tags = {"experiment": exp.name, "preset": preset, "git_commit": git_commit(), "task": exp.task}
+    return MlflowLogger(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
+                        tags=tags)  # fmt: skip
+
+
+def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
+               study_dir: Path | None, *, resume: bool) -> str:  # fmt: skip
+    """The study's parent run: created once, found again on --resume (no duplicate children)."""
+    marker = None if study_dir is None else study_dir / PARENT_RUN_FILE
+    if resume and marker is not None and marker.exists():
+        run_id = marker.read_text().strip()
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    from tuner.provenance import git_commit
+
+    run = client.create_run(
+        experiment_id, run_name=f"{exp.name} ({preset}) {time.strftime('%Y-%m-%d %H:%M')}",
+        tags={"experiment": exp.name, "preset": preset, "git_commit": git_commit(), "role": "study"},
+    )  # fmt: skip
+    client.log_dict(
+        run.info.run_id, {**exp.to_dict(), "provenance": provenance()}, "experiment.json"
+    )
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def record_start(study_dir: Path | None, exp: Experiment, preset: str, resources: Resources,
+                 paths: Any) -> None:  # fmt: skip
+    """The resolved experiment, commit, versions and device, beside the results."""
+    if study_dir is None:
+        return
+    write_json(study_dir / "experiment.json", {
+        "experiment": exp.to_dict(), "preset": preset, "resources": vars(resources),
+        "storage": paths.storage, "tracking_uri": paths.tracking_uri, **provenance(),
+    })  # fmt: skip
+
+
+def log(message: str) -> None:
+    print(f"[peft-tune] {message}", file=sys.stderr, flush=True)

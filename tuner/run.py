@@ -1,0 +1,110 @@
+"""``python -m tuner.run NAME``: run a registered experiment as a Ray Tune study.
+
+python -m tuner.run e4_budget --preset demo
+python -m tuner.run e4_budget --dry-run --json
+python -m tuner.run --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+from search_spaces.errors import ConfigError
+from tuner.cli import run_cli
+from tuner.experiment import PRESETS, all_experiments, get_experiment
+from tuner.overrides import apply_sets, parse_sets
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuner.run", description=__doc__.split("\n")[0])
+    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("--preset", default="full", help=f"one of {', '.join(PRESETS)} (default full)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method, training or search key (repeatable)")  # fmt: skip
+    p.add_argument("--num-samples", type=int, help="number of trials")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="fractional GPUs per trial (default 0.25 on a GPU host)",
+    )
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
+    p.add_argument("--storage", help="results folder or pyarrow.fs URI shared by all nodes")
+    p.add_argument("--tracking-uri", help="MLflow URI: a folder, sqlite:///..., http://...")
+    p.add_argument("--data-dir", help="local data mirror (default $PEFT_TUNE_DATA_DIR)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted study")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the first configurations, run nothing"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="machine-readable output (--dry-run, --list)"
+    )
+    p.add_argument("--list", action="store_true", help="list the registered experiments")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.list:
+        return list_experiments(as_json=args.json)
+    if not args.name:
+        raise ConfigError("an experiment NAME is required (see --list)")
+    exp = get_experiment(args.name).with_preset(args.preset)
+    exp = apply_sets(exp, parse_sets(args.set))
+    if args.num_samples is not None:
+        if args.num_samples <= 0:
+            raise ConfigError(f"--num-samples={args.num_samples} must be > 0")
+        exp = dataclasses.replace(exp, num_samples=args.num_samples)
+
+    from tuner.space import build_space, first_configs  # noqa: PLC0415 (keeps --list fast)
+
+    space = build_space(exp)
+    if args.dry_run:
+        configs = first_configs(exp, space, n=min(exp.num_samples, 10))
+        print_dry_run(exp, configs, as_json=args.json)
+        return 0
+
+    from tuner.launch import launch  # noqa: PLC0415
+
+    started = time.time()
+    launch(exp, space, preset=args.preset, args=args)
+    print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+def list_experiments(*, as_json: bool) -> int:
+    exps = all_experiments()
+    if as_json:
+        print(json.dumps([{"name": e.name, "task": e.task, "summary": e.summary} for e in exps]))
+        return 0
+    width = max(len(e.name) for e in exps)
+    for e in exps:
+        print(f"{e.name:{width}}  {e.summary}")
+    return 0
+
+
+KNOBS = ("method", "rank", "placement", "layer_ranks", "bottleneck", "target_bottleneck", "fusion",
+         "fusion_layers", "sources", "prefix_length", "lr")  # fmt: skip
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.2e}" if isinstance(value, float) else str(value)
+
+
+def print_dry_run(exp: object, configs: list[dict], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(configs, indent=2, default=str))
+        return
+    for i, c in enumerate(configs, 1):
+        knobs = " ".join(f"{k}={_fmt(c[k])}" for k in KNOBS if c.get(k) not in (None, "", 0))
+        dev = c.get("budget_deviation")
+        dev_txt = f" deviation={dev:+.2%}" if isinstance(dev, float) else ""
+        print(f"{i:2d}. trainable={c.get('trainable_params', 0):,} added={c.get('added_params', 0):,}"
+              f"{dev_txt}  {knobs}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

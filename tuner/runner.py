@@ -1,0 +1,144 @@
+"""The study on Ray Tune: searcher, scheduler, resources, storage, MLflow, console progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune import Callback
+
+from tuner.experiment import Experiment
+from tuner.study import Resources, StudyPaths, write_json
+from tuner.tracking import trial_status
+
+TRIAL_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    experiment: Experiment
+    preset: str
+    paths: StudyPaths
+    resources: Resources
+    resume: bool = False
+    seed: int = 0
+
+
+def connect_ray(resources: Resources) -> None:
+    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start one locally."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {**TRIAL_ENV, "OMP_NUM_THREADS": str(max(1, int(resources.cpus_per_trial)))}
+    runtime_env = {"env_vars": env}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
+        return
+    ray.init(
+        address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+        runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
+    )  # fmt: skip
+
+
+def build_searcher(exp: Experiment, space: Any, *, seed: int) -> Any:
+    """Optuna behind Ray Tune: TPE for one objective, NSGA-II for several (+ constraints)."""
+    import optuna
+
+    from tuner.searcher import FidelityOptunaSearch
+
+    constraints = getattr(space, "constraints_func", None)
+    if exp.multi_objective:
+        sampler = optuna.samplers.NSGAIISampler(
+            seed=seed, constraints_func=constraints, population_size=max(4, exp.num_samples // 4)
+        )
+    else:
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, constraints_func=constraints, n_startup_trials=max(4, exp.num_samples // 4)
+        )
+    metrics = [m for m, _ in exp.objectives]
+    modes = [mode for _, mode in exp.objectives]
+    return FidelityOptunaSearch(
+        space=space,
+        metric=metrics if exp.multi_objective else metrics[0],
+        mode=modes if exp.multi_objective else modes[0],
+        sampler=sampler,
+    )
+
+
+def build_scheduler(exp: Experiment, *, max_t: int) -> Any:
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="training_iteration", metric=exp.metric, mode=exp.mode, max_t=max_t,
+        grace_period=min(exp.grace_period, max_t), reduction_factor=exp.reduction_factor,
+    )  # fmt: skip
+
+
+class ConsoleProgress(Callback):
+    """One line per finished or stopped trial with its key figures."""
+
+    FIGURES = (("dev_score", ".4f"), ("test_score", ".4f"), ("trainable_params", ",d"),
+               ("evaluation", "d"), ("wall_s", ".0f"))  # fmt: skip
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+
+    def _line(self, trial: Any, *, error: bool) -> None:
+        self.done += 1
+        r = trial.last_result or {}
+        fields = [f"[{self.done}/{self.total}] {trial.trial_id} {trial_status(r, error=error):9s}",
+                  f"{trial.config.get('method', '?'):11s}"]  # fmt: skip
+        for key, fmt in self.FIGURES:
+            if isinstance(r.get(key), int | float):
+                value = int(r[key]) if fmt.endswith("d") else r[key]
+                fields.append(f"{key}={value:{fmt}}")
+        print("  ".join(fields), file=sys.stderr, flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, error=True)
+
+
+def summarise(results: Any, exp: Experiment) -> dict[str, Any]:
+    """The trials as rows, and the best completed configurations (stopped trials never win)."""
+    rows = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        error = result.error is not None
+        rows.append({
+            "trial_id": metrics.get("trial_id"),
+            "status": trial_status(metrics, error=error),
+            "config": result.config,
+            **{k: metrics.get(k) for k in ("dev_score", "test_score", "trainable_params",
+                                          "added_params", "fidelity", "evaluation", "wall_s")},
+        })  # fmt: skip
+    completed = [r for r in rows if r["status"] == "completed" and r["dev_score"] is not None]
+    best = sorted(completed, key=lambda r: r["dev_score"], reverse=exp.mode == "max")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return {"trials": rows, "best": best[:5], "status_counts": counts}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(summary["status_counts"].items()))
+    print(f"\ntrials: {counts}", file=sys.stderr)
+    print("best completed configurations (by dev score):", file=sys.stderr)
+    for r in summary["best"]:
+        c = r["config"]
+        knobs = " ".join(f"{k}={c[k]}" for k in ("method", "rank", "placement", "bottleneck",
+                                               "fusion", "fusion_layers", "sources", "lr")
+                         if c.get(k) not in (None, ""))  # fmt: skip
+        print(f"  dev={r['dev_score']:.4f} test={r['test_score'] or float('nan'):.4f} "
+              f"trainable={r['trainable_params']:,} {knobs}", file=sys.stderr)  # fmt: skip
+
+
+def dump(path: Any, data: Any) -> None:
+    write_json(path, json.loads(json.dumps(data, default=str)))

@@ -1,0 +1,130 @@
+"""The source-adapter stage: train each adapter a fusion study needs, once, as Ray tasks.
+
+Runs before the trials. Adapters already in the store (same source task, backbone, adapter
+config and seed) are reused; the missing ones train in parallel, are stored with their metrics
+and checksums, and are logged to MLflow (experiment ``source-adapters``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainables.prepared import PreparedData
+from trainables.source_store import AdapterStore, SourceSpec
+from tuner.experiment import Experiment
+
+SOURCE_EPOCHS = 1.0  # a source adapter only has to carry its task's signal into the fusion
+
+
+def needed_specs(
+    exp: Experiment, bottlenecks: tuple[int, ...], max_length: int
+) -> list[SourceSpec]:
+    train = (("epochs", SOURCE_EPOCHS), ("evals", 1), ("max_length", max_length))
+    return [
+        SourceSpec(
+            source=s,
+            backbone=exp.backbone,
+            bottleneck=b,
+            train=train,
+            train_samples=exp.train_samples,
+        )  # fmt: skip
+        for s in exp.search.sources
+        for b in bottlenecks
+    ]
+
+
+def train_source_adapter(spec: SourceSpec, data: PreparedData, store_root: str) -> dict[str, Any]:
+    """Train one source adapter and put it in the store (runs inside a Ray task)."""
+    from trainables.backbones import load_backbone
+    from trainables.loop import evaluate, fit
+    from trainables.methods import build_model, save_source_adapter
+    from trainables.recipe import split_config
+
+    config = {
+        "method": spec.method,
+        "bottleneck": spec.bottleneck,
+        "seed": spec.seed,
+        **dict(spec.train),
+    }
+    method_config, train_config = split_config(config, num_labels=data.num_labels)
+    model = build_model(method_config, load_backbone(spec.backbone))
+    result = fit(
+        model, data.train, data.dev, train_config, task_kind=data.task_kind, metric=data.metric
+    )
+    _, test = evaluate(model, data.test, task_kind=data.task_kind, metric=data.metric,
+                       batch_size=train_config.eval_batch_size, device="cpu")  # fmt: skip
+    metrics = {"dev_score": result.best_dev_score, "test_score": test["score"],
+               "train_samples_per_s": result.train_samples_per_s, "wall_s": result.wall_s}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        save_source_adapter(model, spec.source, Path(tmp))
+        AdapterStore(store_root).put(spec, Path(tmp), metrics)
+    return metrics
+
+
+def ensure_source_adapters(
+    exp: Experiment,
+    data: PreparedData,
+    *,
+    bottlenecks: tuple[int, ...],
+    resources: Any,
+    data_dir: str | None,
+    tracking_uri: str,
+    log: Callable[[str], None],
+    store: AdapterStore | None = None,
+) -> PreparedData:
+    """``data`` with ``source_adapters`` filled in for every (source, bottleneck) the study uses."""
+    if not exp.search.sources or not bottlenecks:
+        return data
+    import ray
+
+    from trainables.backbones import load_backbone
+    from tuner.prepare import prepare
+
+    store = store or AdapterStore()
+    specs = needed_specs(exp, bottlenecks, max_length=dict(exp.train).get("max_length", 128))
+    missing = [s for s in specs if store.get(s) is None]
+    log(f"source adapters: {len(specs) - len(missing)} reused, {len(missing)} to train "
+        f"({', '.join(sorted({s.source for s in missing})) or 'none'}) in {store.root}")  # fmt: skip
+    if missing:
+        tokenizer = load_backbone(exp.backbone, meta=True).tokenizer
+        task = ray.remote(train_source_adapter).options(
+            num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)  # fmt: skip
+        futures = {}
+        for spec in missing:
+            source_data = prepare(spec.source, tokenizer=tokenizer, max_length=dict(spec.train)["max_length"],
+                                  train_samples=spec.train_samples, data_dir=data_dir)  # fmt: skip
+            futures[spec] = task.remote(spec, source_data, str(store.root))
+        for spec, future in futures.items():
+            metrics = ray.get(future)
+            log(
+                f"  trained {spec.source} (bottleneck {spec.bottleneck}): dev={metrics['dev_score']:.4f}"
+            )
+            _log_to_mlflow(tracking_uri, spec, metrics, store)
+    adapters: dict[int, dict[str, Path]] = {}
+    for spec in specs:
+        folder = store.get(spec)
+        if folder is None:
+            raise RuntimeError(f"source adapter {spec.source} vanished from {store.root}")
+        adapters.setdefault(spec.bottleneck, {})[spec.source] = folder
+    return dataclasses.replace(data, source_adapters=adapters)
+
+
+def _log_to_mlflow(
+    uri: str, spec: SourceSpec, metrics: dict[str, Any], store: AdapterStore
+) -> None:
+    from tuner.tracking import connect, ensure_experiment
+
+    client = connect(uri)
+    run = client.create_run(ensure_experiment(client, "source-adapters"),
+                            run_name=f"{spec.source} b{spec.bottleneck}",
+                            tags={"store_key": spec.key, "source": spec.source})  # fmt: skip
+    for key, value in dataclasses.asdict(spec).items():
+        client.log_param(run.info.run_id, key, str(value))
+    for key, value in metrics.items():
+        client.log_metric(run.info.run_id, key, float(value))
+    client.log_artifacts(run.info.run_id, str(store.entry(spec)), "adapter")
+    client.set_terminated(run.info.run_id)

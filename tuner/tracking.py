@@ -1,0 +1,170 @@
+"""MLflow from the driver: one parent run per study, one nested child run per trial.
+
+Only the driver writes (one writer, as Ray's own MLflow callback does), so many trials never
+contend for the store and a sqlite store never sees a lock error. A restarted or resumed trial
+keeps its child run: children are found again by their ``trial_id`` tag, and an evaluation that
+was already logged is not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from search_spaces.errors import ConfigError
+
+# The public config keys logged as params (others stay in the resolved-config artifact).
+PARAM_KEYS = (
+    "method", "rank", "alpha", "placement", "layers", "layer_ranks", "init_rank", "bottleneck",
+    "prefix_length", "prefix_reparam", "fusion", "sources", "fusion_layers", "target_bottleneck",
+    "budget_params", "tolerance", "accounting", "lr", "seed", "task", "backbone", "head",
+    "batch_size", "epochs", "train_samples", "trainable_params", "added_params", "budget_deviation",
+)  # fmt: skip
+STEP_KEY = "evaluation"  # the trial's 1-based evaluation count = Tune's training_iteration
+SKIP_METRICS = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+                "time_since_restore", "iterations_since_restore", "done", "evaluation"}  # fmt: skip
+
+
+def connect(tracking_uri: str) -> MlflowClient:
+    """A client for ``tracking_uri``, checked now so an unreachable store fails before any trial."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # any failure here means the URI cannot be used
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(f"tracking URI {tracking_uri!r} is not usable: {reason}") from None
+    return client
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    existing = client.get_experiment_by_name(name)
+    return existing.experiment_id if existing else client.create_experiment(name)
+
+
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of a Tune result that are worth a metric."""
+    out = {}
+    for key, value in result.items():
+        if key in SKIP_METRICS or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+class MlflowLogger(Callback):
+    """Tune callback: logs every trial as a nested run under ``parent_run_id``."""
+
+    def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.tags = dict(tags)
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._logged_step: dict[str, int] = {}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def setup(self, **info: Any) -> None:
+        # After a driver restart (--resume), find the children that already exist.
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
+        )
+        for run in runs:
+            trial_id = run.data.tags.get("trial_id")
+            if trial_id:
+                self._runs[trial_id] = run.info.run_id
+                history = self.client.get_metric_history(run.info.run_id, "dev_score")
+                self._logged_step[trial_id] = max((m.step for m in history), default=0)
+
+    def run_id(self, trial: Any) -> str:
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        config = trial.config
+        name = run_name(config, trial.trial_id)
+        tags = {**self.tags, "trial_id": trial.trial_id, "mlflow.parentRunId": self.parent_run_id,
+                "status": "running"}  # fmt: skip
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        params = [Param(k, _param_str(config[k])) for k in PARAM_KEYS if k in config]
+        self.client.log_batch(run.info.run_id, params=params)
+        self._runs[trial.trial_id] = run.info.run_id
+        return run.info.run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        run_id = self.run_id(trial)
+        step = int(result.get(STEP_KEY, result.get("training_iteration", 0)))
+        if step <= self._logged_step.get(trial.trial_id, 0):
+            return  # already logged before a restart
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in numeric_metrics(result).items()]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._logged_step[trial.trial_id] = step
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, error=True)
+
+    def _finish(self, trial: Any, *, error: bool) -> None:
+        run_id = self.run_id(trial)
+        status = trial_status(trial.last_result, error=error)
+        self.client.set_tag(run_id, "status", status)
+        self._log_artifacts(run_id, trial)
+        self.client.set_terminated(run_id, "FAILED" if status in ("failed", "oom") else "FINISHED")
+
+    def _log_artifacts(self, run_id: str, trial: Any) -> None:
+        config_json = json.dumps(trial.config, indent=2, sort_keys=True, default=str)
+        self.client.log_text(run_id, config_json, "config.json")
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        folder = Path(checkpoint.path)
+        for name in ("method.safetensors", "method_config.json"):
+            if (folder / name).is_file():
+                self.client.log_artifact(run_id, str(folder / name), "weights")
+
+
+def trial_status(result: dict[str, Any] | None, *, error: bool) -> str:
+    """One of completed / stopped / failed / oom, from a trial's last result."""
+    if error:
+        return "failed"
+    result = result or {}
+    if result.get("status") in ("oom", "failed"):
+        return str(result["status"])
+    return "completed" if result.get("fidelity", 0.0) >= 1.0 else "stopped"
+
+
+def run_name(config: dict[str, Any], trial_id: str) -> str:
+    """A name that reads well in the MLflow compare view, e.g. ``lora_fusion r6 dyn@L5 ab12``."""
+    parts = [str(config.get("method", "trial"))]
+    if config.get("rank") and config.get("method") in ("lora", "adalora", "lora_fusion", "unipelt"):
+        parts.append(f"r{config['rank']}")
+    if config.get("method") in ("fusion", "lora_fusion"):
+        depth = config.get("fusion_layers") or "all"
+        parts.append(f"{str(config.get('fusion', ''))[:3]}@{depth}")
+    if config.get("bottleneck") and config.get("method") in ("houlsby", "pfeiffer"):
+        parts.append(f"b{config['bottleneck']}")
+    parts.append(trial_id.split("_")[-1][:5])
+    return " ".join(parts)
+
+
+def _param_str(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)[:500]
