@@ -8,6 +8,7 @@ resume from comes in as a folder.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import tempfile
@@ -17,11 +18,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
 from trainables.backbones import load_backbone
+from trainables.data.splits import stratified_order
 from trainables.loop import evaluate, fit, measure_latency
 from trainables.methods import build_model
 from trainables.prepared import PreparedData
@@ -62,6 +65,7 @@ def run_trial(
     """Train one configuration and report every evaluation; returns the last metrics reported."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     method_config, train_config = split_config(config, num_labels=data.num_labels)
+    data = subsample(data, config.get("train_samples"), seed=train_config.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(train_config.seed)
     backbone = load_backbone(config.get("backbone", "minilm-l6"))
@@ -115,6 +119,15 @@ def run_trial(
         last.update({**counts, "status": "oom", "peak_mem_mib": result.peak_mem_mib})
         report(last, None)
     return last
+
+
+def subsample(data: PreparedData, k: int | None, *, seed: int) -> PreparedData:
+    """Keep ``k`` training examples: stratified, seeded and nested (128 inside 512 for a seed)."""
+    if k is None or k >= len(data.train):
+        return data
+    stratify = data.task_kind == "classification"
+    keep = stratified_order(data.train.labels, seed=seed, stratify=stratify)[: int(k)]
+    return dataclasses.replace(data, train=data.train.select(np.sort(keep)))
 
 
 def final_metrics(

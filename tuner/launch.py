@@ -51,7 +51,8 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     log(f"train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,} examples")
 
     connect_ray(resources)
-    data = ensure_source_adapters(exp, data, resources=resources, data_dir=args.data_dir,
+    data = ensure_source_adapters(exp, data, bottlenecks=space.source_bottlenecks,
+                                  resources=resources, data_dir=args.data_dir,
                                   tracking_uri=paths.tracking_uri, log=log)  # fmt: skip
 
     experiment_id = ensure_experiment(client, exp.name)

@@ -8,12 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainables.data.loading import load_frames, resolve_task
-from trainables.data.splits import few_shot, task_splits
+from trainables.data.splits import few_shot, reported_test, task_splits
 from trainables.data.tokenize import encode
 from trainables.prepared import PreparedData
-
-REGRESSION = "pearson_spearman"
-
 
 def prepare(
     task_name: str,
@@ -42,14 +39,11 @@ def prepare(
             frame, tokenizer=tokenizer, text_columns=task.text_columns, max_length=max_length
         )
 
-    extras = {}
-    for name in extra_tests:
-        extra = resolve_task(name)
-        frames = load_frames(extra, data_dir=data_dir)
-        extras[name] = tok(task_splits(extra, frames, seed=seed).test)
+    extras = {name: tok(reported_test(resolve_task(name), data_dir=data_dir, seed=seed))
+              for name in extra_tests}  # fmt: skip
     return PreparedData(
         task=task.name,
-        task_kind="regression" if task.metric == REGRESSION else "classification",
+        task_kind=task.task_kind,
         metric=task.metric,
         num_labels=task.num_labels,
         train=tok(train),

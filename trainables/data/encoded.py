@@ -23,7 +23,9 @@ class Encoded:
 
     def __post_init__(self) -> None:
         if self.offsets.ndim != 1 or len(self.offsets) != len(self.labels) + 1:
-            raise ValueError(f"offsets has {len(self.offsets)} entries for {len(self.labels)} labels")
+            raise ValueError(
+                f"offsets has {len(self.offsets)} entries for {len(self.labels)} labels"
+            )
         if self.offsets[-1] != len(self.input_ids):
             raise ValueError("offsets[-1] must equal len(input_ids)")
         if self.token_type_ids is not None and len(self.token_type_ids) != len(self.input_ids):

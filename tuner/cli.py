@@ -1,0 +1,26 @@
+"""The one wrapper every command-line entry point runs under.
+
+Bad user input (:class:`ConfigError`) becomes one line on stderr and exit code 2, the code
+argparse already uses for malformed arguments, so scripts can tell "you asked for something
+wrong" (2) from "it broke" (1, with a traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from search_spaces.errors import ConfigError
+
+USAGE_ERROR = 2  # argparse's exit code for bad arguments; ours for bad values
+
+
+def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Run ``main(argv)`` (default ``sys.argv[1:]``) and return its exit code; a ConfigError
+    prints ``error: <message>`` as a single line on stderr and returns 2."""
+    try:
+        return main(sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"error: {message}", file=sys.stderr)
+        return USAGE_ERROR
