@@ -145,7 +145,9 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     try:
         if kind.startswith("tuple[int"):
             items = value.split(",") if isinstance(value, str) else value
-            return tuple(sorted({int(x) for x in items}))
+            ints = [int(x) for x in items]
+            # layer sets are sets; per-layer values (layer_ranks) keep their order
+            return tuple(sorted(set(ints))) if key.endswith("layers") else tuple(ints)
         if kind.startswith("tuple[str"):
             items = value.split(",") if isinstance(value, str) else value
             return tuple(s.strip() for s in items if s.strip())

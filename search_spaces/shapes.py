@@ -32,7 +32,10 @@ class BackboneShape:
     @classmethod
     def from_hf_config(cls, config: Any) -> BackboneShape:
         """From a ``transformers`` BERT config object or its ``config.json`` as a dict."""
-        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        def get(key: str, default: int = 0) -> int:
+            value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+            return int(value) if value is not None else default
+
         return cls(
             num_layers=get("num_hidden_layers"),
             hidden=get("hidden_size"),
@@ -64,4 +67,6 @@ class BackboneShape:
 # Reference shapes used in tests and docs; real backbones read theirs from config.json.
 MINILM_L6 = BackboneShape(num_layers=6, hidden=384, intermediate=1536, heads=12, vocab=30522)
 BERT_BASE = BackboneShape(num_layers=12, hidden=768, intermediate=3072, heads=12, vocab=30522)
-TINY_BERT = BackboneShape(num_layers=2, hidden=32, intermediate=64, heads=2, vocab=1000, max_positions=128)
+TINY_BERT = BackboneShape(
+    num_layers=2, hidden=32, intermediate=64, heads=2, vocab=1000, max_positions=128
+)

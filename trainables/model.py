@@ -1,0 +1,195 @@
+"""The classifier every method builds: a (modified) BERT encoder plus a pooling head.
+
+The training loop relies on ``forward``, ``parameters()``, ``train()``/``eval()``,
+``save_method_weights``/``load_method_weights``, ``step_hook`` and ``regularization_loss``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from search_spaces.errors import ConfigError
+from search_spaces.method_config import MethodConfig
+from search_spaces.shapes import BackboneShape
+
+CONFIG_KEY = "method_config"  # safetensors metadata key holding the MethodConfig as JSON
+
+
+@dataclass(frozen=True)
+class MethodHooks:
+    """Method-specific behaviour a builder hands to :class:`PeftClassifier` (all optional)."""
+
+    merge: Callable[[], None] | None = None  # folds the method into the backbone weights
+    step: Callable[[int], None] | None = None  # called after each optimiser step
+    regularization: Callable[[], torch.Tensor | None] | None = None  # extra loss term
+    stored_adjustment: Callable[[], int] = lambda: 0  # served size minus built size (prefix)
+
+
+class PeftClassifier(nn.Module):
+    """``encoder`` (a ``BertModel``, possibly wrapped by peft) + head -> logits ``[B, num_labels]``.
+
+    ``head="mean"``: masked mean of the last hidden states -> dropout -> ``Linear(d, num_labels)``.
+    ``head="cls"``: BERT's pooler ([CLS] -> dense -> tanh, trainable) -> dropout -> the linear.
+    ``num_labels=1`` is regression. ``backbone_ids`` are the ``id()`` of the backbone's own
+    parameters (pooler excluded): everything else is what the method added.
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        bert: nn.Module,
+        config: MethodConfig,
+        shape: BackboneShape,
+        backbone_ids: frozenset[int],
+        hooks: MethodHooks,
+        library: str,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = config
+        self.shape = shape
+        self.library = library
+        self._bert = [bert]  # a list: not registered twice as a submodule
+        self._backbone_ids = backbone_ids
+        self._hooks = hooks
+        self._merged = False
+        device = next(bert.parameters()).device
+        self.dropout = nn.Dropout(bert.config.hidden_dropout_prob)
+        self.classifier = nn.Linear(shape.hidden, config.num_labels, device=device)
+        if config.head == "cls":
+            for param in bert.pooler.parameters():
+                param.requires_grad = True
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, num_labels]`` for a padded batch (``attention_mask`` 1 on real tokens)."""
+        out = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        if self.config.head == "cls":
+            pooled = out.pooler_output
+        else:
+            hidden = out.last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.classifier(self.dropout(pooled))
+
+    # --- accounting ------------------------------------------------------------------------------
+
+    def trainable_params(self) -> int:
+        """What the optimiser updates: parameters with ``requires_grad``, head included."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def added_params(self) -> int:
+        """Parameters beyond the backbone's, as served (prefix tuning: its flattened prefix)."""
+        built = sum(p.numel() for p in self.parameters() if id(p) not in self._backbone_ids)
+        return built + self._hooks.stored_adjustment()
+
+    def backbone_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if id(p) in self._backbone_ids)
+
+    def describe(self) -> str:
+        """One line: method, knobs that matter, backbone shape and both parameter figures."""
+        c, s = self.config, self.shape
+        return (
+            f"{c.method} ({self.library}) head={c.head} num_labels={c.num_labels} on "
+            f"{s.num_layers}x{s.hidden}: trainable_params={self.trainable_params():,} "
+            f"added_params={self.added_params():,} backbone_params={self.backbone_params():,}"
+        )
+
+    # --- method hooks ----------------------------------------------------------------------------
+
+    def step_hook(self, global_step: int) -> None:
+        """Call after ``optimizer.step()`` and before ``zero_grad()`` (AdaLoRA reads the gradients
+        to reallocate ranks); a no-op for the other methods."""
+        if self._hooks.step is not None:
+            self._hooks.step(global_step)
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        """An extra loss term the loop adds to the task loss, or ``None``: AdaLoRA's orthogonality
+        penalty, dynamic fusion's pull of its value matrix towards the identity."""
+        if self._hooks.regularization is None:
+            return None
+        return self._hooks.regularization()
+
+    @property
+    def mergeable(self) -> bool:
+        return self._hooks.merge is not None
+
+    def merge(self) -> None:
+        """Fold the method's low-rank updates into the backbone weights (inference only)."""
+        if self._hooks.merge is None:
+            raise ConfigError(
+                f"method={self.config.method!r} cannot be merged; mergeable: lora, adalora"
+            )
+        if self._merged:
+            return
+        self._hooks.merge()
+        self._merged = True
+
+    # --- method weights --------------------------------------------------------------------------
+
+    def method_state(self) -> dict[str, torch.Tensor]:
+        """Every parameter the backbone does not hold as loaded: trainable or added, head included."""
+        return {
+            name: p.detach()
+            for name, p in self.named_parameters()
+            if p.requires_grad or id(p) not in self._backbone_ids
+        }
+
+    def save_method_weights(self, path: str | Path) -> Path:
+        """Write :meth:`method_state` and the config to one safetensors file; returns the path."""
+        if self._merged:
+            raise ConfigError("a merged model cannot save method weights: save before merge()")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.contiguous().cpu() for k, v in self.method_state().items()}
+        save_file(tensors, str(path), metadata={CONFIG_KEY: json.dumps(self.config.to_dict())})
+        return path
+
+    def load_method_weights(self, path: str | Path) -> None:
+        """Load weights saved by :meth:`save_method_weights` from a model of the same config.
+
+        Raises ``ConfigError`` if the file was saved for another config or lacks a tensor.
+        """
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise ConfigError(f"method weights {str(path)!r} must be a .safetensors file")
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if CONFIG_KEY not in metadata:
+            raise ConfigError(
+                f"{str(path)!r} has no {CONFIG_KEY}: not saved by save_method_weights"
+            )
+        saved = MethodConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
+        if saved != self.config:
+            diff = {k: v for k, v in saved.to_dict().items() if self.config.to_dict()[k] != v}
+            raise ConfigError(f"method weights {str(path)!r} were saved for another config: {diff}")
+        expected = set(self.method_state())
+        mismatched = sorted(expected ^ set(tensors))
+        if mismatched:
+            raise ConfigError(
+                f"method weights {str(path)!r} do not match this model: {len(mismatched)} tensors "
+                f"differ, e.g. {mismatched[0]}"
+            )
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name in expected:
+                params[name].copy_(tensors[name])
+
+
+__all__ = ["MethodHooks", "PeftClassifier"]
