@@ -50,14 +50,15 @@ def build_searcher(exp: Experiment, space: Any, *, seed: int) -> Any:
 
     from tuner.searcher import FidelityOptunaSearch
 
-    constraints = getattr(space, "constraints_func", None)
+    # The spaces record each trial's budget constraint on the trial itself (Optuna >= 5 reads it
+    # there), a safety net: they only ever sample configurations inside the budget.
     if exp.multi_objective:
         sampler = optuna.samplers.NSGAIISampler(
-            seed=seed, constraints_func=constraints, population_size=max(4, exp.num_samples // 4)
+            seed=seed, population_size=max(4, exp.num_samples // 4)
         )
     else:
         sampler = optuna.samplers.TPESampler(
-            seed=seed, constraints_func=constraints, n_startup_trials=max(4, exp.num_samples // 4)
+            seed=seed, n_startup_trials=max(4, exp.num_samples // 4)
         )
     metrics = [m for m, _ in exp.objectives]
     modes = [mode for _, mode in exp.objectives]

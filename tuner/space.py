@@ -16,21 +16,15 @@ from search_spaces.allocator import Lumps
 from search_spaces.errors import ConfigError
 from search_spaces.matching import Budget, Infeasible
 from search_spaces.method_config import FUSION_METHODS
-from search_spaces.spaces import LR_RANGES, MethodSpace, budget_split_space, method_space
+from search_spaces.spaces import (
+    LR_RANGES,
+    MethodSpace,
+    MethodsSpace,
+    budget_split_space,
+    method_space,
+)
 from search_spaces.shapes import BackboneShape
 from tuner.experiment import Experiment
-
-
-@dataclass(frozen=True)
-class MethodsSpace:
-    """E1: one method per trial (categorical), matched to the budget, its lr sampled."""
-
-    spaces: dict[str, MethodSpace]
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        ot_trial = getattr(trial, "ot_trial", trial)
-        method = ot_trial.suggest_categorical("method", tuple(self.spaces))
-        return self.spaces[method](trial)
 
 
 @dataclass(frozen=True)
@@ -57,14 +51,6 @@ class ExperimentSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         return {**self.inner(trial), **self.constants}
-
-    @staticmethod
-    def constraints_func(frozen_trial: Any) -> list[float]:
-        deviation = frozen_trial.user_attrs.get("budget_deviation")
-        tolerance = frozen_trial.user_attrs.get("tolerance")
-        if deviation is None or tolerance is None:
-            return [0.0]
-        return [abs(deviation) - tolerance]
 
 
 def default_lr(method: str) -> float:
@@ -125,11 +111,7 @@ def _grid_arm(arm, shape: BackboneShape, budget, sources, common, fixed) -> dict
     method = arm.pop("method")
     extras = {k: arm.pop(k) for k in ("train_samples", "seed", "lr") if k in arm}
     options = {**common, **_method_fixed(method, sources, fixed), **arm}
-    try:
-        space = method_space(method, shape=shape, budget=budget, **options)
-    except Infeasible:  # full / bitfit have no knob: they run at their fixed size
-        space = method_space(method, shape=shape, budget=None, **options)
-    params = dict(space.params)
+    params = dict(method_space(method, shape=shape, budget=budget, **options).params)
     params["lr"] = extras.pop("lr", default_lr(method))
     return {**params, **extras}
 
