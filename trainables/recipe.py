@@ -82,6 +82,7 @@ def run_trial(
     counts = {"trainable_params": model.trainable_params(), "added_params": model.added_params()}
     last: dict[str, Any] = {}
     started = time.perf_counter()
+    best = {"best_dev_score": float("-inf"), "time_to_best_s": 0.0}
 
     def on_eval(ev: Any) -> bool:
         metrics = {
@@ -98,6 +99,11 @@ def run_trial(
             "wall_s": time.perf_counter() - started,
             "status": "running",
         }
+        if ev.dev_score > best["best_dev_score"]:  # every task metric is maximised
+            best.update(best_dev_score=ev.dev_score, time_to_best_s=metrics["wall_s"])
+        metrics.update(best)
+        if resume_from is None:
+            inject_fault(config.get("fault"), ev.evaluation)
         if ev.evaluation == train_config.evals:
             metrics.update(final_metrics(model, data, train_config, device))
             metrics["status"] = "completed"
@@ -119,6 +125,28 @@ def run_trial(
         last.update({**counts, "status": "oom", "peak_mem_mib": result.peak_mem_mib})
         report(last, None)
     return last
+
+
+def parse_fault(spec: str | None) -> tuple[str, int] | None:
+    """``"raise@2"`` -> ``("raise", 2)``; None for no fault; bad specs are refused."""
+    if not spec:
+        return None
+    mode, _, at = str(spec).partition("@")
+    if mode not in ("raise", "exit") or not at.isdigit() or int(at) < 1:
+        raise ConfigError(f"fault={spec!r} must be raise@N or exit@N (N = an evaluation number >= 1)")
+    return mode, int(at)
+
+
+def inject_fault(spec: str | None, evaluation: int) -> None:
+    """Testing aid: ``fault="raise@N"`` raises, ``"exit@N"`` kills the process (``os._exit``)
+    at evaluation N, before it is reported, on a trial's first attempt only (a restored
+    attempt runs through, so a restart from the last checkpoint can be checked)."""
+    parsed = parse_fault(spec)
+    if parsed is None or parsed[1] != evaluation:
+        return
+    if parsed[0] == "exit":
+        os._exit(17)
+    raise RuntimeError(f"injected fault at evaluation {evaluation}")
 
 
 def subsample(data: PreparedData, k: int | None, *, seed: int) -> PreparedData:

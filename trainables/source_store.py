@@ -73,7 +73,7 @@ class AdapterStore:
         if not meta_file.is_file():
             return None
         meta = json.loads(meta_file.read_text())
-        if meta.get("spec") != asdict(spec) or file_digests(entry / ADAPTER_DIR) != meta.get("sha256"):
+        if meta.get("spec") != _jsonable(spec) or file_digests(entry / ADAPTER_DIR) != meta.get("sha256"):
             entry.rename(entry.with_name(f"{entry.name}.corrupt-{os.getpid()}"))
             return None
         return entry / ADAPTER_DIR
@@ -85,7 +85,7 @@ class AdapterStore:
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         shutil.copytree(adapter_dir, staging / ADAPTER_DIR)
-        meta = {"spec": asdict(spec), "metrics": metrics, "sha256": file_digests(staging / ADAPTER_DIR)}
+        meta = {"spec": _jsonable(spec), "metrics": metrics, "sha256": file_digests(staging / ADAPTER_DIR)}
         (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
         target = self.entry(spec)
         try:
@@ -96,3 +96,8 @@ class AdapterStore:
 
     def metrics(self, spec: SourceSpec) -> dict[str, Any]:
         return json.loads((self.entry(spec) / META).read_text())["metrics"]
+
+
+def _jsonable(spec: SourceSpec) -> dict[str, Any]:
+    """The spec as it reads back from meta.json (tuples become lists)."""
+    return json.loads(json.dumps(asdict(spec)))

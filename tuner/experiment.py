@@ -70,6 +70,7 @@ class Experiment:
     train_samples: int | None = None  # subsample the honest train split (few-shot: stratified)
     extra_tests: tuple[str, ...] = ()  # further evaluation tasks, e.g. domain-shift sets
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    fault: str | None = None  # testing aid: every trial's first attempt fails (raise@N / exit@N)
 
     def __post_init__(self) -> None:
         if self.num_samples <= 0:

@@ -76,6 +76,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
                 search_alg=build_searcher(exp, space, seed=0),
                 scheduler=build_scheduler(exp, max_t=train.evals),
                 num_samples=exp.num_samples,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
                 name=paths.name, storage_path=paths.storage, callbacks=callbacks, verbose=0,

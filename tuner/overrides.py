@@ -7,11 +7,12 @@ from typing import Any
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig, coerce
+from trainables.recipe import parse_fault
 from trainables.train_config import TrainConfig
 from tuner.experiment import Experiment, Search
 
 EXPERIMENT_KEYS = ("task", "backbone", "head", "num_samples", "train_samples", "grace_period",
-                   "reduction_factor")  # fmt: skip
+                   "reduction_factor", "fault")  # fmt: skip
 SEARCH_KEYS = ("budget_params", "tolerance", "accounting", "sources")
 
 
@@ -56,5 +57,6 @@ def apply_sets(exp: Experiment, sets: dict[str, str]) -> Experiment:
                 f"--set key {key!r} is unknown; known keys: {', '.join(allowed_keys())}"
             )
     TrainConfig.from_dict(train)  # type-check the merged training knobs now, not in a trial
+    parse_fault(changes.get("fault"))
     search_obj = dataclasses.replace(exp.search, **search, fixed=fixed)
     return dataclasses.replace(exp, **changes, search=search_obj, train=train)

@@ -15,6 +15,9 @@ from tuner.study import Resources, StudyPaths, write_json
 from tuner.tracking import trial_status
 
 TRIAL_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Our own progress lines replace Tune's tables; checkpointing every evaluation is intended.
+DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ def connect_ray(resources: Resources) -> None:
     """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start one locally."""
     import ray
 
+    for key, value in DRIVER_ENV.items():
+        os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
     env = {**TRIAL_ENV, "OMP_NUM_THREADS": str(max(1, int(resources.cpus_per_trial)))}
@@ -49,6 +54,8 @@ def build_searcher(exp: Experiment, space: Any, *, seed: int) -> Any:
     import optuna
 
     from tuner.searcher import FidelityOptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     # The spaces record each trial's budget constraint on the trial itself (Optuna >= 5 reads it
     # there), a safety net: they only ever sample configurations inside the budget.

@@ -89,6 +89,8 @@ def build_space(exp: Experiment) -> ExperimentSpace:
     constants = {"task": exp.task, "backbone": exp.backbone, "head": exp.head, **dict(exp.train)}
     if exp.train_samples is not None:
         constants.setdefault("train_samples", exp.train_samples)
+    if exp.fault:
+        constants["fault"] = exp.fault
     return ExperimentSpace(inner, constants, bottlenecks)
 
 
