@@ -1,0 +1,90 @@
+"""The real thing on CPU: e4_budget --preset smoke on a local Ray cluster, MLflow, source adapters.
+
+One study with an injected fault (every trial that reaches evaluation 2 is killed there once):
+trials finish, ASHA stops some early, every trial is inside the budget, restored trials continue
+from their checkpoint without repeated or missing evaluations, MLflow has the parent and exactly
+one child per trial. A second study (e3_transfer) reuses the source adapters the first trained.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = [pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(args, env, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stderr
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("e2e")
+    env = {**os.environ, "PEFT_TUNE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
+           "PEFT_TUNE_ADAPTERS": str(tmp / "adapters"), "PEFT_TUNE_CACHE_DIR": str(tmp / "tokens")}  # fmt: skip
+    log = run(["e4_budget", "--preset", "smoke", "--num-samples", "6", "--storage",
+               str(tmp / "results"), "--set", "fault=exit@2"], env)  # fmt: skip
+    return tmp, env, log
+
+
+def trial_results(folder: Path) -> dict[str, list[dict]]:
+    return {
+        d.name.removeprefix("trial_"): [json.loads(line) for line in (d / "result.json").open()]
+        for d in folder.glob("trial_*")
+    }
+
+
+def test_trials_finish_asha_stops_some_and_all_fit_the_budget(study):
+    tmp, _, log = study
+    summary = json.loads((tmp / "results" / "e4_budget-smoke" / "summary.json").read_text())
+    statuses = [t["status"] for t in summary["trials"]]
+    assert len(statuses) == 6
+    assert set(statuses) <= {"completed", "stopped"}
+    assert statuses.count("stopped") >= 1, log
+    assert statuses.count("completed") >= 1, log
+    for trial in summary["trials"]:
+        assert abs(trial["config"]["budget_deviation"]) <= trial["config"]["tolerance"]
+    assert "3 to train" in log
+
+
+def test_restored_trials_repeat_and_skip_no_evaluation(study):
+    tmp, _, _ = study
+    for trial_id, results in trial_results(tmp / "results" / "e4_budget-smoke").items():
+        evaluations = [r["evaluation"] for r in results]
+        assert evaluations == list(range(1, len(evaluations) + 1)), trial_id
+        steps = [r["step"] for r in results]
+        assert steps == sorted(set(steps)), trial_id
+
+
+def test_mlflow_holds_the_parent_and_one_child_per_trial(study):
+    tmp, _, _ = study
+    client = MlflowClient(f"sqlite:///{tmp / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("e4_budget")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 6
+    assert len({r.data.tags["trial_id"] for r in children}) == 6
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "dev_score")]
+        assert steps == list(range(1, len(steps) + 1))
+        assert child.data.params["method"] in ("lora", "fusion", "lora_fusion")
+        assert int(child.data.params["trainable_params"]) > 0
+    completed = [c for c in children if c.data.tags["status"] == "completed"]
+    assert all("test_score" in c.data.metrics for c in completed)
+
+
+def test_a_second_study_reuses_the_source_adapters(study):
+    tmp, env, _ = study
+    log = run(["e3_transfer", "--preset", "smoke", "--storage", str(tmp / "results2")], env)
+    assert "3 reused, 0 to train" in log

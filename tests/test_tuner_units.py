@@ -1,0 +1,70 @@
+"""Pure pieces of the tuner: the searcher's trial states, trial statuses, --set routing."""
+
+import pytest
+from optuna.trial import TrialState
+
+from search_spaces.errors import ConfigError
+from tuner.experiment import get_experiment
+from tuner.overrides import apply_sets, parse_sets
+from tuner.searcher import trial_state
+from tuner.tracking import numeric_metrics, run_name, trial_status
+
+
+@pytest.mark.parametrize(
+    ("result", "error", "state"),
+    [
+        ({"fidelity": 1.0, "dev_score": 0.9}, False, TrialState.COMPLETE),
+        ({"fidelity": 0.5, "dev_score": 0.95}, False, TrialState.PRUNED),  # ASHA stopped it
+        ({"fidelity": 1.0, "status": "oom"}, False, TrialState.FAIL),
+        ({"fidelity": 1.0}, True, TrialState.FAIL),
+        (None, False, TrialState.FAIL),
+    ],
+)
+def test_stopped_trials_are_never_told_complete(result, error, state):
+    assert trial_state(result, error=error) == state
+
+
+def test_trial_status_names_every_ending():
+    assert trial_status({"fidelity": 1.0}, error=False) == "completed"
+    assert trial_status({"fidelity": 0.25}, error=False) == "stopped"
+    assert trial_status({"status": "oom", "fidelity": 0.5}, error=False) == "oom"
+    assert trial_status({"fidelity": 1.0}, error=True) == "failed"
+
+
+def test_numeric_metrics_drop_bookkeeping_and_non_numbers():
+    out = numeric_metrics({"dev_score": 0.5, "status": "running", "done": True,
+                           "training_iteration": 3, "nan": float("nan"), "n": 7})  # fmt: skip
+    assert out == {"dev_score": 0.5, "n": 7.0}
+
+
+def test_run_name_reads_well_in_the_compare_view():
+    config = {"method": "lora_fusion", "rank": 6, "fusion": "dynamic", "fusion_layers": "5"}
+    assert run_name(config, "abc_1234567") == "lora_fusion r6 dyn@5 12345"
+
+
+def test_sets_route_to_search_train_method_and_experiment():
+    exp = get_experiment("e4_budget")
+    out = apply_sets(exp, parse_sets(["budget_params=400000", "lr=1e-3", "rank=4",
+                                      "num_samples=3", "evals=2"]))  # fmt: skip
+    assert out.search.budget_params == 400_000
+    assert out.search.fixed["rank"] == 4
+    assert out.train["lr"] == 1e-3 and out.train["evals"] == 2
+    assert out.num_samples == 3
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ("rank", "not key=value"),
+        ("=3", "not key=value"),
+        ("bogus=1", "'bogus' is unknown"),
+        ("rank=abc", "rank='abc' is not a valid int"),
+        ("tolerance=1.5", "tolerance=1.5 must be in (0, 1)"),
+        ("fault=boom@2", "fault='boom@2'"),
+        ("evals=0", "evals=0"),
+    ],
+)
+def test_bad_sets_are_refused_with_the_value(item, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        apply_sets(get_experiment("e4_budget"), parse_sets([item]))
+    assert needle in str(err.value)
