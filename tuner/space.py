@@ -50,7 +50,12 @@ class ExperimentSpace:
     source_bottlenecks: tuple[int, ...]  # source-adapter sizes the trials may fuse
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        return {**self.inner(trial), **self.constants}
+        # A trial's own values (a grid arm's train_samples, a sampled lr) win over the study's
+        # defaults, except a learning rate fixed with ``--set lr=...``.
+        params = {**self.constants, **self.inner(trial)}
+        if "lr" in self.constants:
+            params["lr"] = self.constants["lr"]
+        return params
 
 
 def default_lr(method: str) -> float:

@@ -1,0 +1,137 @@
+"""E4: how the splits of one parameter budget fare, as data (best splits, heat map).
+
+A split's *LoRA share* is the parameters its LoRA modules hold over the trial's budget
+(``budget_params``), counted with :mod:`search_spaces.accounting` on the backbone's shape; its
+*fusion* lump is how many source adapters are fused on how many layers. Without the shape the
+heat map's x axis falls back on the LoRA rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.params import param_text
+from analysis.selection import POINTS, SELECT_BY, completed, not_completed
+from analysis.tables import Table
+from search_spaces.accounting import adapters_lora, lora_params_per_layer
+from search_spaces.errors import ConfigError
+from search_spaces.shapes import BackboneShape
+from search_spaces.spaces import METHOD_KEYS, method_config_from_params
+
+SHARE_BINS = (-math.inf, 0.0, 0.25, 0.5, 0.75, math.inf)
+SHARE_LABELS = ("0%", "1-25%", "26-50%", "51-75%", "76-100%")
+NO_FUSION = "no fusion"
+SPLIT_COLUMNS = ("trial_id", "method", "rank", "placement", "fusion", "fusion_layers", "sources",
+                 "bottleneck", "target_bottleneck", "lr", "trainable_params", "budget_deviation")  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class HeatMapInfo:
+    """Best score (points) per cell of LoRA share x fusion lump; ``counts`` completed trials per cell."""
+
+    x_label: str
+    y_label: str
+    score: str
+    values: pd.DataFrame  # index: fusion lumps, columns: LoRA share bins (or ranks); NaN = no trial
+    counts: pd.DataFrame
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return int(value) if value.is_integer() else value
+    return value
+
+
+def lora_params(row: Mapping[str, Any], shape: BackboneShape) -> float:
+    """Parameters in the trial's LoRA modules (0 for fusion alone, NaN for other methods)."""
+    method = row.get("method")
+    if method == "fusion":
+        return 0.0
+    if method not in ("lora", "lora_fusion"):
+        return np.nan
+    # back to the text MLflow stored: tuple fields (layers, sources...) parse from it
+    params = {k: param_text(_clean(row[k])) for k in METHOD_KEYS if _clean(row.get(k)) is not None}
+    try:
+        config = method_config_from_params(
+            params, num_labels=2, head=str(row.get("head") or "mean")
+        )
+        if method == "lora_fusion":
+            rank, layers = adapters_lora(config, shape.num_layers)
+            return float(len(layers) * lora_params_per_layer(rank, config.placement, shape))
+        ranks = config.lora_ranks(shape.num_layers)
+        return float(sum(lora_params_per_layer(r, config.placement, shape) for r in ranks if r))
+    except (ConfigError, TypeError, ValueError):
+        return np.nan
+
+
+def fusion_lump(row: Mapping[str, Any], num_layers: int | None) -> str:
+    """E.g. ``3 sources x 2 layers``; ``no fusion`` for LoRA alone."""
+    if row.get("method") not in ("fusion", "lora_fusion"):
+        return NO_FUSION
+    sources = [s for s in str(row.get("sources") or "").split(",") if s]
+    layers = _clean(row.get("fusion_layers"))
+    if layers is None:
+        depth: Any = num_layers if num_layers else "all"
+    else:
+        depth = len(str(layers).split(","))
+    return f"{len(sources)} sources x {depth} layers"
+
+
+def with_split(trials: pd.DataFrame, shape: BackboneShape | None) -> pd.DataFrame:
+    """``trials`` with ``lora_params``, ``lora_share`` (of ``budget_params``) and ``fusion_lump``."""
+    rows = trials.to_dict("records")
+    lora = [lora_params(r, shape) if shape else np.nan for r in rows]
+    budget = trials.get("budget_params", np.nan)
+    lumps = [fusion_lump(r, shape.num_layers if shape else None) for r in rows]
+    return trials.assign(lora_params=lora, lora_share=np.asarray(lora) / budget, fusion_lump=lumps)
+
+
+def best_splits(
+    trials: pd.DataFrame, *, shape: BackboneShape | None = None, score: str = "test_score",
+    top: int = 10,
+) -> Table:  # fmt: skip
+    """The ``top`` completed splits by dev score, with their test score (points) and LoRA share."""
+    done = with_split(completed(trials), shape)
+    cols = [c for c in SPLIT_COLUMNS if c in done] + ["lora_share", "fusion_lump", "dev", "score"]
+    if done.empty or SELECT_BY not in done:
+        return Table("e4_splits", pd.DataFrame(columns=cols), len(not_completed(trials)))
+    done = done.assign(dev=done[SELECT_BY] * POINTS,
+                       score=done[score] * POINTS if score in done else np.nan)  # fmt: skip
+    data = done.sort_values(["dev", "trial_id"], ascending=[False, True]).head(top)[cols]
+    note = "" if shape else "backbone shape unknown: LoRA share not computed"
+    return Table("e4_splits", data.reset_index(drop=True), len(not_completed(trials)), note=note)
+
+
+def budget_heatmap(
+    trials: pd.DataFrame, *, shape: BackboneShape | None = None, score: str = "test_score"
+) -> HeatMapInfo:
+    """Best ``score`` over completed trials per (fusion lump, LoRA share bin)."""
+    done = with_split(completed(trials), shape)
+    if shape is not None:
+        x = pd.cut(done["lora_share"], bins=list(SHARE_BINS), labels=list(SHARE_LABELS))
+        x_label, columns = "LoRA share of the budget", list(SHARE_LABELS)
+    else:
+        rank = done["rank"] if "rank" in done else pd.Series(np.nan, index=done.index)
+        x = rank.where(done["method"].isin(["lora", "lora_fusion"]), 0).fillna(0).astype(int)
+        x_label, columns = "LoRA rank", sorted(x.unique().tolist())
+    y_label = "fusion sources x depth"
+    values = done[score] * POINTS if score in done else pd.Series(np.nan, index=done.index)
+    cells = pd.DataFrame({"y": done["fusion_lump"], "x": x, "v": values})
+    cells = cells.dropna(subset=["x"])
+    if cells.empty:
+        empty = pd.DataFrame(index=pd.Index([], name="y"), columns=columns)
+        return HeatMapInfo(x_label, y_label, score, empty, empty.fillna(0))
+    rows = sorted(cells["y"].unique().tolist(), key=lambda s: (s != NO_FUSION, s))
+    best = cells.pivot_table(index="y", columns="x", values="v", aggfunc="max", observed=False)
+    count = cells.pivot_table(index="y", columns="x", values="v", aggfunc="count", observed=False)
+    best = best.reindex(index=rows, columns=columns)
+    count = count.reindex(index=rows, columns=columns).fillna(0).astype(int)
+    return HeatMapInfo(x_label, y_label, score, best, count)

@@ -1,0 +1,132 @@
+"""Markdown over the analysis data: tables, the completeness notice, verdicts. Formatting only."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from analysis.completeness import Completeness
+from analysis.hypotheses import Verdict
+from analysis.pareto import ParetoInfo
+from analysis.tables import Table
+
+MAX_LISTED = 12  # longer lists of missing things are cut with a count
+# Columns in points (x 100) across the analysis tables: always two decimals.
+POINT_COLUMNS = ("mean", "std", "min", "max", "lora_fusion", "baseline_score", "delta_std", "dev",
+                 "score", "test_mean")  # fmt: skip
+FORMATS = {**dict.fromkeys(POINT_COLUMNS, ".2f"), "delta": "+.2f"}
+
+
+def fmt(value: Any) -> str:
+    """Whole numbers with thousands separators, fractions with 4 significant digits, others with 2
+    decimals, missing as an en dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1 else f"{value:,.2f}"
+    return str(value).replace("|", "\\|")
+
+
+def frame(data: pd.DataFrame, *, formats: Mapping[str, str] | None = None) -> str:
+    """A DataFrame as a markdown table; ``formats`` maps a column to a format spec."""
+    if data.empty:
+        return "_no rows_"
+    formats = {**FORMATS, **(formats or {})}
+    head = "| " + " | ".join(str(c) for c in data.columns) + " |"
+    rule = "|" + "|".join("---" for _ in data.columns) + "|"
+    lines = [head, rule]
+    for _, row in data.iterrows():
+        cells = []
+        for col, value in row.items():
+            spec = formats.get(str(col))
+            ok = spec and isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and not pd.isna(value)
+            cells.append(format(value, spec) if ok else fmt(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _listed(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    more = len(items) - MAX_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def completeness(c: Completeness) -> str:
+    """The notice at the top of a report: what is there and what is missing."""
+    counts = ", ".join(f"{n} {s}" for s, n in c.status_counts) or "none"
+    lines = [f"**Trials:** {c.n_trials} ({counts})."]
+    if c.complete:
+        return "\n".join([*lines, "", "Nothing is missing: every planned trial completed."])
+    lines += ["", "**Partial study. Missing:**", ""]
+    if c.not_completed:
+        by_status: dict[str, list[str]] = {}
+        for trial_id, status in c.not_completed:
+            by_status.setdefault(status, []).append(trial_id)
+        for status, ids in by_status.items():
+            note = " (scores left out of every table)" if status == "stopped" else ""
+            lines.append(f"- {len(ids)} {status} trial(s){note}: {_listed(ids)}")
+    if c.missing_tasks:
+        lines.append(f"- tasks without a completed trial: {_listed(list(c.missing_tasks))}")
+    if c.missing_arms:
+        lines.append(f"- planned arms without a completed trial: {_listed(list(c.missing_arms))}")
+    if c.missing_metrics:
+        lines.append(f"- metrics no completed trial reported: {_listed(list(c.missing_metrics))}")
+    if c.n_trials == 0:
+        lines.append("- every trial: the study has none")
+    return "\n".join(lines)
+
+
+def table_notes(table: Table) -> str:
+    notes = []
+    if table.left_out:
+        notes.append(f"{table.left_out} trial(s) that did not complete are left out")
+    if table.missing:
+        notes.append(f"not reported by the study: {', '.join(table.missing)}")
+    if table.note:
+        notes.append(table.note)
+    return f"_{'; '.join(notes)}._" if notes else ""
+
+
+def e1_matrix(table: Table) -> str:
+    """Method x task, ``mean ± std (n)`` in points; the best per task in bold."""
+    d = table.data
+    if d.empty:
+        return "_no completed trials_"
+
+    def cell(r: pd.Series) -> str:
+        std = "" if pd.isna(r["std"]) else f" ± {r['std']:.2f}"
+        text = f"{r['mean']:.2f}{std} (n={r['n_seeds']})"
+        return f"**{text}**" if r["best"] else text
+
+    d = d.assign(cell=d.apply(cell, axis=1))
+    wide = d.pivot(index="method", columns="task", values="cell").fillna("–").reset_index()
+    counts = d.groupby("method")[["trainable_params", "added_params"]].median().reset_index()
+    return frame(wide.merge(counts, on="method", how="left"))
+
+
+def _signed(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:+.2f}"
+
+
+def verdicts(items: Sequence[Verdict]) -> str:
+    rows = [{"hypothesis": v.hypothesis, "verdict": v.verdict, "effect (points)": v.effect_size,
+             "95% CI": f"[{_signed(v.ci_low)}, {_signed(v.ci_high)}]", "pairs": v.n_pairs,
+             "claim": v.claim, "evidence": v.evidence} for v in items]  # fmt: skip
+    return frame(pd.DataFrame(rows), formats={"effect (points)": "+.2f"})
+
+
+def pareto(info: ParetoInfo) -> str:
+    lines = [f"Front of {info.y} ({info.y_mode}) vs {info.x} ({info.x_mode}): "
+             f"{len(info.front)} on the front, {len(info.dominated)} dominated, "
+             f"{len(info.excluded)} excluded (not completed or unscored).", "", frame(info.front)]  # fmt: skip
+    if not info.excluded.empty:
+        lines += ["", "Excluded from the front:", "", frame(info.excluded)]
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""``python -m analysis.report EXPERIMENT``: a study's report (markdown + figures) from MLflow or
+from its Ray Tune results folder.
+
+python -m analysis.report e4_budget --tracking-uri sqlite:///results/mlflow.db
+python -m analysis.report e2_few_shot --results ~/peft-tune-results/e2_few_shot-smoke --out /tmp/r
+
+With neither source the study's default storage is read (``$PEFT_TUNE_RESULTS``: its
+``mlflow.db``, else its ``<experiment>-<preset>`` folder). The report says first what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from analysis import markdown as md
+from analysis import sections
+from analysis.trials import Study, load_mlflow, load_tune_folder
+from search_spaces.errors import ConfigError
+from tuner.cli import run_cli
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.report", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("experiment", help="a registered experiment, e.g. e4_budget")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--tracking-uri", help="MLflow URI: a folder, sqlite:///..., http://...")
+    source.add_argument("--results", help="Tune results folder <storage>/<experiment>-<preset>, "
+                                          "or the storage folder holding it")  # fmt: skip
+    p.add_argument("--parent-run", help="MLflow parent run id (default: the newest study run)")
+    p.add_argument("--all-runs", action="store_true",
+                   help="MLflow: every study run of the experiment (E1 is run once per task)")  # fmt: skip
+    p.add_argument("--out", help="output folder (default ./reports/<experiment>)")
+    return p
+
+
+def results_folder(path: Path, experiment: str) -> Path:
+    """``path`` itself when it holds trial folders, else its one ``<experiment>-<preset>`` folder."""
+    if not path.is_dir():
+        raise ConfigError(f"--results {str(path)!r} is not a folder")
+    if any((p / "result.json").exists() or (p / "params.json").exists() for p in path.iterdir()):
+        return path
+    found = sorted(p for p in path.glob(f"{experiment}-*") if p.is_dir())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ConfigError(
+            f"--results {str(path)!r} holds no trials and no {experiment}-<preset> folder"
+        )
+    names = ", ".join(p.name for p in found)
+    raise ConfigError(
+        f"--results {str(path)!r} holds several studies of {experiment} ({names}): pass one"
+    )
+
+
+def load(args: argparse.Namespace, experiment: str) -> Study:
+    if args.tracking_uri:
+        return load_mlflow(
+            args.tracking_uri, experiment, args.parent_run, all_parents=args.all_runs
+        )
+    if args.results:
+        return load_tune_folder(results_folder(Path(args.results).expanduser(), experiment))
+    from tuner.study import DEFAULT_RESULTS
+
+    if (DEFAULT_RESULTS / "mlflow.db").exists():
+        uri = f"sqlite:///{DEFAULT_RESULTS / 'mlflow.db'}"
+        return load_mlflow(uri, experiment, args.parent_run, all_parents=args.all_runs)
+    if DEFAULT_RESULTS.is_dir():
+        return load_tune_folder(results_folder(DEFAULT_RESULTS, experiment))
+    raise ConfigError(f"no results at {DEFAULT_RESULTS}: pass --tracking-uri or --results")
+
+
+def build(study: Study, out: Path) -> str:
+    """Write the figures into ``out`` and return the report's markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    score = sections.score_column(study)
+    summary = study.plan.get("summary", "")
+    lines = [f"# {study.experiment}", "", summary, "", f"Source: {study.source}", "",
+             md.completeness(study.completeness), ""]  # fmt: skip
+    if score != "test_score":
+        lines += ["_No completed trial reported test_score: tables use dev_score._", ""]
+    section = sections.SECTIONS.get(study.experiment)
+    if section is not None:
+        lines += [*section(study, out, score), ""]
+    lines += [*sections.pareto(study, out, score), ""]
+    lines += [*sections.hypotheses(study), ""]
+    lines += sections.trials(study)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import optuna
+
+    from tuner.experiment import get_experiment
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    experiment = get_experiment(args.experiment).name  # unknown name: ConfigError, exit 2
+    study = load(args, experiment)
+    out = Path(args.out or Path("reports") / experiment)
+    report = build(study, out)
+    (out / "report.md").write_text(report)
+    print(out / "report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

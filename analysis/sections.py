@@ -1,0 +1,125 @@
+"""The report's sections per experiment: each picks its tables and figures from the analysis data
+and writes markdown. Nothing is computed here beyond choosing what to show."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from analysis import markdown as md
+from analysis import render
+from analysis.budget import best_splits, budget_heatmap
+from analysis.efficiency import efficiency_table
+from analysis.hypotheses import BY_EXPERIMENT, evaluate
+from analysis.pareto import optuna_study, pareto_front
+from analysis.selection import completed
+from analysis.tables import few_shot_table, method_task_table, transfer_table, trials_overview
+from analysis.trials import Study
+
+Section = Callable[[Study, Path, str], list[str]]
+
+
+def _figure(path: Path, title: str) -> str:
+    return f"![{title}]({path.name})"
+
+
+def score_column(study: Study) -> str:
+    """``test_score`` when some completed trial reported it, else ``dev_score``."""
+    done = completed(study.trials)
+    if "test_score" in done and done["test_score"].notna().any():
+        return "test_score"
+    return "dev_score"
+
+
+def e1(study: Study, out: Path, score: str) -> list[str]:
+    table = method_task_table(study.trials, score=score)
+    return ["## E1: methods x tasks", "",
+            f"Mean ± std of {score} (points) over seeds of the configuration chosen on dev; "
+            "best per task in bold.", "", md.e1_matrix(table), "", md.table_notes(table)]  # fmt: skip
+
+
+def e2(study: Study, out: Path, score: str) -> list[str]:
+    table = few_shot_table(study.trials, score=score)
+    lines = ["## E2: score vs training examples", "", md.frame(table.data), "",
+             md.table_notes(table)]  # fmt: skip
+    if not table.data.empty:
+        lines += [
+            "",
+            _figure(render.few_shot_png(table, out / "e2_few_shot.png", score=score), "E2 curves"),
+        ]
+    return lines
+
+
+def e3(study: Study, out: Path, score: str) -> list[str]:
+    table = transfer_table(study.trials)
+    return ["## E3: transfer deltas", "",
+            "delta = lora_fusion - baseline, mean over seed pairs (points).", "",
+            md.frame(table.data), "", md.table_notes(table)]  # fmt: skip
+
+
+def e4(study: Study, out: Path, score: str) -> list[str]:
+    shape = backbone_shape(study)
+    splits = best_splits(study.trials, shape=shape, score=score)
+    heat = budget_heatmap(study.trials, shape=shape, score=score)
+    lines = ["## E4: budget splits", "", "Best completed splits by dev score:", "",
+             md.frame(splits.data, formats={"lora_share": ".0%"}), "", md.table_notes(splits)]  # fmt: skip
+    if not heat.values.empty:
+        png = render.heatmap_png(heat, out / "e4_heatmap.png")
+        lines += ["", _figure(png, "E4 heat map")]
+    return lines
+
+
+def e5(study: Study, out: Path, score: str) -> list[str]:
+    table = efficiency_table(study.trials, study.history)
+    return ["## E5: efficiency", "", md.frame(table.data), "", md.table_notes(table)]
+
+
+SECTIONS: dict[str, Section] = {
+    "e1_single_task": e1, "e2_few_shot": e2, "e3_transfer": e3, "e3_shift": e3, "e4_budget": e4,
+    "e5_efficiency": e5,
+}  # fmt: skip
+
+
+def backbone_shape(study: Study) -> Any:
+    """The backbone's shape for parameter accounting, or None when it cannot be resolved here."""
+    names = study.trials["backbone"].dropna().unique() if "backbone" in study.trials else []
+    if len(names) != 1:
+        return None
+    try:
+        from trainables.backbones import load_backbone
+
+        return load_backbone(str(names[0]), meta=True).shape
+    except Exception:  # a backbone this machine cannot resolve: the share is left out, as noted
+        return None
+
+
+def pareto(study: Study, out: Path, score: str) -> list[str]:
+    info = pareto_front(study.trials, x="trainable_params", y=score)
+    lines = ["## Accuracy vs trainable parameters", "", md.pareto(info)]
+    if info.front.empty and info.dominated.empty:
+        return lines
+    lines += ["", _figure(render.pareto_png(info, out / "pareto.png"), "Pareto front")]
+    study_ = optuna_study(study.trials, ((score, "max"), ("trainable_params", "min")))
+    names = [score, "trainable_params"]
+    lines += ["", _figure(render.optuna_pareto_png(study_, out / "pareto_optuna.png", names),
+                          "Optuna Pareto front")]  # fmt: skip
+    html = render.optuna_pareto_html(study_, out / "pareto_optuna.html", names)
+    lines += ["", f"Interactive: [{html.name}]({html.name})" if html else
+              "_Interactive HTML skipped: plotly is not installed._"]  # fmt: skip
+    return lines
+
+
+def hypotheses(study: Study) -> list[str]:
+    wanted = BY_EXPERIMENT.get(study.experiment, ())
+    if not wanted:
+        return []
+    found = [v for v in evaluate({study.experiment: study.trials}) if v.hypothesis in wanted]
+    return ["## Hypotheses (this study only)", "", md.verdicts(found), "",
+            "_Rule: fewer than 3 pairs is insufficient evidence; supported when the 95% "
+            "bootstrap interval is above 0 (docs/ANALYSIS.md)._"]  # fmt: skip
+
+
+def trials(study: Study) -> list[str]:
+    table = trials_overview(study.trials)
+    return ["## All trials", "", md.frame(table.data)]

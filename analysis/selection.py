@@ -1,0 +1,107 @@
+"""Which trials enter a table, which configuration stands for a method, and how seeds pair up.
+
+Rules every table and test shares:
+
+* only completed trials (``status == "completed"`` and ``fidelity == 1``) carry a score; a trial
+  that ASHA stopped early reports a low-fidelity score that is not comparable;
+* a *configuration* is a trial's params without its seed (and without the counts derived from the
+  params); a method's configuration in a table is the one with the best mean **dev** score over
+  seeds, so the reported test score never chooses the winner;
+* two arms pair up on equal seeds within the same group (task, training size, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from tuner.tracking import PARAM_KEYS
+
+POINTS = 100.0  # scores are fractions in [0, 1]; tables and effects are in points (x 100)
+FIDELITY_DONE = 1.0 - 1e-9
+# Params that identify a trial but not its configuration: the seed, and counts derived from params.
+NOT_CONFIG = ("seed", "trainable_params", "added_params", "budget_deviation")
+SELECT_BY = "dev_score"
+
+
+def completed(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials that ran every planned evaluation."""
+    if trials.empty or "status" not in trials:
+        return trials.iloc[0:0]
+    done = trials["status"].eq("completed") & trials["fidelity"].ge(FIDELITY_DONE)
+    return trials[done]
+
+
+def not_completed(trials: pd.DataFrame) -> pd.DataFrame:
+    if trials.empty or "status" not in trials:
+        return trials.iloc[0:0]
+    return trials.drop(index=completed(trials).index)
+
+
+def config_key(trials: pd.DataFrame) -> pd.Series:
+    """One string per row naming its configuration (params other than :data:`NOT_CONFIG`)."""
+    cols = [c for c in PARAM_KEYS if c in trials.columns and c not in NOT_CONFIG]
+    if not cols or trials.empty:
+        return pd.Series("", index=trials.index, dtype=object)
+    text = trials[cols].astype(str)
+    return text.apply(lambda row: "|".join(f"{c}={v}" for c, v in row.items()), axis=1)
+
+
+def with_seed(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` with a ``seed`` column (0, the training default, where none was logged)."""
+    if "seed" in trials.columns:
+        return trials.assign(seed=trials["seed"].fillna(0).astype(int))
+    return trials.assign(seed=0)
+
+
+def select_configs(
+    trials: pd.DataFrame, by: Sequence[str], *, select_by: str = SELECT_BY
+) -> pd.DataFrame:
+    """Completed rows of the best configuration (mean ``select_by`` over seeds) per ``by`` group.
+
+    Groups whose ``by`` columns are missing are left out; rows lacking ``select_by`` rank last.
+    """
+    done = with_seed(completed(trials))
+    by = list(by)
+    if done.empty or any(c not in done.columns for c in by):
+        return done.iloc[0:0]
+    done = done.assign(_config=config_key(done))
+    score = done[select_by] if select_by in done else pd.Series(np.nan, index=done.index)
+    means = done.assign(_score=score).groupby([*by, "_config"], dropna=False)["_score"].mean()
+    means = means.fillna(-np.inf).reset_index()
+    best = means.sort_values([*by, "_score", "_config"], ascending=[True] * len(by) + [False, True])
+    best = best.drop_duplicates(subset=by, keep="first")
+    keep = done.merge(best[[*by, "_config"]], on=[*by, "_config"], how="inner")
+    return keep.drop(columns="_config")
+
+
+def paired(
+    trials: pd.DataFrame,
+    score: str,
+    *,
+    treatment: str,
+    control: str,
+    by: Sequence[str],
+) -> pd.DataFrame:
+    """Seed-paired scores of two methods: one row per (``by``..., seed) where both completed.
+
+    Columns: ``by``..., ``seed``, ``treatment``, ``control`` and ``diff`` (treatment - control),
+    all in points. Each method is represented by its configuration selected on dev per group.
+    """
+    by = list(by)
+    cols = [*by, "seed", "treatment", "control", "diff"]
+    chosen = select_configs(trials, [*by, "method"])
+    if chosen.empty or score not in chosen:
+        return pd.DataFrame(columns=cols)
+    chosen = chosen[chosen[score].notna()]
+    arms = {}
+    for name, method in (("treatment", treatment), ("control", control)):
+        rows = chosen[chosen["method"] == method]
+        arms[name] = rows.groupby([*by, "seed"], dropna=False)[score].mean() * POINTS
+    if any(arm.empty for arm in arms.values()):
+        return pd.DataFrame(columns=cols)
+    both = pd.concat(arms, axis=1, join="inner").reset_index()
+    both["diff"] = both["treatment"] - both["control"]
+    return both[cols].sort_values([*by, "seed"]).reset_index(drop=True)

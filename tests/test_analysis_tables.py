@@ -1,0 +1,159 @@
+"""Tables (E1-E5), completeness and param parsing on synthetic trials with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from analysis.budget import best_splits, budget_heatmap, lora_params
+from analysis.completeness import completeness
+from analysis.efficiency import efficiency_table, time_to_target
+from analysis.params import param_text, parse_param
+from analysis.synthetic import history_frame, trial, trials_frame
+from analysis.tables import few_shot_table, method_task_table, transfer_table
+from search_spaces.accounting import count_params, head_params
+from search_spaces.method_config import MethodConfig
+from search_spaces.shapes import TINY_BERT
+
+
+def run(method, seed, test, *, dev=None, task="t", status="completed", **params):
+    tid = f"{method}-{task}-{seed}-{params.get('lr', '')}-{params.get('train_samples', '')}"
+    params = {"method": method, "seed": seed, "task": task, **params}
+    return trial(tid, params=params, dev=test if dev is None else dev, test=test, status=status)
+
+
+def test_e1_mean_std_best_and_dev_selected_lr():
+    records = [
+        run("lora", s, v, lr=1e-3, trainable_params=900) for s, v in enumerate([0.80, 0.82, 0.84])
+    ]
+    # lr 1e-4: high test but low dev: never chosen (the test split must not pick the winner)
+    records += [run("lora", s, 0.99, dev=0.5, lr=1e-4) for s in range(3)]
+    records += [run("houlsby", s, v, lr=1e-3) for s, v in enumerate([0.85, 0.85, 0.85])]
+    records += [run("houlsby", 9, 0.99, status="stopped")]  # left out, counted
+    table = method_task_table(trials_frame(records))
+    d = table.data.set_index("method")
+    assert d.loc["lora", "mean"] == pytest.approx(82.0)
+    assert d.loc["lora", "std"] == pytest.approx(2.0)
+    assert d.loc["lora", "lr"] == pytest.approx(1e-3)
+    assert d.loc["lora", "trainable_params"] == 900
+    assert d.loc["houlsby", "n_seeds"] == 3
+    assert d["best"].to_dict() == {"houlsby": True, "lora": False}
+    assert table.left_out == 1
+
+
+def test_e2_spread_per_method_and_size():
+    records = [run(m, s, 0.5 + 0.1 * s + (0.05 if m == "lora_fusion" else 0), train_samples=k)
+               for m in ("lora", "lora_fusion") for k in (128, 512) for s in range(3)]  # fmt: skip
+    d = few_shot_table(trials_frame(records)).data
+    row = d[(d["method"] == "lora_fusion") & (d["train_samples"] == 512)].iloc[0]
+    assert (row["mean"], row["min"], row["max"]) == pytest.approx((65.0, 55.0, 75.0))
+    assert row["std"] == pytest.approx(10.0)
+    assert len(d) == 4
+
+
+def test_e3_deltas_per_evaluation_set_are_seed_paired():
+    records = []
+    for s in range(4):
+        shift = {"shift_sentences/mr_score": 0.6 + 0.01 * s}
+        records.append(trial(f"l{s}", params={"method": "lora", "seed": s, "task": "tw"}, dev=0.7,
+                             test=0.70 + 0.01 * s, final=shift))  # fmt: skip
+        records.append(trial(f"f{s}", params={"method": "fusion", "seed": s, "task": "tw"},
+                             dev=0.7, test=0.69 + 0.01 * s, final=shift))  # fmt: skip
+        lf_shift = {"shift_sentences/mr_score": 0.63 + 0.01 * s}
+        records.append(trial(f"h{s}", params={"method": "lora_fusion", "seed": s, "task": "tw"},
+                             dev=0.7, test=0.72 + 0.01 * s, final=lf_shift))  # fmt: skip
+    d = transfer_table(trials_frame(records)).data.set_index(["evaluation_set", "baseline"])
+    assert d.loc[("test", "lora"), "delta"] == pytest.approx(2.0)
+    assert d.loc[("test", "fusion"), "delta"] == pytest.approx(3.0)
+    assert d.loc[("shift:sentences/mr", "lora"), "delta"] == pytest.approx(3.0)
+    assert d.loc[("test", "lora"), "delta_std"] == pytest.approx(0.0, abs=1e-9)
+    assert set(d["n_pairs"]) == {4}
+
+
+def test_lora_params_match_the_parameter_accounting():
+    lora = MethodConfig("lora", 2, "mean", rank=4, placement="attn_qv")
+    row = {"method": "lora", "rank": 4.0, "placement": "attn_qv", "alpha": np.nan, "head": "mean"}
+    expected = count_params(lora, TINY_BERT).trainable_params - head_params(lora, TINY_BERT)
+    assert lora_params(row, TINY_BERT) == expected
+    knobs = {"fusion": "dynamic", "sources": ("a", "b"), "fusion_layers": (1,), "bottleneck": 8}
+    hybrid = MethodConfig("lora_fusion", 2, "mean", rank=2, placement="attn_qv", **knobs)
+    fusion = MethodConfig("fusion", 2, "mean", **knobs)
+    row = {"method": "lora_fusion", "rank": 2, "placement": "attn_qv", "fusion": "dynamic",
+           "sources": "a,b", "fusion_layers": 1, "bottleneck": 8}  # fmt: skip
+    expected = (
+        count_params(hybrid, TINY_BERT).trainable_params
+        - count_params(fusion, TINY_BERT).trainable_params
+    )
+    assert lora_params(row, TINY_BERT) == expected > 0
+    assert lora_params({"method": "fusion"}, TINY_BERT) == 0
+    assert math.isnan(lora_params({"method": "houlsby"}, TINY_BERT))
+
+
+def test_e4_heat_map_cells_and_best_split():
+    base = {"placement": "attn_qv", "budget_params": 4000, "head": "mean"}
+    fused = {"fusion": "dynamic", "bottleneck": 8, "sources": "a,b", "fusion_layers": 1}
+    records = [
+        trial("lora", params={"method": "lora", "rank": 15, **base}, dev=0.6, test=0.60),
+        trial("mix1", params={"method": "lora_fusion", "rank": 2, **base, **fused}, dev=0.7, test=0.70),
+        trial("mix2", params={"method": "lora_fusion", "rank": 2, **base, **fused}, dev=0.65, test=0.72),
+        trial("fus", params={"method": "fusion", **base, **fused}, dev=0.5, test=0.50),
+        trial("stop", params={"method": "fusion", **base, **fused}, dev=0.99, status="stopped"),
+    ]  # fmt: skip
+    trials = trials_frame(records)
+    heat = budget_heatmap(trials, shape=TINY_BERT)
+    assert heat.values.loc["no fusion", "76-100%"] == pytest.approx(60.0)  # 3,840 LoRA params
+    assert heat.values.loc["2 sources x 1 layers", "0%"] == pytest.approx(50.0)
+    assert heat.values.loc["2 sources x 1 layers", "1-25%"] == pytest.approx(72.0)  # best of 2
+    assert heat.counts.loc["2 sources x 1 layers", "1-25%"] == 2
+    assert heat.counts.to_numpy().sum() == 4  # the stopped trial is in no cell
+    splits = best_splits(trials, shape=TINY_BERT)
+    assert splits.data["trial_id"].tolist()[:2] == ["mix1", "mix2"]  # ranked on dev, not test
+    assert splits.left_out == 1
+    by_rank = budget_heatmap(trials, shape=None)
+    assert by_rank.x_label == "LoRA rank" and list(by_rank.values.columns) == [0, 2, 15]
+
+
+def test_e5_time_to_target_reads_the_curve():
+    records = [
+        trial("fast", params={"method": "lora"}, dev=0.8, test=0.8, curve=[0.5, 0.8, 0.8]),
+        trial("slow", params={"method": "bitfit"}, dev=0.7, test=0.7, curve=[0.3, 0.5, 0.7]),
+    ]
+    history = history_frame(records)
+    reach = time_to_target(history, 0.75)
+    assert reach["fast"] == 20.0 and math.isnan(reach["slow"])
+    table = efficiency_table(trials_frame(records), history, target=0.6).data.set_index("method")
+    assert table.loc["lora", "time_to_target_s"] == 20.0
+    assert table.loc["bitfit", "time_to_target_s"] == 30.0
+    default = efficiency_table(trials_frame(records), history)  # 95% of the best dev score: 76
+    assert math.isnan(default.data.set_index("method").loc["bitfit", "time_to_target_s"])
+    assert "peak_mem_mib" in default.missing
+
+
+def test_completeness_names_unfinished_trials_missing_arms_tasks_and_metrics():
+    plan = {"task": "t", "num_samples": 3, "extra_tests": ["sentences/mr"],
+            "search": {"kind": "grid", "configs": [{"method": "lora", "seed": 0},
+                                                   {"method": "lora", "seed": 1},
+                                                   {"method": "fusion", "seed": 0},
+                                                   {"method": "fusion", "seed": 1}]}}  # fmt: skip
+    records = [run("lora", 0, 0.7), run("lora", 1, 0.7, status="stopped")]
+    c = completeness("e2_few_shot", trials_frame(records), plan)
+    assert c.not_completed == (("lora-t-1--", "stopped"),)
+    assert c.missing_arms == ("method=lora seed=1", "method=fusion seed=0")  # 3 samples: 3 arms
+    assert c.missing_metrics == ("shift_sentences/mr_score",)
+    assert c.missing_tasks == () and not c.complete
+    assert dict(c.status_counts) == {"completed": 1, "stopped": 1}
+    e1 = completeness("e1_single_task", trials_frame([run("lora", 0, 0.7, task="glue/sst2")]), {})
+    assert e1.missing_tasks == ("imdb", "newsgroups/bydate")
+
+
+values = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
+                   st.floats(allow_nan=False, allow_infinity=False), st.text(alphabet="abc/_-", min_size=1))  # fmt: skip
+
+
+@given(values)
+def test_param_text_round_trips(value):
+    assert parse_param(param_text(value)) == value

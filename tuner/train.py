@@ -1,0 +1,123 @@
+"""``python -m tuner.train``: run one configuration in-process, without Ray, and print its metrics.
+
+    python -m tuner.train --task glue/sst2 --method lora --set rank=8 --train-samples 2000
+    python -m tuner.train --task tweet_eval/sentiment --method lora_fusion \\
+        --set sources=glue/sst2,imdb --set fusion_layers=5 --json
+
+The way to debug one configuration: the same recipe as a Ray trial (data, method, loop,
+evaluation), its evaluations printed as they happen. Fusion methods train (or reuse) their
+source adapters first, from the same store as the studies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from search_spaces.errors import ConfigError
+from search_spaces.method_config import FUSION_METHODS
+from tuner.cli import run_cli
+from tuner.overrides import parse_sets
+
+SHOWN = ("dev_score", "test_score", "trainable_params", "added_params", "train_samples_per_s",
+         "latency_ms", "wall_s")  # fmt: skip
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuner.train", description=__doc__.split("\n")[0])
+    p.add_argument("--task", required=True, help="a registered task or a data folder")
+    p.add_argument("--method", required=True, help="a registered method (python -m tuner.params --table)")
+    p.add_argument("--backbone", default="minilm-l6")
+    p.add_argument("--head", default="mean", help="mean (pooling) or cls (pooler)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method or training key (repeatable), e.g. rank=8, lr=1e-3")  # fmt: skip
+    p.add_argument("--train-samples", type=int, help="stratified subset of the train split")
+    p.add_argument("--epochs", type=float, help="training epochs")
+    p.add_argument("--data-dir", help="local data mirror (default $PEFT_TUNE_DATA_DIR)")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    return p
+
+
+def trial_config(args: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = {"method": args.method, "backbone": args.backbone, "head": args.head,
+                              "task": args.task, **parse_sets(args.set)}  # fmt: skip
+    if args.epochs is not None:
+        config["epochs"] = args.epochs
+    if args.train_samples is not None:
+        if args.train_samples <= 0:
+            raise ConfigError(f"--train-samples={args.train_samples} must be > 0")
+        config["train_samples"] = args.train_samples
+    return config
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    config = trial_config(args)
+    from trainables.backbones import load_backbone
+    from trainables.recipe import run_trial, split_config
+    from trainables.train_config import TrainConfig
+    from tuner.prepare import prepare
+
+    train = TrainConfig.from_dict({k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__})
+    backbone = load_backbone(args.backbone, meta=True)
+    data = prepare(args.task, tokenizer=backbone.tokenizer, max_length=train.max_length,
+                   train_samples=args.train_samples, data_dir=args.data_dir, seed=train.seed)  # fmt: skip
+    method_config, _ = split_config(config, num_labels=data.num_labels)  # bad keys fail here
+    if method_config.method in FUSION_METHODS:
+        data = _with_sources(args, method_config, data, max_length=train.max_length)
+    log(f"{args.task}: train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,}")
+
+    def report(metrics: dict[str, Any], folder: object) -> None:
+        shown = "  ".join(f"{k}={_fmt(metrics[k])}" for k in SHOWN if k in metrics)
+        log(f"evaluation {metrics.get('evaluation', '-')}: {shown}")
+
+    started = time.perf_counter()
+    final = run_trial(config, data, report=report)
+    final["wall_s"] = time.perf_counter() - started
+    if args.json:
+        print(json.dumps(final, indent=2, sort_keys=True, default=str))
+    return 0 if final.get("status") == "completed" else 1
+
+
+def _with_sources(args: argparse.Namespace, method_config: Any, data: Any, *, max_length: int) -> Any:
+    """Train (or reuse) the source adapters in-process, as the study's stage would."""
+    import dataclasses
+
+    from trainables.backbones import load_backbone
+    from trainables.source_store import AdapterStore
+    from tuner.experiment import Experiment, Search
+    from tuner.prepare import prepare
+    from tuner.sources import needed_specs, train_source_adapter
+
+    exp = Experiment(name="train", summary="", task=args.task, backbone=args.backbone,
+                     search=Search(kind="grid", configs=({"method": "lora"},),
+                                   sources=method_config.sources),
+                     train_samples=args.train_samples)  # fmt: skip
+    store = AdapterStore()
+    folders = {}
+    for spec in needed_specs(exp, (method_config.bottleneck,), max_length=max_length):
+        if store.get(spec) is None:
+            log(f"training source adapter {spec.source} (bottleneck {spec.bottleneck})")
+            tokenizer = load_backbone(args.backbone, meta=True).tokenizer
+            source = prepare(spec.source, tokenizer=tokenizer, max_length=max_length,
+                             train_samples=spec.train_samples, data_dir=args.data_dir)  # fmt: skip
+            train_source_adapter(spec, source, str(store.root))
+        folders[spec.source] = store.get(spec)
+    return dataclasses.replace(data, source_adapters={method_config.bottleneck: folders})
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def log(message: str) -> None:
+    print(f"[peft-tune] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
