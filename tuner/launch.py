@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     from trainables.backbones import load_backbone
     from trainables.trainable import tune_trial
     from tuner.prepare import prepare
-    from tuner.runner import (
-        ConsoleProgress, build_scheduler, build_searcher, connect_ray, dump, print_summary, summarise,
-    )  # fmt: skip
+    from tuner.runner import build_scheduler, build_searcher, connect_ray, dump, print_summary
     from tuner.sources import ensure_source_adapters
 
     paths = study_paths(exp, preset, args.storage, args.tracking_uri)
@@ -57,37 +56,22 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
 
     experiment_id = ensure_experiment(client, exp.name)
     parent_id = parent_run(client, experiment_id, exp, preset, study_dir, resume=args.resume)
-    callbacks = [
-        _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset),
-        ConsoleProgress(total=exp.num_samples),
-    ]
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data),
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
     )
-    if args.resume:
-        tuner = tune.Tuner.restore(str(Path(paths.storage) / paths.name), trainable,
-                                   resume_unfinished=True, resume_errored=True)  # fmt: skip
-    else:
+    if not args.resume:
         record_start(study_dir, exp, preset, resources, paths)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=build_searcher(exp, space, seed=0),
-                scheduler=build_scheduler(exp, max_t=train.evals),
-                num_samples=exp.num_samples,
-                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
-            ),
-            run_config=tune.RunConfig(
-                name=paths.name, storage_path=paths.storage, callbacks=callbacks, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=2),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )  # fmt: skip
-    log(f"running {exp.num_samples} trials; results in {paths.storage}/{paths.name}, "
-        f"MLflow at {paths.tracking_uri}")  # fmt: skip
-    results = tuner.fit()
-    summary = summarise(results, exp)
+    phase = Phase(name=paths.name, space=space, num_samples=exp.num_samples,
+                  searcher=build_searcher(exp, space, seed=0),
+                  scheduler=build_scheduler(exp, max_t=train.evals))  # fmt: skip
+    logger = _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset)
+    summary = run_phase(phase, trainable, paths, logger, exp, resume=args.resume)
+    if len(exp.seeds) > 1:
+        seeds = seeds_phase(exp, summary, name=f"{paths.name}-seeds")
+        logger = _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset,
+                                phase="seeds")  # fmt: skip
+        summary["seeds"] = run_phase(seeds, trainable, paths, logger, exp, resume=args.resume)
     client.set_terminated(parent_id, "FINISHED")
     if study_dir is not None:
         dump(study_dir / "summary.json", summary)
@@ -95,11 +79,74 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     return summary
 
 
-def _mlflow_logger(uri: str, experiment_id: str, parent_id: str, exp: Experiment, preset: str):
+@dataclass(frozen=True)
+class Phase:
+    """One Tune run of a study: the search, or the re-run of the best configs with more seeds."""
+
+    name: str
+    space: Any
+    num_samples: int
+    searcher: Any
+    scheduler: Any = None  # None: every trial runs to the end
+
+
+def run_phase(phase: Phase, trainable: Any, paths: Any, logger: Any, exp: Experiment, *,
+              resume: bool) -> dict:  # fmt: skip
+    from ray import tune
+
+    from tuner.runner import ConsoleProgress, summarise
+
+    folder = Path(paths.storage) / phase.name if paths.local else None
+    if resume and folder is not None and (folder / "tuner.pkl").exists():
+        tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True,
+                                   resume_errored=True)  # fmt: skip
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=phase.searcher, scheduler=phase.scheduler,
+                num_samples=phase.num_samples,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=phase.name, storage_path=paths.storage, verbose=0,
+                callbacks=[logger, ConsoleProgress(total=phase.num_samples)],
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )  # fmt: skip
+    log(f"{phase.name}: {phase.num_samples} trials; results in {paths.storage}/{phase.name}, "
+        f"MLflow at {paths.tracking_uri}")  # fmt: skip
+    return summarise(tuner.fit(), exp)
+
+
+def seeds_phase(exp: Experiment, summary: dict, *, name: str) -> Phase:
+    """The best completed configuration of each method, re-run once per seed of ``exp.seeds``."""
+    from tuner.runner import build_searcher
+    from tuner.space import ExperimentSpace, GridSpace
+
+    best: dict[str, dict] = {}
+    for row in summary["trials"]:
+        method = row["config"]["method"]
+        if row["status"] != "completed" or row["dev_score"] is None:
+            continue
+        if method not in best or row["dev_score"] > best[method]["dev_score"]:
+            best[method] = row
+    if not best:
+        raise RuntimeError(f"{exp.name}: no completed trial to re-run with seeds {exp.seeds}")
+    arms = tuple({**row["config"], "seed": seed} for row in best.values() for seed in exp.seeds)
+    space = ExperimentSpace(GridSpace(arms), constants={}, source_bottlenecks=())
+    return Phase(name=name, space=space, num_samples=len(arms),
+                 searcher=build_searcher(exp, space, seed=0))  # fmt: skip
+
+
+def _mlflow_logger(uri: str, experiment_id: str, parent_id: str, exp: Experiment, preset: str,
+                   *, phase: str = "search"):  # fmt: skip
     from tuner.provenance import git_commit
     from tuner.tracking import MlflowLogger
 
-    tags = {"experiment": exp.name, "preset": preset, "git_commit": git_commit(), "task": exp.task}
+    tags = {"experiment": exp.name, "preset": preset, "git_commit": git_commit(), "task": exp.task,
+            "phase": phase}  # fmt: skip
     return MlflowLogger(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_id,
                         tags=tags)  # fmt: skip
 

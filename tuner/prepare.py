@@ -12,6 +12,7 @@ from trainables.data.splits import few_shot, reported_test, task_splits
 from trainables.data.tokenize import encode
 from trainables.prepared import PreparedData
 
+
 def prepare(
     task_name: str,
     *,

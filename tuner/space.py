@@ -16,6 +16,7 @@ from search_spaces.allocator import Lumps
 from search_spaces.errors import ConfigError
 from search_spaces.matching import Budget, Infeasible
 from search_spaces.method_config import FUSION_METHODS
+from search_spaces.shapes import BackboneShape
 from search_spaces.spaces import (
     LR_RANGES,
     MethodSpace,
@@ -23,7 +24,6 @@ from search_spaces.spaces import (
     budget_split_space,
     method_space,
 )
-from search_spaces.shapes import BackboneShape
 from tuner.experiment import Experiment
 
 
@@ -133,7 +133,9 @@ def _method_fixed(method: str, sources: tuple[str, ...], fixed: dict[str, Any]) 
 
 
 def _bottlenecks(spaces: Any) -> tuple[int, ...]:
-    return tuple(sorted({s.params["bottleneck"] for s in spaces if s.params["method"] in FUSION_METHODS}))
+    return tuple(
+        sorted({s.params["bottleneck"] for s in spaces if s.params["method"] in FUSION_METHODS})
+    )
 
 
 def first_configs(exp: Experiment, space: ExperimentSpace, *, n: int) -> list[dict[str, Any]]:

@@ -29,7 +29,9 @@ SHOWN = ("dev_score", "test_score", "trainable_params", "added_params", "train_s
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuner.train", description=__doc__.split("\n")[0])
     p.add_argument("--task", required=True, help="a registered task or a data folder")
-    p.add_argument("--method", required=True, help="a registered method (python -m tuner.params --table)")
+    p.add_argument(
+        "--method", required=True, help="a registered method (python -m tuner.params --table)"
+    )
     p.add_argument("--backbone", default="minilm-l6")
     p.add_argument("--head", default="mean", help="mean (pooling) or cls (pooler)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -61,7 +63,9 @@ def main(argv: list[str]) -> int:
     from trainables.train_config import TrainConfig
     from tuner.prepare import prepare
 
-    train = TrainConfig.from_dict({k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__})
+    train = TrainConfig.from_dict(
+        {k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}
+    )
     backbone = load_backbone(args.backbone, meta=True)
     data = prepare(args.task, tokenizer=backbone.tokenizer, max_length=train.max_length,
                    train_samples=args.train_samples, data_dir=args.data_dir, seed=train.seed)  # fmt: skip
@@ -82,7 +86,9 @@ def main(argv: list[str]) -> int:
     return 0 if final.get("status") == "completed" else 1
 
 
-def _with_sources(args: argparse.Namespace, method_config: Any, data: Any, *, max_length: int) -> Any:
+def _with_sources(
+    args: argparse.Namespace, method_config: Any, data: Any, *, max_length: int
+) -> Any:
     """Train (or reuse) the source adapters in-process, as the study's stage would."""
     import dataclasses
 
