@@ -1,0 +1,137 @@
+"""Dynamic padding with length-grouped batches.
+
+Contracts the loop relies on:
+
+* :func:`epoch_plan` is a pure function of ``(seed, epoch)`` and the lengths, so a resumed run
+  rebuilds the same plan and skips to its batch index exactly; every example appears once per epoch.
+* :func:`collate` pads a batch only to its longest row, rounded up to :data:`PAD_MULTIPLE`.
+* :func:`eval_plan` sorts by length without shuffling; callers undo the order with the indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainables.data.encoded import Encoded
+
+# bf16 tensor-core tiles are multiples of 8, and rounding keeps the number of distinct shapes
+# (each one a recompilation under torch.compile) to max_length / 8.
+PAD_MULTIPLE = 8
+# Length grouping sorts within chunks of this many batches: wide enough that batches come out
+# nearly uniform in length, narrow enough that each chunk is still a random sample of the data.
+CHUNK_BATCHES = 50
+PAD_ID = 0  # BERT's [PAD]; masked out by attention_mask, so the value only has to be a valid id
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Padded tensors of one batch. ``num_tokens`` counts real (non-pad) tokens."""
+
+    input_ids: torch.Tensor  # int64 [B, T]
+    attention_mask: torch.Tensor  # int64 [B, T], 1 = real token
+    token_type_ids: torch.Tensor | None  # int64 [B, T]
+    labels: torch.Tensor  # int64 [B] (classification) or float32 [B] (regression)
+    num_tokens: int
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    def to(self, device: torch.device) -> Batch:
+        """On ``device``; the copy is asynchronous when the source is pinned."""
+        types = self.token_type_ids
+        return Batch(
+            self.input_ids.to(device, non_blocking=True),
+            self.attention_mask.to(device, non_blocking=True),
+            None if types is None else types.to(device, non_blocking=True),
+            self.labels.to(device, non_blocking=True),
+            self.num_tokens,
+        )
+
+
+def epoch_plan(
+    lengths: np.ndarray, *, batch_size: int, seed: int, epoch: int, length_grouping: bool = True
+) -> list[np.ndarray]:
+    """The example indices of each batch of ``epoch``, in training order.
+
+    Without grouping: a seeded permutation cut into batches. With grouping: the permutation is cut
+    into chunks of :data:`CHUNK_BATCHES` batches, each chunk sorted by length and cut into
+    batches, and the order of all batches shuffled, so short and long batches alternate at random.
+    Only the last batch may be short.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    rng = np.random.default_rng((seed, epoch))
+    order = rng.permutation(len(lengths))
+    if not length_grouping:
+        return _cut(order, batch_size)
+    chunk = batch_size * CHUNK_BATCHES
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(_cut(part, batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def eval_plan(lengths: np.ndarray, *, batch_size: int) -> list[np.ndarray]:
+    """Batches of indices sorted by length, longest first, so an out-of-memory shows at once."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    return _cut(np.argsort(-lengths, kind="stable"), batch_size)
+
+
+def collate(data: Encoded, indices: np.ndarray, *, pin_memory: bool = False) -> Batch:
+    """Pad the rows ``indices`` of ``data`` to their longest, rounded up to :data:`PAD_MULTIPLE`."""
+    indices = np.asarray(indices, dtype=np.int64)
+    lengths = data.lengths[indices]
+    longest = int(lengths.max()) if len(lengths) else 0
+    width = max(PAD_MULTIPLE, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    # the flat position of every real token, row-major, which is the order mask-assignment fills
+    source = (data.offsets[indices][:, None] + np.arange(width)[None, :])[mask]
+    ids = np.full(mask.shape, PAD_ID, dtype=np.int64)
+    ids[mask] = data.input_ids[source]
+    types = None
+    if data.token_type_ids is not None:
+        types = np.zeros(mask.shape, dtype=np.int64)
+        types[mask] = data.token_type_ids[source]
+    labels = data.labels[indices]
+    labels = labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64)
+    tensors = [torch.from_numpy(a) for a in (ids, mask.astype(np.int64), labels)]
+    type_tensor = None if types is None else torch.from_numpy(types)
+    if pin_memory:
+        tensors = [t.pin_memory() for t in tensors]
+        type_tensor = None if type_tensor is None else type_tensor.pin_memory()
+    return Batch(tensors[0], tensors[1], type_tensor, tensors[2], int(lengths.sum()))
+
+
+def epoch_batches(
+    data: Encoded,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    length_grouping: bool = True,
+    start: int = 0,
+    pin_memory: bool = False,
+) -> list[Batch]:
+    """The padded batches of ``epoch`` from batch ``start`` on, built up front so the step loop
+    does no numpy work. ``start`` is the batch index a resumed run continues from."""
+    plan = epoch_plan(
+        data.lengths, batch_size=batch_size, seed=seed, epoch=epoch, length_grouping=length_grouping
+    )
+    if not 0 <= start <= len(plan):
+        raise ValueError(f"start={start} is outside the epoch's {len(plan)} batches")
+    return [collate(data, idx, pin_memory=pin_memory) for idx in plan[start:]]
+
+
+def _cut(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
