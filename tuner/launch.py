@@ -9,14 +9,13 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from search_spaces.errors import ConfigError
 from trainables.train_config import TrainConfig
 from tuner.experiment import Experiment
 from tuner.provenance import provenance
-from tuner.study import Resources, study_paths, write_json
+from tuner.study import Resources, StudyFiles, study_paths
 from tuner.tracking import connect, ensure_experiment
 
 PARENT_RUN_FILE = "mlflow_parent_run.txt"
@@ -28,16 +27,16 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     from trainables.backbones import load_backbone
     from trainables.trainable import tune_trial
     from tuner.prepare import prepare
-    from tuner.runner import build_scheduler, build_searcher, connect_ray, dump, print_summary
+    from tuner.runner import build_scheduler, build_searcher, connect_ray, print_summary
     from tuner.sources import ensure_source_adapters
 
     paths = study_paths(exp, preset, args.storage, args.tracking_uri)
-    resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial)
+    files = StudyFiles(paths.storage, paths.name)
+    Resources(cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0)
     train = TrainConfig.from_dict(dict(exp.train))
-    study_dir = paths.study_dir
-    if args.resume and (study_dir is None or not (study_dir / "tuner.pkl").exists()):
+    if args.resume and not files.exists("tuner.pkl"):
         raise ConfigError(
-            f"--resume: nothing to resume at {study_dir} (no study was started there)"
+            f"--resume: nothing to resume at {paths.storage}/{paths.name} (no study started there)"
         )
     client = connect(paths.tracking_uri)
 
@@ -49,19 +48,20 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     )  # fmt: skip
     log(f"train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,} examples")
 
-    connect_ray(resources)
+    cluster_gpus = connect_ray(cpus_per_trial=args.cpus_per_trial or 1.0)
+    resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial, cluster_gpus=cluster_gpus)
     data = ensure_source_adapters(exp, data, bottlenecks=space.source_bottlenecks,
                                   resources=resources, data_dir=args.data_dir,
                                   tracking_uri=paths.tracking_uri, log=log)  # fmt: skip
 
     experiment_id = ensure_experiment(client, exp.name)
-    parent_id = parent_run(client, experiment_id, exp, preset, study_dir, resume=args.resume)
+    parent_id = parent_run(client, experiment_id, exp, preset, files, resume=args.resume)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data),
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
     )
     if not args.resume:
-        record_start(study_dir, exp, preset, resources, paths)
+        record_start(files, exp, preset, resources, paths)
     phase = Phase(name=paths.name, space=space, num_samples=exp.num_samples,
                   searcher=build_searcher(exp, space, seed=0),
                   scheduler=build_scheduler(exp, max_t=train.evals))  # fmt: skip
@@ -73,8 +73,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
                                 phase="seeds")  # fmt: skip
         summary["seeds"] = run_phase(seeds, trainable, paths, logger, exp, resume=args.resume)
     client.set_terminated(parent_id, "FINISHED")
-    if study_dir is not None:
-        dump(study_dir / "summary.json", summary)
+    files.write_json("summary.json", summary)
     print_summary(summary)
     return summary
 
@@ -96,10 +95,9 @@ def run_phase(phase: Phase, trainable: Any, paths: Any, logger: Any, exp: Experi
 
     from tuner.runner import ConsoleProgress, summarise
 
-    folder = Path(paths.storage) / phase.name if paths.local else None
-    if resume and folder is not None and (folder / "tuner.pkl").exists():
-        tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True,
-                                   resume_errored=True)  # fmt: skip
+    if resume and StudyFiles(paths.storage, phase.name).exists("tuner.pkl"):
+        tuner = tune.Tuner.restore(f"{paths.storage}/{phase.name}", trainable,
+                                   resume_unfinished=True, resume_errored=True)  # fmt: skip
     else:
         tuner = tune.Tuner(
             trainable,
@@ -152,13 +150,12 @@ def _mlflow_logger(uri: str, experiment_id: str, parent_id: str, exp: Experiment
 
 
 def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
-               study_dir: Path | None, *, resume: bool) -> str:  # fmt: skip
+               files: StudyFiles, *, resume: bool) -> str:  # fmt: skip
     """The study's parent run: created once, found again on --resume (no duplicate children)."""
-    marker = None if study_dir is None else study_dir / PARENT_RUN_FILE
-    if resume and marker is not None and marker.exists():
-        run_id = marker.read_text().strip()
-        client.update_run(run_id, status="RUNNING")
-        return run_id
+    known = files.read_text(PARENT_RUN_FILE) if resume else None
+    if known:
+        client.update_run(known.strip(), status="RUNNING")
+        return known.strip()
     from tuner.provenance import git_commit
 
     run = client.create_run(
@@ -168,18 +165,14 @@ def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
     client.log_dict(
         run.info.run_id, {**exp.to_dict(), "provenance": provenance()}, "experiment.json"
     )
-    if marker is not None:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(run.info.run_id)
+    files.write_text(PARENT_RUN_FILE, run.info.run_id)
     return run.info.run_id
 
 
-def record_start(study_dir: Path | None, exp: Experiment, preset: str, resources: Resources,
+def record_start(files: StudyFiles, exp: Experiment, preset: str, resources: Resources,
                  paths: Any) -> None:  # fmt: skip
     """The resolved experiment, commit, versions and device, beside the results."""
-    if study_dir is None:
-        return
-    write_json(study_dir / "experiment.json", {
+    files.write_json("experiment.json", {
         "experiment": exp.to_dict(), "preset": preset, "resources": vars(resources),
         "storage": paths.storage, "tracking_uri": paths.tracking_uri, **provenance(),
     })  # fmt: skip

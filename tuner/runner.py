@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from ray.tune import Callback
 
 from tuner.experiment import Experiment
-from tuner.study import Resources, StudyPaths, write_json
 from tuner.tracking import trial_status
 
 TRIAL_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -20,33 +17,30 @@ DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPO
               "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class StudyRun:
-    experiment: Experiment
-    preset: str
-    paths: StudyPaths
-    resources: Resources
-    resume: bool = False
-    seed: int = 0
+def connect_ray(*, cpus_per_trial: float) -> float:
+    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start one locally.
 
-
-def connect_ray(resources: Resources) -> None:
-    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start one locally."""
+    Returns the cluster's GPU count. Variables that the job's own runtime env already set are not
+    set again: Ray refuses to merge a job's env with a driver's that repeats a key.
+    """
     import ray
 
     for key, value in DRIVER_ENV.items():
         os.environ.setdefault(key, value)
-    if ray.is_initialized():
-        return
-    env = {**TRIAL_ENV, "OMP_NUM_THREADS": str(max(1, int(resources.cpus_per_trial)))}
-    runtime_env = {"env_vars": env}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
-        return
-    ray.init(
-        address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-        runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
-    )  # fmt: skip
+    if not ray.is_initialized():
+        env = {**TRIAL_ENV, "OMP_NUM_THREADS": str(max(1, int(cpus_per_trial)))}
+        env = {k: v for k, v in env.items() if k not in os.environ}
+        runtime_env = {"env_vars": env} if env else None
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(
+                address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False
+            )
+        else:
+            ray.init(
+                address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
+            )  # fmt: skip
+    return float(ray.cluster_resources().get("GPU", 0))
 
 
 def build_searcher(exp: Experiment, space: Any, *, seed: int) -> Any:
@@ -146,7 +140,3 @@ def print_summary(summary: dict[str, Any]) -> None:
                          if c.get(k) not in (None, ""))  # fmt: skip
         print(f"  dev={r['dev_score']:.4f} test={r['test_score'] or float('nan'):.4f} "
               f"trainable={r['trainable_params']:,} {knobs}", file=sys.stderr)  # fmt: skip
-
-
-def dump(path: Any, data: Any) -> None:
-    write_json(path, json.loads(json.dumps(data, default=str)))

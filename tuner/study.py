@@ -31,12 +31,10 @@ class Resources:
             raise ConfigError(f"gpus_per_trial={self.gpus_per_trial} must be in [0, 8]")
 
     @classmethod
-    def auto(cls, cpus: float | None, gpus: float | None) -> Resources:
-        """Defaults: on a GPU host a quarter GPU per trial (the embedded backbone packs well)."""
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-        default_gpus = 0.25 if has_gpu else 0.0
+    def auto(cls, cpus: float | None, gpus: float | None, *, cluster_gpus: float) -> Resources:
+        """Defaults: where the cluster has GPUs (not necessarily the driver's node), a quarter
+        GPU per trial: the embedded backbone packs well."""
+        default_gpus = 0.25 if cluster_gpus > 0 else 0.0
         return cls(
             cpus_per_trial=cpus or 1.0, gpus_per_trial=default_gpus if gpus is None else gpus
         )
@@ -47,14 +45,6 @@ class StudyPaths:
     storage: str  # local folder or pyarrow.fs URI shared by every node
     name: str  # the Tune experiment folder under storage
     tracking_uri: str
-
-    @property
-    def local(self) -> Path | None:
-        return None if "://" in self.storage else Path(self.storage)
-
-    @property
-    def study_dir(self) -> Path | None:
-        return None if self.local is None else self.local / self.name
 
 
 def study_paths(
@@ -71,6 +61,45 @@ def study_paths(
     elif "://" not in tracking:
         tracking = str(Path(tracking).expanduser().resolve())
     return StudyPaths(storage=storage, name=name, tracking_uri=tracking)
+
+
+@dataclass(frozen=True)
+class StudyFiles:
+    """The study's own files (experiment.json, summary.json, the MLflow parent id) in its folder
+    under the storage path: a local folder or a ``pyarrow.fs`` URI shared by every node."""
+
+    storage: str
+    name: str
+
+    def _fs(self) -> tuple[Any, str]:
+        from pyarrow import fs
+
+        if "://" in self.storage:
+            filesystem, root = fs.FileSystem.from_uri(self.storage)
+            return filesystem, f"{root.rstrip('/')}/{self.name}"
+        return fs.LocalFileSystem(), f"{self.storage}/{self.name}"
+
+    def exists(self, rel: str) -> bool:
+        from pyarrow import fs
+
+        filesystem, base = self._fs()
+        return filesystem.get_file_info(f"{base}/{rel}").type != fs.FileType.NotFound
+
+    def read_text(self, rel: str) -> str | None:
+        if not self.exists(rel):
+            return None
+        filesystem, base = self._fs()
+        with filesystem.open_input_stream(f"{base}/{rel}") as stream:
+            return stream.read().decode()
+
+    def write_text(self, rel: str, text: str) -> None:
+        filesystem, base = self._fs()
+        filesystem.create_dir(base, recursive=True)
+        with filesystem.open_output_stream(f"{base}/{rel}") as stream:
+            stream.write(text.encode())
+
+    def write_json(self, rel: str, data: Any) -> None:
+        self.write_text(rel, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def write_json(path: Path, data: Any) -> None:
