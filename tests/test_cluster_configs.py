@@ -33,20 +33,22 @@ def rayjob() -> dict:
     return load("rayjob.yaml")
 
 
-@pytest.fixture()
-def driver_env_vars(monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """The env var keys that ``tuner.runner.connect_ray`` passes to ``ray.init`` inside a job."""
+def passed_env_vars(monkeypatch: pytest.MonkeyPatch, job_env: dict[str, str]) -> set[str]:
+    """The env var keys ``tuner.runner.connect_ray`` passes to ``ray.init`` in a job whose own
+    runtime env set ``job_env`` (Ray puts those into the driver's environment)."""
     from tuner import runner
-    from tuner.study import Resources
 
     captured: dict = {}
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # as `ray job submit` sets it
-    for key in getattr(runner, "DRIVER_ENV", {}):
-        monkeypatch.delenv(key, raising=False)  # restored afterwards: connect_ray sets them
+    for key in (*getattr(runner, "DRIVER_ENV", {}), *runner.TRIAL_ENV, "OMP_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)  # restored afterwards: connect_ray sets some
+    for key, value in job_env.items():
+        monkeypatch.setenv(key, str(value))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: captured.update(kwargs))
-    runner.connect_ray(Resources())
-    return set(captured["runtime_env"].get("env_vars", {}))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    runner.connect_ray(cpus_per_trial=1.0)
+    return set((captured.get("runtime_env") or {}).get("env_vars", {}))
 
 
 # --- autoscaler (cluster launcher) -------------------------------------------------------------
@@ -131,13 +133,14 @@ def test_rayjob_entrypoint_is_a_valid_study_command(rayjob: dict) -> None:
 
 
 def test_rayjob_runtime_env_parses_and_merges_with_the_driver(
-    rayjob: dict, driver_env_vars: set[str]
+    rayjob: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ray.runtime_env import RuntimeEnv
 
     runtime_env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
     RuntimeEnv(**runtime_env)
-    assert not driver_env_vars & set(runtime_env.get("env_vars", {}))
+    job_env = runtime_env.get("env_vars", {})
+    assert not passed_env_vars(monkeypatch, job_env) & set(job_env)
 
 
 # --- runtime env for `ray job submit` ----------------------------------------------------------
@@ -151,7 +154,13 @@ def test_runtime_env_parses() -> None:
     assert {".venv", ".git", "results"} <= set(env["excludes"])
 
 
-def test_runtime_env_does_not_repeat_the_drivers_env_vars(driver_env_vars: set[str]) -> None:
+def test_the_driver_never_repeats_the_jobs_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray fails a job whose runtime env and ``ray.init(runtime_env=...)`` share an env var."""
-    assert driver_env_vars, "connect_ray passes env vars to its trials: the check must see them"
-    assert not driver_env_vars & set(load("runtime_env.yaml")["env_vars"])
+    alone = passed_env_vars(monkeypatch, {})
+    assert {"HF_HUB_OFFLINE", "OMP_NUM_THREADS"} <= alone, "outside a job, trials get the env"
+    job_env = {
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "4",
+        **load("runtime_env.yaml")["env_vars"],
+    }
+    assert not passed_env_vars(monkeypatch, job_env) & set(job_env)
