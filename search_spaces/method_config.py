@@ -7,7 +7,7 @@ experiment files and as MLflow params.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from search_spaces.errors import ConfigError, one_of
 
@@ -27,6 +27,7 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
 }
 HEADS = ("mean", "cls")  # mean pooling + linear, or [CLS] through the (trainable) pooler + linear
 FUSIONS = ("static", "dynamic")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,7 @@ class MethodConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
         """From a JSON-like dict or from ``--set`` strings; unknown keys are refused."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise one_of("method key", unknown[0], sorted(known))
-        return cls(**{k: coerce(k, v, known[k].type) for k, v in data.items()})
+        return from_flat_dict(cls, data, what="method key")
 
     def lora_ranks(self, num_layers: int) -> tuple[int, ...]:
         """The LoRA rank of each encoder layer (0 where it carries none)."""
@@ -132,6 +129,16 @@ def _check_in_range(name: str, layers: Any, num_layers: int) -> None:
     bad = [i for i in layers if i >= num_layers]
     if bad:
         raise ConfigError(f"{name} has layer {bad[0]}, the backbone has layers 0..{num_layers - 1}")
+
+
+def from_flat_dict(cls: type[T], data: dict[str, Any], *, what: str) -> T:
+    """``cls(**data)`` for a frozen config dataclass, each value coerced to its field's type;
+    unknown keys are refused with the known ones."""
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise one_of(what, unknown[0], sorted(known))
+    return cls(**{k: coerce(k, v, known[k].type) for k, v in data.items()})
 
 
 def coerce(key: str, value: Any, annotation: Any) -> Any:

@@ -9,11 +9,11 @@ lives here, so there is one definition of each.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from search_spaces.errors import ConfigError, one_of
-from search_spaces.method_config import coerce
+from search_spaces.method_config import from_flat_dict
 
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CPU
 MAX_LR = 1.0  # above this AdamW diverges for any model here: almost surely a typo (3e-4 -> 3)
@@ -80,11 +80,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """From a JSON-like dict or from ``--set`` strings; unknown keys are refused."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise one_of("train key", unknown[0], sorted(known))
-        return cls(**{k: coerce(k, v, known[k].type) for k, v in data.items()})
+        return from_flat_dict(cls, data, what="train key")
 
     def steps_per_epoch(self, num_examples: int) -> int:
         """Optimizer steps in one pass over ``num_examples`` (the last batch may be short)."""

@@ -24,3 +24,14 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
         message = " ".join(str(exc).split())  # one line, whatever the message holds
         print(f"error: {message}", file=sys.stderr)
         return USAGE_ERROR
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``--set`` items: ``["rank=8", "sources=a,b"]`` -> ``{"rank": "8", "sources": "a,b"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out

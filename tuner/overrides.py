@@ -9,22 +9,12 @@ from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig, coerce
 from trainables.recipe import parse_fault
 from trainables.train_config import TrainConfig
+from tuner.cli import parse_sets  # noqa: F401  (re-exported: --set parsing and routing)
 from tuner.experiment import Experiment, Search
 
 EXPERIMENT_KEYS = ("task", "backbone", "head", "num_samples", "train_samples", "grace_period",
                    "reduction_factor", "fault")  # fmt: skip
 SEARCH_KEYS = ("budget_params", "tolerance", "accounting", "sources")
-
-
-def parse_sets(items: list[str]) -> dict[str, str]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; malformed items are refused."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} is not key=value")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def allowed_keys() -> list[str]:

@@ -22,7 +22,7 @@ from search_spaces.accounting import count_params
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import METHODS, MethodConfig
 from search_spaces.shapes import BackboneShape
-from tuner.cli import run_cli
+from tuner.cli import parse_sets, run_cli
 
 DEFAULT_ACCOUNTING = "trainable_params"  # budgets count what the optimiser updates, head included
 META_BACKBONES = ("bert-base",)  # random weights anyway: verify its counts on the meta device
@@ -82,17 +82,6 @@ class ParamsReport:
                 for k, (p, b) in self.mismatches.items()
             ]
         return "\n".join(lines)
-
-
-def parse_sets(items: list[str]) -> dict[str, str]:
-    """``["rank=8", "sources=a,b"]`` -> ``{"rank": "8", "sources": "a,b"}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} must look like key=value")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def backbone_shape(name: str) -> BackboneShape:

@@ -19,8 +19,7 @@ from typing import Any
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import FUSION_METHODS
-from tuner.cli import run_cli
-from tuner.overrides import parse_sets
+from tuner.cli import parse_sets, run_cli
 
 SHOWN = ("dev_score", "test_score", "trainable_params", "added_params", "train_samples_per_s",
          "latency_ms", "wall_s")  # fmt: skip
