@@ -19,7 +19,9 @@ def drive(cls):
     searcher.on_trial_result("stopped", {"dev_score": 0.99, "added_params": 10, "fidelity": 1 / 3,
                                          "training_iteration": 1})  # fmt: skip
     searcher.on_trial_complete("finished", {"dev_score": 0.80, "added_params": 20, "fidelity": 1.0})
-    searcher.on_trial_complete("stopped", {"dev_score": 0.99, "added_params": 10, "fidelity": 1 / 3})
+    searcher.on_trial_complete(
+        "stopped", {"dev_score": 0.99, "added_params": 10, "fidelity": 1 / 3}
+    )
     return searcher._ot_study
 
 

@@ -133,7 +133,9 @@ def parse_fault(spec: str | None) -> tuple[str, int] | None:
         return None
     mode, _, at = str(spec).partition("@")
     if mode not in ("raise", "exit") or not at.isdigit() or int(at) < 1:
-        raise ConfigError(f"fault={spec!r} must be raise@N or exit@N (N = an evaluation number >= 1)")
+        raise ConfigError(
+            f"fault={spec!r} must be raise@N or exit@N (N = an evaluation number >= 1)"
+        )
     return mode, int(at)
 
 

@@ -43,7 +43,9 @@ class SourceSpec:
 
 
 def default_store() -> Path:
-    return Path(os.environ.get("PEFT_TUNE_ADAPTERS", Path.home() / ".cache" / "peft-tune" / "adapters"))
+    return Path(
+        os.environ.get("PEFT_TUNE_ADAPTERS", Path.home() / ".cache" / "peft-tune" / "adapters")
+    )
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -73,7 +75,9 @@ class AdapterStore:
         if not meta_file.is_file():
             return None
         meta = json.loads(meta_file.read_text())
-        if meta.get("spec") != _jsonable(spec) or file_digests(entry / ADAPTER_DIR) != meta.get("sha256"):
+        if meta.get("spec") != _jsonable(spec) or file_digests(entry / ADAPTER_DIR) != meta.get(
+            "sha256"
+        ):
             entry.rename(entry.with_name(f"{entry.name}.corrupt-{os.getpid()}"))
             return None
         return entry / ADAPTER_DIR
@@ -81,11 +85,17 @@ class AdapterStore:
     def put(self, spec: SourceSpec, adapter_dir: Path, metrics: dict[str, Any]) -> Path:
         """Move a freshly saved adapter folder into the store, atomically."""
         if any(p.suffix in (".bin", ".pt", ".pkl", ".pickle") for p in adapter_dir.rglob("*")):
-            raise ConfigError(f"source adapter {spec.source!r}: only safetensors may enter the store")
+            raise ConfigError(
+                f"source adapter {spec.source!r}: only safetensors may enter the store"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         shutil.copytree(adapter_dir, staging / ADAPTER_DIR)
-        meta = {"spec": _jsonable(spec), "metrics": metrics, "sha256": file_digests(staging / ADAPTER_DIR)}
+        meta = {
+            "spec": _jsonable(spec),
+            "metrics": metrics,
+            "sha256": file_digests(staging / ADAPTER_DIR),
+        }
         (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
         target = self.entry(spec)
         try:
