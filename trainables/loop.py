@@ -58,6 +58,8 @@ class EvalReport:
     samples_seen: int
     wall_s: float
     train_samples_per_s: float
+    tokens_seen: int  # real tokens trained on so far (for an MFU estimate)
+    train_s: float  # training wall time so far, evaluations excluded
     state: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
 
 
@@ -292,6 +294,8 @@ def _evaluate(
         samples_seen=progress.samples_seen,
         wall_s=wall_s,
         train_samples_per_s=_per_s(progress.samples_seen, progress.train_s),
+        tokens_seen=progress.tokens_seen,
+        train_s=progress.train_s,
         state=lambda: snapshot(step),
     )
 

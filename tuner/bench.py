@@ -1,0 +1,255 @@
+"""``python -m tuner.bench``: the performance figures of docs/BENCHMARKS.md, as JSON and markdown.
+
+    python -m tuner.bench --suite trial --device cuda                    # ours vs HF Trainer
+    python -m tuner.bench --suite trial --settings ours-bs32,trainer-bs32 --train-samples 2000
+    python -m tuner.bench --suite packing --levels 1,2,4,8,16 --train-samples 8000
+    python -m tuner.bench --suite search --study asha=RESULTS/e4-asha --study fifo=RESULTS/e4-fifo
+
+Each suite writes ``<out>/bench-<suite>.json`` (rows, summary, command, date, device, versions)
+after every measurement, so an interrupted run keeps what it measured, and
+``<out>/bench-<suite>.md``; the markdown table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from search_spaces.errors import ConfigError
+from tuner.cli import run_cli
+
+SUITES = ("trial", "packing", "search")
+DEFAULT_TRIAL_SETTINGS = "trainer-bs32,ours-bs32,ours-bs128,ours-bs128-bf16w,trainer-bs128"
+Column = tuple[str, str, str]  # key, header, format spec ("" = str)
+TRIAL_COLUMNS: list[Column] = [
+    ("setting", "setting", ""), ("batch_size", "batch", "d"), ("lr", "lr", "g"),
+    ("train_samples_per_s", "train samples/s", ",.0f"), ("speedup", "speed-up", ".2f"),
+    ("time_to_target_s", "s to dev target", ".1f"), ("wall_s", "wall s", ".1f"),
+    ("dev_score", "dev", ".4f"), ("test_score", "test", ".4f"),
+    ("peak_mem_mib", "peak MiB", ",.0f"), ("mfu", "MFU", ".2%"),
+]  # fmt: skip
+PACKING_COLUMNS: list[Column] = [
+    ("concurrent", "trials", "d"), ("gpus_per_trial", "gpus/trial", ".3g"), ("mps", "MPS", ""),
+    ("aggregate_samples_per_s", "aggregate samples/s", ",.0f"), ("speedup", "vs 1", ".2f"),
+    ("trial_samples_per_s", "per trial", ",.0f"), ("mfu", "GPU MFU", ".2%"),
+    ("peak_mem_mib", "peak MiB/trial", ",.0f"), ("dev_score", "dev", ".4f"), ("failed", "failed", "d"),
+]  # fmt: skip
+SEARCH_COLUMNS: list[Column] = [
+    ("study", "study", ""), ("trials", "trials", "d"), ("completed", "completed", "d"),
+    ("stopped", "stopped", "d"), ("outside_budget", "outside budget", "d"),
+    ("wall_s", "wall s", ",.0f"), ("best_dev_score", "best dev", ".4f"),
+    ("time_to_near_best_s", "s to best-0.5pt", ",.0f"),
+    ("trials_per_gpu_hour", "trials/GPU-h", ",.1f"),
+]  # fmt: skip
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuner.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--suite", choices=SUITES, default="trial")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    p.add_argument("--task", default="glue/sst2")
+    p.add_argument("--backbone", default="minilm-l6", help="a registered backbone or a folder")
+    p.add_argument("--data-dir", help="local data mirror (default $PEFT_TUNE_DATA_DIR)")
+    p.add_argument("--train-samples", type=int, help="stratified subset (default: all)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--settings", default=DEFAULT_TRIAL_SETTINGS,
+                   help="trial suite: comma-separated names of tuner.bench_trial.SETTINGS")  # fmt: skip
+    p.add_argument("--levels", default="1,2,4,8,16", help="packing: concurrent trials per GPU")
+    p.add_argument("--batch-size", type=int, default=32, help="packing: per trial")
+    p.add_argument("--mps", action="store_true", help="packing: also measure under NVIDIA MPS")
+    p.add_argument("--study", action="append", default=[], metavar="NAME=FOLDER",
+                   help="search: a Tune experiment folder (repeat: asha=..., fifo=...)")  # fmt: skip
+    p.add_argument("--gpus", type=float, help="search: GPUs the studies ran on")
+    p.add_argument("--out", default="bench-results", help="folder for the JSON and markdown")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    run = {"trial": trial_suite, "packing": packing_suite, "search": search_suite}[args.suite]
+    record = Record(Path(args.out), args.suite, _command(argv))
+    run(args, record)
+    print(record.markdown())
+    return 0
+
+
+class Record:
+    """The suite's document, rewritten to disk after each row."""
+
+    def __init__(self, out: Path, suite: str, command: str) -> None:
+        from tuner.provenance import provenance
+
+        self.path = out / f"bench-{suite}.json"
+        self.columns = {"trial": TRIAL_COLUMNS, "packing": PACKING_COLUMNS,
+                        "search": SEARCH_COLUMNS}[suite]  # fmt: skip
+        self.doc: dict[str, Any] = {
+            "suite": suite, "command": command,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **provenance(), "rows": [], "summary": {},
+        }  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)
+
+    def set_rows(self, rows: list[dict[str, Any]], **summary: Any) -> None:
+        self.doc["rows"] = rows
+        self.doc["summary"].update(summary)
+        self.path.write_text(json.dumps(self.doc, indent=2, default=str))
+        self.path.with_suffix(".md").write_text(self.markdown())
+
+    def markdown(self) -> str:
+        d = self.doc
+        head = f"`{d['command']}` on {d['device']}, {d['date'][:10]}, commit {d['git_commit'][:12]}"
+        summary = "".join(f"\n- {k}: {_fmt(v, '')}" for k, v in d["summary"].items())
+        return f"{head}\n\n{markdown_table(d['rows'], self.columns)}\n{summary}\n"
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
+    """A markdown table of ``rows`` (dicts) with ``columns``; missing values show as ``-``."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
+             "|" + "|".join("---" if not f else "---:" for _, _, f in columns) + "|"]  # fmt: skip
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(k), f) for k, _, f in columns) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not spec:
+        return f"{value:.4g}"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# --- the suites ------------------------------------------------------------------------------------
+
+
+def trial_suite(args: argparse.Namespace, record: Record) -> None:
+    from tuner.bench_trial import SETTINGS, TrialRow, Workload, finish_rows, run_setting
+
+    names = [n.strip() for n in args.settings.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise ConfigError(f"--settings {unknown[0]!r} is unknown; known: {', '.join(SETTINGS)}")
+    device = _device(args.device)
+    work = Workload(data=_prepare(args), backbone=args.backbone, epochs=args.epochs, device=device)
+    rows: list[TrialRow] = []
+    for name in names:
+        _log(f"trial suite: {name}")
+        rows.append(run_setting(SETTINGS.get(name), work))
+        summary = finish_rows(rows)
+        record.set_rows([r.to_dict() for r in rows], **summary, **_data_summary(work.data))
+        _log(f"  {rows[-1].train_samples_per_s:,.0f} samples/s, dev {rows[-1].dev_score:.4f}")
+
+
+def packing_suite(args: argparse.Namespace, record: Record) -> None:
+    from trainables.backbones import load_backbone
+    from trainables.flops import device_peak_flops
+    from tuner.bench_packing import (
+        best_gpus_per_trial,
+        mps_daemon,
+        run_level,
+        save_data,
+        with_speedups,
+    )  # fmt: skip
+
+    levels = _levels(args.levels)
+    device = _device(args.device)
+    data = _prepare(args)  # tokenised once for every trial of every level
+    shape = load_backbone(args.backbone, meta=True).shape
+    rows: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="peft-tune-packing-") as tmp:
+        data_file = save_data(data, Path(tmp) / "data.pkl")
+        common = {"data_file": data_file, "workdir": Path(tmp), "backbone": args.backbone,
+                  "device": device, "batch_size": args.batch_size, "lr": 1e-3,
+                  "peak_flops": device_peak_flops(device), "shape": shape}  # fmt: skip
+
+        def measure(mps: bool) -> None:
+            for n in levels:
+                _log(f"packing: {n} trial(s){' under MPS' if mps else ''}")
+                rows.append(run_level(n, mps=mps, **common))
+                done = with_speedups(rows)
+                record.set_rows([r.to_dict() for r in done], tokenisations=1,
+                                best_gpus_per_trial=best_gpus_per_trial(
+                                    [r for r in done if not r.mps]),
+                                **_data_summary(data))  # fmt: skip
+                _log(f"  aggregate {done[-1].aggregate_samples_per_s:,.0f} samples/s")
+
+        measure(mps=False)
+        if args.mps:
+            with mps_daemon(Path(tmp) / "mps") as started:
+                if started:
+                    measure(mps=True)
+                else:
+                    _log("packing: no nvidia-cuda-mps-control here, MPS skipped")
+
+
+def search_suite(args: argparse.Namespace, record: Record) -> None:
+    from tuner.bench_search import compare_studies
+
+    studies = {}
+    for item in args.study:
+        name, sep, folder = item.partition("=")
+        if not sep or not Path(folder).is_dir():
+            raise ConfigError(f"--study {item!r} must be NAME=FOLDER with an existing folder")
+        studies[name] = folder
+    if not studies:
+        raise ConfigError("--suite search needs --study NAME=FOLDER (e.g. asha=..., fifo=...)")
+    rows = compare_studies(studies, gpus=args.gpus)
+    record.set_rows([r.to_dict() for r in rows])
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _prepare(args: argparse.Namespace) -> Any:
+    from trainables.backbones import load_backbone
+    from tuner.prepare import prepare
+
+    tokenizer = load_backbone(args.backbone, meta=True).tokenizer
+    return prepare(args.task, tokenizer=tokenizer, max_length=args.max_length,
+                   train_samples=args.train_samples, data_dir=args.data_dir)  # fmt: skip
+
+
+def _data_summary(data: Any) -> dict[str, Any]:
+    return {"task": data.task, "train": len(data.train), "dev": len(data.dev),
+            "test": len(data.test),
+            "mean_tokens": round(float(data.train.lengths.mean()), 2)}  # fmt: skip
+
+
+def _device(choice: str | None) -> str:
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but torch sees no CUDA device")
+    return choice or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise ConfigError(f"--levels {text!r} must be positive integers, e.g. 1,2,4,8")
+    return levels
+
+
+def _command(argv: list[str]) -> str:
+    return "python -m tuner.bench " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

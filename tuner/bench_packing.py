@@ -1,0 +1,234 @@
+"""The packing benchmark: aggregate throughput of 1, 2, 4, ... trials sharing one GPU.
+
+Each trial is its own process, as a Ray Tune trial with a fractional ``gpus_per_trial`` is: the
+data are tokenised once by the parent and handed to every worker as one file (Ray would use its
+object store), each worker builds its model, waits at a barrier, then trains. Aggregate
+throughput = all samples trained / (last trial's training end - first trial's start), so process
+start-up and model loading, which Ray overlaps with running trials, are not counted.
+
+``python -m tuner.bench_packing worker ...`` is the worker's entry point; use ``tuner.bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+READY_TIMEOUT_S = 600.0
+POLL_S = 0.005
+NEAR_BEST = 0.9  # the default packing: fewest GPUs per trial reaching 90% of the best aggregate
+
+
+@dataclass(frozen=True)
+class PackingRow:
+    concurrent: int
+    gpus_per_trial: float
+    aggregate_samples_per_s: float
+    trial_samples_per_s: float  # mean over the trials
+    speedup: float | None  # aggregate over the one-trial aggregate
+    mfu: float | None  # of the GPU: all trials' model FLOPs in the window
+    peak_mem_mib: float | None  # the largest trial's
+    dev_score: float  # mean final dev score (packing must not change results)
+    failed: int
+    mps: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def aggregate(trials: list[dict[str, Any]]) -> tuple[float, float]:
+    """(aggregate samples/s over the common window, mean per-trial samples/s) of worker results."""
+    if not trials:
+        return 0.0, 0.0
+    start = min(t["start"] for t in trials)
+    end = max(t["start"] + t["train_s"] for t in trials)
+    total = sum(t["samples"] for t in trials)
+    per_trial = sum(t["samples"] / t["train_s"] for t in trials) / len(trials)
+    return (total / (end - start) if end > start else 0.0), per_trial
+
+
+def best_gpus_per_trial(rows: list[PackingRow], *, near: float = NEAR_BEST) -> float | None:
+    """``1 / n`` of the smallest packing ``n`` whose aggregate is within ``near`` of the best:
+    more trials per GPU past that point only add memory and contention."""
+    ok = [r for r in rows if r.failed == 0 and r.aggregate_samples_per_s > 0]
+    if not ok:
+        return None
+    best = max(r.aggregate_samples_per_s for r in ok)
+    return min(
+        (r for r in ok if r.aggregate_samples_per_s >= near * best), key=lambda r: r.concurrent
+    ).gpus_per_trial
+
+
+def run_level(
+    n: int,
+    *,
+    data_file: Path,
+    workdir: Path,
+    backbone: str,
+    device: str,
+    batch_size: int,
+    lr: float,
+    peak_flops: float | None,
+    shape: Any,
+    mps: bool = False,
+) -> PackingRow:
+    """Start ``n`` workers, release them together, collect their results."""
+    from trainables.flops import train_flops
+
+    level = workdir / f"level-{n}{'-mps' if mps else ''}"
+    level.mkdir(parents=True, exist_ok=True)
+    go = level / "go"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    procs = []
+    for i in range(n):
+        cmd = [sys.executable, "-m", "tuner.bench_packing", "worker", "--data", str(data_file),
+               "--backbone", backbone, "--device", device, "--batch-size", str(batch_size),
+               "--lr", str(lr), "--seed", "0", "--ready", str(level / f"ready-{i}"),
+               "--go", str(go), "--out", str(level / f"result-{i}.json")]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, env=env))
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while sum((level / f"ready-{i}").exists() for i in range(n)) + _exited(procs) < n:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    go.touch()
+    for p in procs:
+        p.wait()
+    results = [json.loads(f.read_text()) for f in sorted(level.glob("result-*.json"))]
+    agg, per_trial = aggregate(results)
+    window = _window(results)
+    flops = sum(
+        train_flops(shape, tokens=r["tokens"], samples=r["samples"]) for r in results
+    )  # fmt: skip
+    peaks = [r["peak_mem_mib"] for r in results if r.get("peak_mem_mib") is not None]
+    return PackingRow(
+        concurrent=n, gpus_per_trial=1 / n, aggregate_samples_per_s=agg,
+        trial_samples_per_s=per_trial, speedup=None,
+        mfu=flops / window / peak_flops if peak_flops and window > 0 else None,
+        peak_mem_mib=max(peaks) if peaks else None,
+        dev_score=sum(r["dev_score"] for r in results) / max(1, len(results)),
+        failed=n - len(results), mps=mps,
+    )  # fmt: skip
+
+
+def with_speedups(rows: list[PackingRow]) -> list[PackingRow]:
+    """Each row's aggregate over the aggregate of one trial with the same MPS setting."""
+    from dataclasses import replace
+
+    out = []
+    for r in rows:
+        one = next((o for o in rows if o.concurrent == 1 and o.mps == r.mps), None)
+        base = one.aggregate_samples_per_s if one else 0.0
+        out.append(replace(r, speedup=r.aggregate_samples_per_s / base if base > 0 else None))
+    return out
+
+
+def _window(results: list[dict[str, Any]]) -> float:
+    if not results:
+        return 0.0
+    return max(r["start"] + r["train_s"] for r in results) - min(r["start"] for r in results)
+
+
+def _exited(procs: list[subprocess.Popen]) -> int:
+    return sum(p.poll() is not None for p in procs)
+
+
+def save_data(data: Any, path: Path) -> Path:
+    """The prepared data, once, for every worker (what Ray's object store does for a study)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+@contextlib.contextmanager
+def mps_daemon(folder: Path) -> Iterator[bool]:
+    """NVIDIA MPS for the block, if ``nvidia-cuda-mps-control`` exists: kernels of several
+    processes then share the GPU at once instead of time-slicing. Yields whether it started."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        yield False
+        return
+    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"),
+           "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}  # fmt: skip
+    for key in ("pipe", "log"):
+        (folder / key).mkdir(parents=True, exist_ok=True)
+    started = subprocess.run([control, "-d"], env=env, check=False).returncode == 0
+    saved = {k: os.environ.get(k) for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")}
+    if started:
+        os.environ.update({k: env[k] for k in saved})
+    try:
+        yield started
+    finally:
+        if started:
+            subprocess.run([control], input=b"quit\n", env=env, check=False)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+# --- the worker ------------------------------------------------------------------------------------
+
+
+def worker(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainables.backbones import load_backbone
+    from trainables.loop import fit
+    from trainables.methods import build_model
+    from trainables.recipe import split_config
+
+    with open(args.data, "rb") as handle:
+        data = pickle.load(handle)
+    config = {"method": "lora", "rank": 8, "epochs": 1.0, "batch_size": args.batch_size,
+              "lr": args.lr, "seed": args.seed, "evals": 1}  # fmt: skip
+    method_config, train_config = split_config(config, num_labels=data.num_labels)
+    torch.manual_seed(args.seed)
+    model = build_model(
+        method_config, load_backbone(args.backbone),
+        total_steps=train_config.total_steps(len(data.train)),
+    ).to(args.device)  # fmt: skip
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    Path(args.ready).touch()
+    while not Path(args.go).exists():
+        time.sleep(POLL_S)
+    start = time.time()
+    result = fit(model, data.train, data.dev, train_config, task_kind=data.task_kind,
+                 metric=data.metric, device=args.device)  # fmt: skip
+    Path(args.out).write_text(json.dumps({
+        "start": start, "train_s": result.samples_seen / result.train_samples_per_s,
+        "samples": result.samples_seen, "tokens": result.tokens_seen,
+        "peak_mem_mib": result.peak_mem_mib, "dev_score": result.best_dev_score,
+        "status": result.status,
+    }))  # fmt: skip
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuner.bench_packing")
+    sub = p.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("worker", help="one packed trial (started by tuner.bench)")
+    for name in ("--data", "--backbone", "--device", "--ready", "--go", "--out"):
+        w.add_argument(name, required=True)
+    w.add_argument("--batch-size", type=int, default=32)
+    w.add_argument("--lr", type=float, default=1e-3)
+    w.add_argument("--seed", type=int, default=0)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(worker(_parser().parse_args()))

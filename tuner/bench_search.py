@@ -1,0 +1,107 @@
+"""The search benchmark, computed from finished studies: how soon a study finds a configuration
+within 0.5 points of the best, how many trials it completes per GPU-hour, and whether any trial
+outside the parameter budget was launched.
+
+A study is a Ray Tune experiment folder (``<storage>/<experiment>-<preset>``): one folder per trial
+with Tune's ``result.json``, one JSON line per report. Comparing ASHA with no early stopping takes
+two studies of the same experiment and seed, one with each scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+NEAR_BEST = 0.005  # "within 0.5 points" of an accuracy in [0, 1]
+
+
+@dataclass(frozen=True)
+class TrialHistory:
+    trial_id: str
+    config: dict[str, Any]
+    reports: list[dict[str, Any]]  # Tune's results in order; each has "timestamp" (s)
+
+    @property
+    def status(self) -> str:
+        return str(self.reports[-1].get("status", "unknown")) if self.reports else "empty"
+
+    @property
+    def final_dev_score(self) -> float | None:
+        return self.reports[-1].get("dev_score") if self.status == "completed" else None
+
+    @property
+    def start(self) -> float:
+        first = self.reports[0]
+        return float(first["timestamp"]) - float(first.get("time_total_s", 0.0))
+
+    @property
+    def end(self) -> float:
+        return float(self.reports[-1]["timestamp"])
+
+    def outside_budget(self) -> bool:
+        deviation, tolerance = self.config.get("budget_deviation"), self.config.get("tolerance")
+        if deviation is None or tolerance is None:
+            return False
+        return abs(float(deviation)) > float(tolerance) + 1e-12
+
+
+@dataclass(frozen=True)
+class SearchRow:
+    study: str
+    trials: int
+    completed: int
+    stopped: int
+    outside_budget: int
+    wall_s: float
+    best_dev_score: float | None
+    time_to_near_best_s: float | None  # first completed trial within NEAR_BEST of `target`
+    trials_per_gpu_hour: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_study(folder: str | Path) -> list[TrialHistory]:
+    """Every trial under a Tune experiment folder (trials without a report are skipped)."""
+    trials = []
+    for result in sorted(Path(folder).glob("*/result.json")):
+        reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if not reports:
+            continue
+        trial_id = str(reports[-1].get("trial_id", result.parent.name))
+        trials.append(TrialHistory(trial_id, dict(reports[-1].get("config", {})), reports))
+    return trials
+
+
+def search_row(
+    name: str, trials: list[TrialHistory], *, target: float | None, gpus: float | None
+) -> SearchRow:
+    """Figures of one study; ``target`` is the best dev score of all the compared studies."""
+    if not trials:
+        return SearchRow(name, 0, 0, 0, 0, 0.0, None, None, None)
+    start = min(t.start for t in trials)
+    wall_s = max(t.end for t in trials) - start
+    finals = [(t.end - start, t.final_dev_score) for t in trials if t.final_dev_score is not None]
+    reached = sorted(
+        at for at, score in finals if target is not None and score >= target - NEAR_BEST
+    )
+    completed = len(finals)
+    per_gpu_hour = completed / (wall_s / 3600 * gpus) if gpus and wall_s > 0 else None
+    return SearchRow(
+        study=name, trials=len(trials), completed=completed,
+        stopped=sum(t.status == "stopped" for t in trials),
+        outside_budget=sum(t.outside_budget() for t in trials), wall_s=wall_s,
+        best_dev_score=max((s for _, s in finals), default=None),
+        time_to_near_best_s=reached[0] if reached else None, trials_per_gpu_hour=per_gpu_hour,
+    )  # fmt: skip
+
+
+def compare_studies(studies: dict[str, str | Path], *, gpus: float | None) -> list[SearchRow]:
+    """One row per named study folder, all measured against the best score any of them found."""
+    loaded = {name: load_study(folder) for name, folder in studies.items()}
+    scores = [t.final_dev_score for ts in loaded.values() for t in ts]
+    known = [s for s in scores if s is not None]
+    target = max(known) if known else None
+    return [search_row(name, ts, target=target, gpus=gpus) for name, ts in loaded.items()]
