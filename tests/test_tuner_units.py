@@ -68,3 +68,11 @@ def test_bad_sets_are_refused_with_the_value(item, needle):
     with pytest.raises(ConfigError, match=None) as err:
         apply_sets(get_experiment("e4_budget"), parse_sets([item]))
     assert needle in str(err.value)
+
+
+def test_gpus_per_trial_default_comes_from_the_cluster_not_the_driver():
+    from tuner.study import Resources
+
+    assert Resources.auto(None, None, cluster_gpus=4.0).gpus_per_trial == 0.125  # CPU head
+    assert Resources.auto(None, None, cluster_gpus=0.0).gpus_per_trial == 0.0
+    assert Resources.auto(2.0, 0.5, cluster_gpus=4.0) == Resources(2.0, 0.5)

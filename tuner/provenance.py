@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -13,6 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> str:
+    """HEAD of the checkout (``-dirty`` if it has changes), or ``$PEFT_TUNE_GIT_COMMIT`` where the
+    code runs from a copy without ``.git`` (a job's working dir, a bundle)."""
+    if os.environ.get("PEFT_TUNE_GIT_COMMIT"):
+        return os.environ["PEFT_TUNE_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5

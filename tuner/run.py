@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpus-per-trial",
         type=float,
-        help="fractional GPUs per trial (default 0.25 on a GPU host)",
+        help="fractional GPUs per trial (default 0.125 where the cluster has GPUs)",
     )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     p.add_argument("--storage", help="results folder or pyarrow.fs URI shared by all nodes")

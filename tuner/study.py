@@ -14,6 +14,7 @@ from typing import Any
 from search_spaces.errors import ConfigError
 from tuner.experiment import Experiment
 
+DEFAULT_GPUS_PER_TRIAL = 0.125
 DEFAULT_RESULTS = Path(os.environ.get("PEFT_TUNE_RESULTS", Path.home() / "peft-tune-results"))
 
 
@@ -32,9 +33,10 @@ class Resources:
 
     @classmethod
     def auto(cls, cpus: float | None, gpus: float | None, *, cluster_gpus: float) -> Resources:
-        """Defaults: where the cluster has GPUs (not necessarily the driver's node), a quarter
-        GPU per trial: the embedded backbone packs well."""
-        default_gpus = 0.25 if cluster_gpus > 0 else 0.0
+        """Defaults: where the cluster has GPUs (not necessarily the driver's node), an eighth of
+        a GPU per trial: eight MiniLM trials share an H100 at 5.5-6.9x the throughput of one
+        (docs/BENCHMARKS.md, packing; the higher figure with MPS)."""
+        default_gpus = DEFAULT_GPUS_PER_TRIAL if cluster_gpus > 0 else 0.0
         return cls(
             cpus_per_trial=cpus or 1.0, gpus_per_trial=default_gpus if gpus is None else gpus
         )
