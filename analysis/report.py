@@ -17,6 +17,7 @@ from pathlib import Path
 
 from analysis import markdown as md
 from analysis import sections
+from analysis.families import combine
 from analysis.trials import Study, load_mlflow, load_tune_folder
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
@@ -26,7 +27,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m analysis.report", description=__doc__.split("\n")[0]
     )
-    p.add_argument("experiment", help="a registered experiment, e.g. e4_budget")
+    p.add_argument(
+        "experiment",
+        help="a registered experiment, e.g. e4_budget, or a family of "
+        "them, e.g. glue_methods (one experiment per task)",
+    )
     source = p.add_mutually_exclusive_group()
     source.add_argument("--tracking-uri", help="MLflow URI: a folder, sqlite:///..., http://...")
     source.add_argument("--results", help="Tune results folder <storage>/<experiment>-<preset>, "
@@ -74,6 +79,16 @@ def load(args: argparse.Namespace, experiment: str) -> Study:
     raise ConfigError(f"no results at {DEFAULT_RESULTS}: pass --tracking-uri or --results")
 
 
+def _is_family(name: str) -> bool:
+    from tuner.experiments.families import FAMILIES, get_family
+
+    try:
+        get_family(name)  # fills the registry first
+    except ConfigError:
+        return False
+    return name in FAMILIES
+
+
 def build(study: Study, out: Path) -> str:
     """Write the figures into ``out`` and return the report's markdown."""
     out.mkdir(parents=True, exist_ok=True)
@@ -101,8 +116,14 @@ def main(argv: list[str]) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    experiment = get_experiment(args.experiment).name  # unknown name: ConfigError, exit 2
-    study = load(args, experiment)
+    from tuner.experiments.families import get_family
+
+    if _is_family(args.experiment):
+        experiment = args.experiment
+        study = combine(experiment, get_family(experiment), lambda name: load(args, name))
+    else:
+        experiment = get_experiment(args.experiment).name  # unknown name: ConfigError, exit 2
+        study = load(args, experiment)
     out = Path(args.out or Path("reports") / experiment)
     report = build(study, out)
     (out / "report.md").write_text(report)

@@ -14,6 +14,7 @@ from analysis.efficiency import efficiency_table
 from analysis.hypotheses import BY_EXPERIMENT, evaluate
 from analysis.pareto import optuna_study, pareto_front
 from analysis.selection import completed
+from analysis.study_sections import study_sections
 from analysis.tables import few_shot_table, method_task_table, transfer_table, trials_overview
 from analysis.trials import Study
 
@@ -77,7 +78,7 @@ def e5(study: Study, out: Path, score: str) -> list[str]:
 
 SECTIONS: dict[str, Section] = {
     "e1_single_task": e1, "e2_few_shot": e2, "e3_transfer": e3, "e3_shift": e3, "e4_budget": e4,
-    "e5_efficiency": e5,
+    "e5_efficiency": e5, **study_sections(),
 }  # fmt: skip
 
 

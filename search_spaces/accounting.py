@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from search_spaces.errors import ConfigError
-from search_spaces.method_config import METHODS, PLACEMENTS, MethodConfig
+from search_spaces.method_config import AUTOPEFT_MODULES, METHODS, PLACEMENTS, MethodConfig
 from search_spaces.shapes import BackboneShape
 
 # Hidden width of the prefix reparametrisation MLP: adapters' PrefixTuningConfig default
@@ -30,6 +30,9 @@ BOTTLENECK_LOCATIONS = {"houlsby": 2, "pfeiffer": 1}
 # adapters' LoRA can adapt these BERT linears only (no attention.output): placements it supports.
 ADAPTERS_LORA_PLACEMENTS = ("attn_qv", "ffn")
 ADAPTERS_LORA_METHODS = ("unipelt", "lora_fusion")
+# lora_grow stores its growth state (active rank, best dev loss, evaluations without improvement)
+# as one frozen 3-vector: served with the model, so a checkpoint resumes at the grown rank.
+GROWTH_STATE_PARAMS = 3
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,18 @@ def adapters_lora(config: MethodConfig, num_layers: int) -> tuple[int, tuple[int
     return used[0], tuple(i for i, r in enumerate(ranks) if r)
 
 
+def encoder_layer_params(shape: BackboneShape) -> int:
+    """One BERT encoder layer: attention (q, k, v, output + LayerNorm) and FFN (+ LayerNorm)."""
+    d, i = shape.hidden, shape.intermediate
+    return 4 * (d * d + d) + 2 * d + d * i + i + i * d + d + 2 * d
+
+
 def _full(config: MethodConfig, shape: BackboneShape) -> ParamCount:
-    return ParamCount(shape.backbone_params, 0)
+    if config.layers is None:
+        return ParamCount(shape.backbone_params, 0)
+    # the top-k (or any) layers fine-tuned; embeddings and the other layers frozen
+    n = len(method_layers(config, shape.num_layers))
+    return ParamCount(n * encoder_layer_params(shape), 0)
 
 
 def _bitfit(config: MethodConfig, shape: BackboneShape) -> ParamCount:
@@ -246,7 +259,73 @@ def _lora_fusion(config: MethodConfig, shape: BackboneShape) -> ParamCount:
     rank, layers = adapters_lora(config, shape.num_layers)
     lora = len(layers) * lora_params_per_layer(rank, config.placement, shape)
     trainable, frozen = _fusion_parts(config, shape)
-    return ParamCount(lora + trainable, lora + trainable + frozen)
+    return ParamCount(
+        lora + trainable, lora + trainable + frozen + entropy_state_params(config, shape)
+    )
+
+
+def entropy_state_params(config: MethodConfig, shape: BackboneShape) -> int:
+    """Frozen record of ``lora_placement_rule="fusion_entropy"``: the entropy measured in each
+    fused layer and the layer each of the k LoRA slots went to (0 for the fixed rule)."""
+    if config.lora_placement_rule != "fusion_entropy":
+        return 0
+    fused = config.fused_layers(shape.num_layers)
+    k = len(method_layers(config, shape.num_layers))
+    if k > len(fused):
+        raise ConfigError(
+            f"lora_placement_rule='fusion_entropy' picks {k} LoRA layers among the {len(fused)} "
+            f"fused layers: lower len(layers) or widen fusion_layers"
+        )
+    return len(fused) + k
+
+
+def _lora_grow(config: MethodConfig, shape: BackboneShape) -> ParamCount:
+    if config.layer_ranks is not None:
+        raise ConfigError(
+            f"layer_ranks={config.layer_ranks!r} is not supported for method='lora_grow' "
+            "(one rank grows everywhere); use layers"
+        )
+    n = len(method_layers(config, shape.num_layers))
+    total = n * lora_params_per_layer(config.rank, config.placement, shape)  # at its largest rank
+    return ParamCount(total, total + GROWTH_STATE_PARAMS)
+
+
+def autopeft_modules(config: MethodConfig, num_layers: int) -> tuple[str, ...]:
+    """The module of each encoder layer (``layer_modules``; a serial adapter everywhere if unset)."""
+    modules = config.layer_modules or ("serial",) * num_layers
+    if len(modules) != num_layers:
+        raise ConfigError(
+            f"layer_modules has {len(modules)} entries, the backbone {num_layers} layers"
+        )
+    if all(m == "none" for m in modules):
+        raise ConfigError(f"layer_modules={','.join(modules)!r} puts no module in any layer")
+    if "lora" in modules and config.placement not in ADAPTERS_LORA_PLACEMENTS:
+        raise ConfigError(
+            f"placement={config.placement!r} is not available for method='autopeft' (adapters' "
+            f"LoRA cannot adapt attention.output); use one of: {', '.join(ADAPTERS_LORA_PLACEMENTS)}"
+        )
+    return tuple(modules)
+
+
+def _autopeft(config: MethodConfig, shape: BackboneShape) -> ParamCount:
+    modules = autopeft_modules(config, shape.num_layers)
+    per_layer = {
+        "serial": bottleneck_adapter_params(config.bottleneck, shape),
+        "parallel": bottleneck_adapter_params(config.parallel_bottleneck, shape),
+        "lora": lora_params_per_layer(config.rank, config.placement, shape),
+        "prefix": 0,
+        "none": 0,
+    }
+    if set(per_layer) != set(AUTOPEFT_MODULES):
+        raise ImportError("autopeft accounting misses a module type")
+    total = sum(per_layer[m] for m in modules)
+    n_prefix = modules.count("prefix")
+    if not n_prefix:
+        return ParamCount(total, total)
+    trainable, stored = prefix_params(
+        config.prefix_length, n_prefix, shape, reparam=config.prefix_reparam
+    )
+    return ParamCount(total + trainable, total + stored)
 
 
 # method -> counter of the method's own parameters (head excluded)
@@ -261,6 +340,8 @@ _COUNTERS: dict[str, Callable[[MethodConfig, BackboneShape], ParamCount]] = {
     "unipelt": _unipelt,
     "fusion": _fusion,
     "lora_fusion": _lora_fusion,
+    "lora_grow": _lora_grow,
+    "autopeft": _autopeft,
 }
 if set(_COUNTERS) != set(METHODS):
     raise ImportError(f"accounting misses methods: {sorted(set(METHODS) - set(_COUNTERS))}")
@@ -282,5 +363,7 @@ __all__ = [
     "ParamCount", "count_params", "head_params", "lora_params_per_layer",
     "adalora_params_per_layer", "bottleneck_adapter_params", "bottleneck_params_per_layer",
     "fusion_params_per_layer", "prefix_params", "bitfit_params", "method_layers", "adapters_lora",
+    "autopeft_modules", "encoder_layer_params", "entropy_state_params",
     "ADAPTERS_LORA_METHODS", "ADAPTERS_LORA_PLACEMENTS", "BOTTLENECK_LOCATIONS", "PREFIX_MLP_HIDDEN",
+    "GROWTH_STATE_PARAMS",
 ]  # fmt: skip

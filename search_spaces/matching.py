@@ -29,10 +29,10 @@ ACCOUNTINGS = ("trainable", "added")
 KNOBS: dict[str, str | None] = {
     "full": None, "bitfit": None, "lora": "rank", "adalora": "rank", "houlsby": "bottleneck",
     "pfeiffer": "bottleneck", "prefix": "prefix_length", "unipelt": "sizes",
-    "fusion": "fusion_layers", "lora_fusion": "rank",
+    "fusion": "fusion_layers", "lora_fusion": "rank", "lora_grow": "rank", "autopeft": None,
 }  # fmt: skip
 # adapters' LoRA (lora_fusion, unipelt) and AdaLoRA take one rank per module, no rank_pattern.
-ONE_RANK_METHODS = (*ADAPTERS_LORA_METHODS, "adalora")
+ONE_RANK_METHODS = (*ADAPTERS_LORA_METHODS, "adalora", "lora_grow")
 # LoRA's scale alpha / r stays at MethodConfig's default 16 / 8 whatever rank is solved.
 ALPHA_PER_RANK = MethodConfig.alpha / MethodConfig.rank
 # AdaLoRA starts every module at 1.5x its target average rank (peft's defaults: 12 for 8).
@@ -197,6 +197,8 @@ def knob(template: MethodConfig, shape: BackboneShape) -> Lever:
         return Lever("rank", 1, d, lambda r: t.replace(rank=r, layer_ranks=None))
     if t.method == "adalora":
         return Lever("rank", 1, d, lambda r: t.replace(rank=r, init_rank=adalora_init_rank(r)))
+    if t.method == "lora_grow":  # the largest rank it may grow to; it starts at start_rank
+        return Lever("rank", t.start_rank, max(d, t.start_rank), lambda r: t.replace(rank=r))
     if t.method in ("houlsby", "pfeiffer"):
         return Lever("bottleneck", 1, d, lambda b: t.replace(bottleneck=b))
     if t.method == "prefix":

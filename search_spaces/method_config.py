@@ -13,10 +13,18 @@ from search_spaces.errors import ConfigError, one_of
 
 METHODS = (
     "full", "bitfit", "lora", "adalora", "houlsby", "pfeiffer",
-    "prefix", "unipelt", "fusion", "lora_fusion",
+    "prefix", "unipelt", "fusion", "lora_fusion", "lora_grow", "autopeft",
 )  # fmt: skip
 FUSION_METHODS = ("fusion", "lora_fusion")
-LORA_METHODS = ("lora", "adalora", "lora_fusion", "unipelt")
+LORA_METHODS = ("lora", "adalora", "lora_fusion", "unipelt", "lora_grow")
+# How fusion weighs its sources before it learns: equally, or by the task similarity the study
+# measured from the data (``source_similarity``, a fixed prior on the fusion attention).
+FUSION_INITS = ("uniform", "similarity")
+# Which layers carry the LoRA of lora_fusion: ``layers`` as given, or the ``len(layers)`` fused
+# layers whose fusion attention entropy is highest after a short warm-up.
+LORA_PLACEMENT_RULES = ("fixed", "fusion_entropy")
+# AutoPEFT's per-layer module choices (``layer_modules``).
+AUTOPEFT_MODULES = ("serial", "parallel", "prefix", "lora", "none")
 
 # placement -> the BERT linear layers (names as in transformers' BertLayer) that carry LoRA
 PLACEMENTS: dict[str, tuple[str, ...]] = {
@@ -57,6 +65,21 @@ class MethodConfig:
     sources: tuple[str, ...] = ()
     fusion_layers: tuple[int, ...] | None = None  # fusion depth: layers that carry a fusion layer
     target_bottleneck: int = 0  # a trainable target-task adapter fused with the sources (0 = none)
+    # rank growth (lora_grow): LoRA starts at start_rank and grows by grow_step, up to ``rank``,
+    # when the dev loss has not improved for grow_patience evaluations
+    start_rank: int = 2
+    grow_step: int = 2
+    grow_patience: int = 1
+    # novelty knobs of the hybrid (lora_fusion; fusion_init also for fusion)
+    fusion_init: str = "uniform"
+    source_similarity: tuple[float, ...] | None = (
+        None  # cosine similarity to the target, per source
+    )
+    lora_placement_rule: str = "fixed"
+    # AutoPEFT: one module per layer (AUTOPEFT_MODULES); None = a serial adapter in every layer.
+    # Sizes per module type: bottleneck (serial), parallel_bottleneck, prefix_length, rank.
+    layer_modules: tuple[str, ...] | None = None
+    parallel_bottleneck: int = 24
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -67,7 +90,8 @@ class MethodConfig:
             raise one_of("placement", self.placement, PLACEMENTS)
         if self.fusion not in FUSIONS:
             raise one_of("fusion", self.fusion, FUSIONS)
-        for name in ("num_labels", "rank", "init_rank", "bottleneck", "prefix_length"):
+        for name in ("num_labels", "rank", "init_rank", "bottleneck", "prefix_length",
+                     "start_rank", "grow_step", "grow_patience", "parallel_bottleneck"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} must be a positive integer")
@@ -85,6 +109,16 @@ class MethodConfig:
             raise ConfigError(f"method={self.method!r} needs sources (comma-separated task names)")
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"sources={','.join(self.sources)!r} lists a task twice")
+        if self.method == "lora_grow" and self.start_rank > self.rank:
+            raise ConfigError(
+                f"start_rank={self.start_rank} must be <= rank={self.rank} (the largest rank) "
+                "for lora_grow"
+            )
+        _check_novelty(self)
+        if self.layer_modules is not None:
+            bad = [m for m in self.layer_modules if m not in AUTOPEFT_MODULES]
+            if bad:
+                raise one_of("layer_modules entry", bad[0], AUTOPEFT_MODULES)
 
     def replace(self, **changes: Any) -> MethodConfig:
         return replace(self, **changes)
@@ -114,6 +148,40 @@ class MethodConfig:
         chosen = tuple(range(num_layers)) if self.fusion_layers is None else self.fusion_layers
         _check_in_range("fusion_layers", chosen, num_layers)
         return tuple(chosen)
+
+
+def _check_novelty(config: MethodConfig) -> None:
+    """The hybrid's novelty knobs: known values, on a method that has them, with their data."""
+    if config.fusion_init not in FUSION_INITS:
+        raise one_of("fusion_init", config.fusion_init, FUSION_INITS)
+    if config.lora_placement_rule not in LORA_PLACEMENT_RULES:
+        raise one_of("lora_placement_rule", config.lora_placement_rule, LORA_PLACEMENT_RULES)
+    if config.fusion_init != "uniform" and config.method not in FUSION_METHODS:
+        raise ConfigError(
+            f"fusion_init={config.fusion_init!r} needs a fusion method "
+            f"({', '.join(FUSION_METHODS)}), got method={config.method!r}"
+        )
+    if config.lora_placement_rule != "fixed":
+        if config.method != "lora_fusion":
+            raise ConfigError(
+                f"lora_placement_rule={config.lora_placement_rule!r} is an option of "
+                f"method='lora_fusion', got method={config.method!r}"
+            )
+        if config.layers is None:
+            raise ConfigError(
+                "lora_placement_rule='fusion_entropy' places LoRA on len(layers) layers: set "
+                "layers (e.g. the top k) to fix how many"
+            )
+    similarity = config.source_similarity
+    if similarity is None:
+        return
+    if len(similarity) != len(config.sources):
+        raise ConfigError(
+            f"source_similarity has {len(similarity)} values for {len(config.sources)} sources "
+            f"({','.join(config.sources)})"
+        )
+    if any(not -1.0 <= s <= 1.0 for s in similarity):
+        raise ConfigError(f"source_similarity={similarity!r} must hold cosines in [-1, 1]")
 
 
 def _check_layers(name: str, layers: tuple[int, ...] | None) -> None:
@@ -155,6 +223,9 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
             ints = [int(x) for x in items]
             # layer sets are sets; per-layer values (layer_ranks) keep their order
             return tuple(sorted(set(ints))) if key.endswith("layers") else tuple(ints)
+        if kind.startswith("tuple[float"):
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(float(x) for x in items)
         if kind.startswith("tuple[str"):
             items = value.split(",") if isinstance(value, str) else value
             return tuple(s.strip() for s in items if s.strip())

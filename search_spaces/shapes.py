@@ -32,6 +32,7 @@ class BackboneShape:
     @classmethod
     def from_hf_config(cls, config: Any) -> BackboneShape:
         """From a ``transformers`` BERT config object or its ``config.json`` as a dict."""
+
         def get(key: str, default: int = 0) -> int:
             value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
             return int(value) if value is not None else default

@@ -46,13 +46,16 @@ LR_RANGES: dict[str, tuple[float, float]] = {
     "unipelt": (1e-4, 3e-3),  # its LoRA and adapter parts
     "fusion": (2e-5, 1e-3),  # AdapterFusion trained fusion at 5e-5 (Pfeiffer et al., 2021)
     "lora_fusion": (5e-5, 2e-3),  # between fusion's and LoRA's
+    "lora_grow": (1e-4, 3e-3),  # as LoRA
+    "autopeft": (1e-4, 3e-3),  # its modules are adapters, prefixes and LoRA
 }
 _LORA = ("rank", "alpha", "placement", "layers", "layer_ranks")
 _FUSION = ("fusion", "sources", "fusion_layers", "bottleneck", "target_bottleneck")
+_AUTOPEFT_SIZES = ("bottleneck", "parallel_bottleneck", "prefix_length", "prefix_reparam")
 # The knobs each method reads; the others are None in a trial's params, so MLflow shows no
 # knob that had no effect.
 KNOBS_USED: dict[str, tuple[str, ...]] = {
-    "full": (),
+    "full": ("layers",),  # the top-k layers fine-tuned; None = every weight
     "bitfit": (),
     "lora": _LORA,
     "adalora": ("rank", "alpha", "placement", "layers", "init_rank"),
@@ -60,8 +63,10 @@ KNOBS_USED: dict[str, tuple[str, ...]] = {
     "pfeiffer": ("bottleneck", "layers"),
     "prefix": ("prefix_length", "prefix_reparam", "layers"),
     "unipelt": (*_LORA, "bottleneck", "prefix_length", "prefix_reparam"),
-    "fusion": _FUSION,
-    "lora_fusion": (*_LORA, *_FUSION),
+    "fusion": (*_FUSION, "fusion_init", "source_similarity"),
+    "lora_fusion": (*_LORA, *_FUSION, "fusion_init", "source_similarity", "lora_placement_rule"),
+    "lora_grow": (*_LORA[:4], "start_rank", "grow_step", "grow_patience"),
+    "autopeft": ("layer_modules", *_AUTOPEFT_SIZES, "rank", "alpha", "placement"),
 }
 # MethodConfig fields a trial's params carry (num_labels and head come from the task).
 METHOD_KEYS = tuple(f.name for f in fields(MethodConfig) if f.name not in ("num_labels", "head"))

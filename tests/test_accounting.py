@@ -15,7 +15,7 @@ from search_spaces.accounting import (
     prefix_params,
 )
 from search_spaces.errors import ConfigError
-from search_spaces.method_config import METHODS, PLACEMENTS, MethodConfig
+from search_spaces.method_config import AUTOPEFT_MODULES, METHODS, PLACEMENTS, MethodConfig
 from search_spaces.shapes import BERT_BASE, MINILM_L6
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,7 +113,7 @@ def test_configs_the_backbone_cannot_carry_raise(config: MethodConfig, fragment:
 def _variants() -> list[tuple[str, dict[str, object]]]:
     """(id, knobs): every method at its defaults plus the options that change its size."""
     per_method: dict[str, list[dict[str, object]]] = {
-        "full": [{"num_labels": 20}],
+        "full": [{"num_labels": 20}, {"layers": (1,), "head": "cls"}],
         "bitfit": [{"head": "cls", "num_labels": 1}],
         "lora": [
             *({"placement": p} for p in PLACEMENTS),
@@ -139,6 +139,22 @@ def _variants() -> list[tuple[str, dict[str, object]]]:
             {"placement": "ffn", "fusion": "static"},
             {"layers": (0,), "fusion_layers": (1,), "target_bottleneck": 6},
             {"layer_ranks": "uniform"},
+            {
+                "layers": (1,),
+                "lora_placement_rule": "fusion_entropy",
+                "fusion_init": "similarity",
+                "source_similarity": (0.9, 0.1),
+                "target_bottleneck": 4,
+            },
+            {"layers": (0, 1), "placement": "ffn", "lora_placement_rule": "fusion_entropy"},
+        ],
+        "lora_grow": [
+            {"placement": "all", "rank": 4, "start_rank": 1},
+            {"layers": (0,), "head": "cls"},
+        ],
+        "autopeft": [
+            {"layer_modules": "mixed", "prefix_reparam": False},
+            {"layer_modules": "mixed+2", "placement": "ffn", "num_labels": 1},
         ],
     }
     out = [(m, {}) for m in METHODS]
@@ -153,6 +169,11 @@ def _resolve(method: str, knobs: dict[str, object], num_layers: int) -> MethodCo
         knobs["layer_ranks"] = tuple((i % 3) * 2 for i in range(num_layers))
     elif knobs.get("layer_ranks") == "uniform":  # one rank, layers skipped
         knobs["layer_ranks"] = tuple(4 if i % 2 else 0 for i in range(num_layers))
+    if str(knobs.get("layer_modules", "")).startswith("mixed"):  # every module type in turn
+        offset = int(str(knobs["layer_modules"]).partition("+")[2] or 0)
+        knobs["layer_modules"] = tuple(
+            AUTOPEFT_MODULES[(i + offset) % len(AUTOPEFT_MODULES)] for i in range(num_layers)
+        )
     return cfg(method, **knobs)
 
 
@@ -180,6 +201,6 @@ def test_prediction_equals_built_model(backbone: str, meta: bool, method: str, k
     assert model.trainable_params() == predicted.trainable_params
     assert model.added_params() == predicted.added_params
     assert model.backbone_params() == loaded.shape.backbone_params
-    if not (method in ("prefix", "unipelt") and config.prefix_reparam):
+    if not (method in ("prefix", "unipelt", "autopeft") and config.prefix_reparam):
         # no flattening adjustment: added is literally (built total - backbone)
         assert built_total - loaded.shape.backbone_params == predicted.added_params

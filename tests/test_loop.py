@@ -252,3 +252,28 @@ def test_cuda_run_learns_with_fused_adamw_and_reports_memory():
     state = reports[-1].state()
     assert state["cuda_rng"] is not None
     assert all(group["fused"] for group in state["optimizer"]["param_groups"])
+
+
+class PlateauClassifier(TinyClassifier):
+    """Records the loop's calls of the method hooks (lora_grow's plateau_hook, AdaLoRA's penalty)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plateau_losses: list[float] = []
+        self.penalty_calls = 0
+
+    def plateau_hook(self, dev_loss: float) -> bool:
+        self.plateau_losses.append(dev_loss)
+        return False
+
+    def regularization_loss(self) -> torch.Tensor:
+        self.penalty_calls += 1
+        return sum(p.pow(2).sum() for p in self.head.parameters()) * 0.0
+
+
+def test_method_hooks_are_called_after_each_evaluation_and_step():
+    model = PlateauClassifier()
+    reports = []
+    result = run(model=model, on_eval=reports.append)
+    assert model.plateau_losses == [r.dev_loss for r in reports]  # before on_eval, once each
+    assert model.penalty_calls == result.steps

@@ -184,6 +184,7 @@ def fit(
     # AdaLoRA's orthogonality penalty, dynamic fusion's identity pull: part of the training loss,
     # not of the reported task loss.
     regularization = getattr(model, "regularization_loss", None)
+    plateau_hook = getattr(model, "plateau_hook", None)
 
     def snapshot(at_step: int) -> dict[str, Any]:
         if progress.step != at_step:
@@ -234,6 +235,11 @@ def fit(
                         wall_s = time.perf_counter() - wall_start
                         # eager model: dev batches have other shapes, each a costly compilation
                         report = _evaluate(model, dev, plan, progress, train_loss, wall_s, snapshot)
+                        if plateau_hook is not None:
+                            # lora_grow: grow the rank when the dev loss stalls, before on_eval
+                            # checkpoints it. Its tensors are allocated at full rank from the
+                            # start, so the optimiser already holds every parameter it can grow.
+                            plateau_hook(report.dev_loss)
                         model.train()
                         if on_eval is not None and on_eval(report) and not progress.done(plan):
                             status = "stopped"

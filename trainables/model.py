@@ -1,7 +1,8 @@
 """The classifier every method builds: a (modified) BERT encoder plus a pooling head.
 
 The training loop relies on ``forward``, ``parameters()``, ``train()``/``eval()``,
-``save_method_weights``/``load_method_weights``, ``step_hook`` and ``regularization_loss``.
+``save_method_weights``/``load_method_weights``, ``step_hook``, ``regularization_loss`` and
+``plateau_hook``; the recipe may add ``method_metrics()`` to a trial's final metrics.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class MethodHooks:
     step: Callable[[int], None] | None = None  # called after each optimiser step
     regularization: Callable[[], torch.Tensor | None] | None = None  # extra loss term
     stored_adjustment: Callable[[], int] = lambda: 0  # served size minus built size (prefix)
+    plateau: Callable[[float], bool] | None = None  # sees each dev loss; True: the model grew
+    metrics: Callable[[], dict[str, float]] | None = None  # method-specific trial metrics
 
 
 class PeftClassifier(nn.Module):
@@ -124,6 +127,23 @@ class PeftClassifier(nn.Module):
         if self._hooks.regularization is None:
             return None
         return self._hooks.regularization()
+
+    def plateau_hook(self, dev_loss: float) -> bool:
+        """Call after each dev evaluation with its mean loss. Returns True when the method changed
+        the model in response (lora_grow raised its rank because the loss stopped improving): the
+        loop should then rebuild its optimizer over the parameters with ``requires_grad``. False
+        (and a no-op) for the other methods."""
+        if self._hooks.plateau is None:
+            return False
+        return bool(self._hooks.plateau(float(dev_loss)))
+
+    def method_metrics(self) -> dict[str, float]:
+        """Method-specific figures worth a trial metric, e.g. AdaLoRA's final rank per module
+        (``rank_L3_query``), lora_grow's ``active_rank``, the fusion entropy of each layer; empty
+        for methods without any."""
+        if self._hooks.metrics is None:
+            return {}
+        return dict(self._hooks.metrics())
 
     @property
     def mergeable(self) -> bool:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,9 +25,11 @@ from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
 from trainables.backbones import load_backbone
 from trainables.data.splits import stratified_order
+from trainables.flops import trial_mfu
 from trainables.loop import evaluate, fit, measure_latency
 from trainables.methods import build_model
 from trainables.prepared import PreparedData
+from trainables.source_store import check_intact
 from trainables.train_config import TrainConfig
 
 Report = Callable[[dict[str, Any], Path | None], None]
@@ -69,10 +71,13 @@ def run_trial(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(train_config.seed)
     backbone = load_backbone(config.get("backbone", "minilm-l6"))
+    sources = data.adapters_for(method_config.bottleneck)
+    for folder in (sources or {}).values():
+        check_intact(folder)  # changed since the driver checked it: refused, never used
     model = build_model(
         method_config,
         backbone,
-        source_adapters=data.adapters_for(method_config.bottleneck),
+        source_adapters=sources,
         total_steps=train_config.total_steps(len(data.train)),
     ).to(device)
     state = None
@@ -96,6 +101,7 @@ def run_trial(
             "dev_score": ev.dev_score,
             **{f"dev_{k}": v for k, v in ev.dev_metrics.items() if k != "score"},
             "train_samples_per_s": ev.train_samples_per_s,
+            "mfu": trial_mfu(model, ev, device),  # None on CPU: no known peak
             "wall_s": time.perf_counter() - started,
             "status": "running",
         }
@@ -127,26 +133,49 @@ def run_trial(
     return last
 
 
-def parse_fault(spec: str | None) -> tuple[str, int] | None:
-    """``"raise@2"`` -> ``("raise", 2)``; None for no fault; bad specs are refused."""
+class Fault(NamedTuple):
+    """A parsed ``fault`` spec (a testing aid): how a trial fails, at which evaluation, which trial."""
+
+    mode: str  # "raise" (an exception) or "exit" (the process dies: os._exit)
+    at: int  # the evaluation (1-based) at which the first attempt fails, before reporting it
+    trial: int | None = None  # the study's trial index (Optuna's trial number); None = every trial
+
+
+def parse_fault(spec: str | None) -> Fault | None:
+    """``"raise@2"`` -> ``Fault("raise", 2)``, ``"exit@2:trial=1"`` -> ``Fault("exit", 2, 1)``;
+    None for no fault; bad specs are refused."""
     if not spec:
         return None
-    mode, _, at = str(spec).partition("@")
-    if mode not in ("raise", "exit") or not at.isdigit() or int(at) < 1:
+    head, targeted, target = str(spec).partition(":")
+    mode, _, at = head.partition("@")
+    key, _, index = target.partition("=")
+    valid = mode in ("raise", "exit") and at.isdigit() and int(at) >= 1
+    if not valid or (targeted and (key != "trial" or not index.isdigit())):
         raise ConfigError(
-            f"fault={spec!r} must be raise@N or exit@N (N = an evaluation number >= 1)"
+            f"fault={spec!r} must be raise@N or exit@N, optionally followed by :trial=K "
+            "(N = an evaluation number >= 1, K = a trial index >= 0)"
         )
-    return mode, int(at)
+    return Fault(mode, int(at), int(index) if targeted else None)
+
+
+def fault_for_trial(spec: str | None, index: int) -> str | None:
+    """The fault that trial number ``index`` of a study carries: ``"exit@2"`` for every trial,
+    ``"exit@2:trial=1"`` only for trial 1 (as ``"exit@2"``), None for the others."""
+    fault = parse_fault(spec)
+    if fault is None or fault.trial not in (None, index):
+        return None
+    return f"{fault.mode}@{fault.at}"
 
 
 def inject_fault(spec: str | None, evaluation: int) -> None:
     """Testing aid: ``fault="raise@N"`` raises, ``"exit@N"`` kills the process (``os._exit``)
     at evaluation N, before it is reported, on a trial's first attempt only (a restored
-    attempt runs through, so a restart from the last checkpoint can be checked)."""
-    parsed = parse_fault(spec)
-    if parsed is None or parsed[1] != evaluation:
+    attempt runs through, so a restart from the last checkpoint can be checked). A study's
+    space gives a targeted fault (``:trial=K``) to trial K alone (:func:`fault_for_trial`)."""
+    fault = parse_fault(spec)
+    if fault is None or fault.at != evaluation:
         return
-    if parsed[0] == "exit":
+    if fault.mode == "exit":
         os._exit(17)
     raise RuntimeError(f"injected fault at evaluation {evaluation}")
 
@@ -173,6 +202,7 @@ def final_metrics(
     for name, split in data.extra_tests.items():
         _, scores = evaluate(model, split, **kwargs)
         out[f"shift_{name}_score"] = scores["score"]
+    out.update(model.method_metrics())  # AdaLoRA's final ranks, fusion entropy, grown ranks
     out["latency_ms"] = measure_latency(model, data.dev, device=device)
     if model.config.method == "lora":  # merged LoRA: the same function, no added latency
         merged = copy.deepcopy(model)

@@ -8,11 +8,13 @@ reach the file system unhashed, so a source name cannot escape the store folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ class AdapterStore:
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_store()
+        self.quarantined: list[Path] = []  # entries that failed their checksums, moved aside
 
     def entry(self, spec: SourceSpec) -> Path:
         return self.root / spec.key
@@ -68,19 +71,19 @@ class AdapterStore:
     def get(self, spec: SourceSpec) -> Path | None:
         """The adapter folder of ``spec`` if present and intact, else None.
 
-        A present entry whose checksums do not match is quarantined (renamed) so it is retrained.
+        A present entry that is not intact (a file changed, added or missing, meta.json unreadable
+        or for another spec) is quarantined: renamed aside, listed in ``quarantined``, retrained.
         """
         entry = self.entry(spec)
-        meta_file = entry / META
-        if not meta_file.is_file():
+        if not entry.exists():
             return None
-        meta = json.loads(meta_file.read_text())
-        if meta.get("spec") != _jsonable(spec) or file_digests(entry / ADAPTER_DIR) != meta.get(
-            "sha256"
-        ):
-            entry.rename(entry.with_name(f"{entry.name}.corrupt-{os.getpid()}"))
-            return None
-        return entry / ADAPTER_DIR
+        if _intact(entry, spec):
+            return entry / ADAPTER_DIR
+        aside = entry.with_name(f"{entry.name}.corrupt-{os.getpid()}-{time.time_ns()}")
+        with contextlib.suppress(FileNotFoundError):  # another process moved it first
+            entry.rename(aside)
+            self.quarantined.append(aside)
+        return None
 
     def put(self, spec: SourceSpec, adapter_dir: Path, metrics: dict[str, Any]) -> Path:
         """Move a freshly saved adapter folder into the store, atomically."""
@@ -106,6 +109,31 @@ class AdapterStore:
 
     def metrics(self, spec: SourceSpec) -> dict[str, Any]:
         return json.loads((self.entry(spec) / META).read_text())["metrics"]
+
+
+def check_intact(adapter_dir: Path | str) -> None:
+    """Refuse a stored adapter whose files changed after the study checked them (a trial runs
+    this before it loads its sources). A folder outside the store (no meta.json beside it) is
+    the user's own and not checked."""
+    meta_file = Path(adapter_dir).parent / META
+    if not meta_file.is_file():
+        return
+    if file_digests(Path(adapter_dir)) != json.loads(meta_file.read_text()).get("sha256"):
+        raise ConfigError(
+            f"source adapter {str(adapter_dir)!r} no longer matches its checksums; "
+            "delete the entry and run again to retrain it"
+        )
+
+
+def _intact(entry: Path, spec: SourceSpec) -> bool:
+    """Whether ``entry`` holds ``spec``'s adapter with every file as it was stored."""
+    try:
+        meta = json.loads((entry / META).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("spec") != _jsonable(spec):
+        return False
+    return file_digests(entry / ADAPTER_DIR) == meta.get("sha256")
 
 
 def _jsonable(spec: SourceSpec) -> dict[str, Any]:

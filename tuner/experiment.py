@@ -15,6 +15,7 @@ from search_spaces.errors import ConfigError, one_of
 from search_spaces.registry import Registry
 
 PRESETS = ("smoke", "demo", "full")
+SEARCH_KINDS = ("budget_split", "methods", "grid", "choices", "autopeft")
 MODES = ("max", "min")
 
 
@@ -24,7 +25,13 @@ class Search:
 
     ``kind``: ``budget_split`` (the allocator's split of one budget between LoRA rank, adapter
     size and fusion sources), ``methods`` (each of ``methods`` matched to the budget, its
-    learning rate tuned), or ``grid`` (the explicit ``configs``, each repeated per seed).
+    learning rate tuned), ``grid`` (the explicit ``configs``, each repeated per seed),
+    ``choices`` (a trial picks one of ``configs``, then its learning rate: sizes and rates
+    selected on dev) or ``autopeft`` (per-layer module choices and sizes, against the baseline
+    arms in ``configs``; ``sizes`` overrides the size grid).
+
+    Arms of ``grid`` and ``choices`` are matched to the budget (an arm's own ``budget_params``
+    wins over the study's) unless ``match_budget`` is False: then they run at the sizes they give.
     """
 
     kind: str
@@ -35,18 +42,20 @@ class Search:
     methods: tuple[str, ...] = ()
     configs: tuple[Mapping[str, Any], ...] = ()
     fixed: Mapping[str, Any] = field(default_factory=dict)  # constant keys added to every trial
+    match_budget: bool = True  # grid/choices arms: matched to the budget, or at their own sizes
+    sizes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # autopeft size grid
 
     def __post_init__(self) -> None:
-        if self.kind not in ("budget_split", "methods", "grid"):
-            raise one_of("search kind", self.kind, ("budget_split", "methods", "grid"))
+        if self.kind not in SEARCH_KINDS:
+            raise one_of("search kind", self.kind, SEARCH_KINDS)
         if self.budget_params <= 0:
             raise ConfigError(f"budget_params={self.budget_params} must be > 0")
         if not 0 < self.tolerance < 1:
             raise ConfigError(f"tolerance={self.tolerance} must be in (0, 1)")
         if self.accounting not in ("trainable", "added"):
             raise one_of("accounting", self.accounting, ("trainable", "added"))
-        if self.kind == "grid" and not self.configs:
-            raise ConfigError("a grid search needs configs")
+        if self.kind in ("grid", "choices") and not self.configs:
+            raise ConfigError(f"a {self.kind} search needs configs")
         if self.kind == "methods" and not self.methods:
             raise ConfigError("a methods search needs methods")
 

@@ -6,12 +6,15 @@ Every check that can fail on user input runs before Ray starts or an MLflow run 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from search_spaces.errors import ConfigError
+from trainables.data.loading import DATA_DIR_ENV
 from trainables.train_config import TrainConfig
 from tuner.experiment import Experiment
 from tuner.provenance import provenance
@@ -32,13 +35,8 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
 
     paths = study_paths(exp, preset, args.storage, args.tracking_uri)
     files = StudyFiles(paths.storage, paths.name)
-    Resources(cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0)
-    train = TrainConfig.from_dict(dict(exp.train))
-    if args.resume and not files.exists("tuner.pkl"):
-        raise ConfigError(
-            f"--resume: nothing to resume at {paths.storage}/{paths.name} (no study started there)"
-        )
-    client = connect(paths.tracking_uri)
+    train = check_inputs(exp, args, files)
+    client = connect(paths.tracking_uri)  # before anything is logged: a bad URI is one line
 
     log(f"preparing data for {exp.task} ({exp.backbone}, max_length={train.max_length})")
     backbone = load_backbone(exp.backbone, meta=True)
@@ -47,6 +45,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
         train_samples=exp.train_samples, data_dir=args.data_dir, extra_tests=exp.extra_tests,
     )  # fmt: skip
     log(f"train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,} examples")
+    train.eval_steps(train.total_steps(len(data.train)))  # more evals than steps: not per trial
 
     cluster_gpus = connect_ray(cpus_per_trial=args.cpus_per_trial or 1.0)
     resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial, cluster_gpus=cluster_gpus)
@@ -76,6 +75,27 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     files.write_json("summary.json", summary)
     print_summary(summary)
     return summary
+
+
+def check_inputs(exp: Experiment, args: argparse.Namespace, files: StudyFiles) -> TrainConfig:
+    """The checks that need no data: they run before anything is created, logged or started."""
+    Resources(  # checked as given: `--cpus-per-trial 0` must not read as "the default"
+        cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial,
+        gpus_per_trial=0.0 if args.gpus_per_trial is None else args.gpus_per_trial,
+    )
+    train = TrainConfig.from_dict(dict(exp.train))
+    if exp.train_samples is not None:  # the split may be smaller, never larger
+        train.eval_steps(train.total_steps(exp.train_samples))
+    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_dir and not Path(data_dir).expanduser().is_dir():
+        raise ConfigError(
+            f"data folder {data_dir!r} (--data-dir or ${DATA_DIR_ENV}) does not exist"
+        )
+    if args.resume and not files.exists("tuner.pkl"):
+        raise ConfigError(
+            f"--resume: nothing to resume at {files.storage}/{files.name} (no study started there)"
+        )
+    return train
 
 
 @dataclass(frozen=True)
@@ -150,9 +170,11 @@ def _mlflow_logger(uri: str, experiment_id: str, parent_id: str, exp: Experiment
 
 
 def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
-               files: StudyFiles, *, resume: bool) -> str:  # fmt: skip
-    """The study's parent run: created once, found again on --resume (no duplicate children)."""
-    known = files.read_text(PARENT_RUN_FILE) if resume else None
+               files: StudyFiles | None, *, resume: bool) -> str:  # fmt: skip
+    """The study's parent run: created once, found again on --resume (no duplicate children).
+
+    Its id is kept in the study folder (``files``); without one it cannot be found again."""
+    known = files.read_text(PARENT_RUN_FILE) if resume and files is not None else None
     if known:
         client.update_run(known.strip(), status="RUNNING")
         return known.strip()
@@ -165,7 +187,8 @@ def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
     client.log_dict(
         run.info.run_id, {**exp.to_dict(), "provenance": provenance()}, "experiment.json"
     )
-    files.write_text(PARENT_RUN_FILE, run.info.run_id)
+    if files is not None:
+        files.write_text(PARENT_RUN_FILE, run.info.run_id)
     return run.info.run_id
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from search_spaces.errors import ConfigError
-from search_spaces.method_config import MethodConfig, coerce
+from search_spaces.errors import ConfigError, one_of
+from search_spaces.method_config import METHODS, MethodConfig, coerce
 from trainables.recipe import parse_fault
 from trainables.train_config import TrainConfig
 from tuner.cli import parse_sets  # noqa: F401  (re-exported: --set parsing and routing)
@@ -41,7 +41,7 @@ def apply_sets(exp: Experiment, sets: dict[str, str]) -> Experiment:
         elif key in train_fields:
             train[key] = coerce(key, raw, train_fields[key].type)
         elif key in method_fields and key != "num_labels":
-            fixed[key] = coerce(key, raw, method_fields[key].type)
+            fixed[key] = check_knob(key, coerce(key, raw, method_fields[key].type))
         else:
             raise ConfigError(
                 f"--set key {key!r} is unknown; known keys: {', '.join(allowed_keys())}"
@@ -49,4 +49,41 @@ def apply_sets(exp: Experiment, sets: dict[str, str]) -> Experiment:
     TrainConfig.from_dict(train)  # type-check the merged training knobs now, not in a trial
     parse_fault(changes.get("fault"))
     search_obj = dataclasses.replace(exp.search, **search, fixed=fixed)
-    return dataclasses.replace(exp, **changes, search=search_obj, train=train)
+    if "method" in sets:
+        search_obj = select_method(search_obj, fixed["method"])
+    return check_study(dataclasses.replace(exp, **changes, search=search_obj, train=train))
+
+
+def check_knob(key: str, value: Any) -> Any:
+    """A method knob checked alone, by MethodConfig's own rules: a name must be a method, a
+    size must fit every method (``rank=0``, ``bottleneck=-1`` fit none)."""
+    if key == "method" and value not in METHODS:
+        raise one_of("method", value, METHODS)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        MethodConfig(method="lora", **{key: value})
+    return value
+
+
+def select_method(search: Search, method: str) -> Search:
+    """``--set method=M``: the search tries M alone (a budget_split search pins its method lump
+    in ``tuner.space``); M must be among the methods the search has."""
+    if search.kind == "budget_split":
+        return search
+    fixed = {k: v for k, v in search.fixed.items() if k != "method"}
+    if search.kind == "methods":
+        if method not in search.methods:
+            raise one_of("method", method, search.methods)
+        return dataclasses.replace(search, methods=(method,), fixed=fixed)
+    arms = tuple(arm for arm in search.configs if arm["method"] == method)
+    if not arms:
+        raise one_of("method", method, sorted({arm["method"] for arm in search.configs}))
+    return dataclasses.replace(search, configs=arms, fixed=fixed)
+
+
+def check_study(exp: Experiment) -> Experiment:
+    """Study knobs that would otherwise fail only once Ray runs (ASHA, the trials)."""
+    if exp.reduction_factor < 2:
+        raise ConfigError(f"reduction_factor={exp.reduction_factor} must be an integer >= 2")
+    if exp.train_samples is not None and exp.train_samples < 1:
+        raise ConfigError(f"train_samples={exp.train_samples} must be an integer >= 1")
+    return exp

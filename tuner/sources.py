@@ -87,6 +87,8 @@ def ensure_source_adapters(
     store = store or AdapterStore()
     specs = needed_specs(exp, bottlenecks, max_length=dict(exp.train).get("max_length", 128))
     missing = [s for s in specs if store.get(s) is None]
+    for aside in store.quarantined:
+        log(f"source adapter entry failed its checksums, moved aside and retrained: {aside}")
     log(f"source adapters: {len(specs) - len(missing)} reused, {len(missing)} to train "
         f"({', '.join(sorted({s.source for s in missing})) or 'none'}) in {store.root}")  # fmt: skip
     if missing:

@@ -6,13 +6,16 @@ Every space returns flat trial configs of public keys; the experiment adds its c
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from search_spaces.allocator import Lumps
+from search_spaces.autopeft_space import autopeft_space
 from search_spaces.errors import ConfigError
 from search_spaces.matching import Budget, Infeasible
 from search_spaces.method_config import FUSION_METHODS
@@ -55,6 +58,11 @@ class ExperimentSpace:
         params = {**self.constants, **self.inner(trial)}
         if "lr" in self.constants:
             params["lr"] = self.constants["lr"]
+        if params.get("fault"):  # testing aid: a targeted fault (exit@2:trial=1) reaches one trial
+            from trainables.recipe import fault_for_trial
+
+            fault = fault_for_trial(params.pop("fault"), getattr(trial, "ot_trial", trial).number)
+            params.update({"fault": fault} if fault else {})
         return params
 
 
@@ -78,7 +86,7 @@ def build_space(exp: Experiment) -> ExperimentSpace:
     fixed = {k: v for k, v in s.fixed.items()}
     common = {"num_labels": task.num_labels, "head": exp.head}
     if s.kind == "budget_split":
-        lumps = Lumps(**fixed.pop("lumps", {}))
+        lumps = Lumps(**{**fixed.pop("lumps", {}), **split_lumps(fixed)})
         inner: Any = budget_split_space(shape=shape, budget=budget, sources_pool=s.sources,
                                         lumps=lumps, **common)  # fmt: skip
         bottlenecks = tuple(sorted({p["bottleneck"] for p in inner.leaves.values()
@@ -86,9 +94,17 @@ def build_space(exp: Experiment) -> ExperimentSpace:
     elif s.kind == "methods":
         inner = MethodsSpace(_method_spaces(s.methods, shape, budget, s.sources, common, fixed))
         bottlenecks = _bottlenecks(inner.spaces.values())
+    elif s.kind in ("choices", "autopeft"):
+        arms = Arms(shape, budget if s.match_budget else None, s.sources, common, fixed,
+                    target=exp.task, backbone=exp.backbone)  # fmt: skip
+        spaces = {arm_label(a): arms.space(a) for a in s.configs}
+        inner = ChoicesSpace(spaces) if s.kind == "choices" else autopeft_space(
+            shape=shape, baselines=spaces, sizes=s.sizes, **common, **fixed)  # fmt: skip
+        bottlenecks = _bottlenecks(spaces.values())
     else:
-        inner = GridSpace(tuple(_grid_arm(arm, shape, budget, s.sources, common, fixed)
-                                for arm in s.configs))  # fmt: skip
+        arms = Arms(shape, budget if s.match_budget else None, s.sources, common, fixed,
+                    target=exp.task, backbone=exp.backbone)  # fmt: skip
+        inner = GridSpace(tuple(arms.grid_arm(arm) for arm in s.configs))
         bottlenecks = tuple(sorted({c["bottleneck"] for c in inner.configs
                                     if c["method"] in FUSION_METHODS}))  # fmt: skip
     constants = {"task": exp.task, "backbone": exp.backbone, "head": exp.head, **dict(exp.train)}
@@ -97,6 +113,23 @@ def build_space(exp: Experiment) -> ExperimentSpace:
     if exp.fault:
         constants["fault"] = exp.fault
     return ExperimentSpace(inner, constants, bottlenecks)
+
+
+# The ``--set`` knobs a budget_split search takes, each fixing one lump; the allocator sets the rest.
+SPLIT_KNOBS = {"method": "methods", "fusion": "fusions", "placement": "placements",
+               "bottleneck": "bottlenecks", "target_bottleneck": "target_bottlenecks"}  # fmt: skip
+
+
+def split_lumps(fixed: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """Fixed method knobs of a budget_split search as the lumps they pin, e.g. ``{"fusion":
+    "static"}`` -> ``{"fusions": ("static",)}``; a knob the allocator sets itself is refused."""
+    for key, value in fixed.items():
+        if key not in SPLIT_KNOBS:
+            raise ConfigError(
+                f"{key}={value!r} cannot be fixed in a budget_split search (the allocator sets it "
+                f"to fit the budget); knobs it takes: {', '.join(SPLIT_KNOBS)}"
+            )
+    return {SPLIT_KNOBS[key]: (value,) for key, value in fixed.items()}
 
 
 def _method_spaces(methods, shape, budget, sources, common, fixed) -> dict[str, MethodSpace]:
@@ -113,14 +146,71 @@ def _method_spaces(methods, shape, budget, sources, common, fixed) -> dict[str, 
     return spaces
 
 
-def _grid_arm(arm, shape: BackboneShape, budget, sources, common, fixed) -> dict[str, Any]:
-    arm = dict(arm)
-    method = arm.pop("method")
-    extras = {k: arm.pop(k) for k in ("train_samples", "seed", "lr") if k in arm}
-    options = {**common, **_method_fixed(method, sources, fixed), **arm}
-    params = dict(method_space(method, shape=shape, budget=budget, **options).params)
-    params["lr"] = extras.pop("lr", default_lr(method))
-    return {**params, **extras}
+@dataclass(frozen=True)
+class Arms:
+    """Turns the arms of a grid/choices/autopeft search into method spaces.
+
+    An arm is a dict of MethodConfig knobs plus optional ``train_samples``, ``seed``, ``lr`` and
+    ``budget_params`` (its own budget, same tolerance). ``budget=None``: arms keep their sizes.
+    ``fusion_init="similarity"`` arms get ``source_similarity`` measured here, from the data.
+    """
+
+    shape: BackboneShape
+    budget: Budget | None
+    sources: tuple[str, ...]
+    common: dict[str, Any]
+    fixed: dict[str, Any]
+    target: str
+    backbone: str
+
+    def space(self, arm: Mapping[str, Any]) -> MethodSpace:
+        arm = {k: v for k, v in arm.items() if k not in ("train_samples", "seed", "lr")}
+        method = arm.pop("method")
+        budget = self.budget
+        if "budget_params" in arm:
+            arm_budget = arm.pop("budget_params")
+            if budget is not None:
+                budget = dataclasses.replace(budget, budget_params=arm_budget)
+        options = {**self.common, **_method_fixed(method, self.sources, self.fixed), **arm}
+        if options.get("fusion_init") == "similarity" and options.get("source_similarity") is None:
+            options["source_similarity"] = self.similarity(tuple(options["sources"]))
+        return method_space(method, shape=self.shape, budget=budget, **options)
+
+    def grid_arm(self, arm: Mapping[str, Any]) -> dict[str, Any]:
+        params = dict(self.space(arm).params)
+        params["lr"] = arm.get("lr", default_lr(params["method"]))
+        return {**params, **{k: arm[k] for k in ("train_samples", "seed") if k in arm}}
+
+    def similarity(self, sources: tuple[str, ...]) -> tuple[float, ...]:
+        from trainables.similarity import source_similarity
+
+        return source_similarity(self.target, sources, self.backbone)
+
+
+def arm_label(arm: Mapping[str, Any]) -> str:
+    """A short name of an arm for Optuna's ``arm`` choice, e.g. ``lora rank=4``."""
+    knobs = " ".join(f"{k}={_text(v)}" for k, v in arm.items() if k != "method")
+    return f"{arm['method']} {knobs}".strip()
+
+
+def _text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
+@dataclass(frozen=True)
+class ChoicesSpace:
+    """A trial picks one arm (``arm``), then that arm's learning rate (``lr[method]``)."""
+
+    arms: dict[str, MethodSpace]
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        labels = tuple(self.arms)
+        ot_trial = getattr(trial, "ot_trial", trial)
+        label = labels[0] if len(labels) == 1 else ot_trial.suggest_categorical("arm", labels)
+        return self.arms[label](trial)
+
+    def describe(self) -> str:
+        return "\n".join(f"{label}: {space.describe()}" for label, space in self.arms.items())
 
 
 def _method_fixed(method: str, sources: tuple[str, ...], fixed: dict[str, Any]) -> dict[str, Any]:

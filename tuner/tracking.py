@@ -8,13 +8,19 @@ was already logged is not logged twice.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -26,26 +32,73 @@ PARAM_KEYS = (
     "prefix_length", "prefix_reparam", "fusion", "sources", "fusion_layers", "target_bottleneck",
     "budget_params", "tolerance", "accounting", "lr", "seed", "task", "backbone", "head",
     "batch_size", "epochs", "train_samples", "trainable_params", "added_params", "budget_deviation",
+    "start_rank", "grow_step", "grow_patience", "fusion_init", "source_similarity",
+    "lora_placement_rule", "layer_modules", "parallel_bottleneck",
 )  # fmt: skip
 STEP_KEY = "evaluation"  # the trial's 1-based evaluation count = Tune's training_iteration
 SKIP_METRICS = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
                 "time_since_restore", "iterations_since_restore", "done", "evaluation"}  # fmt: skip
 
 
+# While checking a URI: one HTTP attempt with a short timeout. MLflow's defaults (7 retries with
+# exponential backoff, 120 s timeouts) take minutes to say that nothing listens there.
+PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
 def connect(tracking_uri: str) -> MlflowClient:
     """A client for ``tracking_uri``, checked now so an unreachable store fails before any trial."""
-    client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        client.search_experiments(max_results=1)
+        with _first_use_lock(tracking_uri):
+            client = MlflowClient(tracking_uri=tracking_uri)
+            with _env_defaults(PROBE_ENV):
+                client.search_experiments(max_results=1)
     except Exception as exc:  # any failure here means the URI cannot be used
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ConfigError(f"tracking URI {tracking_uri!r} is not usable: {reason}") from None
     return client
 
 
+@contextlib.contextmanager
+def _first_use_lock(tracking_uri: str) -> Iterator[None]:
+    """One process at a time opens a sqlite store: MLflow creates a new store's tables without a
+    lock, and two drivers doing it at once fail (``duplicate column name``)."""
+    if not tracking_uri.startswith("sqlite:"):
+        yield
+        return
+    import fcntl
+
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"peft-tune-mlflow-{digest}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _env_defaults(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set for the ``with`` block where the user has not set them."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if missing; safe when two drivers create it at once."""
     existing = client.get_experiment_by_name(name)
-    return existing.experiment_id if existing else client.create_experiment(name)
+    if existing:
+        return existing.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.get_experiment_by_name(name).experiment_id
 
 
 def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -5,7 +5,14 @@ Importing this package registers every method; a method module registers itself 
 """
 
 from search_spaces.method_config import METHODS
-from trainables.methods import bottleneck, finetune, fusion, lora  # noqa: F401  (registration)
+from trainables.methods import (  # noqa: F401  (registration)
+    autopeft,
+    bottleneck,
+    finetune,
+    fusion,
+    grow,
+    lora,
+)
 from trainables.methods.fusion import save_source_adapter, source_adapter_name
 from trainables.methods.registry import (
     DEFAULT_TOTAL_STEPS,

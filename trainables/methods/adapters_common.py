@@ -62,6 +62,11 @@ def leave_out(config: MethodConfig, num_layers: int) -> list[int]:
     return [i for i in range(num_layers) if i not in kept]
 
 
+def lora_switches(placement: str) -> dict[str, object]:
+    """The ``LoRAConfig`` switches of ``placement`` (adapters' LoRA: attn_qv or ffn only)."""
+    return dict(_LORA_PLACEMENTS[placement])
+
+
 def lora_config(config: MethodConfig, num_layers: int, *, gated: bool = False) -> LoRAConfig:
     """adapters' LoRA for ``config`` (one rank; ``layer_ranks`` zeros become ``leave_out``)."""
     rank, layers = adapters_lora(config, num_layers)
@@ -74,4 +79,7 @@ def lora_config(config: MethodConfig, num_layers: int, *, gated: bool = False) -
     )
 
 
-__all__ = ["init_adapters", "leave_out", "lora_config", "quiet_activation", "reduction_factor"]
+__all__ = [
+    "init_adapters", "leave_out", "lora_config", "lora_switches", "quiet_activation",
+    "reduction_factor",
+]  # fmt: skip

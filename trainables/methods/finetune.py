@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from search_spaces.accounting import method_layers
 from search_spaces.method_config import MethodConfig
 from trainables.methods.registry import BuildContext, register_method
 from trainables.model import MethodHooks
@@ -12,9 +13,18 @@ from trainables.model import MethodHooks
 def build_full(
     bert: nn.Module, config: MethodConfig, context: BuildContext
 ) -> tuple[nn.Module, MethodHooks]:
-    """Every backbone parameter trainable (the baseline every PEFT method is compared with)."""
+    """Every backbone parameter trainable (the baseline every PEFT method is compared with), or,
+    with ``layers`` set, every weight of those encoder layers only (top-k fine-tuning: embeddings
+    and the other layers frozen)."""
+    if config.layers is None:
+        for param in bert.parameters():
+            param.requires_grad = True
+        return bert, MethodHooks()
     for param in bert.parameters():
-        param.requires_grad = True
+        param.requires_grad = False
+    for i in method_layers(config, context.shape.num_layers):
+        for param in bert.encoder.layer[i].parameters():
+            param.requires_grad = True
     return bert, MethodHooks()
 
 

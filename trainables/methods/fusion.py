@@ -30,6 +30,7 @@ from trainables.methods.adapters_common import (
     reduction_factor,
 )
 from trainables.methods.bottleneck import ADAPTER_NAME
+from trainables.methods.fusion_knobs import with_fusion_knobs
 from trainables.methods.registry import BuildContext, register_method
 from trainables.model import MethodHooks
 
@@ -172,20 +173,25 @@ def _build(
     bert.add_adapter_fusion(fuse, config=config.fusion)
     restrict_fusion(bert, fuse, config.fused_layers(n))
     setup = fuse
-    if lora:
+    # fusion-aware placement brings its own LoRA slots (fusion_knobs), placed after a warm-up
+    lora_adapter = lora and config.lora_placement_rule == "fixed"
+    if lora_adapter:
         bert.add_adapter(LORA_NAME, config=lora_config(config, n))
         setup = Stack(LORA_NAME, fuse)
     with quiet_activation():
         bert.train_adapter_fusion(setup)  # freezes backbone and every adapter, unfreezes the fusion
     # train_adapter_fusion leaves the target-side modules frozen: the LoRA and the target adapter
-    for name in (LORA_NAME if lora else None, TARGET_NAME if config.target_bottleneck else None):
+    for name in (
+        LORA_NAME if lora_adapter else None,
+        TARGET_NAME if config.target_bottleneck else None,
+    ):
         if name is not None:
             _unfreeze(bert, name)
     bert.eval()
     hooks = MethodHooks(
         regularization=bert.get_fusion_regularization_loss if config.fusion == "dynamic" else None
     )
-    return bert, hooks
+    return with_fusion_knobs(bert, config, context, fuse, hooks)
 
 
 def build_fusion(

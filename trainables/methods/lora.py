@@ -18,6 +18,7 @@ from search_spaces.accounting import method_layers
 from search_spaces.method_config import PLACEMENTS, MethodConfig
 from trainables.methods.registry import BuildContext, register_method
 from trainables.model import MethodHooks
+from trainables.ranks import rank_metric, singular_value_ranks
 
 # placement entry -> path of the nn.Linear inside ``encoder.layer.<i>`` of a transformers BertModel
 MODULE_PATHS = {
@@ -88,7 +89,14 @@ def build_adalora(
         merge=model.merge_adapter,
         step=model.base_model.update_and_allocate,
         regularization=lambda: ADALORA_ORTH_REG_WEIGHT * orthogonality_penalty(model),
+        metrics=lambda: adalora_rank_metrics(model),
     )
+
+
+def adalora_rank_metrics(model: nn.Module) -> dict[str, float]:
+    """The current rank of every adapted linear (non-zero singular values), e.g. ``rank_L3_query``."""
+    ranks = singular_value_ranks(model.named_parameters())
+    return {rank_metric(layer, module): float(r) for (layer, module), r in ranks.items()}
 
 
 def orthogonality_penalty(model: nn.Module) -> torch.Tensor:

@@ -1,0 +1,155 @@
+"""The studies' analysis on trials with known answers: arm tables and fronts, AdaLoRA rank maps,
+rank growth, novelty deltas, AutoPEFT baselines, artifacts from a Tune folder, families."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import save_file
+
+from analysis.arms import arm_front, arm_table
+from analysis.artifacts import TrialArtifacts, load_artifacts, with_config_keys
+from analysis.autopeft import autopeft_frame, baseline_table
+from analysis.completeness import completeness
+from analysis.families import combine
+from analysis.novelty import novelty_deltas, novelty_frame, placement_records
+from analysis.rank_maps import growth_table, rank_maps
+from analysis.report import build
+from analysis.trials import Study
+from search_spaces.errors import ConfigError
+
+
+def trial(i: int, **values: object) -> dict:
+    return {"trial_id": f"t{i}", "status": "completed", "fidelity": 1.0, "evaluation": 3,
+            "seed": 0, **values}  # fmt: skip
+
+
+def study(name: str, rows: list[dict], source: str = "synthetic") -> Study:
+    trials = pd.DataFrame(rows)
+    history = pd.DataFrame({"trial_id": trials["trial_id"], "evaluation": 1})
+    return Study(name, trials, history, completeness(name, trials, {}), {"summary": name}, source)
+
+
+PLACEMENT = [
+    trial(0, placement="attn_all", layers=None, test_score=0.80, trainable_params=4_000, wall_s=10),
+    trial(1, placement="attn_all", layers=None, test_score=0.84, trainable_params=4_000, wall_s=12,
+          seed=1),
+    trial(2, placement="all", layers=None, test_score=0.85, trainable_params=8_000, wall_s=20),
+    trial(3, placement="all", layers="1", test_score=0.70, trainable_params=4_000, wall_s=5),
+    {**trial(4, placement="ffn", layers=None, test_score=0.99, trainable_params=100), "status": "stopped",
+     "fidelity": 0.33},
+]  # fmt: skip
+
+
+def test_arm_table_averages_seeds_and_leaves_out_unfinished_trials() -> None:
+    table = arm_table(pd.DataFrame(PLACEMENT), keys=("placement", "layers"), score="test_score")
+    rows = table.data.set_index("arm")
+    assert table.left_out == 1 and "placement=ffn" not in rows.index
+    assert rows.loc["placement=attn_all", "mean"] == pytest.approx(82.0)
+    assert rows.loc["placement=attn_all", "n_seeds"] == 2
+    assert rows.loc["placement=all layers=1", "wall_s"] == 5
+    params = arm_front(table, x="trainable_params")
+    assert set(params.front["method"]) == {"placement=attn_all", "placement=all"}
+    time = arm_front(table, x="wall_s")
+    assert set(time.front["method"]) == {"placement=all layers=1", "placement=attn_all",
+                                         "placement=all"}  # fmt: skip
+
+
+def test_rank_maps_from_metrics_or_weights_and_growth() -> None:
+    rows = [trial(0, method="adalora", task="glue/sst2", budget_params=85_000, init_rank=2,
+                  rank_L0_query=2.0, rank_L1_query=0.0),
+            trial(1, method="adalora", task="glue/sst2", budget_params=85_000, init_rank=2, seed=1),
+            trial(2, method="lora_grow", task="glue/sst2", budget_params=85_000, rank=8),
+            trial(3, method="lora_grow", task="glue/sst2", budget_params=85_000, rank=8,
+                  active_rank=6.0)]  # fmt: skip
+    weights = {"enc.layer.0.attention.self.query.lora_E.default": np.array([[1.0], [0.0]]),
+               "enc.layer.1.attention.self.query.lora_E.default": np.array([[1.0], [2.0]])}  # fmt: skip
+    artifacts = {"t1": TrialArtifacts({}, weights),
+                 "t2": TrialArtifacts({}, {"encoder.growth.state": np.array([4.0, 0.3, 0.0])})}  # fmt: skip
+    (one,) = rank_maps(pd.DataFrame(rows), artifacts)
+    assert one.n_trials == 2 and one.init_rank == 2 and one.budget_params == 85_000
+    assert one.values.loc["query"].tolist() == [1.5, 1.0]  # (2 + 1) / 2, (0 + 2) / 2
+    growth = growth_table(pd.DataFrame(rows), artifacts).set_index("trial_id")
+    assert growth.loc["t2", "final_rank"] == 4.0 and growth.loc["t3", "final_rank"] == 6.0
+
+
+def test_novelty_arms_come_from_the_recorded_configs() -> None:
+    rows, configs = [], {}
+    knobs = [{}, {"fusion_init": "similarity"}, {"lora_placement_rule": "fusion_entropy"}]
+    for seed in range(3):
+        for j, k in enumerate(knobs):
+            i = 3 * seed + j
+            rows.append(trial(i, method="lora_fusion", seed=seed, layers="4,5",
+                              fusion_layers=None, test_score=0.80 + 0.01 * j + 0.001 * seed))  # fmt: skip
+            configs[f"t{i}"] = TrialArtifacts(k, None)
+    record = np.array([0.5, 0.9, 0.8, 0.7, 0.6, 0.4, 1.0, 2.0])  # six entropies, two slots
+    configs["t2"] = TrialArtifacts(knobs[2], {"encoder.lora_slots.record": record})
+    frame = novelty_frame(pd.DataFrame(rows), configs)
+    assert set(frame["fusion_init"]) == {"uniform", "similarity"}
+    deltas = novelty_deltas(frame, score="test_score").set_index("arm")
+    assert deltas.loc["fusion_init=similarity lora_placement_rule=fixed", "delta"] == pytest.approx(
+        1.0
+    )
+    assert deltas.loc["fusion_init=uniform lora_placement_rule=fusion_entropy", "n_pairs"] == 3
+    (chosen,) = placement_records(frame, configs).to_dict("records")
+    assert chosen["chosen_layers"] == "1,2" and chosen["H_L1"] == 0.9
+
+
+def test_autopeft_baselines_are_chosen_on_dev_and_checked_for_dominance() -> None:
+    rows = [trial(0, method="lora", dev_score=0.80, test_score=0.80, trainable_params=5_000),
+            trial(1, method="pfeiffer", dev_score=0.70, test_score=0.90, trainable_params=9_000),
+            trial(2, method="unipelt", dev_score=0.75, test_score=0.75, trainable_params=20_000),
+            trial(3, method="autopeft", dev_score=0.78, test_score=0.81, trainable_params=4_000),
+            trial(4, method="autopeft", dev_score=0.60, test_score=0.60, trainable_params=90_000)]  # fmt: skip
+    configs = {"t3": TrialArtifacts({"layer_modules": ["lora", "serial"]}, None)}
+    table = baseline_table(autopeft_frame(pd.DataFrame(rows), configs), score="test_score")
+    rows_ = table.data.set_index("role")
+    assert rows_.loc["best single method", "method"] == "lora"  # by dev, not by test
+    assert rows_.loc["best single method", "dominated_by_autopeft"] == "yes"
+    assert rows_.loc["UniPELT", "dominated_by_autopeft"] == "yes"
+    assert rows_.loc["autopeft front", "layer_modules"] == "lora,serial"
+
+
+def test_artifacts_are_read_from_a_tune_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "novelty-smoke"
+    trial_dir = folder / "trial_abc12"
+    (trial_dir / "checkpoint_000002").mkdir(parents=True)
+    (trial_dir / "params.json").write_text(
+        json.dumps({"fusion_init": "similarity", "layers": [4, 5]})
+    )
+    (trial_dir / "result.json").write_text(
+        json.dumps({"trial_id": "abc12", "evaluation": 1}) + "\n"
+    )
+    save_file({"encoder.growth.state": np.array([4.0, 1.0, 0.0], dtype=np.float32)},
+              str(trial_dir / "checkpoint_000002" / "method.safetensors"))  # fmt: skip
+    found = load_artifacts(study("novelty", [trial(0)], source=f"tune folder {folder}"))
+    assert found["abc12"].config["fusion_init"] == "similarity"
+    assert found["abc12"].weights["encoder.growth.state"][0] == 4.0
+    frame = with_config_keys(pd.DataFrame([{"trial_id": "abc12"}, {"trial_id": "zz"}]), found,
+                             ("fusion_init", "layers"))  # fmt: skip
+    assert frame["fusion_init"].tolist() == ["similarity", None]
+    assert frame["layers"].tolist() == ["4,5", None]
+
+
+def test_a_family_combines_its_members_and_reports(tmp_path: Path) -> None:
+    members = {"glue_methods_sst2": [trial(0, task="glue/sst2", method="lora", test_score=0.9,
+                                           dev_score=0.9, trainable_params=10)],
+               "glue_methods_cola": [trial(1, task="glue/cola", method="full", test_score=0.4,
+                                           dev_score=0.4, trainable_params=10_000)]}  # fmt: skip
+
+    def load(name: str) -> Study:
+        if name not in members:
+            raise ConfigError(f"no study {name}")
+        return study(name, members[name])
+
+    family = ("glue_methods_sst2", "glue_methods_cola", "glue_methods_rte")
+    combined = combine("glue_methods", family, load)
+    assert len(combined.trials) == 2 and "glue_methods_rte" in combined.completeness.missing_tasks
+    report = build(combined, tmp_path)
+    assert "## GLUE: full fine-tuning vs adapters vs LoRA" in report and "glue/cola" in report
+    with pytest.raises(ConfigError, match="none of its experiments"):
+        combine("glue_methods", ("glue_methods_rte",), load)

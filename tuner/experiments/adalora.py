@@ -1,0 +1,57 @@
+"""LoRA vs AdaLoRA vs rank growth on plateau, at a small and a large budget (study 004).
+
+One experiment per task (``adalora_<task>``; ``analysis.report adalora`` combines them). Every
+arm is matched to its budget on all six linears of each layer (``placement=all``, as AdaLoRA's
+paper adapts them): small ~ LoRA r=2, large ~ LoRA r=8 on MiniLM. AdaLoRA starts at 1.5x its
+target rank and prunes; its final rank per layer and module is read from the saved singular
+values and drawn as a heat map. ``lora_grow`` starts at ``start_rank`` and grows when the dev loss
+stops improving (needs the loop's ``plateau_hook`` call), up to the largest rank that fits.
+"""
+
+from tuner.experiment import Experiment, Search, register
+from tuner.experiments._presets import SMOKE
+from tuner.experiments.families import register_family, task_suffix
+
+ADALORA_TASKS = ("glue/sst2", "glue/cola", "glue/mrpc", "glue/rte", "glue/stsb")
+BUDGETS = {"small": 85_000, "large": 330_000}  # MiniLM, placement=all: LoRA r=2 / r=8 (+ head)
+SMOKE_BUDGETS = {"small": 1_900, "large": 7_200}  # tiny-bert: the same ranks
+# rank growth: from 1 by 1 at the small budget (its largest rank is ~2), from 2 by 2 at the large
+GROWTH = {"small": {"start_rank": 1, "grow_step": 1}, "large": {"start_rank": 2, "grow_step": 2}}
+
+
+def adalora_arms(budgets: dict[str, int], seeds: tuple[int, ...]) -> tuple[dict, ...]:
+    arms = []
+    for size, budget in budgets.items():
+        arms += [{"method": "lora", "budget_params": budget},
+                 {"method": "adalora", "budget_params": budget},
+                 {"method": "lora_grow", "budget_params": budget, **GROWTH[size]}]  # fmt: skip
+    return tuple({**arm, "placement": "all", "seed": s} for s in seeds for arm in arms)
+
+
+_ARMS = adalora_arms(BUDGETS, seeds=(0, 1, 2))
+_SMOKE_ARMS = adalora_arms(SMOKE_BUDGETS, seeds=(0,))
+
+
+def adalora_study(task: str) -> Experiment:
+    return register(Experiment(
+        name=f"adalora_{task_suffix(task)}",
+        summary=f"LoRA vs AdaLoRA vs rank growth on plateau on {task} at a small and a large "
+                "budget; AdaLoRA's final ranks per layer as a heat map (study 004).",
+        task=task,
+        search=Search(kind="grid", budget_params=BUDGETS["large"], tolerance=0.05, configs=_ARMS),
+        num_samples=len(_ARMS),
+        grace_period=8,  # no early stop: AdaLoRA prunes late and rank growth needs every plateau
+        train={"epochs": 3.0, "evals": 8, "max_length": 128},
+        presets={
+            "smoke": {**SMOKE, "num_samples": len(_SMOKE_ARMS),
+                      "search": {"budget_params": SMOKE_BUDGETS["large"], "configs": _SMOKE_ARMS},
+                      "train": {**SMOKE["train"], "evals": 3}},
+            "demo": {"num_samples": len(_ARMS) // 3, "train_samples": 3_000,
+                     "search": {"configs": _ARMS[: len(_ARMS) // 3]},
+                     "train": {"epochs": 2.0, "evals": 6, "max_length": 64}},
+        },
+    ))  # fmt: skip
+
+
+ADALORA = tuple(adalora_study(task) for task in ADALORA_TASKS)
+register_family("adalora", tuple(e.name for e in ADALORA))
