@@ -62,6 +62,7 @@ def test_sets_route_to_search_train_method_and_experiment():
         ("tolerance=1.5", "tolerance=1.5 must be in (0, 1)"),
         ("fault=boom@2", "fault='boom@2'"),
         ("evals=0", "evals=0"),
+        ("scheduler=hyperband", "scheduler='hyperband' is not one of: asha, fifo"),
     ],
 )
 def test_bad_sets_are_refused_with_the_value(item, needle):
@@ -76,3 +77,11 @@ def test_gpus_per_trial_default_comes_from_the_cluster_not_the_driver():
     assert Resources.auto(None, None, cluster_gpus=4.0).gpus_per_trial == 0.125  # CPU head
     assert Resources.auto(None, None, cluster_gpus=0.0).gpus_per_trial == 0.0
     assert Resources.auto(2.0, 0.5, cluster_gpus=4.0) == Resources(2.0, 0.5)
+
+
+def test_fifo_switches_early_stopping_off():
+    from tuner.runner import build_scheduler
+
+    exp = get_experiment("e4_budget")
+    assert build_scheduler(apply_sets(exp, {"scheduler": "fifo"}), max_t=3) is None
+    assert type(build_scheduler(exp, max_t=3)).__name__ == "AsyncHyperBandScheduler"

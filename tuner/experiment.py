@@ -17,6 +17,7 @@ from search_spaces.registry import Registry
 PRESETS = ("smoke", "demo", "full")
 SEARCH_KINDS = ("budget_split", "methods", "grid", "choices", "autopeft")
 MODES = ("max", "min")
+SCHEDULERS = ("asha", "fifo")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Experiment:
     train_samples: int | None = None  # subsample the honest train split (few-shot: stratified)
     extra_tests: tuple[str, ...] = ()  # further evaluation tasks, e.g. domain-shift sets
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    scheduler: str = "asha"  # "fifo": no early stopping (to measure what ASHA saves)
     fault: str | None = None  # testing aid: every trial's first attempt fails (raise@N / exit@N)
 
     def __post_init__(self) -> None:
@@ -89,6 +91,8 @@ class Experiment:
         for metric, mode in self.objectives:
             if mode not in MODES:
                 raise one_of(f"mode of {metric}", mode, MODES)
+        if self.scheduler not in SCHEDULERS:
+            raise one_of("scheduler", self.scheduler, SCHEDULERS)
         unknown = sorted(set(self.presets) - set(PRESETS))
         if unknown:
             raise one_of("preset", unknown[0], PRESETS)

@@ -13,7 +13,7 @@ from tuner.cli import parse_sets  # noqa: F401  (re-exported: --set parsing and 
 from tuner.experiment import Experiment, Search
 
 EXPERIMENT_KEYS = ("task", "backbone", "head", "num_samples", "train_samples", "grace_period",
-                   "reduction_factor", "fault")  # fmt: skip
+                   "reduction_factor", "scheduler", "fault")  # fmt: skip
 SEARCH_KEYS = ("budget_params", "tolerance", "accounting", "sources")
 
 

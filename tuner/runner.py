@@ -72,6 +72,9 @@ def build_searcher(exp: Experiment, space: Any, *, seed: int) -> Any:
 
 
 def build_scheduler(exp: Experiment, *, max_t: int) -> Any:
+    """ASHA on the primary objective, or None (FIFO: every trial runs to the end)."""
+    if exp.scheduler == "fifo":
+        return None
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(
