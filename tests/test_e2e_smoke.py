@@ -88,3 +88,20 @@ def test_a_second_study_reuses_the_source_adapters(study):
     tmp, env, _ = study
     log = run(["e3_transfer", "--preset", "smoke", "--storage", str(tmp / "results2")], env)
     assert "3 reused, 0 to train" in log
+
+
+def test_the_report_reads_the_real_study(study):
+    tmp, env, _ = study
+    out = tmp / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "e4_budget", "--results", str(tmp / "results"),
+         "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    summary = json.loads((tmp / "results" / "e4_budget-smoke" / "summary.json").read_text())
+    stopped = [t["trial_id"] for t in summary["trials"] if t["status"] == "stopped"]
+    assert "## E4: budget splits" in report and "Pareto" in report
+    assert all(trial_id in report for trial_id in stopped)  # listed as left out, never scored
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "e4_heatmap.png").stat().st_size > 0
