@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = textwrap.dedent("""
-    import ipaddress, psutil, tuner.run  # noqa: F401  (sets the single-machine switch)
+    import ipaddress, os, psutil
     from tuner.runner import connect_ray
     import ray
     connect_ray(cpus_per_trial=1.0)
@@ -28,6 +28,7 @@ PROBE = textwrap.dedent("""
         return (getattr(address, "ipv4_mapped", None) or address).is_loopback
     bad = [f"{c.laddr.ip}:{c.laddr.port}" for c in listening if not loopback(c.laddr.ip)]
     print("listening", len(listening), "non-loopback", bad)
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ, "the switch must not leak"
     ray.shutdown()
 """)
 

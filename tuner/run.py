@@ -10,17 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 
 from search_spaces.errors import ConfigError
-
-if not os.environ.get("RAY_ADDRESS"):
-    # A local Ray on Linux binds every interface unless told it is a single-machine cluster:
-    # with this switch off (read when ray is imported) its node IP is 127.0.0.1, so the GCS,
-    # raylets and workers listen on loopback only. A real cluster is joined via RAY_ADDRESS.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from tuner.cli import run_cli
 from tuner.experiment import PRESETS, all_experiments, get_experiment
 from tuner.overrides import apply_sets, parse_sets

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ray.tune import Callback
@@ -36,11 +38,35 @@ def connect_ray(*, cpus_per_trial: float) -> float:
                 address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False
             )
         else:
-            ray.init(
-                address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
-            )  # fmt: skip
+            with single_machine():
+                ray.init(
+                    address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                    runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
+                )  # fmt: skip
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+@contextmanager
+def single_machine() -> Iterator[None]:
+    """A local Ray on Linux binds every interface unless it is told it is a single-machine
+    cluster: with Ray's switch off its node IP is 127.0.0.1, so the GCS, raylet and workers
+    (started inside this block, inheriting the variable) listen on loopback only."""
+    from ray._private import ray_constants
+
+    key, before = (
+        ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR,
+        os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR),
+    )
+    flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def build_searcher(exp: Experiment, space: Any, *, seed: int) -> Any:
