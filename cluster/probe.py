@@ -25,7 +25,7 @@ from typing import Any
 
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
-from tuner.study import DEFAULT_RESULTS, Resources, write_json
+from tuner.study import DEFAULT_RESULTS, write_json
 
 NAME = "cluster-probe"
 HOLD_S = 10.0  # long enough for the last trial to start before the first ends
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
 
     from tuner.runner import connect_ray
 
-    connect_ray(Resources(cpus_per_trial=1))
+    connect_ray(cpus_per_trial=1.0)
     nodes = [{"node_id": n["NodeID"], "cpus": n["Resources"].get("CPU", 0)}
              for n in ray.nodes() if n["Alive"]]  # fmt: skip
     num_samples = args.num_samples or int(sum(n["cpus"] for n in nodes))
