@@ -25,7 +25,7 @@ from typing import Any
 
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
-from tuner.study import DEFAULT_RESULTS, write_json
+from tuner.study import DEFAULT_RESULTS, StudyFiles
 
 NAME = "cluster-probe"
 HOLD_S = 10.0  # long enough for the last trial to start before the first ends
@@ -89,8 +89,7 @@ def main(argv: list[str]) -> int:
     num_samples = args.num_samples or int(sum(n["cpus"] for n in nodes))
     trials = run_probe(storage, num_samples=num_samples, hold_s=args.hold_s)
     verdict = {**placement(trials, nodes), "storage": f"{storage}/{NAME}", "trial_rows": trials}
-    if "://" not in storage:
-        write_json(Path(storage) / NAME / "placement.json", verdict)
+    StudyFiles(storage, NAME).write_json("placement.json", verdict)  # local folder or URI alike
     print(json.dumps(verdict, indent=2))
     return 0 if verdict["ok"] else 1
 
