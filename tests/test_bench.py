@@ -94,9 +94,22 @@ def test_finish_rows_targets_the_lowest_final_score_and_divides_by_the_baseline(
     rows = [_row("trainer-bs32", 100.0, [(5.0, 0.85), (10.0, 0.88)]),
             _row("ours-bs32", 300.0, [(1.0, 0.89), (3.0, 0.90)])]  # fmt: skip
     summary = finish_rows(rows)
-    assert summary == {"dev_target": 0.88, "baseline": "trainer-bs32"}
+    assert summary["dev_target"] == 0.88 and summary["baseline"] == "trainer-bs32"
     assert [r.time_to_target_s for r in rows] == [10.0, 1.0]
     assert [r.speedup for r in rows] == [1.0, 3.0]
+
+
+def test_finish_rows_compares_means_over_seeds_with_the_baselines_mean():
+    rows = [_row("trainer-bs32", 100.0, [(5.0, 0.88)]), _row("trainer-bs32", 300.0, [(5.0, 0.9)]),
+            _row("ours-bs32", 800.0, [(1.0, 0.9)])]  # fmt: skip
+    means = finish_rows(rows)["means"]
+    assert means["trainer-bs32"]["seeds"] == 2
+    assert means["trainer-bs32"]["train_samples_per_s"] == 200.0
+    assert [r.speedup for r in rows] == [0.5, 1.5, 4.0]
+    assert means["ours-bs32"]["speedup"] == 4.0
+    assert means["ours-bs32"]["test_gap_points"] == pytest.approx(
+        100 * (means["ours-bs32"]["test_score"] - means["trainer-bs32"]["test_score"])
+    )
 
 
 def test_settings_are_valid_and_trainer_settings_refuse_our_knobs():
@@ -190,10 +203,17 @@ def _bench(tiny_task: Path, out: Path, *extra: str) -> dict:
 
 
 def test_trial_suite_runs_ours_and_the_trainer_on_the_same_data(tiny_task, tmp_path):
-    _bench(tiny_task, tmp_path, "--suite", "trial", "--settings", "ours-bs32,trainer-bs32")
+    _bench(tiny_task, tmp_path, "--suite", "trial", "--settings", "ours-bs32,trainer-bs32",
+           "--seeds", "0,1")  # fmt: skip
     doc = json.loads((tmp_path / "bench-trial.json").read_text())
-    rows = {r["setting"]: r for r in doc["rows"]}
-    assert set(rows) == {"ours-bs32", "trainer-bs32"}
+    assert [(r["setting"], r["seed"]) for r in doc["rows"]] == [
+        ("ours-bs32", 0),
+        ("trainer-bs32", 0),
+        ("ours-bs32", 1),
+        ("trainer-bs32", 1),
+    ]
+    assert doc["summary"]["means"]["ours-bs32"]["seeds"] == 2
+    rows = {r["setting"]: r for r in doc["rows"] if r["seed"] == 1}
     assert (
         rows["ours-bs32"]["samples"] == rows["trainer-bs32"]["samples"] == doc["summary"]["train"]
     )
@@ -202,7 +222,8 @@ def test_trial_suite_runs_ours_and_the_trainer_on_the_same_data(tiny_task, tmp_p
         assert 0 <= row["test_score"] <= 1 and row["train_samples_per_s"] > 0
         assert len(row["history"]) >= 4 and row["mfu"] is None  # CPU: no peak
     assert doc["command"].startswith("python -m tuner.bench") and doc["device"].startswith("cpu")
-    assert "| ours-bs32 |" in (tmp_path / "bench-trial.md").read_text()
+    markdown = (tmp_path / "bench-trial.md").read_text()
+    assert "| ours-bs32 | 1 |" in markdown and "Means over seeds" in markdown
 
 
 def test_packing_suite_runs_workers_from_one_tokenisation(tiny_task, tmp_path):
@@ -218,3 +239,4 @@ def test_bad_input_exits_2_naming_the_value(tmp_path, capsys):
     assert "'nope'" in capsys.readouterr().err
     assert run_cli(main, ["--suite", "search", "--out", str(tmp_path)]) == 2
     assert run_cli(main, ["--suite", "packing", "--levels", "0", "--out", str(tmp_path)]) == 2
+    assert run_cli(main, ["--seeds", "x", "--out", str(tmp_path)]) == 2

@@ -18,6 +18,7 @@ import json
 import shlex
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,18 @@ SUITES = ("trial", "packing", "search")
 DEFAULT_TRIAL_SETTINGS = "trainer-bs32,ours-bs32,ours-bs128,ours-bs128-bf16w,trainer-bs128"
 Column = tuple[str, str, str]  # key, header, format spec ("" = str)
 TRIAL_COLUMNS: list[Column] = [
-    ("setting", "setting", ""), ("batch_size", "batch", "d"), ("lr", "lr", "g"),
+    ("setting", "setting", ""), ("seed", "seed", "d"), ("batch_size", "batch", "d"),
+    ("lr", "lr", "g"),
     ("train_samples_per_s", "train samples/s", ",.0f"), ("speedup", "speed-up", ".2f"),
     ("time_to_target_s", "s to dev target", ".1f"), ("wall_s", "wall s", ".1f"),
     ("dev_score", "dev", ".4f"), ("test_score", "test", ".4f"),
     ("peak_mem_mib", "peak MiB", ",.0f"), ("mfu", "MFU", ".2%"),
+]  # fmt: skip
+MEANS_COLUMNS: list[Column] = [
+    ("setting", "setting", ""), ("seeds", "seeds", "d"),
+    ("train_samples_per_s", "train samples/s", ",.0f"), ("speedup", "speed-up", ".2f"),
+    ("dev_score", "dev", ".4f"), ("test_score", "test", ".4f"),
+    ("test_gap_points", "test vs baseline (points)", "+.2f"),
 ]  # fmt: skip
 PACKING_COLUMNS: list[Column] = [
     ("concurrent", "trials", "d"), ("gpus_per_trial", "gpus/trial", ".3g"), ("mps", "MPS", ""),
@@ -61,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--settings", default=DEFAULT_TRIAL_SETTINGS,
                    help="trial suite: comma-separated names of tuner.bench_trial.SETTINGS")  # fmt: skip
+    p.add_argument("--seeds", default="0", help="trial suite: comma-separated seeds per setting")
     p.add_argument("--levels", default="1,2,4,8,16", help="packing: concurrent trials per GPU")
     p.add_argument("--batch-size", type=int, default=32, help="packing: per trial")
     p.add_argument("--mps", action="store_true", help="packing: also measure under NVIDIA MPS")
@@ -105,7 +114,12 @@ class Record:
     def markdown(self) -> str:
         d = self.doc
         head = f"`{d['command']}` on {d['device']}, {d['date'][:10]}, commit {d['git_commit'][:12]}"
-        summary = "".join(f"\n- {k}: {_fmt(v, '')}" for k, v in d["summary"].items())
+        items = {k: v for k, v in d["summary"].items() if k != "means"}
+        summary = "".join(f"\n- {k}: {_fmt(v, '')}" for k, v in items.items())
+        means = d["summary"].get("means")
+        if means:
+            rows = [{"setting": name, **m} for name, m in means.items()]
+            summary += "\n\nMeans over seeds:\n\n" + markdown_table(rows, MEANS_COLUMNS) + "\n"
         return f"{head}\n\n{markdown_table(d['rows'], self.columns)}\n{summary}\n"
 
 
@@ -139,15 +153,20 @@ def trial_suite(args: argparse.Namespace, record: Record) -> None:
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         raise ConfigError(f"--settings {unknown[0]!r} is unknown; known: {', '.join(SETTINGS)}")
+    seeds = _int_list("--seeds", args.seeds, minimum=0)
     device = _device(args.device)
-    work = Workload(data=_prepare(args), backbone=args.backbone, epochs=args.epochs, device=device)
+    data = _prepare(args)
     rows: list[TrialRow] = []
-    for name in names:
-        _log(f"trial suite: {name}")
-        rows.append(run_setting(SETTINGS.get(name), work))
-        summary = finish_rows(rows)
-        record.set_rows([r.to_dict() for r in rows], **summary, **_data_summary(work.data))
-        _log(f"  {rows[-1].train_samples_per_s:,.0f} samples/s, dev {rows[-1].dev_score:.4f}")
+    for seed in seeds:  # seed-major: an interrupted run still has every setting's first seed
+        work = Workload(data=data, backbone=args.backbone, epochs=args.epochs, device=device,
+                        seed=seed)  # fmt: skip
+        for name in names:
+            _log(f"trial suite: {name} seed {seed}")
+            rows.append(replace(run_setting(SETTINGS.get(name), work), seed=seed))
+            summary = finish_rows(rows)
+            record.set_rows([r.to_dict() for r in rows], **summary, **_data_summary(data))
+            _log(f"  {rows[-1].train_samples_per_s:,.0f} samples/s, dev {rows[-1].dev_score:.4f}"
+                 f", test {rows[-1].test_score:.4f}")  # fmt: skip
 
 
 def packing_suite(args: argparse.Namespace, record: Record) -> None:
@@ -234,13 +253,17 @@ def _device(choice: str | None) -> str:
 
 
 def _levels(text: str) -> list[int]:
+    return _int_list("--levels", text, minimum=1)
+
+
+def _int_list(option: str, text: str, *, minimum: int) -> list[int]:
     try:
-        levels = [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        levels = []
-    if not levels or min(levels) < 1:
-        raise ConfigError(f"--levels {text!r} must be positive integers, e.g. 1,2,4,8")
-    return levels
+        values = []
+    if not values or min(values) < minimum:
+        raise ConfigError(f"{option} {text!r} must be integers >= {minimum}, e.g. 1,2,4,8")
+    return values
 
 
 def _command(argv: list[str]) -> str:

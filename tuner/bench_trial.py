@@ -96,7 +96,8 @@ class TrialRow:
     history: list[tuple[float, float]] = field(default_factory=list)  # (wall_s, dev_score)
     extra: dict[str, Any] = field(default_factory=dict)
     time_to_target_s: float | None = None
-    speedup: float | None = None  # train samples/s over the baseline's
+    speedup: float | None = None  # train samples/s over the baseline's (mean over its seeds)
+    seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,16 +311,37 @@ def time_to_target(history: list[tuple[float, float]], target: float) -> float |
 
 def finish_rows(rows: list[TrialRow], *, baseline: str = BASELINE) -> dict[str, Any]:
     """Fill ``time_to_target_s`` (target: the lowest final dev score of all rows, so every row
-    can reach it) and ``speedup`` over ``baseline`` when it ran; returns the summary."""
+    can reach it) and ``speedup`` over ``baseline``'s mean throughput when it ran; returns the
+    summary, with each setting's means over its seeds and its test gap to the baseline's mean
+    ("equal accuracy" is judged on these means: one seed's test score moves by ~1 point)."""
     if not rows:
         return {}
     target = min(r.dev_score for r in rows)
-    base = next((r for r in rows if r.setting == baseline), None)
+    means = setting_means(rows)
+    base = means.get(baseline)
     for r in rows:
         r.time_to_target_s = time_to_target(r.history, target)
-        if base is not None and base.train_samples_per_s > 0:
-            r.speedup = r.train_samples_per_s / base.train_samples_per_s
-    return {"dev_target": target, "baseline": base.setting if base else None}
+        if base is not None and base["train_samples_per_s"] > 0:
+            r.speedup = r.train_samples_per_s / base["train_samples_per_s"]
+    if base is not None:
+        for m in means.values():
+            m["speedup"] = m["train_samples_per_s"] / base["train_samples_per_s"]
+            m["test_gap_points"] = 100 * (m["test_score"] - base["test_score"])
+    return {"dev_target": target, "baseline": baseline if base else None, "means": means}
+
+
+def setting_means(rows: list[TrialRow]) -> dict[str, dict[str, float]]:
+    """Per setting: the mean train samples/s, final dev and test score over its seeds."""
+    groups: dict[str, list[TrialRow]] = {}
+    for r in rows:
+        groups.setdefault(r.setting, []).append(r)
+    return {
+        name: {"seeds": len(g),
+               "train_samples_per_s": sum(r.train_samples_per_s for r in g) / len(g),
+               "dev_score": sum(r.dev_score for r in g) / len(g),
+               "test_score": sum(r.test_score for r in g) / len(g)}
+        for name, g in groups.items()
+    }  # fmt: skip
 
 
 def with_settings(names: list[str]) -> list[TrialSetting]:
