@@ -128,6 +128,14 @@ def constraints(params: Any) -> list[float]:
     return [abs(deviation) - tolerance]
 
 
+def outside_budget(config: dict[str, Any]) -> bool:
+    """A trial config whose counted parameters miss its budget by more than the tolerance
+    (a config without a budget is never outside it)."""
+    if config.get("budget_deviation") is None or config.get("tolerance") is None:
+        return False
+    return constraints(config)[0] > 1e-12
+
+
 def _optuna_trial(trial: Any) -> Any:
     """The Optuna trial under Ray's ``_OptunaTrialSuggestCaptor``, which would copy every
     suggested name into the trial's config; a plain Optuna trial is returned as it is."""

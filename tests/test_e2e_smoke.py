@@ -54,6 +54,13 @@ def test_trials_finish_asha_stops_some_and_all_fit_the_budget(study):
     for trial in summary["trials"]:
         assert abs(trial["config"]["budget_deviation"]) <= trial["config"]["tolerance"]
     assert "3 to train" in log
+    # work never done twice: train/dev/test of the target and of each trained source tokenised
+    # once (4 x 3 splits), each
+    # source adapter trained once, no trial launched outside the budget
+    assert summary["work"] == {
+        "tokenisations": 12, "tokenisation_cache_hits": 0, "source_adapters_needed": 3,
+        "source_adapters_trained": 3, "trials_launched": 6, "trials_outside_budget": 0,
+    }  # fmt: skip
 
 
 def test_restored_trials_repeat_and_skip_no_evaluation(study):
@@ -88,6 +95,7 @@ def test_a_second_study_reuses_the_source_adapters(study):
     tmp, env, _ = study
     log = run(["e3_transfer", "--preset", "smoke", "--storage", str(tmp / "results2")], env)
     assert "3 reused, 0 to train" in log
+    assert "source_adapters_trained=0" in log
 
 
 def test_the_report_reads_the_real_study(study):

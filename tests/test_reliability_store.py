@@ -115,13 +115,14 @@ def test_the_study_retrains_an_entry_that_failed_its_checksums(store, monkeypatc
     monkeypatch.setattr(tuner.prepare, "prepare", lambda *a, **k: None)
     monkeypatch.setattr(tuner.sources, "_log_to_mlflow", lambda *a, **k: None)
     lines: list[str] = []
-    out = ensure_source_adapters(exp, Prepared(),  bottlenecks=(24,), resources=SimpleNamespace(
+    out, work = ensure_source_adapters(exp, Prepared(),  bottlenecks=(24,), resources=SimpleNamespace(
         cpus_per_trial=1, gpus_per_trial=0), data_dir=None, tracking_uri="unused",
         log=lines.append, store=store)  # fmt: skip
 
     assert trained == [spec]
     assert any("failed its checksums" in line for line in lines), lines
     assert "0 reused, 1 to train" in "\n".join(lines)
+    assert work == {"source_adapters_needed": 1, "source_adapters_trained": 1}
     folder = out.source_adapters[24]["glue/sst2"]
     assert folder == store.entry(spec) / ADAPTER_DIR
     assert (folder / "pytorch_adapter.safetensors").read_bytes() == b"new"

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from search_spaces.spaces import outside_budget
+
 NEAR_BEST = 0.005  # "within 0.5 points" of an accuracy in [0, 1]
 
 
@@ -41,10 +43,7 @@ class TrialHistory:
         return float(self.reports[-1]["timestamp"])
 
     def outside_budget(self) -> bool:
-        deviation, tolerance = self.config.get("budget_deviation"), self.config.get("tolerance")
-        if deviation is None or tolerance is None:
-            return False
-        return abs(float(deviation)) > float(tolerance) + 1e-12
+        return outside_budget(self.config)
 
 
 @dataclass(frozen=True)

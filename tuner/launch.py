@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.errors import ConfigError
+from search_spaces.spaces import outside_budget
 from trainables.data.loading import DATA_DIR_ENV
 from trainables.train_config import TrainConfig
 from tuner.experiment import Experiment
@@ -28,6 +29,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     from ray import tune
 
     from trainables.backbones import load_backbone
+    from trainables.data.tokenize import cache_stats
     from trainables.trainable import tune_trial
     from tuner.prepare import prepare
     from tuner.runner import build_scheduler, build_searcher, connect_ray, print_summary
@@ -38,6 +40,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     train = check_inputs(exp, args, files)
     client = connect(paths.tracking_uri)  # before anything is logged: a bad URI is one line
 
+    tokens_before = cache_stats()
     log(f"preparing data for {exp.task} ({exp.backbone}, max_length={train.max_length})")
     backbone = load_backbone(exp.backbone, meta=True)
     data = prepare(
@@ -49,7 +52,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
 
     cluster_gpus = connect_ray(cpus_per_trial=args.cpus_per_trial or 1.0)
     resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial, cluster_gpus=cluster_gpus)
-    data = ensure_source_adapters(exp, data, bottlenecks=space.source_bottlenecks,
+    data, work = ensure_source_adapters(exp, data, bottlenecks=space.source_bottlenecks,
                                   resources=resources, data_dir=args.data_dir,
                                   tracking_uri=paths.tracking_uri, log=log)  # fmt: skip
 
@@ -65,16 +68,37 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
                   searcher=build_searcher(exp, space, seed=0),
                   scheduler=build_scheduler(exp, max_t=train.evals))  # fmt: skip
     logger = _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset)
-    summary = run_phase(phase, trainable, paths, logger, exp, resume=args.resume)
+    import ray
+
+    concurrent = resources.concurrent_trials(ray.cluster_resources())
+    summary = run_phase(phase, trainable, paths, logger, exp, resume=args.resume,
+                        concurrent=concurrent)  # fmt: skip
     if len(exp.seeds) > 1:
         seeds = seeds_phase(exp, summary, name=f"{paths.name}-seeds")
         logger = _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset,
                                 phase="seeds")  # fmt: skip
-        summary["seeds"] = run_phase(seeds, trainable, paths, logger, exp, resume=args.resume)
+        summary["seeds"] = run_phase(seeds, trainable, paths, logger, exp, resume=args.resume,
+                                     concurrent=concurrent)  # fmt: skip
+    summary["work"] = work_done(summary, work, tokens_before, cache_stats())
+    log("work: " + ", ".join(f"{k}={v}" for k, v in summary["work"].items()))
     client.set_terminated(parent_id, "FINISHED")
     files.write_json("summary.json", summary)
     print_summary(summary)
     return summary
+
+
+def work_done(summary: dict, work: dict[str, int], before: Any, after: Any) -> dict[str, int]:
+    """What the study did once and what it never launched: tokenisations on the driver (trials
+    get the tokenised data through Ray's object store, so this is the study's total), source
+    adapters trained vs needed, and trials launched outside the parameter budget (must be 0)."""
+    trials = [*summary["trials"], *summary.get("seeds", {}).get("trials", [])]
+    return {
+        "tokenisations": after.misses - before.misses,
+        "tokenisation_cache_hits": after.hits - before.hits,
+        **work,
+        "trials_launched": len(trials),
+        "trials_outside_budget": sum(outside_budget(t["config"]) for t in trials),
+    }
 
 
 def check_inputs(exp: Experiment, args: argparse.Namespace, files: StudyFiles) -> TrainConfig:
@@ -110,7 +134,7 @@ class Phase:
 
 
 def run_phase(phase: Phase, trainable: Any, paths: Any, logger: Any, exp: Experiment, *,
-              resume: bool) -> dict:  # fmt: skip
+              resume: bool, concurrent: int | None = None) -> dict:  # fmt: skip
     from ray import tune
 
     from tuner.runner import ConsoleProgress, summarise
@@ -123,7 +147,7 @@ def run_phase(phase: Phase, trainable: Any, paths: Any, logger: Any, exp: Experi
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=phase.searcher, scheduler=phase.scheduler,
-                num_samples=phase.num_samples,
+                num_samples=phase.num_samples, max_concurrent_trials=concurrent,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
@@ -133,7 +157,7 @@ def run_phase(phase: Phase, trainable: Any, paths: Any, logger: Any, exp: Experi
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )  # fmt: skip
-    log(f"{phase.name}: {phase.num_samples} trials; results in {paths.storage}/{phase.name}, "
+    log(f"{phase.name}: {phase.num_samples} trials, up to {concurrent or 'Tune decides'} at once; results in {paths.storage}/{phase.name}, "
         f"MLflow at {paths.tracking_uri}")  # fmt: skip
     return summarise(tuner.fit(), exp)
 

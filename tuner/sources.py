@@ -75,10 +75,11 @@ def ensure_source_adapters(
     tracking_uri: str,
     log: Callable[[str], None],
     store: AdapterStore | None = None,
-) -> PreparedData:
-    """``data`` with ``source_adapters`` filled in for every (source, bottleneck) the study uses."""
+) -> tuple[PreparedData, dict[str, int]]:
+    """``data`` with ``source_adapters`` filled in for every (source, bottleneck) the study uses,
+    and the work done: ``{"source_adapters_needed": n, "source_adapters_trained": k}``."""
     if not exp.search.sources or not bottlenecks:
-        return data
+        return data, {"source_adapters_needed": 0, "source_adapters_trained": 0}
     import ray
 
     from trainables.backbones import load_backbone
@@ -112,7 +113,8 @@ def ensure_source_adapters(
         if folder is None:
             raise RuntimeError(f"source adapter {spec.source} vanished from {store.root}")
         adapters.setdefault(spec.bottleneck, {})[spec.source] = folder
-    return dataclasses.replace(data, source_adapters=adapters)
+    work = {"source_adapters_needed": len(specs), "source_adapters_trained": len(missing)}
+    return dataclasses.replace(data, source_adapters=adapters), work
 
 
 def _log_to_mlflow(

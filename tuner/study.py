@@ -41,6 +41,16 @@ class Resources:
             cpus_per_trial=cpus or 1.0, gpus_per_trial=default_gpus if gpus is None else gpus
         )
 
+    def concurrent_trials(self, cluster: dict[str, float]) -> int:
+        """How many trials fit the cluster at once (``ray.cluster_resources()``). Tune lets a
+        searcher other than random/grid keep only ONE trial pending unless told this number
+        (``max_concurrent_trials``), so trials would start one actor start-up (~15 s) apart
+        however many fit: measured on an H100, e4_budget ran ~1.3 trials at a time, not 8."""
+        fits = [cluster.get("CPU", 0.0) / self.cpus_per_trial]
+        if self.gpus_per_trial > 0:
+            fits.append(cluster.get("GPU", 0.0) / self.gpus_per_trial)
+        return max(1, int(min(fits) + 1e-9))
+
 
 @dataclass(frozen=True)
 class StudyPaths:
