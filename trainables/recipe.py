@@ -192,10 +192,12 @@ def subsample(data: PreparedData, k: int | None, *, seed: int) -> PreparedData:
 def final_metrics(
     model: Any, data: PreparedData, config: TrainConfig, device: str
 ) -> dict[str, float]:
-    """Test-split scores (the reported split), extra evaluation sets and inference latency."""
+    """Test-split scores (the reported split), extra evaluation sets and inference latency;
+    ``trained_at``, the wall clock (``time.time()``) as training and its last dev evaluation
+    ended, dates the trial: its training began at ``trained_at - wall_s`` (tuner.bench)."""
     kwargs = {"task_kind": data.task_kind, "metric": data.metric,
               "batch_size": config.eval_batch_size, "device": device}  # fmt: skip
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"trained_at": time.time()}
     test_loss, test = evaluate(model, data.test, **kwargs)
     out["test_score"] = test["score"]
     out.update({f"test_{k}": v for k, v in test.items() if k != "score"})

@@ -4,6 +4,8 @@
     python -m tuner.bench --suite trial --settings ours-bs32,trainer-bs32 --train-samples 2000
     python -m tuner.bench --suite packing --levels 1,2,4,8,16 --train-samples 8000
     python -m tuner.bench --suite search --study asha=RESULTS/e4-asha --study fifo=RESULTS/e4-fifo
+    python -m tuner.bench --suite hpsearch --study ours=RESULTS/e4_budget-demo \
+        --experiment e4_budget --preset demo --max-trials 12 --gpus 1   # the usual way, same trials
 
 Each suite writes ``<out>/bench-<suite>.json`` (rows, summary, command, date, device, versions)
 after every measurement, so an interrupted run keeps what it measured, and
@@ -25,7 +27,7 @@ from typing import Any
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
 
-SUITES = ("trial", "packing", "search")
+SUITES = ("trial", "packing", "search", "hpsearch")
 DEFAULT_TRIAL_SETTINGS = "trainer-bs32,ours-bs32,ours-bs128,ours-bs128-bf16w,trainer-bs128"
 Column = tuple[str, str, str]  # key, header, format spec ("" = str)
 TRIAL_COLUMNS: list[Column] = [
@@ -55,6 +57,12 @@ SEARCH_COLUMNS: list[Column] = [
     ("time_to_near_best_s", "s to best-0.5pt", ",.0f"),
     ("trials_per_gpu_hour", "trials/GPU-h", ",.1f"),
 ]  # fmt: skip
+HPSEARCH_COLUMNS: list[Column] = [
+    ("trial_index", "trial", "d"), ("config", "config", ""), ("status", "Trainer", ""),
+    ("dev_score", "dev (Trainer)", ".4f"), ("wall_s", "wall s", ",.1f"),
+    ("study_trial", "study trial", ""), ("study_status", "study", ""),
+    ("study_dev_score", "dev (study)", ".4f"), ("dev_diff", "Trainer - study", "+.4f"),
+]  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,16 +81,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", default="1,2,4,8,16", help="packing: concurrent trials per GPU")
     p.add_argument("--batch-size", type=int, default=32, help="packing: per trial")
     p.add_argument("--mps", action="store_true", help="packing: also measure under NVIDIA MPS")
+    p.add_argument("--via", default="processes", metavar="{processes,tune}",
+                   help="packing: trials as processes the bench starts, or through Ray Tune "
+                        "with gpus_per_trial = 1/N as a study runs them")  # fmt: skip
     p.add_argument("--study", action="append", default=[], metavar="NAME=FOLDER",
                    help="search: a Tune experiment folder (repeat: asha=..., fifo=...)")  # fmt: skip
-    p.add_argument("--gpus", type=float, help="search: GPUs the studies ran on")
+    p.add_argument("--gpus", type=float, help="search: GPUs the studies ran on; hpsearch: GPUs "
+                   "the study ran on and the baseline uses, one trial each (default 1)")  # fmt: skip
+    p.add_argument("--experiment", help="hpsearch: the study's (python -m tuner.run --list)")
+    p.add_argument("--preset", default="full", help="hpsearch: the study's preset (default full)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="hpsearch: the study's --set overrides (repeatable)")  # fmt: skip
+    p.add_argument("--max-trials", type=int, help="hpsearch: the study's first K trials only")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="hpsearch: CPUs per trial")
     p.add_argument("--out", default="bench-results", help="folder for the JSON and markdown")
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    run = {"trial": trial_suite, "packing": packing_suite, "search": search_suite}[args.suite]
+    run = {"trial": trial_suite, "packing": packing_suite, "search": search_suite,
+           "hpsearch": hpsearch_suite}[args.suite]  # fmt: skip
     record = Record(Path(args.out), args.suite, _command(argv))
     run(args, record)
     print(record.markdown())
@@ -97,7 +116,7 @@ class Record:
 
         self.path = out / f"bench-{suite}.json"
         self.columns = {"trial": TRIAL_COLUMNS, "packing": PACKING_COLUMNS,
-                        "search": SEARCH_COLUMNS}[suite]  # fmt: skip
+                        "search": SEARCH_COLUMNS, "hpsearch": HPSEARCH_COLUMNS}[suite]  # fmt: skip
         self.doc: dict[str, Any] = {
             "suite": suite, "command": command,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -179,13 +198,36 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
         save_data,
         with_speedups,
     )  # fmt: skip
+    from tuner.bench_packing_tune import check_via, measure_tune
 
+    via = check_via(args.via)
     levels = _levels(args.levels)
     device = _device(args.device)
     data = _prepare(args)  # tokenised once for every trial of every level
     shape = load_backbone(args.backbone, meta=True).shape
     rows: list[Any] = []
+
+    def publish(row: Any) -> None:
+        rows.append(row)
+        done = with_speedups(rows)
+        walls = {f"{r.concurrent}{'-mps' if r.mps else ''}": (r.wall_s, r.wall_samples_per_s)
+                 for r in done if r.wall_s and r.wall_samples_per_s is not None}  # fmt: skip
+        tune_wall = {"tune_wall_s": {k: round(s, 1) for k, (s, _) in walls.items()},
+                     "tune_wall_samples_per_s": {k: round(v) for k, (_, v) in walls.items()}
+                     } if walls else {}  # fmt: skip
+        record.set_rows([r.to_dict() for r in done], tokenisations=1, via=via,
+                        best_gpus_per_trial=best_gpus_per_trial([r for r in done if not r.mps]),
+                        **tune_wall, **_data_summary(data))  # fmt: skip
+        wall = f", whole Tune run {row.wall_s:,.1f} s" if row.wall_s is not None else ""
+        _log(f"  aggregate {done[-1].aggregate_samples_per_s:,.0f} samples/s{wall}")
+
     with tempfile.TemporaryDirectory(prefix="peft-tune-packing-") as tmp:
+        if via == "tune":
+            measure_tune(levels, data=data, backbone=args.backbone, device=device,
+                         batch_size=args.batch_size, lr=1e-3, shape=shape,
+                         peak_flops=device_peak_flops(device), mps=args.mps, workdir=Path(tmp),
+                         publish=publish, log=_log)  # fmt: skip
+            return
         data_file = save_data(data, Path(tmp) / "data.pkl")
         common = {"data_file": data_file, "workdir": Path(tmp), "backbone": args.backbone,
                   "device": device, "batch_size": args.batch_size, "lr": 1e-3,
@@ -194,13 +236,7 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
         def measure(mps: bool) -> None:
             for n in levels:
                 _log(f"packing: {n} trial(s){' under MPS' if mps else ''}")
-                rows.append(run_level(n, mps=mps, **common))
-                done = with_speedups(rows)
-                record.set_rows([r.to_dict() for r in done], tokenisations=1,
-                                best_gpus_per_trial=best_gpus_per_trial(
-                                    [r for r in done if not r.mps]),
-                                **_data_summary(data))  # fmt: skip
-                _log(f"  aggregate {done[-1].aggregate_samples_per_s:,.0f} samples/s")
+                publish(run_level(n, mps=mps, **common))
 
         measure(mps=False)
         if args.mps:
@@ -224,6 +260,26 @@ def search_suite(args: argparse.Namespace, record: Record) -> None:
         raise ConfigError("--suite search needs --study NAME=FOLDER (e.g. asha=..., fifo=...)")
     rows = compare_studies(studies, gpus=args.gpus)
     record.set_rows([r.to_dict() for r in rows])
+
+
+def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:
+    """A finished study's configs run the usual way (``Trainer.hyperparameter_search`` on Ray
+    Tune, one trial per GPU): per-trial dev scores beside the study's, trials per GPU-hour."""
+    from tuner.bench_hpsearch import baseline_of_study
+    from tuner.experiment import get_experiment
+    from tuner.overrides import apply_sets, parse_sets
+
+    name, sep, folder = (args.study[0] if len(args.study) == 1 else "").partition("=")
+    if not sep or not args.experiment:
+        raise ConfigError("--suite hpsearch needs one --study NAME=FOLDER (a finished study) and "
+                          "--experiment NAME with the study's --preset and --set")  # fmt: skip
+    exp = apply_sets(get_experiment(args.experiment).with_preset(args.preset), parse_sets(args.set))
+    rows, summary = baseline_of_study(
+        folder, exp, study_name=name, max_trials=args.max_trials, device=_device(args.device),
+        gpus=1.0 if args.gpus is None else args.gpus, cpus_per_trial=args.cpus_per_trial,
+        data_dir=args.data_dir, storage=Path(args.out).resolve() / "hpsearch-tune", log=_log,
+    )  # fmt: skip
+    record.set_rows([r.to_dict() for r in rows], **summary)
 
 
 # --- helpers ---------------------------------------------------------------------------------------

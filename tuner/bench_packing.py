@@ -42,6 +42,12 @@ class PackingRow:
     dev_score: float  # mean final dev score (packing must not change results)
     failed: int
     mps: bool
+    via: str = "processes"  # how the trials ran: processes started by the bench, or "tune"
+    wall_s: float | None = None  # via tune: the whole Tune run (Ray scheduling, actor start, ...)
+    wall_samples_per_s: float | None = None  # all samples / wall_s
+    overlap: int | None = None  # the most trials training at one moment (should be `concurrent`)
+    running_at_once: int | None = None  # via tune: the most trials Tune had running at once
+    trials: list[dict[str, Any]] | None = None  # each trial's start, train_s, samples, ...
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +76,24 @@ def best_gpus_per_trial(rows: list[PackingRow], *, near: float = NEAR_BEST) -> f
     ).gpus_per_trial
 
 
+def trial_config(*, batch_size: int, lr: float, seed: int = 0) -> dict[str, Any]:
+    """The packed trial: LoRA r=8 (alpha 16 on query/value, the defaults), one epoch, one dev
+    evaluation at its end."""
+    return {"method": "lora", "rank": 8, "epochs": 1.0, "batch_size": batch_size, "lr": lr,
+            "seed": seed, "evals": 1}  # fmt: skip
+
+
+def most_overlapping(trials: list[dict[str, Any]]) -> int:
+    """The most trials whose training windows ``[start, start + train_s)`` share a moment."""
+    events = sorted([(t["start"], 1) for t in trials] + [(t["start"] + t["train_s"], -1)
+                                                           for t in trials])  # fmt: skip
+    most = running = 0
+    for _, step in events:  # an end sorts before a start at the same time
+        running += step
+        most = max(most, running)
+    return most
+
+
 def run_level(
     n: int,
     *,
@@ -84,8 +108,6 @@ def run_level(
     mps: bool = False,
 ) -> PackingRow:
     """Start ``n`` workers, release them together, collect their results."""
-    from trainables.flops import train_flops
-
     level = workdir / f"level-{n}{'-mps' if mps else ''}"
     level.mkdir(parents=True, exist_ok=True)
     go = level / "go"
@@ -106,19 +128,40 @@ def run_level(
     for p in procs:
         p.wait()
     results = [json.loads(f.read_text()) for f in sorted(level.glob("result-*.json"))]
+    return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps)
+
+
+def level_row(
+    n: int,
+    results: list[dict[str, Any]],
+    *,
+    shape: Any,
+    peak_flops: float | None,
+    mps: bool,
+    via: str = "processes",
+    wall_s: float | None = None,
+    running_at_once: int | None = None,
+) -> PackingRow:
+    """The row of ``n`` packed trials from the results of those that finished (start, train_s,
+    samples, tokens, peak_mem_mib, dev_score each); the missing ones count as failed."""
+    from trainables.flops import train_flops
+
     agg, per_trial = aggregate(results)
     window = _window(results)
     flops = sum(
         train_flops(shape, tokens=r["tokens"], samples=r["samples"]) for r in results
     )  # fmt: skip
     peaks = [r["peak_mem_mib"] for r in results if r.get("peak_mem_mib") is not None]
+    samples = sum(r["samples"] for r in results)
     return PackingRow(
         concurrent=n, gpus_per_trial=1 / n, aggregate_samples_per_s=agg,
         trial_samples_per_s=per_trial, speedup=None,
         mfu=flops / window / peak_flops if peak_flops and window > 0 else None,
         peak_mem_mib=max(peaks) if peaks else None,
         dev_score=sum(r["dev_score"] for r in results) / max(1, len(results)),
-        failed=n - len(results), mps=mps,
+        failed=n - len(results), mps=mps, via=via, wall_s=wall_s,
+        wall_samples_per_s=samples / wall_s if wall_s else None,
+        overlap=most_overlapping(results), running_at_once=running_at_once, trials=results,
     )  # fmt: skip
 
 
@@ -193,8 +236,7 @@ def worker(args: argparse.Namespace) -> int:
 
     with open(args.data, "rb") as handle:
         data = pickle.load(handle)
-    config = {"method": "lora", "rank": 8, "epochs": 1.0, "batch_size": args.batch_size,
-              "lr": args.lr, "seed": args.seed, "evals": 1}  # fmt: skip
+    config = trial_config(batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     method_config, train_config = split_config(config, num_labels=data.num_labels)
     torch.manual_seed(args.seed)
     model = build_model(

@@ -37,7 +37,8 @@ PARAM_KEYS = (
 )  # fmt: skip
 STEP_KEY = "evaluation"  # the trial's 1-based evaluation count = Tune's training_iteration
 SKIP_METRICS = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
-                "time_since_restore", "iterations_since_restore", "done", "evaluation"}  # fmt: skip
+                "time_since_restore", "iterations_since_restore", "done", "evaluation",
+                "trained_at"}  # fmt: skip
 
 
 # While checking a URI: one HTTP attempt with a short timeout. MLflow's defaults (7 retries with

@@ -1,0 +1,229 @@
+"""The packing benchmark through Ray Tune (``python -m tuner.bench --suite packing --via tune``).
+
+The trials of :mod:`tuner.bench_packing`, run as a study runs them: per level ``n``, one Tune run
+of ``n`` identical trials of the product's trainable (:func:`trainables.trainable.tune_trial`)
+with ``{"cpu": 1, "gpu": 1/n}`` each and ``max_concurrent_trials=n``, on a loopback-only local
+Ray (:func:`tuner.runner.connect_ray`). The data are tokenised once by the parent and put in
+Ray's object store once per Ray cluster (``tune.with_parameters``).
+
+Each row has two figures:
+
+- ``aggregate_samples_per_s``, as the process mode computes it: all samples / (last trial's
+  training end - first trial's training start). Tune's trials are not released together, so the
+  start skew that Ray's scheduling and actor start-up leave is inside this window.
+- ``wall_s`` (and ``wall_samples_per_s``): the whole ``Tuner.fit`` of the level, Ray scheduling,
+  actor start, model loading, the final test evaluation and checkpointing included.
+
+From each trial's last report: ``trained_at - wall_s`` is when its training began (the process
+mode's start, just before ``fit``), ``epoch`` x the training rows its samples (x their real
+tokens its tokens), samples / ``train_samples_per_s`` its training seconds; ``best_dev_score``
+and, on CUDA, ``peak_mem_mib`` (training plus the final evaluations) as reported.
+
+With ``--mps`` every Ray cluster of the MPS levels is started inside the MPS daemon's block, so
+its workers inherit the daemon's pipe, and shut down before the daemon stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from search_spaces.errors import ConfigError, one_of
+from tuner.bench_packing import PackingRow, level_row, mps_daemon, trial_config
+
+VIA = ("processes", "tune")
+CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
+
+
+def check_via(via: str) -> str:
+    """``--via``, checked before anything starts: one of :data:`VIA`; ``tune`` starts its own
+    local Ray, so it refuses to join a cluster named by RAY_ADDRESS."""
+    if via not in VIA:
+        raise one_of("--via", via, VIA)
+    if via == "tune" and os.environ.get("RAY_ADDRESS"):
+        raise ConfigError(f"--via tune starts its own local single-GPU Ray; unset "
+                          f"RAY_ADDRESS={os.environ['RAY_ADDRESS']!r}")  # fmt: skip
+    return via
+
+
+def measure_tune(
+    levels: list[int],
+    *,
+    data: Any,
+    backbone: str,
+    device: str,
+    batch_size: int,
+    lr: float,
+    shape: Any,
+    peak_flops: float | None,
+    mps: bool,
+    workdir: Path,
+    publish: Callable[[PackingRow], None],
+    log: Callable[[str], None],
+) -> None:
+    """Every level without MPS, then (``mps``, where the daemon starts) every level under MPS,
+    each setting on its own local Ray; ``publish`` gets each row as it is measured."""
+    from ray import tune
+
+    from trainables.trainable import tune_trial
+
+    check_via("tune")
+    if Path(backbone).exists():  # Tune runs a trial in its own folder: a relative path breaks
+        backbone = str(Path(backbone).resolve())
+    config = {**trial_config(batch_size=batch_size, lr=lr), "backbone": backbone}
+    train_rows, train_tokens = len(data.train), int(data.train.lengths.sum())
+    for under_mps in [False, True] if mps else [False]:
+        with contextlib.ExitStack() as stack:
+            if under_mps and not stack.enter_context(mps_daemon(workdir / "mps")):
+                log("packing: no nvidia-cuda-mps-control here, MPS skipped")
+                continue
+            cpus = stack.enter_context(local_ray(device))
+            trainable = tune.with_parameters(tune_trial, data=data)  # one put per cluster
+            for n in levels:
+                log(f"packing via tune: {n} trial(s){' under MPS' if under_mps else ''}")
+                row = run_tune_level(
+                    n, trainable=trainable, config=config, device=device, cpus=cpus,
+                    storage=workdir / "tune", shape=shape, peak_flops=peak_flops, mps=under_mps,
+                    train_rows=train_rows, train_tokens=train_tokens,
+                )  # fmt: skip
+                publish(row)
+
+
+def cpus_per_trial(n: int, cluster_cpus: float) -> float:
+    """One CPU per trial, or an equal share where the cluster has fewer than ``n``: all ``n``
+    trials must fit at once."""
+    return min(1.0, cluster_cpus / n)
+
+
+def run_tune_level(
+    n: int,
+    *,
+    trainable: Any,
+    config: dict[str, Any],
+    device: str,
+    cpus: float,
+    storage: Path,
+    shape: Any,
+    peak_flops: float | None,
+    mps: bool,
+    train_rows: int,
+    train_tokens: int,
+) -> PackingRow:
+    """One Tune run of ``n`` identical trials, ``n`` at once, each with ``1/n`` of the GPU."""
+    from ray import tune
+
+    running = RunningTrials()
+    gpus = math.floor(1e4 / n) / 1e4 if device == "cuda" else 0  # Ray counts in 1e-4 units
+    resources = {"cpu": cpus_per_trial(n, cpus), "gpu": gpus}
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=config,
+        tune_config=tune.TuneConfig(
+            num_samples=n, max_concurrent_trials=n,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=f"level-{n}{'-mps' if mps else ''}", storage_path=str(storage), verbose=0,
+            callbacks=[running],
+            failure_config=tune.FailureConfig(max_failures=0),  # a failed trial counts as failed
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )  # fmt: skip
+    began = time.perf_counter()
+    grid = tuner.fit()
+    wall_s = time.perf_counter() - began
+    results = []
+    for result in (grid[i] for i in range(len(grid))):
+        figures = None if result.error else trial_figures(result.metrics or {}, rows=train_rows,
+                                                          tokens=train_tokens)  # fmt: skip
+        if figures is not None:
+            results.append(figures)
+    results.sort(key=lambda r: r["start"])
+    return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps, via="tune",
+                     wall_s=wall_s, running_at_once=running.most)  # fmt: skip
+
+
+class RunningTrials(Callback):
+    """Tune callback: the most trials running at once (the packing Ray really ran)."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.now -= 1
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.now -= 1
+
+
+def trial_figures(metrics: dict[str, Any], *, rows: int, tokens: int) -> dict[str, Any] | None:
+    """What the aggregate needs from a trial's last Tune result (see the module docstring), in
+    the process mode's keys; None unless the trial completed."""
+    if metrics.get("status") != "completed" or not metrics.get("train_samples_per_s"):
+        return None
+    epochs = float(metrics["epoch"])
+    samples = round(epochs * rows)
+    return {
+        "trial_id": metrics.get("trial_id"),
+        "start": float(metrics["trained_at"]) - float(metrics["wall_s"]),
+        "train_s": samples / float(metrics["train_samples_per_s"]),
+        "samples": samples,
+        "tokens": round(epochs * tokens),
+        "steps": metrics.get("step"),
+        "peak_mem_mib": metrics.get("peak_mem_mib"),
+        "dev_score": metrics["best_dev_score"],
+        "status": metrics["status"],
+    }
+
+
+@contextlib.contextmanager
+def local_ray(device: str) -> Iterator[float]:
+    """A loopback-only local Ray for the block (:func:`tuner.runner.connect_ray`) that sees one
+    GPU on CUDA (the first visible: packing is about one GPU) and none on CPU; shut down at the
+    block's end. Yields the cluster's CPUs."""
+    import ray
+
+    from tuner.runner import connect_ray
+
+    if ray.is_initialized():
+        raise RuntimeError("Ray is already initialised in this process; --via tune starts its own")
+    with _env(CUDA_VISIBLE, _visible_devices(device)):  # the raylet and its workers inherit it
+        connect_ray(cpus_per_trial=1.0)
+    try:
+        resources = ray.cluster_resources()
+        if device == "cuda" and resources.get("GPU", 0) < 1:
+            raise RuntimeError(f"the local Ray sees no GPU ({resources})")
+        yield float(resources.get("CPU", 1.0))
+    finally:
+        ray.shutdown()
+
+
+def _visible_devices(device: str) -> str:
+    if device != "cuda":
+        return ""  # Ray would leave a zero-GPU trial the GPU, and run_trial would take it
+    current = os.environ.get(CUDA_VISIBLE)
+    return current.split(",")[0].strip() if current else "0"
+
+
+@contextlib.contextmanager
+def _env(key: str, value: str) -> Iterator[None]:
+    before = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
