@@ -156,13 +156,14 @@ def test_best_gpus_per_trial_is_the_fewest_trials_near_the_best_aggregate():
 
 
 def _study(folder: Path, trials: list[tuple[str, list[float], str, float]]) -> Path:
-    """Trials as (id, dev scores per report, final status, start time)."""
+    """Trials as (id, dev scores per report, final status, start time), written as Tune does:
+    every report says "running"; a trial the scheduler stopped ends below full fidelity."""
     for trial_id, scores, status, start in trials:
         lines = []
+        planned = len(scores) if status == "completed" else len(scores) + 1
         for k, score in enumerate(scores, start=1):
-            done = k == len(scores)
             lines.append({"trial_id": trial_id, "dev_score": score, "timestamp": start + 10 * k,
-                          "time_total_s": 10.0 * k, "status": status if done else "running",
+                          "time_total_s": 10.0 * k, "status": "running", "fidelity": k / planned,
                           "config": {"budget_deviation": 0.01, "tolerance": 0.05}})  # fmt: skip
         (folder / trial_id).mkdir(parents=True)
         (folder / trial_id / "result.json").write_text("\n".join(json.dumps(x) for x in lines))

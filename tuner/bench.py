@@ -55,7 +55,8 @@ SEARCH_COLUMNS: list[Column] = [
     ("stopped", "stopped", "d"), ("outside_budget", "outside budget", "d"),
     ("wall_s", "wall s", ",.0f"), ("best_dev_score", "best dev", ".4f"),
     ("time_to_near_best_s", "s to best-0.5pt", ",.0f"),
-    ("trials_per_gpu_hour", "trials/GPU-h", ",.1f"),
+    ("trials_per_gpu_hour", "completed/GPU-h", ",.1f"),
+    ("finished_per_gpu_hour", "completed+stopped/GPU-h", ",.1f"),
 ]  # fmt: skip
 HPSEARCH_COLUMNS: list[Column] = [
     ("trial_index", "trial", "d"), ("config", "config", ""), ("status", "Trainer", ""),

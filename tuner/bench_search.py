@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.spaces import outside_budget
+from tuner.tracking import trial_status
 
 NEAR_BEST = 0.005  # "within 0.5 points" of an accuracy in [0, 1]
 
@@ -27,7 +28,9 @@ class TrialHistory:
 
     @property
     def status(self) -> str:
-        return str(self.reports[-1].get("status", "unknown")) if self.reports else "empty"
+        """completed / stopped (by the scheduler: the last report is below full fidelity) /
+        failed / oom, as the study's summary says; Tune's result file holds no "stopped"."""
+        return trial_status(self.reports[-1], error=False) if self.reports else "empty"
 
     @property
     def final_dev_score(self) -> float | None:
@@ -56,7 +59,8 @@ class SearchRow:
     wall_s: float
     best_dev_score: float | None
     time_to_near_best_s: float | None  # first completed trial within NEAR_BEST of `target`
-    trials_per_gpu_hour: float | None
+    trials_per_gpu_hour: float | None  # completed trials (run to full fidelity)
+    finished_per_gpu_hour: float | None = None  # completed + stopped: every trial decided
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +83,7 @@ def search_row(
 ) -> SearchRow:
     """Figures of one study; ``target`` is the best dev score of all the compared studies."""
     if not trials:
-        return SearchRow(name, 0, 0, 0, 0, 0.0, None, None, None)
+        return SearchRow(name, 0, 0, 0, 0, 0.0, None, None, None, None)
     start = min(t.start for t in trials)
     wall_s = max(t.end for t in trials) - start
     finals = [(t.end - start, t.final_dev_score) for t in trials if t.final_dev_score is not None]
@@ -87,13 +91,16 @@ def search_row(
         at for at, score in finals if target is not None and score >= target - NEAR_BEST
     )
     completed = len(finals)
-    per_gpu_hour = completed / (wall_s / 3600 * gpus) if gpus and wall_s > 0 else None
+    gpu_hours = wall_s / 3600 * gpus if gpus and wall_s > 0 else None
+    stopped = sum(t.status == "stopped" for t in trials)
     return SearchRow(
         study=name, trials=len(trials), completed=completed,
-        stopped=sum(t.status == "stopped" for t in trials),
+        stopped=stopped,
         outside_budget=sum(t.outside_budget() for t in trials), wall_s=wall_s,
         best_dev_score=max((s for _, s in finals), default=None),
-        time_to_near_best_s=reached[0] if reached else None, trials_per_gpu_hour=per_gpu_hour,
+        time_to_near_best_s=reached[0] if reached else None,
+        trials_per_gpu_hour=completed / gpu_hours if gpu_hours else None,
+        finished_per_gpu_hour=(completed + stopped) / gpu_hours if gpu_hours else None,
     )  # fmt: skip
 
 
