@@ -85,3 +85,19 @@ def test_fifo_switches_early_stopping_off():
     exp = get_experiment("e4_budget")
     assert build_scheduler(apply_sets(exp, {"scheduler": "fifo"}), max_t=3) is None
     assert type(build_scheduler(exp, max_t=3)).__name__ == "AsyncHyperBandScheduler"
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_the_database(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from tuner.tracking import ensure_experiment
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default would be ./mlruns here
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    experiment = client.get_experiment(ensure_experiment(client, "e"))
+    assert experiment.artifact_location == (tmp_path / "store" / "mlartifacts").as_uri()
+    run = client.create_run(experiment.experiment_id)
+    (tmp_path / "w.txt").write_text("weights")
+    client.log_artifact(run.info.run_id, str(tmp_path / "w.txt"))
+    assert list((tmp_path / "store" / "mlartifacts").rglob("w.txt"))
+    assert not (tmp_path / "mlruns").exists()

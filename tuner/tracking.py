@@ -95,11 +95,22 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     if existing:
         return existing.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(
+            name, artifact_location=artifact_location(client.tracking_uri)
+        )
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     return client.get_experiment_by_name(name).experiment_id
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a ``sqlite:///DIR/x.db`` store go to ``DIR/mlartifacts``, beside the database
+    (MLflow's default is ``./mlruns`` under the driver's working directory, which scatters them
+    and leaves them behind when the results folder is copied). Other stores decide themselves."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
 
 
 def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
