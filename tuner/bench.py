@@ -2,7 +2,7 @@
 
     python -m tuner.bench --suite trial --device cuda                    # ours vs HF Trainer
     python -m tuner.bench --suite trial --settings ours-bs32,trainer-bs32 --train-samples 2000
-    python -m tuner.bench --suite packing --levels 1,2,4,8,16 --train-samples 8000
+    python -m tuner.bench --suite packing --levels 1,2,4,8,16 --train-samples 8000 [--via tune] [--mps]
     python -m tuner.bench --suite search --study asha=RESULTS/e4-asha --study fifo=RESULTS/e4-fifo
     python -m tuner.bench --suite hpsearch --study ours=RESULTS/e4_budget-demo \
         --experiment e4_budget --preset demo --max-trials 12 --gpus 1   # the usual way, same trials
