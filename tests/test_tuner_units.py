@@ -101,3 +101,18 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_the_database(tmp_path, monkey
     client.log_artifact(run.info.run_id, str(tmp_path / "w.txt"))
     assert list((tmp_path / "store" / "mlartifacts").rglob("w.txt"))
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_the_seeds_phase_keeps_a_method_whose_trials_were_all_stopped():
+    from tuner.launch import best_per_method
+
+    def row(method, status, dev):
+        return {"config": {"method": method, "lr": dev}, "status": status, "dev_score": dev}
+
+    trials = [row("lora", "stopped", 0.9), row("lora", "completed", 0.6),
+              row("full", "stopped", 0.5), row("full", "stopped", 0.55),
+              row("houlsby", "failed", 0.99), row("houlsby", "completed", None)]  # fmt: skip
+    best = best_per_method(trials)
+    assert best["lora"]["status"] == "completed" and best["lora"]["dev_score"] == 0.6
+    assert best["full"]["dev_score"] == 0.55  # no completed trial: the best stopped one
+    assert "houlsby" not in best  # failed or unscored trials never represent a method

@@ -29,6 +29,9 @@ def glue_methods(task: str) -> Experiment:
         task=task,
         search=Search(kind="choices", match_budget=False, configs=_ARMS),
         num_samples=25,  # ~5 learning rates per arm
+        # ASHA decides after half the evaluations: at grace 1 it stopped every full fine-tuning
+        # and LoRA trial on RTE (dev at chance after one evaluation; H100 run, docs/STUDIES.md)
+        grace_period=3,
         seeds=(0, 1, 2),
         train={"epochs": 3.0, "evals": 6, "max_length": 128},
         presets={
