@@ -26,6 +26,7 @@ PARENT_RUN_FILE = "mlflow_parent_run.txt"
 
 
 def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace) -> dict:
+    import ray
     from ray import tune
 
     from trainables.backbones import load_backbone
@@ -68,8 +69,6 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
                   searcher=build_searcher(exp, space, seed=0),
                   scheduler=build_scheduler(exp, max_t=train.evals))  # fmt: skip
     logger = _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset)
-    import ray
-
     concurrent = resources.concurrent_trials(ray.cluster_resources())
     summary = run_phase(phase, trainable, paths, logger, exp, resume=args.resume,
                         concurrent=concurrent)  # fmt: skip
@@ -160,8 +159,8 @@ def run_phase(phase: Phase, trainable: Any, paths: Any, logger: Any, exp: Experi
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )  # fmt: skip
-    log(f"{phase.name}: {phase.num_samples} trials, up to {concurrent or 'Tune decides'} at once; results in {paths.storage}/{phase.name}, "
-        f"MLflow at {paths.tracking_uri}")  # fmt: skip
+    log(f"{phase.name}: {phase.num_samples} trials, up to {concurrent or 'Tune decides'} at once; "
+        f"results in {paths.storage}/{phase.name}, MLflow at {paths.tracking_uri}")  # fmt: skip
     return summarise(tuner.fit(), exp)
 
 
