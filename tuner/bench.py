@@ -123,11 +123,11 @@ class Record:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **provenance(), "rows": [], "summary": {},
         }  # fmt: skip
-        out.mkdir(parents=True, exist_ok=True)
 
     def set_rows(self, rows: list[dict[str, Any]], **summary: Any) -> None:
         self.doc["rows"] = rows
         self.doc["summary"].update(summary)
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # not before a first row: bad input
         self.path.write_text(json.dumps(self.doc, indent=2, default=str))
         self.path.with_suffix(".md").write_text(self.markdown())
 
