@@ -42,7 +42,7 @@ from search_spaces.method_config import FUSION_METHODS, MethodConfig
 from trainables.model import PeftClassifier
 from trainables.prepared import PreparedData
 from trainables.train_config import TrainConfig
-from tuner.bench_search import TrialHistory, load_study, search_row
+from tuner.bench_search import TrialHistory, load_study, per_gpu_hour, search_row
 from tuner.experiment import Experiment
 
 Log = Callable[[str], None]
@@ -277,10 +277,6 @@ class BaselineRun:
     @property
     def trials_per_gpu_hour(self) -> float | None:
         return per_gpu_hour(self.completed, self.wall_s, self.gpus)
-
-
-def per_gpu_hour(completed: int, wall_s: float, gpus: float) -> float | None:
-    return completed / (wall_s / 3600 * gpus) if gpus and wall_s > 0 else None
 
 
 def run_baseline(

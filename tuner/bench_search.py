@@ -91,7 +91,6 @@ def search_row(
         at for at, score in finals if target is not None and score >= target - NEAR_BEST
     )
     completed = len(finals)
-    gpu_hours = wall_s / 3600 * gpus if gpus and wall_s > 0 else None
     stopped = sum(t.status == "stopped" for t in trials)
     return SearchRow(
         study=name, trials=len(trials), completed=completed,
@@ -99,9 +98,14 @@ def search_row(
         outside_budget=sum(t.outside_budget() for t in trials), wall_s=wall_s,
         best_dev_score=max((s for _, s in finals), default=None),
         time_to_near_best_s=reached[0] if reached else None,
-        trials_per_gpu_hour=completed / gpu_hours if gpu_hours else None,
-        finished_per_gpu_hour=(completed + stopped) / gpu_hours if gpu_hours else None,
+        trials_per_gpu_hour=per_gpu_hour(completed, wall_s, gpus),
+        finished_per_gpu_hour=per_gpu_hour(completed + stopped, wall_s, gpus),
     )  # fmt: skip
+
+
+def per_gpu_hour(trials: int, wall_s: float, gpus: float | None) -> float | None:
+    """``trials`` over the GPU-hours of ``wall_s`` seconds on ``gpus`` GPUs (None if unknown)."""
+    return trials / (wall_s / 3600 * gpus) if gpus and wall_s > 0 else None
 
 
 def compare_studies(studies: dict[str, str | Path], *, gpus: float | None) -> list[SearchRow]:
