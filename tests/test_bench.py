@@ -232,7 +232,10 @@ def test_packing_suite_runs_workers_from_one_tokenisation(tiny_task, tmp_path):
     doc = json.loads((tmp_path / "bench-packing.json").read_text())
     (row,) = doc["rows"]
     assert row["failed"] == 0 and row["aggregate_samples_per_s"] > 0 and row["speedup"] == 1.0
-    assert doc["summary"]["tokenisations"] == 1 and doc["summary"]["best_gpus_per_trial"] == 1.0
+    # train, dev and test encoded once each on the driver (or read from the token cache)
+    summary = doc["summary"]
+    assert summary["tokenisations"] + summary["tokenisation_cache_hits"] == 3
+    assert summary["best_gpus_per_trial"] == 1.0
 
 
 def test_bad_input_exits_2_naming_the_value(tmp_path, capsys):

@@ -26,13 +26,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from search_spaces.errors import ConfigError, one_of
 from trainables.batching import Batch, collate, epoch_batches, eval_plan
 from trainables.data.encoded import Encoded
+from trainables.graphs import StepGraphs, capturable_optimizer
 from trainables.metrics import Metric, compute, get_metric
 from trainables.train_config import TrainConfig
 
 TASK_KINDS = ("classification", "regression")
 STATE_VERSION = 1
 # Config fields that do not change what is trained, so a resumed run may change them.
-RESUME_FREE_FIELDS = ("compile", "eval_batch_size")
+RESUME_FREE_FIELDS = ("compile", "cuda_graphs", "eval_batch_size")
 # cuDNN attention (first choice for bf16 on Hopper) builds a plan for every new shape, and dynamic
 # padding makes up to max_length / 8 widths: measured 2.7x slower over a 150-step run on an H100.
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -80,6 +81,8 @@ class FitResult:
     samples_seen: int
     tokens_seen: int  # real tokens processed (for an MFU estimate)
     padded_tokens_seen: int
+    cuda_graphs: int = 0  # batch shapes whose training step ran from a CUDA graph
+    graphs_off: str | None = None  # why graphs were turned off mid-run (a failed capture)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,7 +174,8 @@ def fit(
         torch.cuda.reset_peak_memory_stats(plan.device)
     model.to(plan.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, config, cuda=plan.cuda)
+    graphed = _graphable(model, config, plan)
+    optimizer = _optimizer(params, config, cuda=plan.cuda, graphs=graphed)
     warmup = config.warmup_steps(plan.total_steps)
     scheduler = LambdaLR(optimizer, _lr_factor(warmup, plan.total_steps))
     if state is None:
@@ -186,6 +190,24 @@ def fit(
     regularization = getattr(model, "regularization_loss", None)
     plateau_hook = getattr(model, "plateau_hook", None)
 
+    def body(batch: Batch) -> torch.Tensor:
+        """Forward, backward, clipping, optimizer step on a device batch; the task loss."""
+        with _autocast(config.precision, plan.device, cache=not graphed):
+            logits = forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        loss = _loss(logits, batch.labels, task_kind)
+        extra = regularization() if regularization is not None else None
+        (loss if extra is None else loss + extra).backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
+        optimizer.step()
+        return loss.detach()
+
+    graphs = None
+    if graphed:
+        graphs = StepGraphs(
+            body, optimizer, params, batch_size=config.batch_size, device=plan.device
+        )
+
     def snapshot(at_step: int) -> dict[str, Any]:
         if progress.step != at_step:
             raise RuntimeError(f"state() of step {at_step} called at step {progress.step}")
@@ -193,8 +215,8 @@ def fit(
             "version": STATE_VERSION,
             "config": config.to_dict(),
             "progress": asdict(progress),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": _portable(optimizer.state_dict()),
+            "scheduler": _portable(scheduler.state_dict()),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(plan.device) if plan.cuda else None,
         }
@@ -208,22 +230,16 @@ def fit(
         try:
             while not progress.done(plan) and status == "completed":
                 for batch in _remaining_batches(train, plan, progress):
-                    batch = batch.to(plan.device)
-                    with _autocast(config.precision, plan.device):
-                        logits = forward(
-                            batch.input_ids, batch.attention_mask, batch.token_type_ids
-                        )
-                    loss = _loss(logits, batch.labels, task_kind)
-                    extra = regularization() if regularization is not None else None
-                    (loss if extra is None else loss + extra).backward()
-                    if config.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
-                    optimizer.step()
-                    scheduler.step()
-                    if step_hook is not None:
-                        step_hook(progress.step)  # 0-based index of the step just taken, as peft
-                    optimizer.zero_grad(set_to_none=True)
-                    loss_sum += loss.detach()
+                    if graphs is not None:
+                        loss = graphs.step(batch)
+                        scheduler.step()
+                    else:
+                        loss = body(batch.to(plan.device))
+                        scheduler.step()
+                        if step_hook is not None:
+                            step_hook(progress.step)  # 0-based index of the step just taken
+                        optimizer.zero_grad(set_to_none=True)
+                    loss_sum += loss
                     window += 1
                     progress.advance(batch)
                     if progress.step in plan.eval_steps:
@@ -255,7 +271,7 @@ def fit(
             torch.cuda.empty_cache()
     progress.wall_s = time.perf_counter() - wall_start
     _record_peak_memory(progress, plan.device)
-    return _result(status, progress)
+    return _result(status, progress, graphs)
 
 
 def _remaining_batches(train: Encoded, plan: _Plan, progress: _Progress) -> list[Batch]:
@@ -379,11 +395,20 @@ def measure_latency(
     return statistics.median(times_ms[LATENCY_WARMUP:])
 
 
+def _graphable(model: nn.Module, config: TrainConfig, plan: _Plan) -> bool:
+    """Whether training steps run from CUDA graphs: on CUDA, asked for, not compiled (compile
+    brings its own), and the model has no per-step Python hooks (``model.graph_safe``)."""
+    return (
+        plan.cuda and config.cuda_graphs and not config.compile
+        and bool(getattr(model, "graph_safe", True))
+    )  # fmt: skip
+
+
 def _optimizer(
-    trainable: list[nn.Parameter], config: TrainConfig, *, cuda: bool
+    trainable: list[nn.Parameter], config: TrainConfig, *, cuda: bool, graphs: bool = False
 ) -> torch.optim.AdamW:
     """AdamW over ``trainable``; biases and LayerNorm weights (the 1-d ones, as in nanoGPT) get no
-    weight decay."""
+    weight decay. ``graphs``: the capturable form a CUDA graph can step."""
     if not trainable:
         raise ConfigError("the model has no trainable parameters")
     groups = [
@@ -391,6 +416,8 @@ def _optimizer(
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
+    if graphs:
+        return capturable_optimizer(groups, config.lr, trainable[0].device)
     # fused: one kernel for the whole update on CUDA; foreach: batched ops on CPU (fused and
     # foreach are mutually exclusive)
     return torch.optim.AdamW(
@@ -429,11 +456,14 @@ def _inference(model: nn.Module, precision: str, device: torch.device) -> Iterat
         model.train(was_training)
 
 
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def _autocast(
+    precision: str, device: torch.device, *, cache: bool = True
+) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where asked; ``cache=False`` under CUDA graph capture, as torch requires."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def _restore(
@@ -456,15 +486,20 @@ def _restore(
         raise ConfigError(
             f"cannot resume: the state is at step {progress.step} of {plan.total_steps}"
         )
+    lrs = [group["lr"] for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        if isinstance(lr, torch.Tensor):  # a graph reads this tensor: keep it, with the saved value
+            lr.fill_(float(group["lr"]))
+            group["lr"] = lr
     torch.set_rng_state(state["torch_rng"].cpu())
     if plan.cuda and state["cuda_rng"] is not None:
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), plan.device)
     return progress
 
 
-def _result(status: str, progress: _Progress) -> FitResult:
+def _result(status: str, progress: _Progress, graphs: StepGraphs | None) -> FitResult:
     return FitResult(
         status=status,
         steps=progress.step,
@@ -479,7 +514,32 @@ def _result(status: str, progress: _Progress) -> FitResult:
         samples_seen=progress.samples_seen,
         tokens_seen=progress.tokens_seen,
         padded_tokens_seen=progress.padded_tokens_seen,
+        cuda_graphs=0 if graphs is None else graphs.captured,
+        graphs_off=None if graphs is None else graphs.off_reason,
     )
+
+
+def _portable(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer or scheduler state dict with tensor learning rates (graphed runs) as floats, so
+    a state resumes under either form and on any device."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim == 0:
+            return float(value)
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    out = dict(state)
+    if "param_groups" in out:
+        out["param_groups"] = [
+            {k: plain(v) if k in ("lr", "initial_lr") else v for k, v in g.items()}
+            for g in out["param_groups"]
+        ]
+    for key in ("base_lrs", "_last_lr"):
+        if key in out:
+            out[key] = plain(out[key])
+    return out
 
 
 def _per_s(count: int, seconds: float) -> float:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -22,6 +23,11 @@ from search_spaces.method_config import MethodConfig
 from search_spaces.shapes import BackboneShape
 
 CONFIG_KEY = "method_config"  # safetensors metadata key holding the MethodConfig as JSON
+# transformers 4.x's BertModel expands a [B, 1, T] mask to the same additive mask as a [B, T] one,
+# but first asks the GPU whether a [B, T] mask is all ones: a host sync every forward, which also
+# makes a training step impossible to capture in a CUDA graph. transformers 5 takes [B, T] only
+# (its steps then run eager: trainables/graphs.py falls back).
+MASK_3D = int(transformers.__version__.split(".")[0]) < 5
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,9 @@ class PeftClassifier(nn.Module):
     ) -> torch.Tensor:
         """Logits ``[B, num_labels]`` for a padded batch (``attention_mask`` 1 on real tokens)."""
         out = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            input_ids=input_ids,
+            attention_mask=attention_mask[:, None, :] if MASK_3D else attention_mask,
+            token_type_ids=token_type_ids,
         )
         if self.config.head == "cls":
             pooled = out.pooler_output
@@ -114,6 +122,13 @@ class PeftClassifier(nn.Module):
         )
 
     # --- method hooks ----------------------------------------------------------------------------
+
+    @property
+    def graph_safe(self) -> bool:
+        """Whether a training step may be captured in a CUDA graph and replayed: not when the method
+        runs Python between steps that changes what a step computes (AdaLoRA's rank reallocation,
+        lora_grow's rank growth)."""
+        return self._hooks.step is None and self._hooks.plateau is None
 
     def step_hook(self, global_step: int) -> None:
         """Call after ``optimizer.step()`` and before ``zero_grad()`` (AdaLoRA reads the gradients

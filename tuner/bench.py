@@ -29,6 +29,7 @@ from tuner.cli import run_cli
 
 SUITES = ("trial", "packing", "search", "hpsearch")
 DEFAULT_TRIAL_SETTINGS = "trainer-bs32,ours-bs32,ours-bs128,ours-bs128-bf16w,trainer-bs128"
+MPS_MODES = {"no": (False,), "yes": (True,), "both": (False, True)}  # packing: levels measured
 Column = tuple[str, str, str]  # key, header, format spec ("" = str)
 TRIAL_COLUMNS: list[Column] = [
     ("setting", "setting", ""), ("seed", "seed", "d"), ("batch_size", "batch", "d"),
@@ -81,7 +82,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="trial suite: comma-separated seeds per setting")
     p.add_argument("--levels", default="1,2,4,8,16", help="packing: concurrent trials per GPU")
     p.add_argument("--batch-size", type=int, default=32, help="packing: per trial")
-    p.add_argument("--mps", action="store_true", help="packing: also measure under NVIDIA MPS")
+    p.add_argument(
+        "--mps",
+        nargs="?",
+        const="both",
+        default="no",
+        choices=tuple(MPS_MODES),
+        help="packing: under NVIDIA MPS too (bare --mps: both), only (yes), or not (no)",
+    )
     p.add_argument("--via", default="processes", metavar="{processes,tune}",
                    help="packing: trials as processes the bench starts, or through Ray Tune "
                         "with gpus_per_trial = 1/N as a study runs them")  # fmt: skip
@@ -191,6 +199,7 @@ def trial_suite(args: argparse.Namespace, record: Record) -> None:
 
 def packing_suite(args: argparse.Namespace, record: Record) -> None:
     from trainables.backbones import load_backbone
+    from trainables.data.tokenize import cache_stats
     from trainables.flops import device_peak_flops
     from tuner.bench_packing import (
         best_gpus_per_trial,
@@ -204,7 +213,11 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     via = check_via(args.via)
     levels = _levels(args.levels)
     device = _device(args.device)
-    data = _prepare(args)  # tokenised once for every trial of every level
+    before = cache_stats()
+    data = _prepare(args)  # tokenised once (per split) for every trial of every level
+    after = cache_stats()
+    work = {"tokenisations": after.misses - before.misses,
+            "tokenisation_cache_hits": after.hits - before.hits}  # fmt: skip
     shape = load_backbone(args.backbone, meta=True).shape
     rows: list[Any] = []
 
@@ -216,7 +229,7 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
         tune_wall = {"tune_wall_s": {k: round(s, 1) for k, (s, _) in walls.items()},
                      "tune_wall_samples_per_s": {k: round(v) for k, (_, v) in walls.items()}
                      } if walls else {}  # fmt: skip
-        record.set_rows([r.to_dict() for r in done], tokenisations=1, via=via,
+        record.set_rows([r.to_dict() for r in done], **work, via=via,
                         best_gpus_per_trial=best_gpus_per_trial([r for r in done if not r.mps]),
                         **tune_wall, **_data_summary(data))  # fmt: skip
         wall = f", whole Tune run {row.wall_s:,.1f} s" if row.wall_s is not None else ""
@@ -226,7 +239,8 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
         if via == "tune":
             measure_tune(levels, data=data, backbone=args.backbone, device=device,
                          batch_size=args.batch_size, lr=1e-3, shape=shape,
-                         peak_flops=device_peak_flops(device), mps=args.mps, workdir=Path(tmp),
+                         peak_flops=device_peak_flops(device), mps=MPS_MODES[args.mps],
+                         workdir=Path(tmp),
                          publish=publish, log=_log)  # fmt: skip
             return
         data_file = save_data(data, Path(tmp) / "data.pkl")
@@ -239,8 +253,9 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
                 _log(f"packing: {n} trial(s){' under MPS' if mps else ''}")
                 publish(run_level(n, mps=mps, **common))
 
-        measure(mps=False)
-        if args.mps:
+        if False in MPS_MODES[args.mps]:
+            measure(mps=False)
+        if True in MPS_MODES[args.mps]:
             with mps_daemon(Path(tmp) / "mps") as started:
                 if started:
                     measure(mps=True)

@@ -63,13 +63,13 @@ def measure_tune(
     lr: float,
     shape: Any,
     peak_flops: float | None,
-    mps: bool,
+    mps: tuple[bool, ...],
     workdir: Path,
     publish: Callable[[PackingRow], None],
     log: Callable[[str], None],
 ) -> None:
-    """Every level without MPS, then (``mps``, where the daemon starts) every level under MPS,
-    each setting on its own local Ray; ``publish`` gets each row as it is measured."""
+    """Every level for each of ``mps`` (False: without MPS, True: under it, where the daemon
+    starts), each setting on its own local Ray; ``publish`` gets each row as it is measured."""
     from ray import tune
 
     from trainables.trainable import tune_trial
@@ -79,7 +79,7 @@ def measure_tune(
         backbone = str(Path(backbone).resolve())
     config = {**trial_config(batch_size=batch_size, lr=lr), "backbone": backbone}
     train_rows, train_tokens = len(data.train), int(data.train.lengths.sum())
-    for under_mps in [False, True] if mps else [False]:
+    for under_mps in mps:
         with contextlib.ExitStack() as stack:
             if under_mps and not stack.enter_context(mps_daemon(workdir / "mps")):
                 log("packing: no nvidia-cuda-mps-control here, MPS skipped")

@@ -28,8 +28,9 @@ MIB = 2**20
 
 @dataclass(frozen=True)
 class TrialSetting:
-    """One side of the comparison. ``bf16_frozen`` (ours only) stores the frozen backbone in bf16,
-    so autocast stops re-casting it at every forward."""
+    """One side of the comparison. Ours only: ``bf16_frozen`` stores the frozen backbone in bf16, so
+    autocast stops re-casting it at every forward; ``cuda_graphs`` replays each batch shape's step
+    (trainables/graphs.py); ``head`` is our classifier head (the Trainer's model is [CLS] + pooler)."""
 
     name: str
     runner: str
@@ -37,12 +38,15 @@ class TrialSetting:
     lr: float = 1e-3
     bf16_frozen: bool = False
     compile: bool = False
+    cuda_graphs: bool = True
+    head: str = "mean"
 
     def __post_init__(self) -> None:
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner={self.runner!r} must be one of {', '.join(RUNNERS)}")
-        if self.runner == "trainer" and (self.bf16_frozen or self.compile):
-            raise ConfigError(f"setting {self.name!r}: bf16_frozen/compile are ours-only")
+        ours_only = self.bf16_frozen or self.compile or self.head != "mean"
+        if self.runner == "trainer" and ours_only:
+            raise ConfigError(f"setting {self.name!r}: bf16_frozen/compile/head are ours-only")
 
 
 SETTINGS: Registry[TrialSetting] = Registry("bench setting")
@@ -62,6 +66,13 @@ register_setting(
     TrialSetting("ours-bs128-bf16w", "ours", batch_size=128, lr=2e-3, bf16_frozen=True)
 )
 register_setting(TrialSetting("ours-bs32-compile", "ours", compile=True))
+# the loop before CUDA graphs: every kernel of the step launched from Python
+register_setting(TrialSetting("ours-bs32-eager", "ours", cuda_graphs=False))
+register_setting(
+    TrialSetting("ours-bs128-eager", "ours", batch_size=128, lr=2e-3, cuda_graphs=False)
+)
+# the Trainer's head ([CLS] + pooler) on our side, for the accuracy comparison
+register_setting(TrialSetting("ours-bs32-cls", "ours", head="cls"))
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,8 @@ def run_ours(setting: TrialSetting, work: Workload) -> TrialRow:
     data = work.data
     config = {"method": "lora", "rank": work.rank, "alpha": work.alpha, "epochs": work.epochs,
               "batch_size": setting.batch_size, "lr": setting.lr, "seed": work.seed,
-              "evals": EVALS, "compile": setting.compile,
+              "evals": EVALS, "compile": setting.compile, "cuda_graphs": setting.cuda_graphs,
+              "head": setting.head,
               # bf16 weights need bf16 autocast, also on CPU where "auto" means fp32
               "precision": "bf16" if setting.bf16_frozen else "auto"}  # fmt: skip
     method_config, train_config = split_config(config, num_labels=data.num_labels)
@@ -157,7 +169,8 @@ def run_ours(setting: TrialSetting, work: Workload) -> TrialRow:
         mfu=mfu(backbone.shape, tokens=result.tokens_seen, samples=result.samples_seen,
                 seconds=train_s, peak_flops=device_peak_flops(work.device)),
         samples=result.samples_seen, tokens=result.tokens_seen, history=history,
-        extra={"padded_tokens": result.padded_tokens_seen, "steps": result.steps},
+        extra={"padded_tokens": result.padded_tokens_seen, "steps": result.steps,
+               "cuda_graphs": result.cuda_graphs, "graphs_off": result.graphs_off},
     )  # fmt: skip
 
 

@@ -1,0 +1,110 @@
+"""CUDA graphs of the training step (trainables/graphs.py): the same run as eager, faster; a
+failed capture falls back to eager; graphed states resume anywhere. The graph tests need a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from tests.test_loop import DEV, FAST, TRAIN, VOCAB, TinyClassifier, run
+from trainables.loop import _portable, fit
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class GraphableClassifier(nn.Module):
+    """TinyClassifier without dropout (so eager and graphed runs see the same numbers) and with the
+    [B, 1, T] mask PeftClassifier passes (a [B, T] mask syncs with the host, which capture refuses)."""
+
+    graph_safe = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )  # fmt: skip
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        hidden = self.bert(input_ids, attention_mask[:, None, :], token_type_ids).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return self.head((hidden * mask).sum(1) / mask.sum(1))
+
+
+def test_graphs_are_off_on_cpu():
+    result = run(FAST.replace(evals=2))
+    assert result.cuda_graphs == 0 and result.graphs_off is None
+
+
+def test_portable_state_turns_tensor_learning_rates_into_floats():
+    param = nn.Parameter(torch.zeros(2))
+    group = {"params": [param], "lr": torch.tensor(0.5)}
+    optimizer = torch.optim.AdamW([group], lr=0.5, foreach=False)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    opt_state, sched_state = _portable(optimizer.state_dict()), _portable(scheduler.state_dict())
+    assert (
+        opt_state["param_groups"][0]["lr"] == 0.25
+        and type(opt_state["param_groups"][0]["lr"]) is float
+    )
+    assert sched_state["base_lrs"] == [0.5] and sched_state["_last_lr"] == [0.25]
+    assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor)  # the live one is untouched
+
+
+@CUDA
+def test_graphed_run_matches_eager_and_captures_each_shape():
+    config = FAST.replace(lr=3e-3)
+    eager = fit(GraphableClassifier(), TRAIN, DEV, config.replace(cuda_graphs=False),
+                task_kind="classification", metric="accuracy", device="cuda")  # fmt: skip
+    reports = []
+    graphed = fit(GraphableClassifier(), TRAIN, DEV, config, on_eval=reports.append,
+                  task_kind="classification", metric="accuracy", device="cuda")  # fmt: skip
+    assert eager.cuda_graphs == 0 and graphed.graphs_off is None
+    assert 1 <= graphed.cuda_graphs <= 40 // 8 + 1  # one per padded width of a full batch
+    assert graphed.steps == eager.steps and graphed.best_dev_score > 0.8
+    assert graphed.best_dev_score == pytest.approx(eager.best_dev_score, abs=0.02)
+    assert reports[-1].train_loss < 0.7 * reports[0].train_loss
+
+
+@CUDA
+def test_step_that_syncs_with_the_host_runs_eager_with_dropout_intact():
+    model = TinyClassifier()  # dropout on; BertModel asks torch.all(mask == 1) of a [B, T] mask
+    result = fit(model, TRAIN, DEV, FAST, task_kind="classification", metric="accuracy",
+                 device="cuda")  # fmt: skip
+    assert result.cuda_graphs == 0 and "waits for the host" in (result.graphs_off or "")
+    assert result.status == "completed" and result.best_dev_score > 0.8
+
+
+@CUDA
+def test_graphed_state_resumes_eager_on_cpu():
+    states = []
+
+    def keep_first(report):
+        if report.evaluation == 2:
+            states.append(report.state())
+        return report.evaluation == 2
+
+    model = GraphableClassifier()
+    first = fit(model, TRAIN, DEV, FAST, on_eval=keep_first, task_kind="classification",
+                metric="accuracy", device="cuda")  # fmt: skip
+    assert first.status == "stopped" and first.cuda_graphs >= 1
+    state = states[0]
+    assert type(state["optimizer"]["param_groups"][0]["lr"]) is float
+    model.to("cpu")
+    rest = fit(model, TRAIN, DEV, FAST.replace(cuda_graphs=False), state=state,
+               task_kind="classification", metric="accuracy", device="cpu")  # fmt: skip
+    assert rest.status == "completed" and rest.steps == FAST.total_steps(len(TRAIN))
+    assert rest.best_dev_score > 0.8
+
+
+@CUDA
+def test_models_with_per_step_hooks_are_not_graphed():
+    model = TinyClassifier()
+    model.graph_safe = False  # what AdaLoRA and lora_grow report
+    result = run(FAST.replace(evals=2), model=model, device="cuda")
+    assert result.cuda_graphs == 0 and result.graphs_off is None
