@@ -62,6 +62,7 @@ CASES = [
         "train.csv/m.db",
     ),  # fmt: skip
     ("--resume, nothing there", ["e4_budget", *SMOKE, "--resume"], "--resume"),
+    ("--resume with --overwrite", ["e4_budget", *SMOKE, "--resume", "--overwrite"], "--overwrite"),
     ("fault spec", ["e4_budget", *SMOKE, "--set", "fault=boom@2"], "'boom@2'"),
     ("fault target", ["e4_budget", *SMOKE, "--set", "fault=exit@2:trial=x"], "'exit@2:trial=x'"),
     ("accounting", ["e4_budget", *SMOKE, "--set", "accounting=bytes"], "'bytes'"),
@@ -142,6 +143,22 @@ def test_bad_input_is_one_line_exit_2_and_nothing_starts(
     assert out == ""
     assert tripwire == [] and not ray.is_initialized()
     assert_nothing_started(workdir)
+
+
+def test_a_study_already_in_the_folder_is_not_run_again_over_it(
+    workdir: Path, tripwire: list[str], capfd, data_dir: Path
+) -> None:
+    """A second Tune run in the same folder would mix its trials with the first one's."""
+    from tuner.cli import run_cli
+    from tuner.run import main
+
+    study = workdir / "results" / "e4_budget-smoke"
+    study.mkdir(parents=True)
+    (study / "tuner.pkl").write_bytes(b"a study started here")
+    code = run_cli(main, ["e4_budget", *SMOKE, "--storage", str(workdir / "results")])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--resume continues it, --overwrite" in err[0], err
+    assert tripwire == [] and sorted(p.name for p in study.iterdir()) == ["tuner.pkl"]
 
 
 def test_the_table_covers_every_kind_of_bad_input() -> None:

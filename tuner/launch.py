@@ -64,6 +64,9 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
     )
     if not args.resume:
+        if getattr(args, "overwrite", False):
+            for name in (paths.name, f"{paths.name}-seeds"):
+                StudyFiles(paths.storage, name).remove()
         record_start(files, exp, preset, resources, paths)
     phase = Phase(name=paths.name, space=space, num_samples=exp.num_samples,
                   searcher=build_searcher(exp, space, seed=0),
@@ -114,9 +117,18 @@ def check_inputs(exp: Experiment, args: argparse.Namespace, files: StudyFiles) -
         raise ConfigError(
             f"data folder {data_dir!r} (--data-dir or ${DATA_DIR_ENV}) does not exist"
         )
+    overwrite = getattr(args, "overwrite", False)
+    if args.resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue or start again")
     if args.resume and not files.exists("tuner.pkl"):
         raise ConfigError(
             f"--resume: nothing to resume at {files.storage}/{files.name} (no study started there)"
+        )
+    if not args.resume and not overwrite and files.exists("tuner.pkl"):
+        # a second Tune run in the same folder mixes its trials with the first one's
+        raise ConfigError(
+            f"{files.storage}/{files.name} already holds this study: --resume continues it, "
+            "--overwrite starts it again, or pick another --storage"
         )
     return train
 

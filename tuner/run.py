@@ -37,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="local data mirror (default $PEFT_TUNE_DATA_DIR)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted study")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again where the results folder already holds this study (its folders are "
+        "deleted first; its MLflow runs stay, as an earlier run)",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="print the first configurations, run nothing"
     )
     p.add_argument(

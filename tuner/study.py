@@ -97,6 +97,14 @@ class StudyFiles:
         filesystem, base = self._fs()
         return filesystem.get_file_info(f"{base}/{rel}").type != fs.FileType.NotFound
 
+    def remove(self) -> None:
+        """Delete the study's folder, if there is one."""
+        from pyarrow import fs
+
+        filesystem, base = self._fs()
+        if filesystem.get_file_info(base).type != fs.FileType.NotFound:
+            filesystem.delete_dir(base)
+
     def read_text(self, rel: str) -> str | None:
         if not self.exists(rel):
             return None
