@@ -18,7 +18,7 @@ from pathlib import Path
 from analysis import markdown as md
 from analysis import sections
 from analysis.families import combine
-from analysis.trials import Study, load_mlflow, load_tune_folder
+from analysis.trials import SEEDS_SUFFIX, Study, load_mlflow, load_tune_folder
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
 
@@ -44,12 +44,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def results_folder(path: Path, experiment: str) -> Path:
-    """``path`` itself when it holds trial folders, else its one ``<experiment>-<preset>`` folder."""
+    """``path`` itself when it holds trial folders, else its one ``<experiment>-<preset>`` folder
+    (the seeds phase's ``-seeds`` folder beside it is part of that study, not another one)."""
     if not path.is_dir():
         raise ConfigError(f"--results {str(path)!r} is not a folder")
     if any((p / "result.json").exists() or (p / "params.json").exists() for p in path.iterdir()):
         return path
-    found = sorted(p for p in path.glob(f"{experiment}-*") if p.is_dir())
+    found = sorted(
+        p for p in path.glob(f"{experiment}-*") if p.is_dir() and not p.name.endswith(SEEDS_SUFFIX)
+    )
     if len(found) == 1:
         return found[0]
     if not found:

@@ -6,7 +6,7 @@ Rules every table and test shares:
   that ASHA stopped early reports a low-fidelity score that is not comparable;
 * a *configuration* is a trial's params without its seed (and without the counts derived from the
   params); a method's configuration in a table is the one with the best mean **dev** score over
-  seeds, so the reported test score never chooses the winner;
+  the seeds the candidates share, so the reported test score never chooses the winner;
 * two arms pair up on equal seeds within the same group (task, training size, ...).
 """
 
@@ -59,22 +59,33 @@ def with_seed(trials: pd.DataFrame) -> pd.DataFrame:
 def select_configs(
     trials: pd.DataFrame, by: Sequence[str], *, select_by: str = SELECT_BY
 ) -> pd.DataFrame:
-    """Completed rows of the best configuration (mean ``select_by`` over seeds) per ``by`` group.
+    """Completed rows of the best configuration per ``by`` group: best mean ``select_by`` over the
+    seeds every configuration of the group ran (over all of its seeds where they share none).
 
-    Groups whose ``by`` columns are missing are left out; rows lacking ``select_by`` rank last.
+    A seeds phase re-runs a search's winner with more seeds: against its mean over three seeds a
+    configuration run once would win on its luck alone, so configurations are compared on the seeds
+    they share, and a (configuration, seed) run twice counts once (the later run). Groups whose
+    ``by`` columns are missing are left out; rows lacking ``select_by`` rank last.
     """
     done = with_seed(completed(trials))
     by = list(by)
     if done.empty or any(c not in done.columns for c in by):
         return done.iloc[0:0]
     done = done.assign(_config=config_key(done))
+    done = done.drop_duplicates(subset=[*by, "_config", "seed"], keep="last")
     score = done[select_by] if select_by in done else pd.Series(np.nan, index=done.index)
-    means = done.assign(_score=score).groupby([*by, "_config"], dropna=False)["_score"].mean()
-    means = means.fillna(-np.inf).reset_index()
+    done = done.assign(_score=score)
+    ranked = []
+    for _, group in done.groupby(by, dropna=False, sort=False):
+        seeds = group.groupby("_config")["seed"].agg(frozenset)
+        shared = frozenset.intersection(*seeds)
+        on = group[group["seed"].isin(shared)] if shared else group
+        ranked.append(on.groupby([*by, "_config"], dropna=False)["_score"].mean())
+    means = pd.concat(ranked).fillna(-np.inf).reset_index()
     best = means.sort_values([*by, "_score", "_config"], ascending=[True] * len(by) + [False, True])
     best = best.drop_duplicates(subset=by, keep="first")
     keep = done.merge(best[[*by, "_config"]], on=[*by, "_config"], how="inner")
-    return keep.drop(columns="_config")
+    return keep.drop(columns=["_config", "_score"])
 
 
 def paired(

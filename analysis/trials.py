@@ -168,19 +168,26 @@ def _mlflow_plan(client: Any, parent_run_id: str) -> dict[str, Any]:
 
 
 def load_tune_folder(path: str | Path) -> Study:
-    """The trials of a Tune results folder ``<storage>/<experiment>-<preset>``."""
+    """The trials of a Tune results folder ``<storage>/<experiment>-<preset>``, with those of its
+    seeds phase (the ``-seeds`` folder beside it, where the study has one), as MLflow has them
+    under one parent run."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"results folder {str(folder)!r} does not exist")
-    trial_dirs = sorted(p for p in folder.iterdir() if _is_trial_dir(p))
+    seeds = folder.with_name(folder.name + SEEDS_SUFFIX)
+    phases = [folder, seeds] if seeds.is_dir() else [folder]
+    trial_dirs = [d for phase in phases for d in sorted(phase.iterdir()) if _is_trial_dir(d)]
     if not trial_dirs:
         raise ConfigError(f"results folder {str(folder)!r} holds no trial folders")
     recorded = _read_json(folder / "experiment.json") or {}
     plan = dict(recorded.get("experiment", {}))
     name = plan.get("name") or folder.name.rsplit("-", 1)[0]
-    states = _tune_states(folder)
+    states = {k: v for phase in phases for k, v in _tune_states(phase).items()}
     records = [_tune_record(d, states) for d in trial_dirs]
     return make_study(name, records, plan, f"tune folder {folder}")
+
+
+SEEDS_SUFFIX = "-seeds"  # tuner.launch names the seeds phase's Tune run "<study>-seeds"
 
 
 def _is_trial_dir(path: Path) -> bool:

@@ -38,8 +38,10 @@ class GraphableClassifier(nn.Module):
 
 
 def test_graphs_are_off_on_cpu():
-    result = run(FAST.replace(evals=2))
+    reports = []
+    result = run(FAST.replace(evals=2), on_eval=reports.append)
     assert result.cuda_graphs == 0 and result.graphs_off is None
+    assert [r.graphed_steps for r in reports] == [0, 0]
 
 
 def test_portable_state_turns_tensor_learning_rates_into_floats():
@@ -69,6 +71,9 @@ def test_graphed_run_matches_eager_and_captures_each_shape():
     assert graphed.steps == eager.steps and graphed.best_dev_score > 0.8
     assert graphed.best_dev_score == pytest.approx(eager.best_dev_score, abs=0.02)
     assert reports[-1].train_loss < 0.7 * reports[0].train_loss
+    # every step replays (a shape's first batch right after its capture): 384 rows = 12 full
+    # batches an epoch, no short last batch to run eager
+    assert reports[-1].graphed_steps == graphed.steps
 
 
 @CUDA

@@ -153,3 +153,37 @@ def test_a_family_combines_its_members_and_reports(tmp_path: Path) -> None:
     assert "## GLUE: full fine-tuning vs adapters vs LoRA" in report and "glue/cola" in report
     with pytest.raises(ConfigError, match="none of its experiments"):
         combine("glue_methods", ("glue_methods_rte",), load)
+
+
+def test_a_study_with_a_seeds_phase_loads_from_its_storage_folder(tmp_path: Path) -> None:
+    """tuner.launch runs the seeds phase as its own Tune run, "<study>-seeds", beside the study:
+    --results STORAGE picks the study (not "several studies") and loads both phases."""
+    from analysis.report import results_folder
+    from analysis.trials import load_tune_folder
+
+    for folder, trial_id, seed in (("glue_methods_rte-full", "aa001", 0),
+                                   ("glue_methods_rte-full-seeds", "bb002", 1)):  # fmt: skip
+        trial_dir = tmp_path / folder / f"trial_{trial_id}"
+        trial_dir.mkdir(parents=True)
+        (trial_dir / "params.json").write_text(json.dumps({"method": "lora", "seed": seed}))
+        row = {"trial_id": trial_id, "evaluation": 1, "dev_score": 0.6, "done": True}
+        (trial_dir / "result.json").write_text(json.dumps(row) + "\n")
+    folder = results_folder(tmp_path, "glue_methods_rte")
+    assert folder.name == "glue_methods_rte-full"
+    loaded = load_tune_folder(folder)
+    assert sorted(loaded.trials["trial_id"]) == ["aa001", "bb002"]
+    assert sorted(loaded.trials["seed"].astype(int)) == [0, 1]
+
+
+def test_a_seeds_phase_winner_is_not_beaten_by_a_configuration_run_once() -> None:
+    """X won the search on seed 0 and was re-run with seeds 0, 1, 2 (seed 0 twice: counted once);
+    Y ran once. On the seed they share X is better, so X stands for the method."""
+    from analysis.selection import select_configs
+
+    rows = [trial(0, method="lora", task="t", rank=8, dev_score=0.80, seed=0),
+            trial(1, method="lora", task="t", rank=8, dev_score=0.80, seed=0),
+            trial(2, method="lora", task="t", rank=8, dev_score=0.70, seed=1),
+            trial(3, method="lora", task="t", rank=8, dev_score=0.70, seed=2),
+            trial(4, method="lora", task="t", rank=4, dev_score=0.75, seed=0)]  # fmt: skip
+    chosen = select_configs(pd.DataFrame(rows), ["task", "method"])
+    assert sorted(chosen["trial_id"]) == ["t1", "t2", "t3"]

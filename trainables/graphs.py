@@ -65,6 +65,7 @@ class StepGraphs:
         self._graphs: dict[tuple[int, ...], _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle()
         self.off_reason: str | None = None
+        self.replays = 0  # steps that ran from a graph
         for p in params:  # persistent gradients: every graph reads and writes these tensors
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -84,6 +85,7 @@ class StepGraphs:
             return self._eager(batch.to(self._device))
         _copy_into(graph.inputs, batch)
         graph.graph.replay()
+        self.replays += 1
         return graph.loss
 
     def _eager(self, batch: Batch) -> torch.Tensor:

@@ -61,6 +61,7 @@ class EvalReport:
     train_samples_per_s: float
     tokens_seen: int  # real tokens trained on so far (for an MFU estimate)
     train_s: float  # training wall time so far, evaluations excluded
+    graphed_steps: int  # steps of this process so far that ran from a CUDA graph
     state: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
 
 
@@ -250,7 +251,10 @@ def fit(
                         window = 0
                         wall_s = time.perf_counter() - wall_start
                         # eager model: dev batches have other shapes, each a costly compilation
-                        report = _evaluate(model, dev, plan, progress, train_loss, wall_s, snapshot)
+                        replays = 0 if graphs is None else graphs.replays
+                        report = _evaluate(
+                            model, dev, plan, progress, train_loss, wall_s, snapshot, replays
+                        )
                         if plateau_hook is not None:
                             # lora_grow: grow the rank when the dev loss stalls, before on_eval
                             # checkpoints it. Its tensors are allocated at full rank from the
@@ -290,6 +294,7 @@ def _evaluate(
     train_loss: float,
     wall_s: float,
     snapshot: Callable[[int], dict[str, Any]],
+    graphed_steps: int = 0,
 ) -> EvalReport:
     """Evaluate on ``dev``, record the evaluation and best score in ``progress``, build the report."""
     config = plan.config
@@ -318,6 +323,7 @@ def _evaluate(
         train_samples_per_s=_per_s(progress.samples_seen, progress.train_s),
         tokens_seen=progress.tokens_seen,
         train_s=progress.train_s,
+        graphed_steps=graphed_steps,
         state=lambda: snapshot(step),
     )
 

@@ -101,6 +101,7 @@ def run_trial(
             "dev_score": ev.dev_score,
             **{f"dev_{k}": v for k, v in ev.dev_metrics.items() if k != "score"},
             "train_samples_per_s": ev.train_samples_per_s,
+            "graphed_steps": ev.graphed_steps,  # 0: every step eager (CPU, or not graph-safe)
             "mfu": trial_mfu(model, ev, device),  # None on CPU: no known peak
             "wall_s": time.perf_counter() - started,
             "status": "running",
