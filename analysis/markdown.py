@@ -108,8 +108,17 @@ def e1_matrix(table: Table) -> str:
 
     d = d.assign(cell=d.apply(cell, axis=1))
     wide = d.pivot(index="method", columns="task", values="cell").fillna("–").reset_index()
-    counts = d.groupby("method")[["trainable_params", "added_params"]].median().reset_index()
-    return frame(wide.merge(counts, on="method", how="left"))
+    # a method's size may be chosen per task: show the range where the tasks' choices differ
+    counts = d.groupby("method")[["trainable_params", "added_params"]].agg(_count_range)
+    return frame(wide.merge(counts.reset_index(), on="method", how="left"))
+
+
+def _count_range(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    low, high = int(values.min()), int(values.max())
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
 
 
 def _signed(value: float) -> str:

@@ -187,3 +187,15 @@ def test_a_seeds_phase_winner_is_not_beaten_by_a_configuration_run_once() -> Non
             trial(4, method="lora", task="t", rank=4, dev_score=0.75, seed=0)]  # fmt: skip
     chosen = select_configs(pd.DataFrame(rows), ["task", "method"])
     assert sorted(chosen["trial_id"]) == ["t1", "t2", "t3"]
+
+
+def test_method_task_matrix_shows_a_size_range_where_tasks_chose_differently() -> None:
+    from analysis import markdown as md
+    from analysis.tables import method_task_table
+
+    rows = [trial(0, task="a", method="lora", rank=16, dev_score=0.9, test_score=0.9,
+                  trainable_params=148_226, added_params=148_226),
+            trial(1, task="b", method="lora", rank=4, dev_score=0.8, test_score=0.8,
+                  trainable_params=37_634, added_params=37_634)]  # fmt: skip
+    text = md.e1_matrix(method_task_table(pd.DataFrame(rows), score="test_score"))
+    assert "37,634–148,226" in text
