@@ -9,35 +9,36 @@ reallocation), called after each optimizer step while the gradients still exist.
 
 from __future__ import annotations
 
-import contextlib
-import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 from torch.optim.lr_scheduler import LambdaLR
 
 from search_spaces.errors import ConfigError, one_of
-from trainables.batching import Batch, collate, epoch_batches, eval_plan
+from trainables.batching import Batch, epoch_batches
 from trainables.data.encoded import Encoded
 from trainables.graphs import StepGraphs, capturable_optimizer
-from trainables.metrics import Metric, compute, get_metric
+from trainables.inference import (
+    SDPA_BACKENDS,
+    TASK_KINDS,
+    autocast,
+    evaluate,
+    measure_latency,
+    predict,
+    synchronize,
+    task_loss,
+)
+from trainables.metrics import Metric, get_metric
 from trainables.train_config import TrainConfig
 
-TASK_KINDS = ("classification", "regression")
 STATE_VERSION = 1
 # Config fields that do not change what is trained, so a resumed run may change them.
 RESUME_FREE_FIELDS = ("compile", "cuda_graphs", "eval_batch_size")
-# cuDNN attention (first choice for bf16 on Hopper) builds a plan for every new shape, and dynamic
-# padding makes up to max_length / 8 widths: measured 2.7x slower over a 150-step run on an H100.
-SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-LATENCY_WARMUP = 5  # untimed calls first: allocator growth, kernel selection, compilation
 MIB = 2**20
 
 
@@ -193,9 +194,9 @@ def fit(
 
     def body(batch: Batch) -> torch.Tensor:
         """Forward, backward, clipping, optimizer step on a device batch; the task loss."""
-        with _autocast(config.precision, plan.device, cache=not graphed):
+        with autocast(config.precision, plan.device, cache=not graphed):
             logits = forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        loss = _loss(logits, batch.labels, task_kind)
+        loss = task_loss(logits, batch.labels, task_kind)
         extra = regularization() if regularization is not None else None
         (loss if extra is None else loss + extra).backward()
         if config.grad_clip > 0:
@@ -244,7 +245,7 @@ def fit(
                     window += 1
                     progress.advance(batch)
                     if progress.step in plan.eval_steps:
-                        _synchronize(plan.device)  # charge queued kernels to training time
+                        synchronize(plan.device)  # charge queued kernels to training time
                         progress.train_s += time.perf_counter() - segment_start
                         train_loss = (loss_sum / window).item()
                         loss_sum.zero_()
@@ -328,79 +329,6 @@ def _evaluate(
     )
 
 
-def evaluate(
-    model: nn.Module,
-    data: Encoded,
-    *,
-    task_kind: str,
-    metric: str,
-    batch_size: int,
-    device: torch.device | str | None = None,
-    precision: str = "auto",
-) -> tuple[float, dict[str, float]]:
-    """Mean loss and ``metrics.compute(metric, ...)`` of ``model`` on ``data`` (any split)."""
-    if task_kind not in TASK_KINDS:
-        raise one_of("task_kind", task_kind, TASK_KINDS)
-    logits = predict(model, data, batch_size=batch_size, device=device, precision=precision)
-    dtype = torch.float32 if task_kind == "regression" else torch.int64
-    labels = torch.as_tensor(data.labels, dtype=dtype)
-    loss = _loss(torch.from_numpy(logits), labels, task_kind).item()
-    return loss, compute(metric, logits, data.labels)
-
-
-def predict(
-    model: nn.Module,
-    data: Encoded,
-    *,
-    batch_size: int,
-    device: torch.device | str | None = None,
-    precision: str = "auto",
-) -> np.ndarray:
-    """float32 logits [N, num_labels] in ``data``'s order. ``device`` defaults to the model's;
-    the model's train/eval mode is left as it was."""
-    if len(data) == 0:
-        raise ValueError("cannot predict on an empty split")
-    device = _model_device(model) if device is None else torch.device(device)
-    plan = eval_plan(data.lengths, batch_size=batch_size)
-    outputs = []
-    with _inference(model, precision, device):
-        for indices in plan:
-            b = collate(data, indices, pin_memory=device.type == "cuda").to(device)
-            outputs.append(model(b.input_ids, b.attention_mask, b.token_type_ids).float())
-    logits = torch.cat(outputs).cpu().numpy()  # one host sync for the whole split
-    ordered = np.empty_like(logits)
-    ordered[np.concatenate(plan)] = logits
-    return ordered
-
-
-def measure_latency(
-    model: nn.Module,
-    data: Encoded,
-    *,
-    batch_size: int = 1,
-    n: int = 50,
-    device: torch.device | str | None = None,
-    precision: str = "auto",
-) -> float:
-    """Median milliseconds of one forward pass over ``batch_size`` examples of ``data`` (taken in
-    order, cycling), after :data:`LATENCY_WARMUP` untimed passes. Host-to-device copies are not
-    timed."""
-    if n < 1 or batch_size < 1 or len(data) == 0:
-        raise ValueError(f"need n >= 1, batch_size >= 1 and data, got {n=}, {batch_size=}")
-    device = _model_device(model) if device is None else torch.device(device)
-    starts = range(0, (n + LATENCY_WARMUP) * batch_size, batch_size)
-    batches = [collate(data, np.arange(s, s + batch_size) % len(data)).to(device) for s in starts]
-    times_ms = []
-    with _inference(model, precision, device):
-        for b in batches:
-            _synchronize(device)
-            start = time.perf_counter()
-            model(b.input_ids, b.attention_mask, b.token_type_ids)
-            _synchronize(device)
-            times_ms.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times_ms[LATENCY_WARMUP:])
-
-
 def _graphable(model: nn.Module, config: TrainConfig, plan: _Plan) -> bool:
     """Whether training steps run from CUDA graphs: on CUDA, asked for, not compiled (compile
     brings its own), and the model has no per-step Python hooks (``model.graph_safe``)."""
@@ -440,36 +368,6 @@ def _lr_factor(warmup: int, total: int) -> Callable[[int], float]:
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return factor
-
-
-def _loss(logits: torch.Tensor, labels: torch.Tensor, task_kind: str) -> torch.Tensor:
-    logits = logits.float()  # the loss in fp32 even under bf16 autocast
-    if task_kind == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels)
-    return F.cross_entropy(logits, labels)
-
-
-@contextlib.contextmanager
-def _inference(model: nn.Module, precision: str, device: torch.device) -> Iterator[None]:
-    """Eval mode, no autograd, the attention backends and autocast of training; restores the
-    model's mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), sdpa_kernel(SDPA_BACKENDS), _autocast(precision, device):
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _autocast(
-    precision: str, device: torch.device, *, cache: bool = True
-) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast where asked; ``cache=False`` under CUDA graph capture, as torch requires."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def _restore(
@@ -564,10 +462,5 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
     return torch.device(device)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# evaluate, predict and measure_latency live in trainables.inference; importable from here too
+__all__ = ["EvalReport", "FitResult", "evaluate", "fit", "measure_latency", "predict"]

@@ -134,7 +134,7 @@ class TrainerModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        from trainables.loop import _loss
+        from trainables.inference import task_loss as _loss
 
         logits = self.model(input_ids, attention_mask, token_type_ids)
         if labels is None:
