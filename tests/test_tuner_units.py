@@ -116,3 +116,16 @@ def test_the_seeds_phase_keeps_a_method_whose_trials_were_all_stopped():
     assert best["lora"]["status"] == "completed" and best["lora"]["dev_score"] == 0.6
     assert best["full"]["dev_score"] == 0.55  # no completed trial: the best stopped one
     assert "houlsby" not in best  # failed or unscored trials never represent a method
+
+
+def test_study_files_remove_deletes_only_the_study_folder(tmp_path):
+    """What --overwrite runs before a study starts again in its folder."""
+    from tuner.study import StudyFiles
+
+    files = StudyFiles(str(tmp_path), "e4_budget-smoke")
+    files.write_text("tuner.pkl", "state")
+    (tmp_path / "e4_budget-smoke-seeds").mkdir()
+    files.remove()
+    assert not files.exists("tuner.pkl") and not (tmp_path / "e4_budget-smoke").exists()
+    assert (tmp_path / "e4_budget-smoke-seeds").is_dir()  # launch removes that one by its own name
+    StudyFiles(str(tmp_path), "never-made").remove()  # nothing there: no error
