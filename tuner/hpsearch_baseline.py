@@ -117,12 +117,12 @@ class TrainerModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        from trainables.inference import task_loss as _loss
+        from trainables.inference import task_loss
 
         logits = self.model(input_ids, attention_mask, token_type_ids)
         if labels is None:
             return {"logits": logits}
-        loss = _loss(logits, labels, self.task_kind)
+        loss = task_loss(logits, labels, self.task_kind)
         extra = self.model.regularization_loss() if self.training else None
         return {"loss": loss if extra is None else loss + extra, "logits": logits}
 
