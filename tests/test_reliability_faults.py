@@ -96,3 +96,13 @@ def test_a_failed_trial_goes_on_from_its_last_checkpoint_as_if_uninterrupted(dat
     for resumed, uninterrupted in zip(reports, whole, strict=True):
         assert resumed["dev_score"] == pytest.approx(uninterrupted["dev_score"], abs=1e-6)
         assert resumed["train_loss"] == pytest.approx(uninterrupted["train_loss"], rel=1e-5)
+
+
+def test_a_trial_reports_where_its_time_went(data, tmp_path):
+    """Model build (``setup_s``, every report), the final test/latency work (``final_s``, last
+    report) and steps replayed from CUDA graphs (``graphed_steps``: none on CPU)."""
+    reports: list[dict] = []
+    run(CONFIG, data, tmp_path / "timed", reports)
+    assert all(r["setup_s"] > 0 and r["graphed_steps"] == 0 for r in reports)
+    assert "final_s" not in reports[0] and reports[-1]["final_s"] > 0
+    assert reports[-1]["wall_s"] > 0 and reports[-1]["status"] == "completed"

@@ -65,6 +65,7 @@ def run_trial(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Train one configuration and report every evaluation; returns the last metrics reported."""
+    entered = time.perf_counter()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     method_config, train_config = split_config(config, num_labels=data.num_labels)
     data = subsample(data, config.get("train_samples"), seed=train_config.seed)
@@ -87,6 +88,8 @@ def run_trial(
     counts = {"trainable_params": model.trainable_params(), "added_params": model.added_params()}
     last: dict[str, Any] = {}
     started = time.perf_counter()
+    # where a trial's time goes besides training: model build (backbone, method, source adapters)
+    counts["setup_s"] = started - entered
     best = {"best_dev_score": float("-inf"), "time_to_best_s": 0.0}
 
     def on_eval(ev: Any) -> bool:
@@ -112,7 +115,9 @@ def run_trial(
         if resume_from is None:
             inject_fault(config.get("fault"), ev.evaluation)
         if ev.evaluation == train_config.evals:
+            final_started = time.perf_counter()
             metrics.update(final_metrics(model, data, train_config, device))
+            metrics["final_s"] = time.perf_counter() - final_started  # test split, latency
             metrics["status"] = "completed"
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
