@@ -62,7 +62,7 @@ class EvalReport:
     train_samples_per_s: float
     tokens_seen: int  # real tokens trained on so far (for an MFU estimate)
     train_s: float  # training wall time so far, evaluations excluded
-    graphed_steps: int  # steps of this process so far that ran from a CUDA graph
+    graphed_steps: int  # steps of this fit call (since start or resume) run from a CUDA graph
     state: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
 
 
@@ -84,7 +84,7 @@ class FitResult:
     tokens_seen: int  # real tokens processed (for an MFU estimate)
     padded_tokens_seen: int
     cuda_graphs: int = 0  # batch shapes whose training step ran from a CUDA graph
-    graphs_off: str | None = None  # why graphs were turned off mid-run (a failed capture)
+    graphs_off: str | None = None  # why graphs were turned off (a step that waits for the host)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
