@@ -1,7 +1,7 @@
 """CUDA graphs for the training step: each batch shape's whole step (forward, loss, backward,
 clipping, AdamW) captured once and replayed, instead of ~1,000 kernels launched one by one.
 
-Why: an SST-2 step of the embedded MiniLM is ~430 tokens, microseconds of GPU work behind ~15 ms
+Why: an SST-2 step of the embedded MiniLM is ~430 tokens, microseconds of GPU work behind ~20 ms
 of Python and kernel launches (docs/BENCHMARKS.md). A replay costs one launch.
 
 What a graphed step may touch is fixed at capture, so the loop keeps these static:
@@ -12,16 +12,16 @@ What a graphed step may touch is fixed at capture, so the loop keeps these stati
 * the optimizer: fused AdamW with ``capturable=True`` and a tensor learning rate per group, which
   the scheduler fills in place.
 
-Capture runs two eager steps on a side stream first (cuBLAS workspaces, lazily
-created optimizer state); the parameters and optimizer state they change are restored afterwards,
-so graphing changes speed, not the run (dropout draws from the same generator, at other offsets).
+Capture runs two eager steps on a side stream first (cuBLAS workspaces, lazily created
+optimizer state); the parameters and optimizer state they change are restored afterwards, so
+graphing changes speed, not the run (dropout draws from the same generator, at other offsets).
 All graphs share one memory pool: only one replays at a time and their outputs stay alive.
 
 A step that waits for the host (``torch.all(mask == 1)`` in a condition, ``.item()``) cannot be
 captured: the second warm-up step runs with such waits raising, and one that raises turns graphs
-off for the rest of the run, as does a capture that fails; :attr:`StepGraphs.off_reason` says why. Methods with per-step
-Python hooks (AdaLoRA's rank reallocation, lora_grow) must not be graphed: the loop checks
-``model.graph_safe``.
+off for the rest of the run, as does a capture that fails; :attr:`StepGraphs.off_reason` says
+why. Methods with per-step Python hooks (AdaLoRA's rank reallocation, lora_grow, the
+fusion-entropy LoRA placement) must not be graphed: the loop checks ``model.graph_safe``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class StepGraphs:
         key = _key(batch)
         graph = None if self.off_reason is not None else self._graphs.get(key)
         if graph is None and self.off_reason is None and batch.size == self._batch_size:
-            graph = self._capture(batch)
+            graph = self._capture(batch, key)
         if graph is None:
             return self._eager(batch.to(self._device))
         _copy_into(graph.inputs, batch)
@@ -92,7 +92,7 @@ class StepGraphs:
         self._optimizer.zero_grad(set_to_none=False)  # in place: graphs hold these tensors
         return self._body(batch)
 
-    def _capture(self, batch: Batch) -> _Graph | None:
+    def _capture(self, batch: Batch, key: tuple[int, ...]) -> _Graph | None:
         inputs = batch.to(self._device)  # allocated outside the pool: lives as long as the graph
         targets = self._mutable_state()
         saved = [t.detach().clone() for t in targets]
@@ -119,15 +119,15 @@ class StepGraphs:
                 self._optimizer.zero_grad(set_to_none=False)
                 loss = self._body(inputs)
         except RuntimeError as error:
-            self.off_reason = f"capture failed at shape {tuple(batch.input_ids.shape)}: {error}"
-            self.off_reason = self.off_reason.splitlines()[0]
+            shape = tuple(batch.input_ids.shape)
+            self.off_reason = f"capture failed at shape {shape}: {str(error).splitlines()[0]}"
             graph = None
         finally:
             self._restore(targets, saved, fresh)
         if graph is None:
             return None
         captured = _Graph(graph, inputs, loss)
-        self._graphs[_key(batch)] = captured
+        self._graphs[key] = captured
         return captured
 
     def _restore(

@@ -89,12 +89,13 @@ def run_trial(
     last: dict[str, Any] = {}
     started = time.perf_counter()
     # where a trial's time goes besides training: model build (backbone, method, source adapters)
-    counts["setup_s"] = started - entered
+    setup_s = started - entered
     best = {"best_dev_score": float("-inf"), "time_to_best_s": 0.0}
 
     def on_eval(ev: Any) -> bool:
         metrics = {
             **counts,
+            "setup_s": setup_s,
             "evaluation": ev.evaluation,
             "fidelity": ev.evaluation / train_config.evals,
             "step": ev.step,

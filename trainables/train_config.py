@@ -47,9 +47,7 @@ class TrainConfig:
     precision: str = "auto"
     length_grouping: bool = True
     compile: bool = False
-    cuda_graphs: bool = (
-        True  # replay each batch shape's training step (CUDA only; trainables/graphs.py)
-    )
+    cuda_graphs: bool = True  # replay each step from a CUDA graph (trainables/graphs.py)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
