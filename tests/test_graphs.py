@@ -9,6 +9,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from tests.test_loop import DEV, FAST, TRAIN, VOCAB, TinyClassifier, run
+from tests.test_methods_contract import METHOD_NAMES, build, config_for
 from trainables.loop import _portable, fit
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -113,3 +114,19 @@ def test_models_with_per_step_hooks_are_not_graphed():
     model.graph_safe = False  # what AdaLoRA and lora_grow report
     result = run(FAST.replace(evals=2), model=model, device="cuda")
     assert result.cuda_graphs == 0 and result.graphs_off is None
+
+
+@CUDA
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_graph_safe_method_trains_from_graphs(method: str):
+    """A graph-safe method's step captures (no host wait, no failed capture) and every full batch
+    replays; the others run eager without trying."""
+    model = build(config_for(method))
+    reports = []
+    result = fit(model, TRAIN, DEV, FAST.replace(evals=2, epochs=2), on_eval=reports.append,
+                 task_kind="classification", metric="accuracy", device="cuda")  # fmt: skip
+    assert result.status == "completed" and result.graphs_off is None, result.graphs_off
+    if model.graph_safe:
+        assert result.cuda_graphs >= 1 and reports[-1].graphed_steps == result.steps
+    else:
+        assert result.cuda_graphs == 0 and reports[-1].graphed_steps == 0

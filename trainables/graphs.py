@@ -27,6 +27,7 @@ fusion-entropy LoRA placement) must not be graphed: the loop checks ``model.grap
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class StepGraphs:
         targets = self._mutable_state()
         saved = [t.detach().clone() for t in targets]
         fresh = [p for p in self._params if not self._optimizer.state.get(p)]
-        side = torch.cuda.Stream(self._device)
+        side = _warmup_stream(self._device)
         side.wait_stream(torch.cuda.current_stream(self._device))
         try:
             with torch.cuda.stream(side), warnings.catch_warnings():
@@ -158,6 +159,14 @@ def capturable_optimizer(groups: list[dict], lr: float, device: torch.device) ->
     for group in groups:
         group["lr"] = torch.tensor(lr, dtype=torch.float32, device=device)
     return torch.optim.AdamW(groups, lr=lr, fused=True, capturable=True)
+
+
+@functools.cache
+def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
+    """One warm-up stream per device for the whole process. cuBLAS keeps a workspace for every
+    stream it has run on until the process ends, so a new stream per capture would leave one
+    behind for each batch shape of each run."""
+    return torch.cuda.Stream(device)
 
 
 @contextlib.contextmanager

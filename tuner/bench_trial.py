@@ -115,16 +115,23 @@ class TrialRow:
 
 
 def run_setting(setting: TrialSetting, work: Workload) -> TrialRow:
-    """Train ``setting`` on ``work``; CUDA memory is released afterwards."""
+    """Train ``setting`` on ``work``; CUDA memory is released afterwards, and what the run left
+    allocated is recorded (``extra["retained_mib"]``: a later row's peak would include it)."""
+    import gc
+
     import torch
 
+    cuda = work.device.startswith("cuda")
+    before = torch.cuda.memory_allocated() if cuda else 0
     try:
-        if setting.runner == "ours":
-            return run_ours(setting, work)
-        return run_trainer(setting, work)
+        row = run_ours(setting, work) if setting.runner == "ours" else run_trainer(setting, work)
     finally:
-        if work.device.startswith("cuda"):
+        if cuda:
+            gc.collect()  # a model kept alive by a reference cycle holds its memory until then
             torch.cuda.empty_cache()
+    if cuda:
+        row.extra["retained_mib"] = (torch.cuda.memory_allocated() - before) / MIB
+    return row
 
 
 def run_ours(setting: TrialSetting, work: Workload) -> TrialRow:
