@@ -255,3 +255,31 @@ def test_adalora_step_hook_reallocates_ranks() -> None:
         optimizer.zero_grad()
     singular = [p for n, p in model.named_parameters() if "lora_E" in n]
     assert sum(int((p == 0).sum()) for p in singular) > 0  # pruned ranks are masked to zero
+
+
+@pytest.mark.parametrize("method", ["fusion", "lora_fusion"])
+def test_dynamic_fusion_pull_is_adapters_regulariser(method: str) -> None:
+    """Our identity pull (no host copy: graph-safe) gives adapters' fusion regularisation loss."""
+    model = build(config_for(method, fusion="dynamic"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".value." in name and p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    ours, theirs = model.regularization_loss(), model.encoder.get_fusion_regularization_loss()
+    assert ours is not None and float(ours) > 0
+    assert torch.allclose(ours, theirs)
+    assert build(config_for(method, fusion="static")).regularization_loss() is None
+
+
+@pytest.mark.parametrize("method", ["prefix", "unipelt"])
+def test_prefix_forward_on_device_is_adapters_forward(method: str) -> None:
+    """The prefixes' position ids live on the module's device; the outputs are adapters' own."""
+    from adapters.methods.prefix_tuning import PrefixTuning
+
+    model = build(config_for(method)).eval()
+    prefixes = [m for m in model.modules() if isinstance(m, PrefixTuning)]
+    assert prefixes and all("position_ids" in dict(m.named_buffers()) for m in prefixes)
+    assert not any("position_ids" in key for key in model.state_dict())  # not saved
+    for module in prefixes:
+        ours, theirs = module(3), PrefixTuning.forward(module, 3)
+        assert len(ours) == len(theirs) and all(map(torch.equal, ours, theirs))

@@ -16,6 +16,7 @@ from trainables.methods.adapters_common import (
     init_adapters,
     leave_out,
     lora_config,
+    prefixes_on_device,
     quiet_activation,
     reduction_factor,
 )
@@ -32,6 +33,7 @@ def _train(
     with quiet_activation():
         bert.train_adapter(ADAPTER_NAME)  # freezes the backbone, activates the adapter
     bert.eval()  # train_adapter switches to train mode; the loop decides the mode
+    prefixes_on_device(bert)  # prefix tuning, UniPELT, AutoPEFT's prefix layers: graph-safe
     return bert, hooks
 
 

@@ -12,6 +12,7 @@ learn no mixing, and hold no fusion parameters at all.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -153,6 +154,36 @@ def restrict_fusion(bert: nn.Module, fuse: Fuse, fused: tuple[int, ...]) -> None
                 module.adapter_fusion_layer[fuse.name] = UniformFusion()
 
 
+def identity_pull(bert: nn.Module, fuse: Fuse) -> Callable[[], torch.Tensor | None]:
+    """Dynamic fusion's regulariser: ``0.01 * ||I - W_value||^2`` summed over the trainable value
+    matrices, as adapters' ``get_fusion_regularization_loss``, which builds the identity on the
+    host and copies it over every step (a wait for the host: no CUDA graph). Here the identity is
+    made on the weights' device, once per device and dtype."""
+    values = [
+        fusion.value.weight
+        for _, layer in bert.iter_layers()
+        for module in layer.modules()
+        if isinstance(module, BottleneckLayer) and fuse.name in module.adapter_fusion_layer
+        for fusion in [module.adapter_fusion_layer[fuse.name]]
+        if hasattr(fusion, "value")
+    ]
+    eyes: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def pull() -> torch.Tensor | None:
+        loss = None
+        for weight in values:
+            if not weight.requires_grad:
+                continue
+            key = (weight.device, weight.dtype)
+            if key not in eyes:
+                eyes[key] = torch.eye(weight.shape[0], device=weight.device, dtype=weight.dtype)
+            term = 0.01 * (eyes[key] - weight).pow(2).sum()
+            loss = term if loss is None else loss + term
+        return loss
+
+    return pull
+
+
 def _unfreeze(bert: nn.Module, name: str) -> None:
     bert.apply_to_adapter_layers(lambda _, layer: layer.enable_adapters(Stack(name), True, False))
 
@@ -189,7 +220,7 @@ def _build(
             _unfreeze(bert, name)
     bert.eval()
     hooks = MethodHooks(
-        regularization=bert.get_fusion_regularization_loss if config.fusion == "dynamic" else None
+        regularization=identity_pull(bert, fuse) if config.fusion == "dynamic" else None
     )
     return with_fusion_knobs(bert, config, context, fuse, hooks)
 
