@@ -3,6 +3,7 @@ layers fusion-aware placement chose (from the entropy record saved with the weig
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -44,17 +45,40 @@ def placement_records(frame: pd.DataFrame, artifacts: Mapping[str, TrialArtifact
         return pd.DataFrame(columns=["trial_id", "seed", "chosen_layers"])
     rows = []
     for _, r in done[done["lora_placement_rule"] == "fusion_entropy"].iterrows():
-        found = artifacts.get(r["trial_id"])
-        if found is None or found.weights is None or ENTROPY_RECORD not in found.weights:
+        found = _from_metrics(r) or _from_weights(r, artifacts.get(r["trial_id"]))
+        if found is None:
             continue
-        record = np.asarray(found.weights[ENTROPY_RECORD], dtype=float)
-        k = len(str(r.get("layers") or "").split(",")) if r.get("layers") is not None else 0
-        entropies, slots = record[: len(record) - k], record[len(record) - k :]
-        fused = _fused_layers(r.get("fusion_layers"), len(entropies))
+        entropies, slots = found
         rows.append({"trial_id": r["trial_id"], "seed": r.get("seed"),
                      "chosen_layers": ",".join(str(int(s)) for s in slots),
-                     **{f"H_L{i}": h for i, h in zip(fused, entropies, strict=True)}})  # fmt: skip
+                     **{f"H_L{i}": h for i, h in entropies.items()}})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _from_metrics(row: pd.Series) -> tuple[dict[int, float], list[float]] | None:
+    """The trial's final metrics ``fusion_entropy_L<i>`` and ``lora_slot<j>_layer``."""
+    entropies = {int(str(k)[len("fusion_entropy_L"):]): float(v) for k, v in row.items()
+                 if str(k).startswith("fusion_entropy_L") and _present(v)}  # fmt: skip
+    slots = [row[k] for k in sorted(k for k in row.index if re.fullmatch(r"lora_slot\d+_layer", k))]
+    slots = [float(s) for s in slots if _present(s)]
+    return (entropies, slots) if entropies and slots else None
+
+
+def _from_weights(
+    row: pd.Series, found: TrialArtifacts | None
+) -> tuple[dict[int, float], list[float]] | None:
+    """The entropy record saved with the weights (runs whose metrics lack the figures)."""
+    if found is None or found.weights is None or ENTROPY_RECORD not in found.weights:
+        return None
+    record = np.asarray(found.weights[ENTROPY_RECORD], dtype=float)
+    k = len(str(row.get("layers") or "").split(",")) if row.get("layers") is not None else 0
+    entropies, slots = record[: len(record) - k], record[len(record) - k :]
+    fused = _fused_layers(row.get("fusion_layers"), len(entropies))
+    return dict(zip(fused, map(float, entropies), strict=True)), list(slots)
+
+
+def _present(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
 
 
 def _fused_layers(param: object, n: int) -> list[int]:

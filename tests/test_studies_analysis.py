@@ -97,6 +97,13 @@ def test_novelty_arms_come_from_the_recorded_configs() -> None:
     assert deltas.loc["fusion_init=uniform lora_placement_rule=fusion_entropy", "n_pairs"] == 3
     (chosen,) = placement_records(frame, configs).to_dict("records")
     assert chosen["chosen_layers"] == "1,2" and chosen["H_L1"] == 0.9
+    # a run copied without its weights: the same figures from the trial's final metrics
+    rows[2].update({f"fusion_entropy_L{i}": h for i, h in enumerate(record[:6])})
+    rows[2].update(lora_slot0_layer=1.0, lora_slot1_layer=2.0)
+    configs["t2"] = TrialArtifacts(knobs[2], None)
+    frame = novelty_frame(pd.DataFrame(rows), configs)
+    (chosen,) = placement_records(frame, configs).to_dict("records")
+    assert chosen["chosen_layers"] == "1,2" and chosen["H_L1"] == 0.9 and chosen["H_L5"] == 0.4
 
 
 def test_autopeft_baselines_are_chosen_on_dev_and_checked_for_dominance() -> None:
