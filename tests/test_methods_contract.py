@@ -271,15 +271,20 @@ def test_dynamic_fusion_pull_is_adapters_regulariser(method: str) -> None:
     assert build(config_for(method, fusion="static")).regularization_loss() is None
 
 
-@pytest.mark.parametrize("method", ["prefix", "unipelt"])
-def test_prefix_forward_on_device_is_adapters_forward(method: str) -> None:
-    """The prefixes' position ids live on the module's device; the outputs are adapters' own."""
-    from adapters.methods.prefix_tuning import PrefixTuning
-
-    model = build(config_for(method)).eval()
-    prefixes = [m for m in model.modules() if isinstance(m, PrefixTuning)]
-    assert prefixes and all("position_ids" in dict(m.named_buffers()) for m in prefixes)
-    assert not any("position_ids" in key for key in model.state_dict())  # not saved
-    for module in prefixes:
-        ours, theirs = module(3), PrefixTuning.forward(module, 3)
-        assert len(ours) == len(theirs) and all(map(torch.equal, ours, theirs))
+@pytest.mark.parametrize(
+    ("method", "knobs", "expected"),
+    [("prefix", {}, True), ("unipelt", {}, True), ("lora", {}, False), ("houlsby", {}, False),
+     ("autopeft", {"layer_modules": ("lora", "prefix")}, True),
+     ("autopeft", {"layer_modules": ("serial", "lora")}, False)],
+)  # fmt: skip
+def test_prefix_methods_run_forward_on_the_inputs_device(method, knobs, expected) -> None:
+    """adapters' prefix tuning makes its position ids and mask on the host each step; on CUDA
+    the forward of a model holding prefixes runs with the inputs' device as the default (so the
+    step can be graphed: tests/test_graphs.py); the output does not change."""
+    model = build(config_for(method, **knobs)).eval()
+    assert model._hooks.host_tensors is expected
+    ids, mask, types = batch()
+    with torch.no_grad():
+        plain = model(ids, mask, types)
+        with torch.device("cpu"):
+            assert torch.equal(model(ids, mask, types), plain)

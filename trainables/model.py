@@ -7,6 +7,7 @@ The training loop relies on ``forward``, ``parameters()``, ``train()``/``eval()`
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ class MethodHooks:
     stored_adjustment: Callable[[], int] = lambda: 0  # served size minus built size (prefix)
     plateau: Callable[[float], bool] | None = None  # sees each dev loss; True: the model grew
     metrics: Callable[[], dict[str, float]] | None = None  # method-specific trial metrics
+    # the library makes tensors on the host in its forward and copies them over (adapters' prefix
+    # tuning: position ids and the prefix mask, every step): a wait for the host that a CUDA graph
+    # cannot hold. The forward then runs with the inputs' device as the default device.
+    host_tensors: bool = False
 
 
 class PeftClassifier(nn.Module):
@@ -85,11 +90,13 @@ class PeftClassifier(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, num_labels]`` for a padded batch (``attention_mask`` 1 on real tokens)."""
-        out = self.encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask[:, None, :] if MASK_3D else attention_mask,
-            token_type_ids=token_type_ids,
-        )
+        on_device = self._hooks.host_tensors and input_ids.is_cuda
+        with torch.device(input_ids.device) if on_device else contextlib.nullcontext():
+            out = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask[:, None, :] if MASK_3D else attention_mask,
+                token_type_ids=token_type_ids,
+            )
         if self.config.head == "cls":
             pooled = out.pooler_output
         else:

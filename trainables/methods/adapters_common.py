@@ -5,13 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import types
 from collections.abc import Iterator
 
 import adapters
-import torch
 from adapters import LoRAConfig
-from adapters.methods.prefix_tuning import PrefixTuning
 from torch import nn
 
 from search_spaces.accounting import adapters_lora, method_layers
@@ -86,32 +83,3 @@ __all__ = [
     "init_adapters", "leave_out", "lora_config", "lora_switches", "quiet_activation",
     "reduction_factor",
 ]  # fmt: skip
-
-
-def prefixes_on_device(bert: nn.Module) -> int:
-    """Let adapters' prefix tuning run inside a CUDA graph; returns how many prefixes changed.
-
-    ``PrefixTuning.forward`` builds its position ids on the host (``torch.arange(...).to(device)``)
-    every step: a copy the host waits for, which graph capture cannot hold. The ids become a
-    buffer that moves with the module (non-persistent: not saved, not counted); the forward is
-    adapters' own otherwise (adapters 1.3.0, ``methods/prefix_tuning.py``)."""
-    changed = 0
-    for module in bert.modules():
-        if isinstance(module, PrefixTuning):
-            ids = torch.arange(module.config.prefix_length).unsqueeze(0)
-            module.register_buffer("position_ids", ids, persistent=False)
-            module.forward = types.MethodType(_prefix_forward, module)
-            changed += 1
-    return changed
-
-
-def _prefix_forward(self: PrefixTuning, batch_size: int) -> tuple[torch.Tensor, ...]:
-    embs = self.wte(self.position_ids.expand(batch_size, -1))
-    key_values = self.control_trans(embs)  # batch x prefix_length x n_layers * 2 * input_size
-    key_values = key_values.view(
-        batch_size, self.config.prefix_length, self.n_layers * 2, self.n_heads,
-        self.n_embd_per_head,
-    )  # fmt: skip
-    key_values = self.dropout(key_values)
-    # n_layers * (2 x batch_size x n_heads x prefix_length x n_embd_per_head)
-    return key_values.permute(2, 0, 3, 1, 4).split(2)

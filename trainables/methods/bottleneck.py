@@ -16,7 +16,6 @@ from trainables.methods.adapters_common import (
     init_adapters,
     leave_out,
     lora_config,
-    prefixes_on_device,
     quiet_activation,
     reduction_factor,
 )
@@ -33,7 +32,6 @@ def _train(
     with quiet_activation():
         bert.train_adapter(ADAPTER_NAME)  # freezes the backbone, activates the adapter
     bert.eval()  # train_adapter switches to train mode; the loop decides the mode
-    prefixes_on_device(bert)  # prefix tuning, UniPELT, AutoPEFT's prefix layers: graph-safe
     return bert, hooks
 
 
@@ -79,7 +77,7 @@ def build_prefix(
     """Prefix tuning: ``prefix_length`` trainable key/value vectors per layer, optionally produced
     by a reparametrisation MLP during training (``prefix_reparam``)."""
     bert = init_adapters(bert)
-    hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert))
+    hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert), host_tensors=True)
     return _train(bert, prefix_config(config, context.shape.num_layers), hooks)
 
 
@@ -97,7 +95,7 @@ def build_unipelt(
         lora=lora_config(config, n),  # UniPELTConfig switches the gates on
     )
     bert = init_adapters(bert)
-    hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert))
+    hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert), host_tensors=True)
     return _train(bert, union, hooks)
 
 
