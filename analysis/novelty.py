@@ -59,8 +59,10 @@ def _from_metrics(row: pd.Series) -> tuple[dict[int, float], list[float]] | None
     """The trial's final metrics ``fusion_entropy_L<i>`` and ``lora_slot<j>_layer``."""
     entropies = {int(str(k)[len("fusion_entropy_L"):]): float(v) for k, v in row.items()
                  if str(k).startswith("fusion_entropy_L") and _present(v)}  # fmt: skip
-    slots = [row[k] for k in sorted(k for k in row.index if re.fullmatch(r"lora_slot\d+_layer", k))]
-    slots = [float(s) for s in slots if _present(s)]
+    slot_keys = {
+        int(m[1]): k for k in row.index if (m := re.fullmatch(r"lora_slot(\d+)_layer", str(k)))
+    }
+    slots = [float(row[slot_keys[j]]) for j in sorted(slot_keys) if _present(row[slot_keys[j]])]
     return (entropies, slots) if entropies and slots else None
 
 

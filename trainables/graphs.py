@@ -163,9 +163,9 @@ def capturable_optimizer(groups: list[dict], lr: float, device: torch.device) ->
 
 @functools.cache
 def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
-    """One warm-up stream per device for the whole process. cuBLAS keeps a workspace for every
-    stream it has run on until the process ends, so a new stream per capture would leave one
-    behind for each batch shape of each run."""
+    """One warm-up stream per device for the whole process. PyTorch keeps a cuBLAS workspace per
+    (handle, stream) it has run on; one stream for every capture keeps one, where a new stream per
+    capture could leave one behind for each batch shape of each run."""
     return torch.cuda.Stream(device)
 
 
