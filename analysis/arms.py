@@ -25,9 +25,7 @@ MEAN = ("wall_s", "train_samples_per_s")
 
 def arm_label(row: pd.Series, keys: Sequence[str]) -> str:
     """``placement=all layers=3,4,5``; a key left unset (None) is omitted."""
-    parts = [
-        f"{k}={_text(row[k])}" for k in keys if row.get(k) is not None and not _missing(row[k])
-    ]
+    parts = [f"{k}={_text(row[k])}" for k in keys if not missing(row.get(k))]
     return " ".join(parts) or "default"
 
 
@@ -38,8 +36,9 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _missing(value: object) -> bool:
-    return isinstance(value, float) and np.isnan(value)
+def missing(value: object) -> bool:
+    """None or NaN: a param or metric a trial did not log (pandas fills the gaps with NaN)."""
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def arm_table(trials: pd.DataFrame, *, keys: Sequence[str], score: str) -> Table:
@@ -97,4 +96,4 @@ def paired_deltas(
     return pd.DataFrame(rows, columns=cols)
 
 
-__all__ = ["arm_front", "arm_label", "arm_table", "paired_deltas"]
+__all__ = ["arm_front", "arm_label", "arm_table", "missing", "paired_deltas"]

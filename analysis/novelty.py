@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from analysis.arms import arm_label, arm_table, paired_deltas
+from analysis.arms import arm_label, arm_table, missing, paired_deltas
 from analysis.artifacts import TrialArtifacts, with_config_keys
 from analysis.selection import completed
 from analysis.tables import Table
@@ -57,13 +57,19 @@ def placement_records(frame: pd.DataFrame, artifacts: Mapping[str, TrialArtifact
 
 def _from_metrics(row: pd.Series) -> tuple[dict[int, float], list[float]] | None:
     """The trial's final metrics ``fusion_entropy_L<i>`` and ``lora_slot<j>_layer``."""
-    entropies = {int(str(k)[len("fusion_entropy_L"):]): float(v) for k, v in row.items()
-                 if str(k).startswith("fusion_entropy_L") and _present(v)}  # fmt: skip
-    slot_keys = {
-        int(m[1]): k for k in row.index if (m := re.fullmatch(r"lora_slot(\d+)_layer", str(k)))
-    }
-    slots = [float(row[slot_keys[j]]) for j in sorted(slot_keys) if _present(row[slot_keys[j]])]
-    return (entropies, slots) if entropies and slots else None
+    entropies = _numbered(row, r"fusion_entropy_L(\d+)")
+    slots = _numbered(row, r"lora_slot(\d+)_layer")
+    return (entropies, [slots[j] for j in sorted(slots)]) if entropies and slots else None
+
+
+def _numbered(row: pd.Series, pattern: str) -> dict[int, float]:
+    """``{i: value}`` of the row's logged values whose key matches ``pattern`` (group 1: i)."""
+    found = {}
+    for key, value in row.items():
+        match = re.fullmatch(pattern, str(key))
+        if match and not missing(value):
+            found[int(match[1])] = float(value)
+    return found
 
 
 def _from_weights(
@@ -79,12 +85,8 @@ def _from_weights(
     return dict(zip(fused, map(float, entropies), strict=True)), list(slots)
 
 
-def _present(value: object) -> bool:
-    return value is not None and not (isinstance(value, float) and np.isnan(value))
-
-
 def _fused_layers(param: object, n: int) -> list[int]:
-    if param is None or (isinstance(param, float) and np.isnan(param)):
+    if missing(param):
         return list(range(n))
     return [int(x) for x in str(param).split(",")]
 
