@@ -31,7 +31,7 @@ from trainables.methods.adapters_common import (
     reduction_factor,
 )
 from trainables.methods.bottleneck import ADAPTER_NAME
-from trainables.methods.fusion_knobs import with_fusion_knobs
+from trainables.methods.fusion_knobs import fusion_layers_of, with_fusion_knobs
 from trainables.methods.registry import BuildContext, register_method
 from trainables.model import MethodHooks
 
@@ -159,14 +159,7 @@ def identity_pull(bert: nn.Module, fuse: Fuse) -> Callable[[], torch.Tensor | No
     matrices, as adapters' ``get_fusion_regularization_loss``, which builds the identity on the
     host and copies it over every step (a wait for the host: no CUDA graph). Here the identity is
     made on the weights' device, once per device and dtype."""
-    values = [
-        fusion.value.weight
-        for _, layer in bert.iter_layers()
-        for module in layer.modules()
-        if isinstance(module, BottleneckLayer) and fuse.name in module.adapter_fusion_layer
-        for fusion in [module.adapter_fusion_layer[fuse.name]]
-        if hasattr(fusion, "value")
-    ]
+    values = [f.value.weight for f in fusion_layers_of(bert, fuse).values() if hasattr(f, "value")]
     eyes: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def pull() -> torch.Tensor | None:
