@@ -58,10 +58,7 @@ def build_autopeft(
     """The modules ``layer_modules`` names, one adapters setup trained as a whole."""
     bert = init_adapters(bert)
     union = union_config(config, context.shape.num_layers, context.shape.hidden)
-    hooks = MethodHooks(
-        stored_adjustment=lambda: flattening_adjustment(bert),
-        host_tensors="prefix" in (config.layer_modules or ()),
-    )
+    hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert))
     return _train(bert, union, hooks)
 
 

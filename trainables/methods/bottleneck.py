@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from adapters import (
     DoubleSeqBnConfig,
     PrefixTuningConfig,
@@ -32,7 +34,9 @@ def _train(
     with quiet_activation():
         bert.train_adapter(ADAPTER_NAME)  # freezes the backbone, activates the adapter
     bert.eval()  # train_adapter switches to train mode; the loop decides the mode
-    return bert, hooks
+    # adapters' prefix tuning makes its ids and mask on the host every step (MethodHooks)
+    host_tensors = any(isinstance(m, PrefixTuning) for m in bert.modules())
+    return bert, dataclasses.replace(hooks, host_tensors=host_tensors)
 
 
 def build_bottleneck(
@@ -77,7 +81,7 @@ def build_prefix(
     """Prefix tuning: ``prefix_length`` trainable key/value vectors per layer, optionally produced
     by a reparametrisation MLP during training (``prefix_reparam``)."""
     bert = init_adapters(bert)
-    hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert), host_tensors=True)
+    hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert))
     return _train(bert, prefix_config(config, context.shape.num_layers), hooks)
 
 
@@ -95,7 +99,7 @@ def build_unipelt(
         lora=lora_config(config, n),  # UniPELTConfig switches the gates on
     )
     bert = init_adapters(bert)
-    hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert), host_tensors=True)
+    hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert))
     return _train(bert, union, hooks)
 
 
