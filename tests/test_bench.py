@@ -19,7 +19,13 @@ from trainables.flops import (
     trial_mfu,
 )
 from tuner.bench import main, markdown_table
-from tuner.bench_packing import PackingRow, aggregate, best_gpus_per_trial, with_speedups
+from tuner.bench_packing import (
+    PackingRow,
+    aggregate,
+    best_gpus_per_trial,
+    fused_lrs,
+    with_speedups,
+)
 from tuner.bench_search import compare_studies
 from tuner.bench_trial import SETTINGS, TrialRow, TrialSetting, finish_rows, time_to_target
 from tuner.cli import run_cli
@@ -236,6 +242,26 @@ def test_packing_suite_runs_workers_from_one_tokenisation(tiny_task, tmp_path):
     summary = doc["summary"]
     assert summary["tokenisations"] + summary["tokenisation_cache_hits"] == 3
     assert summary["best_gpus_per_trial"] == 1.0
+
+
+def test_packing_suite_fuses_trials_into_one_worker(tiny_task, tmp_path):
+    _bench(tiny_task, tmp_path, "--suite", "packing", "--levels", "2", "--via", "fused")
+    doc = json.loads((tmp_path / "bench-packing.json").read_text())
+    alone, fused = doc["rows"]
+    assert (alone["via"], alone["concurrent"], fused["via"], fused["concurrent"]) == (
+        "processes", 1, "fused", 2)  # fmt: skip
+    assert fused["failed"] == 0 and fused["overlap"] == 2
+    assert fused["speedup"] == pytest.approx(
+        fused["aggregate_samples_per_s"] / alone["aggregate_samples_per_s"])  # fmt: skip
+    trials = fused["trials"]
+    assert [t["seed"] for t in trials] == [0, 1] and trials[0]["lr"] < trials[1]["lr"]
+    assert all(t["samples"] == alone["trials"][0]["samples"] for t in trials)
+    assert doc["summary"]["best_gpus_per_trial"] == 1.0  # from the process rows only
+
+
+def test_fused_bench_trials_spread_their_learning_rates():
+    assert fused_lrs(1e-3, 1) == [1e-3]
+    assert fused_lrs(1e-3, 3) == pytest.approx([5e-4, 1e-3, 2e-3])
 
 
 def test_bad_input_exits_2_naming_the_value(tmp_path, capsys):

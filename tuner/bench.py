@@ -3,6 +3,7 @@
     python -m tuner.bench --suite trial --device cuda                    # ours vs HF Trainer
     python -m tuner.bench --suite trial --settings ours-bs32,trainer-bs32 --train-samples 2000
     python -m tuner.bench --suite packing --levels 1,2,4,8,16 --train-samples 8000 [--via tune] [--mps]
+    python -m tuner.bench --suite packing --levels 1,2,4,8,16 --via fused   # trials fused in one model
     python -m tuner.bench --suite search --study asha=RESULTS/e4-asha --study fifo=RESULTS/e4-fifo
     python -m tuner.bench --suite hpsearch --study ours=RESULTS/e4_budget-demo \
         --experiment e4_budget --preset demo --max-trials 12 --gpus 1   # the usual way, same trials
@@ -90,9 +91,10 @@ def parser() -> argparse.ArgumentParser:
         choices=tuple(MPS_MODES),
         help="packing: under NVIDIA MPS too (bare --mps: both), only (yes), or not (no)",
     )
-    p.add_argument("--via", default="processes", metavar="{processes,tune}",
-                   help="packing: trials as processes the bench starts, or through Ray Tune "
-                        "with gpus_per_trial = 1/N as a study runs them")  # fmt: skip
+    p.add_argument("--via", default="processes", metavar="{processes,fused,tune}",
+                   help="packing: trials as processes the bench starts, fused into one model in "
+                        "one process (LoRA), or through Ray Tune with gpus_per_trial = 1/N as a "
+                        "study runs them")  # fmt: skip
     p.add_argument("--study", action="append", default=[], metavar="NAME=FOLDER",
                    help="search: a Tune experiment folder (repeat: asha=..., fifo=...)")  # fmt: skip
     p.add_argument("--gpus", type=float, help="search: GPUs the studies ran on; hpsearch: GPUs "
@@ -204,6 +206,7 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     from tuner.bench_packing import (
         best_gpus_per_trial,
         mps_daemon,
+        run_fused_level,
         run_level,
         save_data,
         with_speedups,
@@ -230,7 +233,8 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
                      "tune_wall_samples_per_s": {k: round(v) for k, (_, v) in walls.items()}
                      } if walls else {}  # fmt: skip
         record.set_rows([r.to_dict() for r in done], **work, via=via,
-                        best_gpus_per_trial=best_gpus_per_trial([r for r in done if not r.mps]),
+                        best_gpus_per_trial=best_gpus_per_trial(
+                            [r for r in done if not r.mps and r.via != "fused"]),
                         **tune_wall, **_data_summary(data))  # fmt: skip
         wall = f", whole Tune run {row.wall_s:,.1f} s" if row.wall_s is not None else ""
         _log(f"  aggregate {done[-1].aggregate_samples_per_s:,.0f} samples/s{wall}")
@@ -247,6 +251,14 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
         common = {"data_file": data_file, "workdir": Path(tmp), "backbone": args.backbone,
                   "device": device, "batch_size": args.batch_size, "lr": 1e-3,
                   "peak_flops": device_peak_flops(device), "shape": shape}  # fmt: skip
+
+        if via == "fused":  # one trial alone as the baseline, then each level fused
+            _log("packing: 1 trial alone (the baseline)")
+            publish(run_level(1, mps=False, **common))
+            for n in levels:
+                _log(f"packing: {n} trial(s) fused into one model")
+                publish(run_fused_level(n, **common))
+            return
 
         def measure(mps: bool) -> None:
             for n in levels:

@@ -1,10 +1,16 @@
 """The packing benchmark: aggregate throughput of 1, 2, 4, ... trials sharing one GPU.
 
-Each trial is its own process, as a Ray Tune trial with a fractional ``gpus_per_trial`` is: the
+``via="processes"``: each trial is its own process, as a Ray Tune trial with a fractional
+``gpus_per_trial`` is: the
 data are tokenised once by the parent and handed to every worker as one file (Ray would use its
 object store), each worker builds its model, waits at a barrier, then trains. Aggregate
 throughput = all samples trained / (last trial's training end - first trial's start), so process
 start-up and model loading, which Ray overlaps with running trials, are not counted.
+
+``via="fused"``: the n trials are fused into one model in one worker process
+(:mod:`trainables.fused`: one frozen backbone, per-trial LoRA and head), their learning rates
+spread over 0.5x-2x the trial's and their seeds 0..n-1, so each keeps its own data order. The
+speed-up of every level is over one trial run alone as a process (the ``processes`` level 1).
 
 ``python -m tuner.bench_packing worker ...`` is the worker's entry point; use ``tuner.bench``.
 """
@@ -42,7 +48,7 @@ class PackingRow:
     dev_score: float  # mean final dev score (packing must not change results)
     failed: int
     mps: bool
-    via: str = "processes"  # how the trials ran: processes started by the bench, or "tune"
+    via: str = "processes"  # how the trials ran: processes the bench starts, "fused" or "tune"
     wall_s: float | None = None  # via tune: the whole Tune run (Ray scheduling, actor start, ...)
     wall_samples_per_s: float | None = None  # all samples / wall_s
     overlap: int | None = None  # the most trials training at one moment (should be `concurrent`)
@@ -131,6 +137,41 @@ def run_level(
     return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps)
 
 
+def run_fused_level(
+    n: int,
+    *,
+    data_file: Path,
+    workdir: Path,
+    backbone: str,
+    device: str,
+    batch_size: int,
+    lr: float,
+    peak_flops: float | None,
+    shape: Any,
+) -> PackingRow:
+    """One worker training ``n`` trials fused into one model; its result has one entry per trial."""
+    level = workdir / f"level-{n}-fused"
+    level.mkdir(parents=True, exist_ok=True)
+    go, out = level / "go", level / "result.json"
+    go.touch()  # one process: nothing to release together
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "tuner.bench_packing", "worker", "--data", str(data_file),
+           "--backbone", backbone, "--device", device, "--batch-size", str(batch_size),
+           "--lr", str(lr), "--seed", "0", "--ready", str(level / "ready"), "--go", str(go),
+           "--out", str(out), "--fuse", str(n)]  # fmt: skip
+    subprocess.run(cmd, env=env, check=False)
+    results = json.loads(out.read_text()) if out.exists() else []
+    return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=False, via="fused")
+
+
+def fused_lrs(lr: float, n: int) -> list[float]:
+    """The learning rates of ``n`` fused bench trials: ``lr`` for one, else 0.5x..2x ``lr``,
+    evenly spread in log scale (a search's trials differ; the speed does not depend on it)."""
+    if n == 1:
+        return [lr]
+    return [lr * 2 ** (2 * k / (n - 1) - 1) for k in range(n)]
+
+
 def level_row(
     n: int,
     results: list[dict[str, Any]],
@@ -166,12 +207,14 @@ def level_row(
 
 
 def with_speedups(rows: list[PackingRow]) -> list[PackingRow]:
-    """Each row's aggregate over the aggregate of one trial with the same MPS setting."""
+    """Each row's aggregate over the aggregate of one trial with the same MPS setting, run the same
+    way (fused rows: over one trial run alone as a process)."""
     from dataclasses import replace
 
     out = []
     for r in rows:
-        one = next((o for o in rows if o.concurrent == 1 and o.mps == r.mps), None)
+        via = "processes" if r.via == "fused" else r.via
+        one = next((o for o in rows if o.concurrent == 1 and o.mps == r.mps and o.via == via), None)
         base = one.aggregate_samples_per_s if one else 0.0
         out.append(replace(r, speedup=r.aggregate_samples_per_s / base if base > 0 else None))
     return out
@@ -227,6 +270,8 @@ def mps_daemon(folder: Path) -> Iterator[bool]:
 
 
 def worker(args: argparse.Namespace) -> int:
+    if args.fuse:
+        return fused_worker(args)
     import torch
 
     from trainables.backbones import load_backbone
@@ -260,6 +305,40 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def fused_worker(args: argparse.Namespace) -> int:
+    """``args.fuse`` trials fused into one model; writes a JSON list, one entry per trial."""
+    import torch
+
+    from trainables.backbones import load_backbone
+    from trainables.fused import FusedLoRA, fit_fused
+    from trainables.methods import build_model
+    from trainables.recipe import split_config
+
+    with open(args.data, "rb") as handle:
+        data = pickle.load(handle)
+    members, configs = [], []
+    for k, lr in enumerate(fused_lrs(args.lr, args.fuse)):
+        config = trial_config(batch_size=args.batch_size, lr=lr, seed=args.seed + k)
+        method_config, train_config = split_config(config, num_labels=data.num_labels)
+        torch.manual_seed(args.seed + k)
+        members.append(build_model(method_config, load_backbone(args.backbone)))
+        configs.append(train_config)
+    model = FusedLoRA(members).to(args.device)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.time()
+    results = fit_fused(model, data.train, data.dev, configs, task_kind=data.task_kind,
+                        metric=data.metric, device=args.device)  # fmt: skip
+    Path(args.out).write_text(json.dumps([
+        {"start": start, "train_s": r.samples_seen / r.train_samples_per_s,
+         "samples": r.samples_seen, "tokens": r.tokens_seen, "peak_mem_mib": r.peak_mem_mib,
+         "dev_score": r.best_dev_score, "status": r.status, "lr": c.lr, "seed": c.seed,
+         "cuda_graphs": r.cuda_graphs, "graphs_off": r.graphs_off}
+        for r, c in zip(results, configs, strict=True)
+    ]))  # fmt: skip
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuner.bench_packing")
     sub = p.add_subparsers(dest="command", required=True)
@@ -269,6 +348,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--batch-size", type=int, default=32)
     w.add_argument("--lr", type=float, default=1e-3)
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument(
+        "--fuse", type=int, default=0, help="train this many trials fused (0: one, plain)"
+    )
     return p
 
 

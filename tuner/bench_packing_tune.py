@@ -38,7 +38,7 @@ from ray.tune import Callback
 from search_spaces.errors import ConfigError, one_of
 from tuner.bench_packing import PackingRow, level_row, mps_daemon, trial_config
 
-VIA = ("processes", "tune")
+VIA = ("processes", "fused", "tune")
 CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 
 

@@ -1,0 +1,218 @@
+"""Fused LoRA trials (trainables/fused.py): K trials trained as one model get what each gets alone.
+
+The trials differ in rank, alpha, placement-preserving per-trial knobs (lr, weight decay, clipping,
+seed); dropout is off so that the only difference left is float rounding. The reference is the
+product's own loop (``trainables.loop.fit``) on each trial alone.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from search_spaces.errors import ConfigError
+from search_spaces.method_config import MethodConfig
+from tests.test_loop import DEV, TRAIN, synthetic
+from trainables.backbones import load_backbone
+from trainables.fused import (
+    IGNORE_INDEX,
+    FusedLoRA,
+    RowAdamW,
+    fit_fused,
+    fused_batches,
+    fused_losses,
+)
+from trainables.loop import fit
+from trainables.methods import build_model
+from trainables.train_config import TrainConfig
+
+BASE = TrainConfig(lr=3e-3, batch_size=32, epochs=2, evals=2, eval_batch_size=64, warmup_ratio=0.1)
+# 384 rows / 32 = 12 full batches; TRAIN_ODD (390 rows) ends each epoch on a short batch of 6
+TRAIN_ODD = synthetic(390, seed=3)
+
+
+def member(rank: int, alpha: int, *, seed: int, num_labels: int = 2) -> nn.Module:
+    torch.manual_seed(0)  # the same random tiny backbone for every member
+    backbone = load_backbone("tiny-bert")
+    torch.manual_seed(seed)  # the member's own LoRA and head initialisation
+    model = build_model(
+        MethodConfig(method="lora", rank=rank, alpha=alpha, num_labels=num_labels),
+        backbone,
+    )  # fmt: skip
+    return no_dropout(model)
+
+
+def no_dropout(model: nn.Module) -> nn.Module:
+    """Dropout off, in training mode too (SDPA attention keeps its rate as a float)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "dropout_prob"):
+            module.dropout_prob = 0.0
+    return model
+
+
+def trained_alone(models, configs, train, *, task_kind="classification", metric="accuracy"):
+    out = []
+    for model, config in zip(models, configs, strict=True):
+        alone = copy.deepcopy(model)
+        result = fit(alone, train, DEV, config, task_kind=task_kind, metric=metric, device="cpu")
+        out.append((alone, result))
+    return out
+
+
+def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("train", [TRAIN, TRAIN_ODD], ids=["full-batches", "short-last-batch"])
+def test_fused_trials_train_as_each_alone(train):
+    models = [member(4, 8, seed=1), member(8, 16, seed=2), member(2, 2, seed=3)]
+    configs = [BASE, BASE.replace(lr=1e-3, seed=5, weight_decay=0.1),
+               BASE.replace(lr=5e-3, seed=9, grad_clip=0.0)]  # fmt: skip
+    alone = trained_alone(models, configs, train)
+    fused = no_dropout(FusedLoRA(models))
+    evals = []
+    results = fit_fused(fused, train, DEV, configs, task_kind="classification", metric="accuracy",
+                        device="cpu", on_eval=lambda step, r: evals.append((step, r)))  # fmt: skip
+    assert [step for step, _ in evals] == list(BASE.eval_steps(BASE.total_steps(len(train))))
+    for k, ((reference, ref_result), result) in enumerate(zip(alone, results, strict=True)):
+        ours, theirs = trainable(models[k]), trainable(reference)  # written back into the member
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            torch.testing.assert_close(ours[name], theirs[name], atol=2e-5, rtol=1e-4, msg=name)
+        assert result.best_dev_score == ref_result.best_dev_score
+        assert result.dev_metrics == pytest.approx(ref_result.dev_metrics, abs=1e-6)
+        assert (result.samples_seen, result.tokens_seen) == (
+            ref_result.samples_seen, ref_result.tokens_seen)  # fmt: skip
+        assert result.steps == ref_result.steps
+    # the trials really differ (else matching trials could be mixed up unnoticed)
+    assert len({float(trainable(m)["classifier.weight"].sum()) for m in models}) == 3
+
+
+def test_fused_regression_matches_alone():
+    train, dev = synthetic(200, seed=4, regression=True), synthetic(64, seed=5, regression=True)
+    models = [member(4, 8, seed=1, num_labels=1), member(2, 4, seed=2, num_labels=1)]
+    configs = [BASE.replace(batch_size=16), BASE.replace(batch_size=16, seed=3, lr=1e-3)]
+    alone = []
+    for model, config in zip(models, configs, strict=True):
+        copy_ = copy.deepcopy(model)
+        alone.append(fit(copy_, train, dev, config, task_kind="regression", metric="pearson_spearman",
+                         device="cpu"))  # fmt: skip
+    results = fit_fused(no_dropout(FusedLoRA(models)), train, dev, configs, task_kind="regression",
+                        metric="pearson_spearman", device="cpu")  # fmt: skip
+    for result, reference in zip(results, alone, strict=True):
+        assert result.dev_metrics == pytest.approx(reference.dev_metrics, abs=1e-4)
+
+
+def test_padding_rows_and_columns_stay_zero():
+    models = [member(2, 4, seed=1), member(8, 16, seed=2)]
+    fused = no_dropout(FusedLoRA(models))
+    width = fused.theta.shape[1]
+    fit_fused(fused, TRAIN, DEV, [BASE, BASE], task_kind="classification", metric="accuracy",
+              device="cpu")  # fmt: skip
+    # trial 0 has rank 2 where the slots hold rank 8: its row has zeros exactly where the padding is
+    row = fused.theta.detach()[0]
+    assert int((row == 0).sum()) >= width - models[0].trainable_params()
+    assert fused.theta.detach()[0].count_nonzero() <= models[0].trainable_params()
+
+
+def test_row_adamw_is_adamw_per_row():
+    torch.manual_seed(0)
+    rows = torch.randn(3, 10)
+    grads = [torch.randn(3, 10) for _ in range(4)]
+    lrs, wds = [1e-2, 3e-3, 1e-3], [0.0, 0.01, 0.1]
+    theta = nn.Parameter(rows.clone())
+    lr = torch.tensor(lrs)
+    ours = RowAdamW(theta, lr=lr, decay=torch.tensor(wds)[:, None].expand(3, 10))
+    refs = [nn.Parameter(rows[k].clone()) for k in range(3)]
+    theirs = [torch.optim.AdamW([refs[k]], lr=lrs[k], weight_decay=wds[k]) for k in range(3)]
+    for g in grads:
+        theta.grad = g.clone()
+        ours.step()
+        for k in range(3):
+            refs[k].grad = g[k].clone()
+            theirs[k].step()
+    for k in range(3):
+        torch.testing.assert_close(theta.detach()[k], refs[k].detach())
+
+
+def test_losses_skip_dummy_rows():
+    logits = torch.randn(2, 3, 4)
+    labels = torch.tensor([1, 2, IGNORE_INDEX, 0, 3, 1])
+    losses = fused_losses(logits, labels, "classification")
+    expected0 = nn.functional.cross_entropy(logits[0, :2], labels[:2])
+    expected1 = nn.functional.cross_entropy(logits[1], labels[3:])
+    torch.testing.assert_close(losses, torch.stack([expected0, expected1]))
+
+
+def test_fused_batches_keep_each_trials_order_and_count_real_rows():
+    configs = [BASE, BASE.replace(seed=7)]
+    batches = fused_batches(TRAIN_ODD, configs, epoch=0)
+    assert len(batches) == 13  # 12 full batches and a short one of 6 per trial
+    seen = [0, 0]
+    for batch, counts in batches:
+        assert batch.size == 2 * max(c[0] for c in counts)
+        real = (batch.labels != IGNORE_INDEX).view(2, -1).sum(dim=1).tolist()
+        assert real == [c[0] for c in counts]
+        seen = [s + c[0] for s, c in zip(seen, counts, strict=True)]
+    assert seen == [len(TRAIN_ODD)] * 2
+
+
+def test_refuses_what_cannot_be_fused():
+    torch.manual_seed(0)
+    bitfit = build_model(MethodConfig(method="bitfit", num_labels=2), load_backbone("tiny-bert"))
+    with pytest.raises(ConfigError, match="method='bitfit'.*fusable"):
+        FusedLoRA([member(4, 8, seed=1), bitfit])
+    other = member(4, 8, seed=1)
+    with torch.no_grad():
+        other.encoder.get_base_model().embeddings.word_embeddings.weight.add_(1.0)
+    with pytest.raises(ConfigError, match="backbone weights differ"):
+        FusedLoRA([member(4, 8, seed=1), other])
+    fused = FusedLoRA([member(4, 8, seed=1), member(4, 8, seed=2)])
+    with pytest.raises(ConfigError, match="batch_size=16 but trial 0 has batch_size=32"):
+        fit_fused(fused, TRAIN, DEV, [BASE, BASE.replace(batch_size=16)],
+                  task_kind="classification", metric="accuracy", device="cpu")  # fmt: skip
+    with pytest.raises(ConfigError, match="1 training configs for 2"):
+        fit_fused(fused, TRAIN, DEV, [BASE], task_kind="classification", metric="accuracy",
+                  device="cpu")  # fmt: skip
+
+
+def test_member_shapes_round_trip():
+    models = [member(4, 8, seed=1), member(8, 16, seed=2)]
+    before = [trainable(m) for m in models]
+    fused = FusedLoRA(models)
+    with torch.no_grad():
+        fused.theta.mul_(2.0)
+    fused.write_back()
+    for model, old in zip(models, before, strict=True):
+        for name, value in trainable(model).items():
+            torch.testing.assert_close(value, 2.0 * old[name])
+    assert np.isclose(float(fused.decay_mask.sum()), fused.theta.shape[1] - 2)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@CUDA
+def test_fused_steps_replay_from_graphs_and_match_alone_on_cuda():
+    models = [member(4, 8, seed=1), member(8, 16, seed=2)]
+    configs = [BASE, BASE.replace(lr=1e-3, seed=5)]
+    alone = [
+        fit(copy.deepcopy(m), TRAIN_ODD, DEV, c, task_kind="classification", metric="accuracy",
+            device="cuda")
+        for m, c in zip(models, configs, strict=True)
+    ]  # fmt: skip
+    fused = no_dropout(FusedLoRA(models))
+    results = fit_fused(fused, TRAIN_ODD, DEV, configs, task_kind="classification",
+                        metric="accuracy", device="cuda")  # fmt: skip
+    for result, reference in zip(results, alone, strict=True):
+        assert result.graphs_off is None and result.cuda_graphs >= 1
+        assert reference.cuda_graphs >= 1  # the reference ran graphed too
+        # bf16 autocast: the same run up to rounding, not to the bit
+        assert result.best_dev_score == pytest.approx(reference.best_dev_score, abs=0.03)
+        assert result.samples_seen == reference.samples_seen

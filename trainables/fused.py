@@ -1,0 +1,527 @@
+"""Fused LoRA trials: K LoRA trials of one backbone trained as one model, in one process.
+
+Why: a graphed step of the embedded MiniLM at batch 32 costs ~3 ms of GPU time whatever its batch
+(hundreds of kernels, each too small to fill the GPU), so K trials run as K processes share the
+GPU badly (8 under MPS: 3.15x one, docs/BENCHMARKS.md). Fused, the frozen backbone runs once over
+the K trials' batches stacked (its matmuls K times taller, its kernel count unchanged); only the
+LoRA factors and the heads belong to one trial, and they run as batched matmuls. This is HFTA's
+horizontal fusion (Wang et al., MLSys 2021) made exact by LoRA's frozen backbone.
+
+Each trial gets the gradients and the updates it would get alone:
+
+* the loss is the sum of the trials' mean losses, and their parameters are disjoint;
+* gradient clipping, AdamW (decoupled weight decay, bias correction), the learning rate and its
+  schedule act per trial (:class:`RowAdamW` updates one ``[K, P]`` parameter row by row);
+* a trial with a smaller rank than another at one linear is zero-padded there: the padded rows
+  and columns of its factors get zero gradients and stay zero;
+* each trial keeps its own data order (its seed); a step pads every row to the longest of the K
+  batches (masked: the same result up to float rounding), and where one trial's batch is its
+  epoch's short last one, dummy rows with an ignored label fill it up.
+
+What differs from K separate runs: float rounding and dropout draws (one generator for all).
+
+What fuses: plain LoRA (``method="lora"``, mean-pooling head) trials of one backbone and task,
+with the same adapted linears (ranks and alpha may differ) and the same :data:`SHARED_FIELDS` of
+the training config; ``lr``, ``weight_decay``, ``grad_clip`` and ``seed`` may differ. Early
+stopping and checkpoints are per run, not per trial: a fused run trains every trial to the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from torch.nn.attention import sdpa_kernel
+
+from search_spaces.errors import ConfigError
+from trainables.batching import Batch, collate, epoch_plan
+from trainables.data.encoded import Encoded
+from trainables.graphs import StepGraphs
+from trainables.inference import SDPA_BACKENDS, autocast, predict, synchronize, task_loss
+from trainables.loop import MIB, FitResult, _lr_factor, _Plan
+from trainables.metrics import compute
+from trainables.model import MASK_3D, PeftClassifier
+from trainables.train_config import TrainConfig
+
+FUSABLE_METHODS = ("lora",)
+# Training-config fields every fused trial must share: they fix the step arithmetic, the batch
+# shapes and the precision of the one model all trials run in.
+SHARED_FIELDS = (
+    "batch_size", "epochs", "max_steps", "warmup_ratio", "evals", "eval_batch_size", "max_length",
+    "precision", "length_grouping", "compile", "cuda_graphs",
+)  # fmt: skip
+IGNORE_INDEX = -100  # a dummy row's class label (cross-entropy skips it); regression uses NaN
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which the loop uses
+ADAM_EPS = 1e-8
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
+
+
+class _FusedLoRALinear(nn.Module):
+    """A frozen linear plus K LoRA updates, one per trial, on the K trials' rows (trial-major)."""
+
+    scale: torch.Tensor
+
+    def __init__(self, base: nn.Linear, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("scale", scale)  # [K]: each trial's alpha / rank
+        # this forward's factors, views of FusedLoRA.theta set by FusedLoRA.forward:
+        # A [K, in, r], B [K, r, out]
+        self.factors: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.factors is None:
+            raise RuntimeError("a fused LoRA linear runs inside FusedLoRA.forward only")
+        a, b = self.factors
+        out = self.base(x)
+        rows = x.reshape(len(self.scale), -1, x.shape[-1])  # [K, B*T, in]
+        delta = torch.bmm(torch.bmm(rows, a), b)
+        return out + (delta * self.scale.to(delta.dtype)[:, None, None]).view_as(out)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one tensor of a trial lives in a row of ``theta``, and its shape there."""
+
+    size: int
+    shape: tuple[int, ...]
+    decay: bool  # AdamW weight decay applies (the loop decays 2-d tensors, not biases)
+
+
+class FusedLoRA(nn.Module):
+    """K LoRA trials (``members``, built by ``build_model``) as one model over one frozen backbone.
+
+    ``forward(input_ids [K*B, T], ...)`` -> logits ``[K, B, num_labels]``: rows ``k*B..(k+1)*B``
+    are trial ``k``'s. Every trainable number of trial ``k`` is in row ``k`` of the one parameter
+    ``theta [K, P]``; :meth:`write_back` copies the trained rows into the members, whose own
+    evaluation, merging and saving then work as for a trial trained alone.
+    """
+
+    decay_mask: torch.Tensor
+
+    def __init__(self, members: Sequence[PeftClassifier]) -> None:
+        super().__init__()
+        _check_members(members)
+        self.members = list(members)  # a plain list: not registered as submodules
+        self.trials = k = len(members)
+        first = members[0]
+        self.num_labels = first.config.num_labels
+        self.bert = copy.deepcopy(_bert_of(first))
+        self.dropout = nn.Dropout(self.bert.config.hidden_dropout_prob)
+        names = _lora_names(first)
+        slots: list[_Slot] = []
+        self._lora: list[_FusedLoRALinear] = []
+        for name in names:
+            layers = [_bert_of(m).get_submodule(name) for m in members]
+            base = self.bert.get_submodule(name).base_layer
+            rank = max(_rank(layer) for layer in layers)
+            scale = torch.tensor([float(layer.scaling["default"]) for layer in layers])
+            fused = _FusedLoRALinear(base, scale.to(base.weight.device))
+            parent, _, child = name.rpartition(".")
+            setattr(self.bert.get_submodule(parent), child, fused)
+            self._lora.append(fused)
+            slots += [_Slot(base.in_features * rank, (base.in_features, rank), True),
+                      _Slot(rank * base.out_features, (rank, base.out_features), True)]  # fmt: skip
+        hidden = first.shape.hidden
+        slots += [_Slot(hidden * self.num_labels, (hidden, self.num_labels), True),
+                  _Slot(self.num_labels, (1, self.num_labels), False)]  # fmt: skip
+        for p in self.bert.parameters():
+            p.requires_grad_(False)
+        self._slots = slots
+        device = next(self.bert.parameters()).device
+        self.theta = nn.Parameter(torch.zeros(k, sum(s.size for s in slots), device=device))
+        self.register_buffer("decay_mask", torch.cat([
+            torch.full((s.size,), float(s.decay), device=device) for s in slots]))  # fmt: skip
+        with torch.no_grad():
+            for row, member in enumerate(members):
+                for view, value in zip(
+                    self._views(row), _member_tensors(member, names), strict=True
+                ):
+                    view.zero_()
+                    view[tuple(slice(0, n) for n in value.shape)] = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        chunks = self.theta.split([s.size for s in self._slots], dim=1)
+        views = [c.view(self.trials, *s.shape) for c, s in zip(chunks, self._slots, strict=True)]
+        for i, module in enumerate(self._lora):
+            module.factors = (views[2 * i], views[2 * i + 1])
+        out = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask[:, None, :] if MASK_3D else attention_mask,
+            token_type_ids=token_type_ids,
+        )
+        hidden = out.last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        pooled = self.dropout(pooled).view(self.trials, -1, pooled.shape[-1])
+        return torch.baddbmm(views[-1], pooled, views[-2])
+
+    def write_back(self) -> None:
+        """Copy each trial's trained row into its member (LoRA factors and head)."""
+        names = _lora_names(self.members[0])
+        with torch.no_grad():
+            for row, member in enumerate(self.members):
+                for view, target in zip(
+                    self._views(row), _member_tensors(member, names), strict=True
+                ):
+                    target.copy_(view[tuple(slice(0, n) for n in target.shape)])
+
+    def _views(self, row: int) -> list[torch.Tensor]:
+        """Row ``row`` of ``theta`` cut into its slots, each in the slot's shape (views)."""
+        chunks = self.theta.detach()[row].split([s.size for s in self._slots])
+        return [c.view(s.shape) for c, s in zip(chunks, self._slots, strict=True)]
+
+
+class RowAdamW(torch.optim.Optimizer):
+    """``torch.optim.AdamW``'s update on one ``[K, P]`` parameter whose rows are K trials, with a
+    learning rate (``lr [K]``, a device tensor the caller fills each step) and a weight decay
+    (``decay [K, P]``) per row. Capturable in a CUDA graph: no host reads, state on the device."""
+
+    def __init__(self, param: nn.Parameter, *, lr: torch.Tensor, decay: torch.Tensor) -> None:
+        super().__init__([param], {})
+        self.lr = lr
+        self.decay = decay
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        (p,) = self.param_groups[0]["params"]
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), device=p.device)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        beta1, beta2 = ADAM_BETAS
+        step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        step += 1
+        lr = self.lr[:, None]
+        p.mul_(1 - lr * self.decay)
+        exp_avg.lerp_(p.grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        denom = (exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(ADAM_EPS)
+        p.sub_(exp_avg / denom * (lr / (1 - beta1**step)))
+
+
+def clip_rows_(grad: torch.Tensor, max_norm: torch.Tensor) -> None:
+    """``clip_grad_norm_`` per row of ``grad [K, P]``: row k scaled to norm ``max_norm[k]`` at most
+    (``max_norm[k] == 0``: not clipped)."""
+    norms = grad.pow(2).sum(dim=1).sqrt()
+    coef = (max_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+    grad.mul_(torch.where(max_norm > 0, coef, torch.ones_like(coef))[:, None])
+
+
+def fused_losses(logits: torch.Tensor, labels: torch.Tensor, task_kind: str) -> torch.Tensor:
+    """Each trial's mean task loss ``[K]`` over its real rows (dummy rows carry IGNORE_INDEX, or
+    NaN for regression), from ``logits [K, B, C]`` and ``labels [K*B]``."""
+    k = logits.shape[0]
+    logits = logits.float()
+    if task_kind == "regression":
+        target = labels.view(k, -1)
+        real = ~torch.isnan(target)
+        err = (logits.squeeze(-1) - torch.where(real, target, 0.0)) ** 2 * real
+    else:
+        real = (labels != IGNORE_INDEX).view(k, -1)
+        err = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels, reduction="none",
+            ignore_index=IGNORE_INDEX,
+        ).view(k, -1)  # fmt: skip
+    return err.sum(dim=1) / real.sum(dim=1).clamp(min=1)
+
+
+def fused_batches(
+    data: Encoded, configs: Sequence[TrainConfig], *, epoch: int, pin_memory: bool = False
+) -> list[tuple[Batch, list[tuple[int, int, int]]]]:
+    """The fused batches of ``epoch``: step i stacks each trial's batch i of its own plan (its
+    seed), padded to the longest row of all; a trial whose batch is shorter than the step's
+    widest (its short last one) gets dummy rows. Each comes with ``(samples, real tokens, padded
+    tokens)`` per trial, its dummy rows not counted."""
+    first = configs[0]
+    plans = [
+        epoch_plan(data.lengths, batch_size=first.batch_size, seed=c.seed, epoch=epoch,
+                   length_grouping=first.length_grouping)
+        for c in configs
+    ]  # fmt: skip
+    out = []
+    for parts in zip(*plans, strict=True):
+        width = max(len(p) for p in parts)
+        rows = np.concatenate([np.resize(p, width) for p in parts])
+        batch = collate(data, rows)
+        dummy = np.concatenate([np.arange(width) >= len(p) for p in parts])
+        if dummy.any():
+            batch.labels[torch.from_numpy(dummy)] = (
+                float("nan") if batch.labels.is_floating_point() else IGNORE_INDEX
+            )
+        padded = batch.input_ids.shape[1]
+        counts = [(len(p), int(data.lengths[p].sum()), len(p) * padded) for p in parts]
+        out.append((_pinned(batch) if pin_memory else batch, counts))
+    return out
+
+
+def evaluate_fused(
+    model: FusedLoRA,
+    data: Encoded,
+    *,
+    task_kind: str,
+    metric: str,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    precision: str = "auto",
+) -> list[tuple[float, dict[str, float]]]:
+    """Each trial's ``(mean loss, metrics)`` on ``data``, as ``inference.evaluate`` gives one
+    model's; every dev batch runs once for all K trials."""
+    logits = predict(_EveryTrial(model), data, batch_size=batch_size, device=device,
+                     precision=precision)  # fmt: skip
+    dtype = torch.float32 if task_kind == "regression" else torch.int64
+    labels = torch.as_tensor(data.labels, dtype=dtype)
+    out = []
+    for k in range(model.trials):
+        loss = task_loss(torch.from_numpy(logits[:, k]), labels, task_kind).item()
+        out.append((loss, compute(metric, logits[:, k], data.labels)))
+    return out
+
+
+class _EveryTrial(nn.Module):
+    """``model`` on one batch for all its trials: ``[B, T]`` in, ``[B, K, num_labels]`` out."""
+
+    def __init__(self, model: FusedLoRA) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):  # type: ignore[no-untyped-def]
+        k = self.model.trials
+        types = None if token_type_ids is None else token_type_ids.repeat(k, 1)
+        logits = self.model(input_ids.repeat(k, 1), attention_mask.repeat(k, 1), types)
+        return logits.transpose(0, 1)
+
+
+@dataclass
+class _Trial:
+    """One fused trial's progress."""
+
+    samples: int = 0
+    tokens: int = 0
+    padded: int = 0
+    best: float | None = None
+    best_step: int = 0
+    time_to_best_s: float = 0.0
+    dev_metrics: dict[str, float] | None = None
+
+
+def fit_fused(
+    model: FusedLoRA,
+    train: Encoded,
+    dev: Encoded,
+    configs: Sequence[TrainConfig],
+    *,
+    task_kind: str,
+    metric: str,
+    on_eval: Callable[[int, list[tuple[float, dict[str, float]]]], None] | None = None,
+    device: torch.device | str | None = None,
+) -> list[FitResult]:
+    """Train ``model``'s K trials (``configs[k]`` is trial k's) to the end, evaluating all on
+    ``dev`` ``evals`` times; write the trained weights back into the members. One
+    :class:`FitResult` per trial; ``on_eval(step, [(dev_loss, dev_metrics)] * K)`` sees each
+    evaluation. ``train_samples_per_s`` is each trial's own (the run's aggregate / K)."""
+    _check_configs(configs, model.trials)
+    first = configs[0]
+    plan = _Plan.of(first, len(train), task_kind=task_kind, metric=metric, device=device)
+    if plan.cuda:
+        torch.set_float32_matmul_precision("high")
+        torch.cuda.reset_peak_memory_stats(plan.device)
+    model.to(plan.device)
+    theta = model.theta
+    base_lr = torch.tensor([c.lr for c in configs], device=plan.device)
+    lr = base_lr.clone()
+    decay = torch.tensor([c.weight_decay for c in configs], device=plan.device)[:, None]
+    optimizer = RowAdamW(theta, lr=lr, decay=decay * model.decay_mask)
+    max_norm = torch.tensor([c.grad_clip for c in configs], device=plan.device)
+    factor = _lr_factor(first.warmup_steps(plan.total_steps), plan.total_steps)
+    torch.manual_seed(first.seed)  # dropout masks: one generator for the fused model
+    graphed = plan.cuda and first.cuda_graphs
+
+    def body(batch: Batch) -> torch.Tensor:
+        with autocast(first.precision, plan.device, cache=not graphed):
+            logits = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        losses = fused_losses(logits, batch.labels, task_kind)
+        losses.sum().backward()
+        clip_rows_(theta.grad, max_norm)  # type: ignore[arg-type]
+        optimizer.step()
+        return losses.detach()
+
+    graphs = None
+    if graphed:
+        graphs = StepGraphs(body, optimizer, [theta], batch_size=model.trials * first.batch_size,
+                            device=plan.device)  # fmt: skip
+    trials = [_Trial() for _ in configs]
+    step = epoch = 0
+    train_s = 0.0
+    wall_start = segment = time.perf_counter()
+    model.train()
+    with sdpa_kernel(SDPA_BACKENDS):
+        while step < plan.total_steps:
+            for batch, counts in fused_batches(train, configs, epoch=epoch, pin_memory=plan.cuda):
+                torch.mul(base_lr, factor(step), out=lr)
+                if graphs is not None:
+                    graphs.step(batch)
+                else:
+                    body(batch.to(plan.device))
+                    optimizer.zero_grad(set_to_none=True)
+                step += 1
+                for trial, (samples, tokens, padded) in zip(trials, counts, strict=True):
+                    trial.samples += samples
+                    trial.tokens += tokens
+                    trial.padded += padded
+                if step in plan.eval_steps:
+                    synchronize(plan.device)
+                    train_s += time.perf_counter() - segment
+                    results = evaluate_fused(
+                        model, dev, task_kind=task_kind, metric=metric,
+                        batch_size=first.eval_batch_size, device=plan.device,
+                        precision=first.precision,
+                    )  # fmt: skip
+                    wall_s = time.perf_counter() - wall_start
+                    for trial, (_, metrics) in zip(trials, results, strict=True):
+                        _record(trial, metrics, plan, step, wall_s)
+                    if on_eval is not None:
+                        on_eval(step, results)
+                    model.train()
+                    segment = time.perf_counter()
+                if step >= plan.total_steps:
+                    break
+            epoch += 1
+    wall_s = time.perf_counter() - wall_start
+    model.write_back()
+    peak = torch.cuda.max_memory_allocated(plan.device) / MIB if plan.cuda else None
+    return [
+        FitResult(
+            status="completed",
+            steps=step,
+            evaluations=len(plan.eval_steps),
+            best_dev_score=t.best,
+            best_step=t.best_step,
+            time_to_best_s=t.time_to_best_s,
+            dev_metrics=t.dev_metrics or {},
+            train_samples_per_s=t.samples / train_s if train_s else 0.0,
+            wall_s=wall_s,
+            peak_mem_mib=peak,
+            samples_seen=t.samples,
+            tokens_seen=t.tokens,
+            padded_tokens_seen=t.padded,
+            cuda_graphs=0 if graphs is None else graphs.captured,
+            graphs_off=None if graphs is None else graphs.off_reason,
+        )  # fmt: skip
+        for t in trials
+    ]
+
+
+def _record(
+    trial: _Trial, metrics: dict[str, float], plan: _Plan, step: int, wall_s: float
+) -> None:
+    score = metrics["score"]
+    trial.dev_metrics = metrics
+    better = trial.best is None or (
+        score > trial.best if plan.metric.mode == "max" else score < trial.best
+    )
+    if better:
+        trial.best, trial.best_step, trial.time_to_best_s = score, step, wall_s
+
+
+def _check_members(members: Sequence[PeftClassifier]) -> None:
+    if not members:
+        raise ConfigError("fusing needs at least one trial")
+    first = members[0]
+    names = _lora_names(first)
+    for k, member in enumerate(members):
+        config = member.config
+        if config.method not in FUSABLE_METHODS or config.head != "mean":
+            raise ConfigError(
+                f"trial {k}: method={config.method!r} head={config.head!r} cannot be fused; "
+                f"fusable: method in {list(FUSABLE_METHODS)} with head='mean'"
+            )
+        if config.num_labels != first.config.num_labels or member.shape != first.shape:
+            raise ConfigError(f"trial {k}: another task or backbone than trial 0's")
+        if _lora_names(member) != names:
+            raise ConfigError(
+                f"trial {k}: LoRA on other linears than trial 0's (placement, layers)"
+            )
+        extra = [n for n, p in member.named_parameters()
+                 if p.requires_grad and "lora_" not in n and not n.startswith("classifier.")]  # fmt: skip
+        if extra:
+            raise ConfigError(f"trial {k}: trains {extra[0]}, which fusing does not carry")
+        ours, theirs = (_bert_of(m).embeddings.word_embeddings.weight
+                        for m in (first, member))  # fmt: skip
+        if not torch.equal(ours, theirs):
+            raise ConfigError(f"trial {k}: its backbone weights differ from trial 0's")
+
+
+def _check_configs(configs: Sequence[TrainConfig], trials: int) -> None:
+    if len(configs) != trials:
+        raise ConfigError(f"{len(configs)} training configs for {trials} fused trials")
+    if configs[0].compile:
+        raise ConfigError("compile=True cannot be fused (fused steps replay CUDA graphs instead)")
+    first = configs[0].to_dict()
+    for k, config in enumerate(configs[1:], start=1):
+        for name in SHARED_FIELDS:
+            if config.to_dict()[name] != first[name]:
+                raise ConfigError(
+                    f"trial {k}: {name}={config.to_dict()[name]!r} but trial 0 has "
+                    f"{name}={first[name]!r}; fused trials share {', '.join(SHARED_FIELDS)}"
+                )
+
+
+def _lora_names(member: PeftClassifier) -> list[str]:
+    """Module names (in the BertModel) of the linears LoRA adapts, in module order."""
+    return [n for n, m in _bert_of(member).named_modules() if isinstance(m, LoraLayer)]
+
+
+def _bert_of(member: PeftClassifier) -> Any:
+    """The member's BertModel, its LoRA layers in place (peft's base model)."""
+    return cast(Any, member.encoder).get_base_model()
+
+
+def _rank(layer: Any) -> int:
+    return int(layer.lora_A["default"].weight.shape[0])
+
+
+def _member_tensors(member: PeftClassifier, names: list[str]) -> list[torch.Tensor]:
+    """The member's trainable tensors in slot layout (views that share its storage): per LoRA
+    linear A^T [in, r] and B^T [r, out], then the head's W^T [hidden, C] and bias [1, C]."""
+    bert = _bert_of(member)
+    out: list[torch.Tensor] = []
+    for name in names:
+        layer = bert.get_submodule(name)
+        out += [
+            layer.lora_A["default"].weight.detach().T,
+            layer.lora_B["default"].weight.detach().T,
+        ]
+    head = member.classifier
+    return [*out, head.weight.detach().T, head.bias.detach()[None, :]]
+
+
+def _pinned(batch: Batch) -> Batch:
+    types = batch.token_type_ids
+    return Batch(batch.input_ids.pin_memory(), batch.attention_mask.pin_memory(),
+                 None if types is None else types.pin_memory(), batch.labels.pin_memory(),
+                 batch.num_tokens)  # fmt: skip
+
+
+__all__ = [
+    "FUSABLE_METHODS",
+    "FusedLoRA",
+    "RowAdamW",
+    "evaluate_fused",
+    "fit_fused",
+    "fused_batches",
+]
