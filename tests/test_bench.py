@@ -245,7 +245,8 @@ def test_packing_suite_runs_workers_from_one_tokenisation(tiny_task, tmp_path):
 
 
 def test_packing_suite_fuses_trials_into_one_worker(tiny_task, tmp_path):
-    _bench(tiny_task, tmp_path, "--suite", "packing", "--levels", "2", "--via", "fused")
+    _bench(tiny_task, tmp_path, "--suite", "packing", "--levels", "2", "--via", "fused",
+           "--fused-seeds", "distinct")  # fmt: skip
     doc = json.loads((tmp_path / "bench-packing.json").read_text())
     alone, fused = doc["rows"]
     assert (alone["via"], alone["concurrent"], fused["via"], fused["concurrent"]) == (

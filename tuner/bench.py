@@ -95,6 +95,13 @@ def parser() -> argparse.ArgumentParser:
                    help="packing: trials as processes the bench starts, fused into one model in "
                         "one process (LoRA), or through Ray Tune with gpus_per_trial = 1/N as a "
                         "study runs them")  # fmt: skip
+    p.add_argument(
+        "--fused-seeds",
+        choices=("same", "distinct"),
+        default="same",
+        help="packing --via fused: the trials share the seed (one data order, as in a "
+        "search) or trial k has seed k (each pads to the longest batch of a step)",
+    )
     p.add_argument("--study", action="append", default=[], metavar="NAME=FOLDER",
                    help="search: a Tune experiment folder (repeat: asha=..., fifo=...)")  # fmt: skip
     p.add_argument("--gpus", type=float, help="search: GPUs the studies ran on; hpsearch: GPUs "
@@ -257,7 +264,7 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
             publish(run_level(1, mps=False, **common))
             for n in levels:
                 _log(f"packing: {n} trial(s) fused into one model")
-                publish(run_fused_level(n, **common))
+                publish(run_fused_level(n, fused_seeds=args.fused_seeds, **common))
             return
 
         def measure(mps: bool) -> None:

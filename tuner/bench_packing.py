@@ -9,8 +9,11 @@ start-up and model loading, which Ray overlaps with running trials, are not coun
 
 ``via="fused"``: the n trials are fused into one model in one worker process
 (:mod:`trainables.fused`: one frozen backbone, per-trial LoRA and head), their learning rates
-spread over 0.5x-2x the trial's and their seeds 0..n-1, so each keeps its own data order. The
-speed-up of every level is over one trial run alone as a process (the ``processes`` level 1).
+spread over 0.5x-2x the trial's. Their seed is the trial's, as in a search where every trial
+has the study's seed (one data order: the K batches of a step are equally long); with
+``fused_seeds="distinct"`` trial k has seed k, its own data order, and a step pads all K
+batches to the longest of them. The speed-up of every level is over one trial run alone as a
+process (the ``processes`` level 1).
 
 ``python -m tuner.bench_packing worker ...`` is the worker's entry point; use ``tuner.bench``.
 """
@@ -33,6 +36,7 @@ from typing import Any
 
 READY_TIMEOUT_S = 600.0
 POLL_S = 0.005
+FUSED_SEEDS = ("same", "distinct")  # fused bench trials: one data order, or one each
 NEAR_BEST = 0.9  # the default packing: fewest GPUs per trial reaching 90% of the best aggregate
 
 
@@ -148,6 +152,7 @@ def run_fused_level(
     lr: float,
     peak_flops: float | None,
     shape: Any,
+    fused_seeds: str = "same",
 ) -> PackingRow:
     """One worker training ``n`` trials fused into one model; its result has one entry per trial."""
     level = workdir / f"level-{n}-fused"
@@ -158,7 +163,7 @@ def run_fused_level(
     cmd = [sys.executable, "-m", "tuner.bench_packing", "worker", "--data", str(data_file),
            "--backbone", backbone, "--device", device, "--batch-size", str(batch_size),
            "--lr", str(lr), "--seed", "0", "--ready", str(level / "ready"), "--go", str(go),
-           "--out", str(out), "--fuse", str(n)]  # fmt: skip
+           "--out", str(out), "--fuse", str(n), "--fused-seeds", fused_seeds]  # fmt: skip
     subprocess.run(cmd, env=env, check=False)
     results = json.loads(out.read_text()) if out.exists() else []
     return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=False, via="fused")
@@ -318,9 +323,10 @@ def fused_worker(args: argparse.Namespace) -> int:
         data = pickle.load(handle)
     members, configs = [], []
     for k, lr in enumerate(fused_lrs(args.lr, args.fuse)):
-        config = trial_config(batch_size=args.batch_size, lr=lr, seed=args.seed + k)
+        seed = args.seed + k if args.fused_seeds == "distinct" else args.seed
+        config = trial_config(batch_size=args.batch_size, lr=lr, seed=seed)
         method_config, train_config = split_config(config, num_labels=data.num_labels)
-        torch.manual_seed(args.seed + k)
+        torch.manual_seed(seed)
         members.append(build_model(method_config, load_backbone(args.backbone)))
         configs.append(train_config)
     model = FusedLoRA(members).to(args.device)
@@ -331,7 +337,8 @@ def fused_worker(args: argparse.Namespace) -> int:
                         metric=data.metric, device=args.device)  # fmt: skip
     Path(args.out).write_text(json.dumps([
         {"start": start, "train_s": r.samples_seen / r.train_samples_per_s,
-         "samples": r.samples_seen, "tokens": r.tokens_seen, "peak_mem_mib": r.peak_mem_mib,
+         "samples": r.samples_seen, "tokens": r.tokens_seen, "padded_tokens": r.padded_tokens_seen,
+         "peak_mem_mib": r.peak_mem_mib,
          "dev_score": r.best_dev_score, "status": r.status, "lr": c.lr, "seed": c.seed,
          "cuda_graphs": r.cuda_graphs, "graphs_off": r.graphs_off}
         for r, c in zip(results, configs, strict=True)
@@ -351,6 +358,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--fuse", type=int, default=0, help="train this many trials fused (0: one, plain)"
     )
+    w.add_argument("--fused-seeds", choices=FUSED_SEEDS, default="same")
     return p
 
 
