@@ -260,6 +260,15 @@ def test_packing_suite_fuses_trials_into_one_worker(tiny_task, tmp_path):
     assert doc["summary"]["best_gpus_per_trial"] == 1.0  # from the process rows only
 
 
+def test_packing_suite_fuses_trials_in_several_processes(tiny_task, tmp_path):
+    _bench(tiny_task, tmp_path, "--suite", "packing", "--levels", "2", "--via", "fused",
+           "--fused-per-process", "1")  # fmt: skip
+    doc = json.loads((tmp_path / "bench-packing.json").read_text())
+    fused = doc["rows"][-1]
+    assert (fused["via"], fused["concurrent"], fused["processes"], fused["failed"]) == (
+        "fused", 2, 2, 0)  # fmt: skip
+
+
 def test_fused_bench_trials_spread_their_learning_rates():
     assert fused_lrs(1e-3, 1) == [1e-3]
     assert fused_lrs(1e-3, 3) == pytest.approx([5e-4, 1e-3, 2e-3])
@@ -270,4 +279,7 @@ def test_bad_input_exits_2_naming_the_value(tmp_path, capsys):
     assert "'nope'" in capsys.readouterr().err
     assert run_cli(main, ["--suite", "search", "--out", str(tmp_path)]) == 2
     assert run_cli(main, ["--suite", "packing", "--levels", "0", "--out", str(tmp_path)]) == 2
+    fused = ["--suite", "packing", "--via", "fused", "--levels", "2,6", "--fused-per-process", "4"]
+    assert run_cli(main, [*fused, "--out", str(tmp_path)]) == 2
+    assert "--fused-per-process=4" in capsys.readouterr().err
     assert run_cli(main, ["--seeds", "x", "--out", str(tmp_path)]) == 2

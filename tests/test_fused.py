@@ -182,6 +182,21 @@ def test_refuses_what_cannot_be_fused():
                   device="cpu")  # fmt: skip
 
 
+def test_bf16_frozen_linears_change_nothing_under_bf16_autocast():
+    fused = no_dropout(FusedLoRA([member(4, 8, seed=1), member(8, 16, seed=2)]))
+    with torch.no_grad():
+        fused.theta.normal_()  # non-zero LoRA factors, so that every path counts
+    batch, _ = fused_batches(TRAIN, [BASE, BASE], epoch=0)[0]
+    inputs = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = fused(*inputs)
+        fused.frozen_linears_to(torch.bfloat16)
+        after = fused(*inputs)
+    assert fused.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.bfloat16
+    assert fused.bert.embeddings.word_embeddings.weight.dtype == torch.float32  # not a linear
+    assert torch.equal(before, after)
+
+
 def test_member_shapes_round_trip():
     models = [member(4, 8, seed=1), member(8, 16, seed=2)]
     before = [trainable(m) for m in models]

@@ -45,7 +45,14 @@ from search_spaces.errors import ConfigError
 from trainables.batching import Batch, collate, epoch_plan
 from trainables.data.encoded import Encoded
 from trainables.graphs import StepGraphs
-from trainables.inference import SDPA_BACKENDS, autocast, predict, synchronize, task_loss
+from trainables.inference import (
+    SDPA_BACKENDS,
+    autocast,
+    predict,
+    synchronize,
+    task_loss,
+    uses_bf16,
+)
 from trainables.loop import MIB, FitResult, _lr_factor, _Plan
 from trainables.metrics import compute
 from trainables.model import MASK_3D, PeftClassifier
@@ -168,6 +175,16 @@ class FusedLoRA(nn.Module):
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         pooled = self.dropout(pooled).view(self.trials, -1, pooled.shape[-1])
         return torch.baddbmm(views[-1], pooled, views[-2])
+
+    def frozen_linears_to(self, dtype: torch.dtype) -> None:
+        """Store the frozen linears in ``dtype``. Under autocast to ``dtype`` this changes no
+        number (autocast casts their fp32 weights to it at every call) and saves those casts.
+        The members keep their own fp32 backbones."""
+        for module in self.bert.modules():
+            if isinstance(module, nn.Linear) and not any(
+                p.requires_grad for p in module.parameters()
+            ):
+                module.to(dtype)
 
     def write_back(self) -> None:
         """Copy each trial's trained row into its member (LoRA factors and head)."""
@@ -341,6 +358,8 @@ def fit_fused(
         torch.set_float32_matmul_precision("high")
         torch.cuda.reset_peak_memory_stats(plan.device)
     model.to(plan.device)
+    if uses_bf16(first.precision, plan.device):
+        model.frozen_linears_to(torch.bfloat16)
     theta = model.theta
     base_lr = torch.tensor([c.lr for c in configs], device=plan.device)
     lr = base_lr.clone()

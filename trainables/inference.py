@@ -128,10 +128,14 @@ def autocast(
     precision: str, device: torch.device, *, cache: bool = True
 ) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast where asked; ``cache=False`` under CUDA graph capture, as torch requires."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
+    if not uses_bf16(precision, device):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` means bf16 autocast on ``device`` (``auto``: on CUDA)."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -145,5 +149,5 @@ def synchronize(device: torch.device) -> None:
 
 __all__ = [
     "LATENCY_WARMUP", "SDPA_BACKENDS", "TASK_KINDS", "autocast", "evaluate", "inference",
-    "measure_latency", "model_device", "predict", "synchronize", "task_loss",
+    "measure_latency", "model_device", "predict", "synchronize", "task_loss", "uses_bf16",
 ]  # fmt: skip

@@ -102,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
         help="packing --via fused: the trials share the seed (one data order, as in a "
         "search) or trial k has seed k (each pads to the longest batch of a step)",
     )
+    p.add_argument("--fused-per-process", type=int, default=0, metavar="F",
+                   help="packing --via fused: F trials per process, n / F processes (default: "
+                        "all n in one)")  # fmt: skip
     p.add_argument("--study", action="append", default=[], metavar="NAME=FOLDER",
                    help="search: a Tune experiment folder (repeat: asha=..., fifo=...)")  # fmt: skip
     p.add_argument("--gpus", type=float, help="search: GPUs the studies ran on; hpsearch: GPUs "
@@ -213,7 +216,6 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     from tuner.bench_packing import (
         best_gpus_per_trial,
         mps_daemon,
-        run_fused_level,
         run_level,
         save_data,
         with_speedups,
@@ -222,6 +224,10 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
 
     via = check_via(args.via)
     levels = _levels(args.levels)
+    per = args.fused_per_process
+    if per < 0 or any(n > per and n % per for n in levels if per):
+        raise ConfigError(f"--fused-per-process={per} must be >= 0 and divide every level "
+                          f"above it: --levels {args.levels}")  # fmt: skip
     device = _device(args.device)
     before = cache_stats()
     data = _prepare(args)  # tokenised once (per split) for every trial of every level
@@ -259,18 +265,16 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
                   "device": device, "batch_size": args.batch_size, "lr": 1e-3,
                   "peak_flops": device_peak_flops(device), "shape": shape}  # fmt: skip
 
-        if via == "fused":  # one trial alone as the baseline, then each level fused
-            _log("packing: 1 trial alone (the baseline)")
-            publish(run_level(1, mps=False, **common))
-            for n in levels:
-                _log(f"packing: {n} trial(s) fused into one model")
-                publish(run_fused_level(n, fused_seeds=args.fused_seeds, **common))
-            return
-
         def measure(mps: bool) -> None:
+            under = " under MPS" if mps else ""
+            if via == "fused":  # one trial alone as the baseline, then each level fused
+                _log(f"packing: 1 trial alone (the baseline){under}")
+                publish(run_level(1, mps=mps, **common))
             for n in levels:
-                _log(f"packing: {n} trial(s){' under MPS' if mps else ''}")
-                publish(run_level(n, mps=mps, **common))
+                fuse = min(n, args.fused_per_process or n) if via == "fused" else 0
+                how = f", fused {fuse} per process" if fuse else ""
+                _log(f"packing: {n} trial(s){how}{under}")
+                publish(run_level(n, mps=mps, fuse=fuse, fused_seeds=args.fused_seeds, **common))
 
         if False in MPS_MODES[args.mps]:
             measure(mps=False)

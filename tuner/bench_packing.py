@@ -7,7 +7,8 @@ object store), each worker builds its model, waits at a barrier, then trains. Ag
 throughput = all samples trained / (last trial's training end - first trial's start), so process
 start-up and model loading, which Ray overlaps with running trials, are not counted.
 
-``via="fused"``: the n trials are fused into one model in one worker process
+``via="fused"``: the n trials are fused into one model in one worker process (or ``fuse`` at a
+time in ``n / fuse`` processes, under MPS where asked)
 (:mod:`trainables.fused`: one frozen backbone, per-trial LoRA and head), their learning rates
 spread over 0.5x-2x the trial's. Their seed is the trial's, as in a search where every trial
 has the study's seed (one data order: the K batches of a step are equally long); with
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ class PackingRow:
     overlap: int | None = None  # the most trials training at one moment (should be `concurrent`)
     running_at_once: int | None = None  # via tune: the most trials Tune had running at once
     trials: list[dict[str, Any]] | None = None  # each trial's start, train_s, samples, ...
+    processes: int | None = None  # worker processes the trials ran in (fused: n / trials each)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,57 +118,44 @@ def run_level(
     peak_flops: float | None,
     shape: Any,
     mps: bool = False,
+    fuse: int = 0,
+    fused_seeds: str = "same",
 ) -> PackingRow:
-    """Start ``n`` workers, release them together, collect their results."""
-    level = workdir / f"level-{n}{'-mps' if mps else ''}"
+    """Start the workers of ``n`` trials, release them together, collect their results: ``n``
+    workers of one trial each, or (``fuse`` > 0) ``n / fuse`` workers of ``fuse`` fused trials."""
+    if fuse and n % fuse:
+        raise ValueError(f"{n} trials do not split into workers of {fuse} fused trials")
+    workers = n // fuse if fuse else n
+    level = workdir / f"level-{n}{f'-fused{fuse}' if fuse else ''}{'-mps' if mps else ''}"
     level.mkdir(parents=True, exist_ok=True)
     go = level / "go"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     procs = []
-    for i in range(n):
+    for i in range(workers):
+        seed = i * fuse if fuse and fused_seeds == "distinct" else 0
         cmd = [sys.executable, "-m", "tuner.bench_packing", "worker", "--data", str(data_file),
                "--backbone", backbone, "--device", device, "--batch-size", str(batch_size),
-               "--lr", str(lr), "--seed", "0", "--ready", str(level / f"ready-{i}"),
-               "--go", str(go), "--out", str(level / f"result-{i}.json")]  # fmt: skip
+               "--lr", str(lr), "--seed", str(seed), "--ready", str(level / f"ready-{i}"),
+               "--go", str(go), "--out", str(level / f"result-{i}.json"),
+               "--fuse", str(fuse), "--fused-seeds", fused_seeds]  # fmt: skip
         procs.append(subprocess.Popen(cmd, env=env))
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while sum((level / f"ready-{i}").exists() for i in range(n)) + _exited(procs) < n:
+    while sum((level / f"ready-{i}").exists() for i in range(workers)) + _exited(procs) < workers:
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
     go.touch()
     for p in procs:
         p.wait()
-    results = [json.loads(f.read_text()) for f in sorted(level.glob("result-*.json"))]
-    return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps)
-
-
-def run_fused_level(
-    n: int,
-    *,
-    data_file: Path,
-    workdir: Path,
-    backbone: str,
-    device: str,
-    batch_size: int,
-    lr: float,
-    peak_flops: float | None,
-    shape: Any,
-    fused_seeds: str = "same",
-) -> PackingRow:
-    """One worker training ``n`` trials fused into one model; its result has one entry per trial."""
-    level = workdir / f"level-{n}-fused"
-    level.mkdir(parents=True, exist_ok=True)
-    go, out = level / "go", level / "result.json"
-    go.touch()  # one process: nothing to release together
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "tuner.bench_packing", "worker", "--data", str(data_file),
-           "--backbone", backbone, "--device", device, "--batch-size", str(batch_size),
-           "--lr", str(lr), "--seed", "0", "--ready", str(level / "ready"), "--go", str(go),
-           "--out", str(out), "--fuse", str(n), "--fused-seeds", fused_seeds]  # fmt: skip
-    subprocess.run(cmd, env=env, check=False)
-    results = json.loads(out.read_text()) if out.exists() else []
-    return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=False, via="fused")
+    results: list[dict[str, Any]] = []
+    for f in sorted(level.glob("result-*.json")):
+        found = json.loads(f.read_text())
+        results.extend(found if isinstance(found, list) else [found])
+    return replace(
+        level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps,
+                  via="fused" if fuse else "processes"),
+        processes=workers,
+    )  # fmt: skip
 
 
 def fused_lrs(lr: float, n: int) -> list[float]:
@@ -214,8 +203,6 @@ def level_row(
 def with_speedups(rows: list[PackingRow]) -> list[PackingRow]:
     """Each row's aggregate over the aggregate of one trial with the same MPS setting, run the same
     way (fused rows: over one trial run alone as a process)."""
-    from dataclasses import replace
-
     out = []
     for r in rows:
         via = "processes" if r.via == "fused" else r.via
@@ -332,6 +319,9 @@ def fused_worker(args: argparse.Namespace) -> int:
     model = FusedLoRA(members).to(args.device)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
+    Path(args.ready).touch()
+    while not Path(args.go).exists():
+        time.sleep(POLL_S)
     start = time.time()
     results = fit_fused(model, data.train, data.dev, configs, task_kind=data.task_kind,
                         metric=data.metric, device=args.device)  # fmt: skip
