@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -147,13 +147,10 @@ class FusedLoRA(nn.Module):
         self.theta = nn.Parameter(torch.zeros(k, sum(s.size for s in slots), device=device))
         self.register_buffer("decay_mask", torch.cat([
             torch.full((s.size,), float(s.decay), device=device) for s in slots]))  # fmt: skip
+        self._names = names
         with torch.no_grad():
-            for row, member in enumerate(members):
-                for view, value in zip(
-                    self._views(row), _member_tensors(member, names), strict=True
-                ):
-                    view.zero_()
-                    view[tuple(slice(0, n) for n in value.shape)] = value
+            for part, value in self._pairs():
+                part.copy_(value)
 
     def forward(
         self,
@@ -188,13 +185,17 @@ class FusedLoRA(nn.Module):
 
     def write_back(self) -> None:
         """Copy each trial's trained row into its member (LoRA factors and head)."""
-        names = _lora_names(self.members[0])
         with torch.no_grad():
-            for row, member in enumerate(self.members):
-                for view, target in zip(
-                    self._views(row), _member_tensors(member, names), strict=True
-                ):
-                    target.copy_(view[tuple(slice(0, n) for n in target.shape)])
+            for part, value in self._pairs():
+                value.copy_(part)
+
+    def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(part of ``theta``, the member's tensor it holds) for every tensor of every trial,
+        both views: a smaller rank fills the corner of its zero-padded slot."""
+        for row, member in enumerate(self.members):
+            values = _member_tensors(member, self._names)
+            for view, value in zip(self._views(row), values, strict=True):
+                yield view[tuple(slice(0, n) for n in value.shape)], value
 
     def _views(self, row: int) -> list[torch.Tensor]:
         """Row ``row`` of ``theta`` cut into its slots, each in the slot's shape (views)."""
