@@ -282,4 +282,7 @@ def test_bad_input_exits_2_naming_the_value(tmp_path, capsys):
     fused = ["--suite", "packing", "--via", "fused", "--levels", "2,6", "--fused-per-process", "4"]
     assert run_cli(main, [*fused, "--out", str(tmp_path)]) == 2
     assert "--fused-per-process=4" in capsys.readouterr().err
+    plain = ["--suite", "packing", "--fused-seeds", "distinct", "--out", str(tmp_path)]
+    assert run_cli(main, plain) == 2
+    assert "apply to --via fused, not --via processes" in capsys.readouterr().err
     assert run_cli(main, ["--seeds", "x", "--out", str(tmp_path)]) == 2

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.errors import ConfigError
+from tuner.bench_packing import FUSED_SEEDS
 from tuner.cli import run_cli
 
 SUITES = ("trial", "packing", "search", "hpsearch")
@@ -97,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
                         "study runs them")  # fmt: skip
     p.add_argument(
         "--fused-seeds",
-        choices=("same", "distinct"),
+        choices=FUSED_SEEDS,
         default="same",
         help="packing --via fused: the trials share the seed (one data order, as in a "
         "search) or trial k has seed k (each pads to the longest batch of a step)",
@@ -225,6 +226,9 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     via = check_via(args.via)
     levels = _levels(args.levels)
     per = args.fused_per_process
+    if via != "fused" and (per or args.fused_seeds != "same"):
+        raise ConfigError(f"--fused-per-process and --fused-seeds apply to --via fused, "
+                          f"not --via {via}")  # fmt: skip
     if per < 0 or any(n > per and n % per for n in levels if per):
         raise ConfigError(f"--fused-per-process={per} must be >= 0 and divide every level "
                           f"above it: --levels {args.levels}")  # fmt: skip
