@@ -1,16 +1,15 @@
 """The packing benchmark: aggregate throughput of 1, 2, 4, ... trials sharing one GPU.
 
 ``via="processes"``: each trial is its own process, as a Ray Tune trial with a fractional
-``gpus_per_trial`` is: the
-data are tokenised once by the parent and handed to every worker as one file (Ray would use its
-object store), each worker builds its model, waits at a barrier, then trains. Aggregate
+``gpus_per_trial`` is: the data are tokenised once by the parent and handed to every worker as
+one file (Ray would use its object store), each worker builds its model, waits at a barrier,
+then trains. Aggregate
 throughput = all samples trained / (last trial's training end - first trial's start), so process
 start-up and model loading, which Ray overlaps with running trials, are not counted.
 
-``via="fused"``: the n trials are fused into one model in one worker process (or ``fuse`` at a
-time in ``n / fuse`` processes, under MPS where asked)
-(:mod:`trainables.fused`: one frozen backbone, per-trial LoRA and head), their learning rates
-spread over 0.5x-2x the trial's. Their seed is the trial's, as in a search where every trial
+``via="fused"``: the n trials are fused into one model in one worker process, or ``fuse`` at a
+time in ``n / fuse`` processes, under MPS where asked (:mod:`trainables.fused`: one frozen
+backbone, per-trial LoRA and head); their learning rates spread over 0.5x-2x the trial's. Their seed is the trial's, as in a search where every trial
 has the study's seed (one data order: the K batches of a step are equally long); with
 ``fused_seeds="distinct"`` trial k has seed k, its own data order, and a step pads all K
 batches to the longest of them. The speed-up of every level is over one trial run alone as a
@@ -147,10 +146,7 @@ def run_level(
     go.touch()
     for p in procs:
         p.wait()
-    results: list[dict[str, Any]] = []
-    for f in sorted(level.glob("result-*.json")):
-        found = json.loads(f.read_text())
-        results.extend(found if isinstance(found, list) else [found])
+    results = [t for f in sorted(level.glob("result-*.json")) for t in json.loads(f.read_text())]
     return replace(
         level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps,
                   via="fused" if fuse else "processes"),
@@ -262,75 +258,46 @@ def mps_daemon(folder: Path) -> Iterator[bool]:
 
 
 def worker(args: argparse.Namespace) -> int:
-    if args.fuse:
-        return fused_worker(args)
+    """One worker: one trial trained by ``fit``, or ``args.fuse`` trials fused into one model;
+    writes a JSON list, one entry per trial."""
     import torch
 
     from trainables.backbones import load_backbone
+    from trainables.fused import FusedLoRA, fit_fused
     from trainables.loop import fit
     from trainables.methods import build_model
     from trainables.recipe import split_config
 
     with open(args.data, "rb") as handle:
         data = pickle.load(handle)
-    config = trial_config(batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    method_config, train_config = split_config(config, num_labels=data.num_labels)
-    torch.manual_seed(args.seed)
-    model = build_model(
-        method_config, load_backbone(args.backbone),
-        total_steps=train_config.total_steps(len(data.train)),
-    ).to(args.device)  # fmt: skip
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    Path(args.ready).touch()
-    while not Path(args.go).exists():
-        time.sleep(POLL_S)
-    start = time.time()
-    result = fit(model, data.train, data.dev, train_config, task_kind=data.task_kind,
-                 metric=data.metric, device=args.device)  # fmt: skip
-    Path(args.out).write_text(json.dumps({
-        "start": start, "train_s": result.samples_seen / result.train_samples_per_s,
-        "samples": result.samples_seen, "tokens": result.tokens_seen,
-        "peak_mem_mib": result.peak_mem_mib, "dev_score": result.best_dev_score,
-        "status": result.status,
-    }))  # fmt: skip
-    return 0
-
-
-def fused_worker(args: argparse.Namespace) -> int:
-    """``args.fuse`` trials fused into one model; writes a JSON list, one entry per trial."""
-    import torch
-
-    from trainables.backbones import load_backbone
-    from trainables.fused import FusedLoRA, fit_fused
-    from trainables.methods import build_model
-    from trainables.recipe import split_config
-
-    with open(args.data, "rb") as handle:
-        data = pickle.load(handle)
     members, configs = [], []
-    for k, lr in enumerate(fused_lrs(args.lr, args.fuse)):
+    for k, lr in enumerate(fused_lrs(args.lr, args.fuse) if args.fuse else [args.lr]):
         seed = args.seed + k if args.fused_seeds == "distinct" else args.seed
         config = trial_config(batch_size=args.batch_size, lr=lr, seed=seed)
         method_config, train_config = split_config(config, num_labels=data.num_labels)
         torch.manual_seed(seed)
-        members.append(build_model(method_config, load_backbone(args.backbone)))
+        members.append(build_model(
+            method_config, load_backbone(args.backbone),
+            total_steps=train_config.total_steps(len(data.train)),
+        ))  # fmt: skip
         configs.append(train_config)
-    model = FusedLoRA(members).to(args.device)
+    model = (FusedLoRA(members) if args.fuse else members[0]).to(args.device)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     Path(args.ready).touch()
     while not Path(args.go).exists():
         time.sleep(POLL_S)
     start = time.time()
-    results = fit_fused(model, data.train, data.dev, configs, task_kind=data.task_kind,
-                        metric=data.metric, device=args.device)  # fmt: skip
+    common = {"task_kind": data.task_kind, "metric": data.metric, "device": args.device}
+    if args.fuse:
+        results = fit_fused(model, data.train, data.dev, configs, **common)
+    else:
+        results = [fit(model, data.train, data.dev, configs[0], **common)]
     Path(args.out).write_text(json.dumps([
         {"start": start, "train_s": r.samples_seen / r.train_samples_per_s,
          "samples": r.samples_seen, "tokens": r.tokens_seen, "padded_tokens": r.padded_tokens_seen,
-         "peak_mem_mib": r.peak_mem_mib,
-         "dev_score": r.best_dev_score, "status": r.status, "lr": c.lr, "seed": c.seed,
-         "cuda_graphs": r.cuda_graphs, "graphs_off": r.graphs_off}
+         "peak_mem_mib": r.peak_mem_mib, "dev_score": r.best_dev_score, "status": r.status,
+         "lr": c.lr, "seed": c.seed, "cuda_graphs": r.cuda_graphs, "graphs_off": r.graphs_off}
         for r, c in zip(results, configs, strict=True)
     ]))  # fmt: skip
     return 0
