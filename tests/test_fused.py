@@ -1,7 +1,7 @@
 """Fused LoRA trials (trainables/fused.py): K trials trained as one model get what each gets alone.
 
-The trials differ in rank, alpha, placement-preserving per-trial knobs (lr, weight decay, clipping,
-seed); dropout is off so that the only difference left is float rounding. The reference is the
+The trials differ in rank, alpha and the knobs each may set (lr, weight decay, clipping, seed);
+dropout is off so that the only difference left is float rounding. The reference is the
 product's own loop (``trainables.loop.fit``) on each trial alone.
 """
 
@@ -95,6 +95,7 @@ def test_fused_trials_train_as_each_alone(train):
 
 
 def test_fused_regression_matches_alone():
+    # 200 rows in batches of 16 end on a short batch at another step for each seed: NaN dummy rows
     train, dev = synthetic(200, seed=4, regression=True), synthetic(64, seed=5, regression=True)
     models = [member(4, 8, seed=1, num_labels=1), member(2, 4, seed=2, num_labels=1)]
     configs = [BASE.replace(batch_size=16), BASE.replace(batch_size=16, seed=3, lr=1e-3)]
@@ -112,13 +113,16 @@ def test_fused_regression_matches_alone():
 def test_padding_rows_and_columns_stay_zero():
     models = [member(2, 4, seed=1), member(8, 16, seed=2)]
     fused = no_dropout(FusedLoRA(models))
-    width = fused.theta.shape[1]
     fit_fused(fused, TRAIN, DEV, [BASE, BASE], task_kind="classification", metric="accuracy",
               device="cpu")  # fmt: skip
-    # trial 0 has rank 2 where the slots hold rank 8: its row has zeros exactly where the padding is
-    row = fused.theta.detach()[0]
-    assert int((row == 0).sum()) >= width - models[0].trainable_params()
-    assert fused.theta.detach()[0].count_nonzero() <= models[0].trainable_params()
+    # trial 0 has rank 2 in slots of rank 8: its A columns and B rows past 2 are padding
+    views = fused._views(0)
+    lora = views[:-2]
+    for a, b in zip(lora[::2], lora[1::2], strict=True):
+        assert a.shape[1] == b.shape[0] == 8
+        assert not a[:, 2:].any() and not b[2:, :].any()
+        assert a[:, :2].all() and b[:2, :].any()  # trained where it is real
+    assert sum(int(v.count_nonzero()) for v in views) <= models[0].trainable_params()
 
 
 def test_row_adamw_is_adamw_per_row():
