@@ -49,13 +49,12 @@ from trainables.inference import (
     SDPA_BACKENDS,
     autocast,
     predict,
+    score,
     synchronize,
-    task_loss,
     uses_bf16,
 )
 from trainables.loop import MIB, FitResult, _lr_factor, _Plan
-from trainables.metrics import compute
-from trainables.model import MASK_3D, PeftClassifier
+from trainables.model import PeftClassifier, encoder_mask, masked_mean
 from trainables.train_config import TrainConfig
 
 FUSABLE_METHODS = ("lora",)
@@ -164,12 +163,10 @@ class FusedLoRA(nn.Module):
             module.factors = (views[2 * i], views[2 * i + 1])
         out = self.bert(
             input_ids=input_ids,
-            attention_mask=attention_mask[:, None, :] if MASK_3D else attention_mask,
+            attention_mask=encoder_mask(attention_mask),
             token_type_ids=token_type_ids,
         )
-        hidden = out.last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        pooled = masked_mean(out.last_hidden_state, attention_mask)
         pooled = self.dropout(pooled).view(self.trials, -1, pooled.shape[-1])
         return torch.baddbmm(views[-1], pooled, views[-2])
 
@@ -301,13 +298,9 @@ def evaluate_fused(
     model's; every dev batch runs once for all K trials."""
     logits = predict(_EveryTrial(model), data, batch_size=batch_size, device=device,
                      precision=precision)  # fmt: skip
-    dtype = torch.float32 if task_kind == "regression" else torch.int64
-    labels = torch.as_tensor(data.labels, dtype=dtype)
-    out = []
-    for k in range(model.trials):
-        loss = task_loss(torch.from_numpy(logits[:, k]), labels, task_kind).item()
-        out.append((loss, compute(metric, logits[:, k], data.labels)))
-    return out
+    return [
+        score(logits[:, k], data, task_kind=task_kind, metric=metric) for k in range(model.trials)
+    ]
 
 
 class _EveryTrial(nn.Module):

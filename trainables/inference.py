@@ -45,6 +45,13 @@ def evaluate(
     if task_kind not in TASK_KINDS:
         raise one_of("task_kind", task_kind, TASK_KINDS)
     logits = predict(model, data, batch_size=batch_size, device=device, precision=precision)
+    return score(logits, data, task_kind=task_kind, metric=metric)
+
+
+def score(
+    logits: np.ndarray, data: Encoded, *, task_kind: str, metric: str
+) -> tuple[float, dict[str, float]]:
+    """Mean loss and ``metrics.compute(metric, ...)`` of ``logits`` against ``data``'s labels."""
     dtype = torch.float32 if task_kind == "regression" else torch.int64
     labels = torch.as_tensor(data.labels, dtype=dtype)
     loss = task_loss(torch.from_numpy(logits), labels, task_kind).item()
@@ -149,5 +156,6 @@ def synchronize(device: torch.device) -> None:
 
 __all__ = [
     "LATENCY_WARMUP", "SDPA_BACKENDS", "TASK_KINDS", "autocast", "evaluate", "inference",
-    "measure_latency", "model_device", "predict", "synchronize", "task_loss", "uses_bf16",
+    "measure_latency", "model_device", "predict", "score", "synchronize", "task_loss",
+    "uses_bf16",
 ]  # fmt: skip

@@ -31,6 +31,17 @@ CONFIG_KEY = "method_config"  # safetensors metadata key holding the MethodConfi
 MASK_3D = int(transformers.__version__.split(".")[0]) < 5
 
 
+def encoder_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mask to hand a BertModel: ``[B, 1, T]`` under transformers 4 (see :data:`MASK_3D`)."""
+    return attention_mask[:, None, :] if MASK_3D else attention_mask
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden [B, T, d]`` over each row's real tokens -> ``[B, d]`` (the mean head)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 @dataclass(frozen=True)
 class MethodHooks:
     """Method-specific behaviour a builder hands to :class:`PeftClassifier` (all optional)."""
@@ -94,15 +105,13 @@ class PeftClassifier(nn.Module):
         with torch.device(input_ids.device) if on_device else contextlib.nullcontext():
             out = self.encoder(
                 input_ids=input_ids,
-                attention_mask=attention_mask[:, None, :] if MASK_3D else attention_mask,
+                attention_mask=encoder_mask(attention_mask),
                 token_type_ids=token_type_ids,
             )
         if self.config.head == "cls":
             pooled = out.pooler_output
         else:
-            hidden = out.last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            pooled = masked_mean(out.last_hidden_state, attention_mask)
         return self.classifier(self.dropout(pooled))
 
     # --- accounting ------------------------------------------------------------------------------
@@ -234,4 +243,4 @@ class PeftClassifier(nn.Module):
                 params[name].copy_(tensors[name])
 
 
-__all__ = ["MethodHooks", "PeftClassifier"]
+__all__ = ["MethodHooks", "PeftClassifier", "encoder_mask", "masked_mean"]

@@ -21,6 +21,7 @@ from trainables.batching import collate, eval_plan
 from trainables.data.loading import load_frames, resolve_task
 from trainables.data.splits import few_shot, task_splits
 from trainables.data.tokenize import default_cache_dir, encode
+from trainables.model import masked_mean
 
 SAMPLES = 128  # examples per task: enough to rank a handful of sources (CPU: ~3 s on MiniLM)
 MAX_LENGTH = 64
@@ -78,9 +79,7 @@ def _embed(
                 attention_mask=batch.attention_mask,
                 token_type_ids=batch.token_type_ids,
             ).last_hidden_state
-            mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            total += pooled.sum(0).double()
+            total += masked_mean(hidden, batch.attention_mask).sum(0).double()
     return (total / len(data)).numpy()
 
 
