@@ -1,8 +1,8 @@
 """Fused LoRA trials: K LoRA trials of one backbone trained as one model, in one process.
 
-Why: a graphed step of the embedded MiniLM at batch 32 costs ~3 ms of GPU time whatever its batch
-(hundreds of kernels, each too small to fill the GPU), so K trials run as K processes share the
-GPU badly (8 under MPS: 3.15x one, docs/BENCHMARKS.md). Fused, the frozen backbone runs once over
+Why: a graphed step of the embedded MiniLM at batch 32 costs ~2.5 ms of GPU time, most of it the
+latency of ~700 kernels each too small to fill the GPU, so K trials run as K processes share the
+GPU badly (8 under MPS: 3.15x one, docs/BENCHMARKS.md; 8 fused: 4.2-4.7x). Fused, the frozen backbone runs once over
 the K trials' batches stacked (its matmuls K times taller, its kernel count unchanged); only the
 LoRA factors and the heads belong to one trial, and they run as batched matmuls. This is HFTA's
 horizontal fusion (Wang et al., MLSys 2021) made exact by LoRA's frozen backbone.
@@ -22,8 +22,8 @@ What differs from K separate runs: float rounding and dropout draws (one generat
 
 What fuses: plain LoRA (``method="lora"``, mean-pooling head) trials of one backbone and task,
 with the same adapted linears (ranks and alpha may differ) and the same :data:`SHARED_FIELDS` of
-the training config; ``lr``, ``weight_decay``, ``grad_clip`` and ``seed`` may differ. Early
-stopping and checkpoints are per run, not per trial: a fused run trains every trial to the end.
+the training config; ``lr``, ``weight_decay``, ``grad_clip`` and ``seed`` may differ. A fused
+run trains every trial to the end (no early stop per trial) and does not checkpoint.
 """
 
 from __future__ import annotations
