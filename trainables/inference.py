@@ -53,7 +53,7 @@ def score(
 ) -> tuple[float, dict[str, float]]:
     """Mean loss and ``metrics.compute(metric, ...)`` of ``logits`` against ``data``'s labels."""
     dtype = torch.float32 if task_kind == "regression" else torch.int64
-    labels = torch.as_tensor(data.labels, dtype=dtype)
+    labels = torch.tensor(data.labels, dtype=dtype)  # a copy: cached splits are read-only
     loss = task_loss(torch.from_numpy(logits), labels, task_kind).item()
     return loss, compute(metric, logits, data.labels)
 

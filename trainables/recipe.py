@@ -196,6 +196,38 @@ def subsample(data: PreparedData, k: int | None, *, seed: int) -> PreparedData:
     return dataclasses.replace(data, train=data.train.select(np.sort(keep)))
 
 
+def run_fused(
+    configs: list[dict[str, Any]], data: PreparedData, *, device: str | None = None
+) -> list[dict[str, Any]]:
+    """Train LoRA ``configs`` as one fused model (:mod:`trainables.fused`); each trial's final
+    metrics, as :func:`run_trial` reports them at its last evaluation. The training subset
+    (``train_samples``) is drawn with the first trial's seed, the data every fused trial shares."""
+    from trainables.fused import FusedLoRA, fit_fused
+
+    splits = [split_config(c, num_labels=data.num_labels) for c in configs]
+    first = splits[0][1]
+    data = subsample(data, configs[0].get("train_samples"), seed=first.seed)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    members = []
+    for config, (method_config, train_config) in zip(configs, splits, strict=True):
+        torch.manual_seed(train_config.seed)  # each trial's initialisation, as run_trial draws it
+        backbone = load_backbone(config.get("backbone", "minilm-l6"))
+        members.append(build_model(method_config, backbone).to(device))
+    results = fit_fused(
+        FusedLoRA(members), data.train, data.dev, [t for _, t in splits],
+        task_kind=data.task_kind, metric=data.metric, device=device,
+    )  # fmt: skip
+    out = []
+    for model, result, (_, train_config) in zip(members, results, splits, strict=True):
+        out.append({
+            "trainable_params": model.trainable_params(), "added_params": model.added_params(),
+            "dev_score": result.dev_metrics["score"], "best_dev_score": result.best_dev_score,
+            "train_samples_per_s": result.train_samples_per_s, "wall_s": result.wall_s,
+            "status": result.status, **final_metrics(model, data, train_config, device),
+        })  # fmt: skip
+    return out
+
+
 def final_metrics(
     model: Any, data: PreparedData, config: TrainConfig, device: str
 ) -> dict[str, float]:

@@ -3,10 +3,12 @@
     python -m tuner.train --task glue/sst2 --method lora --set rank=8 --train-samples 2000
     python -m tuner.train --task tweet_eval/sentiment --method lora_fusion \\
         --set sources=glue/sst2,imdb --set fusion_layers=5 --json
+    python -m tuner.train --task glue/sst2 --method lora --fuse lr=5e-4,1e-3,2e-3   # one model
 
 The way to debug one configuration: the same recipe as a Ray trial (data, method, loop,
 evaluation), its evaluations printed as they happen. Fusion methods train (or reuse) their
-source adapters first, from the same store as the studies.
+source adapters first, from the same store as the studies. ``--fuse KEY=V1,V2,...`` trains one
+LoRA configuration per value as one fused model (trainables/fused.py): a sweep in one process.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-samples", type=int, help="stratified subset of the train split")
     p.add_argument("--epochs", type=float, help="training epochs")
     p.add_argument("--data-dir", help="local data mirror (default $PEFT_TUNE_DATA_DIR)")
+    p.add_argument("--fuse", metavar="KEY=V1,V2,...",
+                   help="LoRA: one trial per value of KEY (e.g. lr, rank, seed), all trained as "
+                        "one fused model; prints a line per trial")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     return p
 
@@ -54,9 +59,21 @@ def trial_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
+def fused_configs(config: dict[str, Any], fuse: str) -> list[dict[str, Any]]:
+    """``config`` once per value of ``--fuse KEY=V1,V2,...``."""
+    key, sep, values = fuse.partition("=")
+    choices = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or len(choices) < 2:
+        raise ConfigError(f"--fuse {fuse!r} must be KEY=V1,V2,... with two values or more")
+    if config.get("method") != "lora":
+        raise ConfigError(f"--fuse trains method='lora' only, not method={config.get('method')!r}")
+    return [{**config, key.strip(): value} for value in choices]
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     config = trial_config(args)
+    configs = fused_configs(config, args.fuse) if args.fuse else [config]
     from trainables.backbones import load_backbone
     from trainables.recipe import run_trial, split_config
     from trainables.train_config import TrainConfig
@@ -68,7 +85,8 @@ def main(argv: list[str]) -> int:
     backbone = load_backbone(args.backbone, meta=True)
     data = prepare(args.task, tokenizer=backbone.tokenizer, max_length=train.max_length,
                    train_samples=args.train_samples, data_dir=args.data_dir, seed=train.seed)  # fmt: skip
-    method_config, _ = split_config(config, num_labels=data.num_labels)  # bad keys fail here
+    for each in configs:
+        method_config, _ = split_config(each, num_labels=data.num_labels)  # bad keys fail here
     if method_config.method in FUSION_METHODS:
         data = _with_sources(args, method_config, data, max_length=train.max_length)
     log(f"{args.task}: train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,}")
@@ -78,11 +96,20 @@ def main(argv: list[str]) -> int:
         log(f"evaluation {metrics.get('evaluation', '-')}: {shown}")
 
     started = time.perf_counter()
-    final = run_trial(config, data, report=report)
-    final["wall_s"] = time.perf_counter() - started
+    if args.fuse:
+        from trainables.recipe import run_fused
+
+        finals = run_fused(configs, data)
+        key = args.fuse.partition("=")[0].strip()
+        for each, final in zip(configs, finals, strict=True):
+            shown = "  ".join(f"{k}={_fmt(final[k])}" for k in SHOWN if k in final)
+            log(f"{key}={each[key]}: {shown}")
+    else:
+        finals = [run_trial(config, data, report=report)]
+        finals[0]["wall_s"] = time.perf_counter() - started
     if args.json:
-        print(json.dumps(final, indent=2, sort_keys=True, default=str))
-    return 0 if final.get("status") == "completed" else 1
+        print(json.dumps(finals if args.fuse else finals[0], indent=2, sort_keys=True, default=str))
+    return 0 if all(f.get("status") == "completed" for f in finals) else 1
 
 
 def _with_sources(

@@ -1,0 +1,70 @@
+"""``python -m tuner.train``: one configuration in-process, and ``--fuse`` sweeps trained as one
+fused model; bad input exits 2 naming the value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tuner.cli import run_cli
+from tuner.train import main
+
+WORDS = ["good", "bad", "fine", "awful", "great", "poor"]
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_task")
+    rows = [{"text": f"{WORDS[i % 6]} film number {i}", "label": int(i % 6 in (0, 2, 4))}
+            for i in range(200)]  # fmt: skip
+    pd.DataFrame(rows[:160]).to_csv(folder / "train.csv", index=False)
+    pd.DataFrame(rows[160:]).to_csv(folder / "validation.csv", index=False)
+    return folder
+
+
+def _argv(task: Path, *extra: str) -> list[str]:
+    return ["--task", str(task), "--method", "lora", "--backbone", "tiny-bert", "--epochs", "2",
+            "--set", "evals=2", "--set", "max_length=16", "--json", *extra]  # fmt: skip
+
+
+def test_one_configuration_prints_its_final_metrics(tiny_task, capsys):
+    assert main(_argv(tiny_task)) == 0
+    final = json.loads(capsys.readouterr().out)
+    assert final["status"] == "completed" and 0 <= final["test_score"] <= 1
+
+
+def test_fuse_trains_one_trial_per_value_as_one_model(tiny_task, capsys):
+    assert main(_argv(tiny_task, "--fuse", "lr=1e-3,3e-3,1e-2")) == 0
+    captured = capsys.readouterr()
+    finals = json.loads(captured.out)
+    assert [f["status"] for f in finals] == ["completed"] * 3
+    assert len({f["trainable_params"] for f in finals}) == 1  # the same LoRA, three rates
+    for final in finals:
+        assert 0 <= final["dev_score"] <= 1 and 0 <= final["test_score"] <= 1
+        assert final["latency_ms"] > 0 and final["train_samples_per_s"] > 0
+    assert "lr=3e-3: " in captured.err  # a line per trial
+    ranks = json.loads(_run(tiny_task, capsys, "--fuse", "rank=2,8"))
+    assert ranks[0]["trainable_params"] < ranks[1]["trainable_params"]
+
+
+def _run(task: Path, capsys, *extra: str) -> str:
+    assert main(_argv(task, *extra)) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--fuse", "lr=1e-3"], "two values or more"),
+        (["--fuse", "lr"], "KEY=V1,V2"),
+        (["--method", "bitfit", "--fuse", "lr=1e-3,2e-3"], "method='bitfit'"),
+        (["--fuse", "batch_size=16,32"], "batch_size"),
+    ],
+)
+def test_bad_fuse_exits_2_naming_the_value(tiny_task, capsys, extra, named):
+    assert run_cli(main, _argv(tiny_task, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert named in err[-1]
