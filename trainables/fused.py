@@ -345,7 +345,7 @@ def fit_fused(
     ``dev`` ``evals`` times; write the trained weights back into the members. One
     :class:`FitResult` per trial; ``on_eval(step, [(dev_loss, dev_metrics)] * K)`` sees each
     evaluation. ``train_samples_per_s`` is each trial's own (the run's aggregate / K)."""
-    _check_configs(configs, model.trials)
+    check_configs(configs, model.trials)
     first = configs[0]
     plan = _Plan.of(first, len(train), task_kind=task_kind, metric=metric, device=device)
     if plan.cuda:
@@ -479,8 +479,10 @@ def _check_members(members: Sequence[PeftClassifier]) -> None:
             raise ConfigError(f"trial {k}: its backbone weights differ from trial 0's")
 
 
-def _check_configs(configs: Sequence[TrainConfig], trials: int) -> None:
-    if len(configs) != trials:
+def check_configs(configs: Sequence[TrainConfig], trials: int | None = None) -> None:
+    """Refuse training configs that cannot fuse (``trials``: how many the model holds), naming the
+    first field that differs; before any model is built, where the caller can."""
+    if trials is not None and len(configs) != trials:
         raise ConfigError(f"{len(configs)} training configs for {trials} fused trials")
     if configs[0].compile:
         raise ConfigError("compile=True cannot be fused (fused steps replay CUDA graphs instead)")
@@ -534,6 +536,7 @@ __all__ = [
     "FUSABLE_METHODS",
     "FusedLoRA",
     "RowAdamW",
+    "check_configs",
     "evaluate_fused",
     "fit_fused",
     "fused_batches",

@@ -202,9 +202,10 @@ def run_fused(
     """Train LoRA ``configs`` as one fused model (:mod:`trainables.fused`); each trial's final
     metrics, as :func:`run_trial` reports them at its last evaluation. The training subset
     (``train_samples``) is drawn with the first trial's seed, the data every fused trial shares."""
-    from trainables.fused import FusedLoRA, fit_fused
+    from trainables.fused import FusedLoRA, check_configs, fit_fused
 
     splits = [split_config(c, num_labels=data.num_labels) for c in configs]
+    check_configs([t for _, t in splits])  # before building any model
     first = splits[0][1]
     data = subsample(data, configs[0].get("train_samples"), seed=first.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

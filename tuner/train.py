@@ -79,9 +79,15 @@ def main(argv: list[str]) -> int:
     from trainables.train_config import TrainConfig
     from tuner.prepare import prepare
 
-    train = TrainConfig.from_dict(
-        {k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}
-    )
+    trains = [
+        TrainConfig.from_dict({k: v for k, v in c.items() if k in TrainConfig.__dataclass_fields__})
+        for c in configs
+    ]
+    if args.fuse:
+        from trainables.fused import check_configs
+
+        check_configs(trains)  # before any data or model
+    train = trains[0]
     backbone = load_backbone(args.backbone, meta=True)
     data = prepare(args.task, tokenizer=backbone.tokenizer, max_length=train.max_length,
                    train_samples=args.train_samples, data_dir=args.data_dir, seed=train.seed)  # fmt: skip
@@ -102,6 +108,7 @@ def main(argv: list[str]) -> int:
         finals = run_fused(configs, data)
         key = args.fuse.partition("=")[0].strip()
         for each, final in zip(configs, finals, strict=True):
+            final["wall_s"] = time.perf_counter() - started  # the whole sweep
             shown = "  ".join(f"{k}={_fmt(final[k])}" for k in SHOWN if k in final)
             log(f"{key}={each[key]}: {shown}")
     else:
