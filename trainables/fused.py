@@ -53,7 +53,7 @@ from trainables.inference import (
     synchronize,
     uses_bf16,
 )
-from trainables.loop import MIB, FitResult, _lr_factor, _Plan
+from trainables.loop import MIB, FitResult, _graphable, _lr_factor, _Plan
 from trainables.model import PeftClassifier, encoder_mask, masked_mean
 from trainables.train_config import TrainConfig
 
@@ -362,7 +362,7 @@ def fit_fused(
     max_norm = torch.tensor([c.grad_clip for c in configs], device=plan.device)
     factor = _lr_factor(first.warmup_steps(plan.total_steps), plan.total_steps)
     torch.manual_seed(first.seed)  # dropout masks: one generator for the fused model
-    graphed = plan.cuda and first.cuda_graphs
+    graphed = _graphable(model, first, plan)
 
     def body(batch: Batch) -> torch.Tensor:
         with autocast(first.precision, plan.device, cache=not graphed):
@@ -444,10 +444,7 @@ def _record(
 ) -> None:
     score = metrics["score"]
     trial.dev_metrics = metrics
-    better = trial.best is None or (
-        score > trial.best if plan.metric.mode == "max" else score < trial.best
-    )
-    if better:
+    if plan.improves(trial.best, score):
         trial.best, trial.best_step, trial.time_to_best_s = score, step, wall_s
 
 

@@ -151,6 +151,10 @@ class _Plan:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    def improves(self, best: float | None, score: float) -> bool:
+        """Whether ``score`` beats ``best`` (None: nothing yet) in the metric's direction."""
+        return best is None or (score > best if self.metric.mode == "max" else score < best)
+
 
 def fit(
     model: nn.Module,
@@ -308,8 +312,7 @@ def _evaluate(
     progress.dev_metrics = metrics
     progress.wall_s = wall_s
     _record_peak_memory(progress, plan.device)
-    best = progress.best_score
-    if best is None or (score > best if plan.metric.mode == "max" else score < best):
+    if plan.improves(progress.best_score, score):
         progress.best_score, progress.best_step, progress.time_to_best_s = score, step, wall_s
     return EvalReport(
         step=step,
