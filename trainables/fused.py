@@ -73,24 +73,21 @@ CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
 class _FusedLoRALinear(nn.Module):
     """A frozen linear plus K LoRA updates, one per trial, on the K trials' rows (trial-major)."""
 
-    scale: torch.Tensor
-
-    def __init__(self, base: nn.Linear, scale: torch.Tensor) -> None:
+    def __init__(self, base: nn.Linear) -> None:
         super().__init__()
         self.base = base
-        self.register_buffer("scale", scale)  # [K]: each trial's alpha / rank
-        # this forward's factors, views of FusedLoRA.theta set by FusedLoRA.forward:
-        # A [K, in, r], B [K, r, out]
+        # this forward's factors, set by FusedLoRA.forward from its theta: A [K, in, r] and
+        # B [K, r, out], B already scaled by each trial's alpha / rank
         self.factors: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.factors is None:
             raise RuntimeError("a fused LoRA linear runs inside FusedLoRA.forward only")
         a, b = self.factors
+        k = len(a)
         out = self.base(x)
-        rows = x.reshape(len(self.scale), -1, x.shape[-1])  # [K, B*T, in]
-        delta = torch.bmm(torch.bmm(rows, a), b)
-        return out + (delta * self.scale.to(delta.dtype)[:, None, None]).view_as(out)
+        rows = x.reshape(k, -1, x.shape[-1])  # [K, B*T, in]
+        return torch.baddbmm(out.view(k, -1, out.shape[-1]), torch.bmm(rows, a), b).view_as(out)
 
 
 @dataclass(frozen=True)
@@ -112,6 +109,7 @@ class FusedLoRA(nn.Module):
     """
 
     decay_mask: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, members: Sequence[PeftClassifier]) -> None:
         super().__init__()
@@ -124,13 +122,16 @@ class FusedLoRA(nn.Module):
         self.dropout = nn.Dropout(self.bert.config.hidden_dropout_prob)
         names = _lora_names(first)
         slots: list[_Slot] = []
+        scales: list[torch.Tensor] = []  # per LoRA factor [K, size]: what multiplies it
         self._lora: list[_FusedLoRALinear] = []
         for name in names:
             layers = [_bert_of(m).get_submodule(name) for m in members]
             base = self.bert.get_submodule(name).base_layer
             rank = max(_rank(layer) for layer in layers)
             scale = torch.tensor([float(layer.scaling["default"]) for layer in layers])
-            fused = _FusedLoRALinear(base, scale.to(base.weight.device))
+            scales += [torch.ones(k, base.in_features * rank),  # A: unscaled
+                       scale[:, None].expand(k, rank * base.out_features)]  # fmt: skip
+            fused = _FusedLoRALinear(base)
             parent, _, child = name.rpartition(".")
             setattr(self.bert.get_submodule(parent), child, fused)
             self._lora.append(fused)
@@ -146,6 +147,8 @@ class FusedLoRA(nn.Module):
         self.theta = nn.Parameter(torch.zeros(k, sum(s.size for s in slots), device=device))
         self.register_buffer("decay_mask", torch.cat([
             torch.full((s.size,), float(s.decay), device=device) for s in slots]))  # fmt: skip
+        # [K, the LoRA part of P]: each trial's alpha / rank over its B factors, 1 over its A's
+        self.register_buffer("scale", torch.cat(scales, dim=1).to(device))
         self._names = names
         with torch.no_grad():
             for part, value in self._pairs():
@@ -157,7 +160,12 @@ class FusedLoRA(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        chunks = self.theta.split([s.size for s in self._slots], dim=1)
+        lora = self.theta[:, : self.scale.shape[1]] * self.scale  # one kernel, not one a linear
+        if not torch.is_autocast_enabled(input_ids.device.type):
+            lora = lora.to(self.backbone_dtype)  # a bf16 backbone runs without autocast
+        sizes = [s.size for s in self._slots]
+        chunks = [*lora.split(sizes[:-2], dim=1),
+                  *self.theta[:, lora.shape[1]:].split(sizes[-2:], dim=1)]  # fmt: skip
         views = [c.view(self.trials, *s.shape) for c, s in zip(chunks, self._slots, strict=True)]
         for i, module in enumerate(self._lora):
             module.factors = (views[2 * i], views[2 * i + 1])
@@ -166,7 +174,7 @@ class FusedLoRA(nn.Module):
             attention_mask=encoder_mask(attention_mask),
             token_type_ids=token_type_ids,
         )
-        pooled = masked_mean(out.last_hidden_state, attention_mask)
+        pooled = masked_mean(out.last_hidden_state, attention_mask).float()
         pooled = self.dropout(pooled).view(self.trials, -1, pooled.shape[-1])
         return torch.baddbmm(views[-1], pooled, views[-2])
 
@@ -179,6 +187,15 @@ class FusedLoRA(nn.Module):
                 p.requires_grad for p in module.parameters()
             ):
                 module.to(dtype)
+
+    def backbone_to(self, dtype: torch.dtype) -> None:
+        """Store the whole frozen backbone in ``dtype`` (embeddings and layer norms too), to run
+        it without autocast: activations in ``dtype`` end to end."""
+        self.bert.to(dtype)
+
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        return self.bert.embeddings.word_embeddings.weight.dtype
 
     def write_back(self) -> None:
         """Copy each trial's trained row into its member (LoRA factors and head)."""
@@ -297,7 +314,7 @@ def evaluate_fused(
     """Each trial's ``(mean loss, metrics)`` on ``data``, as ``inference.evaluate`` gives one
     model's; every dev batch runs once for all K trials."""
     logits = predict(_EveryTrial(model), data, batch_size=batch_size, device=device,
-                     precision=precision)  # fmt: skip
+                     precision=_autocast_precision(model, precision))  # fmt: skip
     return [
         score(logits[:, k], data, task_kind=task_kind, metric=metric) for k in range(model.trials)
     ]
@@ -353,7 +370,7 @@ def fit_fused(
         torch.cuda.reset_peak_memory_stats(plan.device)
     model.to(plan.device)
     if uses_bf16(first.precision, plan.device):
-        model.frozen_linears_to(torch.bfloat16)
+        model.backbone_to(torch.bfloat16)
     theta = model.theta
     base_lr = torch.tensor([c.lr for c in configs], device=plan.device)
     lr = base_lr.clone()
@@ -365,7 +382,8 @@ def fit_fused(
     graphed = _graphable(model, first, plan)
 
     def body(batch: Batch) -> torch.Tensor:
-        with autocast(first.precision, plan.device, cache=not graphed):
+        with autocast(_autocast_precision(model, first.precision), plan.device,
+                      cache=not graphed):  # fmt: skip
             logits = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
         losses = fused_losses(logits, batch.labels, task_kind)
         losses.sum().backward()
@@ -446,6 +464,12 @@ def _record(
     trial.dev_metrics = metrics
     if plan.improves(trial.best, score):
         trial.best, trial.best_step, trial.time_to_best_s = score, step, wall_s
+
+
+def _autocast_precision(model: FusedLoRA, precision: str) -> str:
+    """``precision`` for the autocast around ``model``: none ("fp32") once its backbone is bf16,
+    which then runs in bf16 end to end."""
+    return precision if model.backbone_dtype == torch.float32 else "fp32"
 
 
 def _check_members(members: Sequence[PeftClassifier]) -> None:
