@@ -156,7 +156,7 @@ def test_losses_skip_dummy_rows():
 
 def test_fused_batches_keep_each_trials_order_and_count_real_rows():
     configs = [BASE, BASE.replace(seed=7)]
-    batches = fused_batches(TRAIN_ODD, configs, epoch=0)
+    batches = list(fused_batches(TRAIN_ODD, configs, epoch=0))
     assert len(batches) == 13  # 12 full batches and a short one of 6 per trial
     seen = [0, 0]
     for batch, counts in batches:
@@ -186,19 +186,31 @@ def test_refuses_what_cannot_be_fused():
                   device="cpu")  # fmt: skip
 
 
-def test_bf16_frozen_linears_change_nothing_under_bf16_autocast():
+def test_a_bf16_backbone_runs_without_autocast_and_trains_fp32_rows():
     fused = no_dropout(FusedLoRA([member(4, 8, seed=1), member(8, 16, seed=2)]))
     with torch.no_grad():
-        fused.theta.normal_()  # non-zero LoRA factors, so that every path counts
-    batch, _ = fused_batches(TRAIN, [BASE, BASE], epoch=0)[0]
+        fused.theta.normal_(std=0.1)  # non-zero LoRA factors, so that every path counts
+    batch, _ = next(fused_batches(TRAIN, [BASE, BASE], epoch=0))
     inputs = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        before = fused(*inputs)
-        fused.frozen_linears_to(torch.bfloat16)
-        after = fused(*inputs)
-    assert fused.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.bfloat16
-    assert fused.bert.embeddings.word_embeddings.weight.dtype == torch.float32  # not a linear
-    assert torch.equal(before, after)
+    reference = fused(*inputs)
+    fused.backbone_to(torch.bfloat16)
+    assert fused.backbone_dtype == torch.bfloat16
+    assert fused.bert.embeddings.LayerNorm.weight.dtype == torch.bfloat16  # all of it, not linears
+    assert fused.theta.dtype == torch.float32  # the trials' rows stay fp32 (AdamW's master copy)
+    logits = fused(*inputs)
+    assert logits.dtype == torch.float32  # the heads run in fp32
+    torch.testing.assert_close(logits, reference, atol=0.05, rtol=0.05)  # bf16 rounding only
+    fused.theta.grad = None
+    logits.sum().backward()
+    assert fused.theta.grad is not None and fused.theta.grad.dtype == torch.float32
+    assert bool(fused.theta.grad.abs().sum(dim=1).gt(0).all())  # every trial's row gets gradient
+    # fit_fused stores the backbone in bf16 where precision is bf16 and trains every trial
+    fused = no_dropout(FusedLoRA([member(4, 8, seed=1), member(8, 16, seed=2)]))
+    configs = [BASE.replace(precision="bf16"), BASE.replace(precision="bf16", lr=1e-3)]
+    results = fit_fused(fused, TRAIN, DEV, configs, task_kind="classification",
+                        metric="accuracy", device="cpu")  # fmt: skip
+    assert fused.backbone_dtype == torch.bfloat16
+    assert all(r.best_dev_score is not None and r.steps == 24 for r in results)
 
 
 def test_member_shapes_round_trip():

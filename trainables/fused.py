@@ -2,8 +2,8 @@
 
 Why: a graphed step of the embedded MiniLM at batch 32 costs ~2.5 ms of GPU time, most of it the
 latency of ~700 kernels each too small to fill the GPU, so K trials run as K processes share the
-GPU badly (8 under MPS: 3.15x one, docs/BENCHMARKS.md; 8 fused: 4.2-4.7x). Fused, the frozen backbone runs once over
-the K trials' batches stacked (its matmuls K times taller, its kernel count unchanged); only the
+GPU badly (8 under MPS: 3.15x one, docs/BENCHMARKS.md). Fused, the frozen backbone runs once
+over the K trials' batches stacked (its matmuls K times taller, its kernel count unchanged); only the
 LoRA factors and the heads belong to one trial, and they run as batched matmuls. This is HFTA's
 horizontal fusion (Wang et al., MLSys 2021) made exact by LoRA's frozen backbone.
 
@@ -18,7 +18,12 @@ Each trial gets the gradients and the updates it would get alone:
   batches (masked: the same result up to float rounding), and where one trial's batch is its
   epoch's short last one, dummy rows with an ignored label fill it up.
 
-What differs from K separate runs: float rounding and dropout draws (one generator for all).
+What differs from K separate runs: float rounding and dropout draws (one generator for all),
+and on GPUs (bf16 precision) the activations' precision: the fused model stores its frozen
+backbone in bf16 and runs it without autocast, so the residual stream, layer norms and
+element-wise kernels run in bf16 where a trial alone keeps them in fp32 around bf16 matmuls.
+Those kernels are most of the step's memory traffic; the trials' rows (``theta``), heads,
+losses and optimizer stay fp32.
 
 What fuses: plain LoRA (``method="lora"``, mean-pooling head) trials of one backbone and task,
 with the same adapted linears (ranks and alpha may differ) and the same :data:`SHARED_FIELDS` of
@@ -178,16 +183,6 @@ class FusedLoRA(nn.Module):
         pooled = self.dropout(pooled).view(self.trials, -1, pooled.shape[-1])
         return torch.baddbmm(views[-1], pooled, views[-2])
 
-    def frozen_linears_to(self, dtype: torch.dtype) -> None:
-        """Store the frozen linears in ``dtype``. Under autocast to ``dtype`` this changes no
-        number (autocast casts their fp32 weights to it at every call) and saves those casts.
-        The members keep their own fp32 backbones."""
-        for module in self.bert.modules():
-            if isinstance(module, nn.Linear) and not any(
-                p.requires_grad for p in module.parameters()
-            ):
-                module.to(dtype)
-
     def backbone_to(self, dtype: torch.dtype) -> None:
         """Store the whole frozen backbone in ``dtype`` (embeddings and layer norms too), to run
         it without autocast: activations in ``dtype`` end to end."""
@@ -274,18 +269,18 @@ def fused_losses(logits: torch.Tensor, labels: torch.Tensor, task_kind: str) -> 
 
 def fused_batches(
     data: Encoded, configs: Sequence[TrainConfig], *, epoch: int, pin_memory: bool = False
-) -> list[tuple[Batch, list[tuple[int, int, int]]]]:
-    """The fused batches of ``epoch``: step i stacks each trial's batch i of its own plan (its
-    seed), padded to the longest row of all; a trial whose batch is shorter than the step's
-    widest (its short last one) gets dummy rows. Each comes with ``(samples, real tokens, padded
-    tokens)`` per trial, its dummy rows not counted."""
+) -> Iterator[tuple[Batch, list[tuple[int, int, int]]]]:
+    """The fused batches of ``epoch``, made one at a time (while the GPU runs the step before):
+    step i stacks each trial's batch i of its own plan (its seed), padded to the longest row of
+    all; a trial whose batch is shorter than the step's widest (its short last one) gets dummy
+    rows. Each comes with ``(samples, real tokens, padded tokens)`` per trial, its dummy rows not
+    counted."""
     first = configs[0]
     plans = [
         epoch_plan(data.lengths, batch_size=first.batch_size, seed=c.seed, epoch=epoch,
                    length_grouping=first.length_grouping)
         for c in configs
     ]  # fmt: skip
-    out = []
     for parts in zip(*plans, strict=True):
         width = max(len(p) for p in parts)
         rows = np.concatenate([np.resize(p, width) for p in parts])
@@ -297,8 +292,7 @@ def fused_batches(
             )
         padded = batch.input_ids.shape[1]
         counts = [(len(p), int(data.lengths[p].sum()), len(p) * padded) for p in parts]
-        out.append((_pinned(batch) if pin_memory else batch, counts))
-    return out
+        yield _pinned(batch) if pin_memory else batch, counts
 
 
 def evaluate_fused(
