@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn.attention import sdpa_kernel
 
 from search_spaces.errors import ConfigError
+from trainables import packed
 from trainables.batching import Batch, collate, epoch_plan
 from trainables.data.encoded import Encoded
 from trainables.graphs import StepGraphs
@@ -59,7 +60,7 @@ from trainables.inference import (
     uses_bf16,
 )
 from trainables.loop import MIB, FitResult, _graphable, _lr_factor, _Plan
-from trainables.model import PeftClassifier, encoder_mask, masked_mean
+from trainables.model import MASK_3D, PeftClassifier, encoder_mask, masked_mean
 from trainables.train_config import TrainConfig
 
 FUSABLE_METHODS = ("lora",)
@@ -164,7 +165,11 @@ class FusedLoRA(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        *,
+        slots: int | None = None,
     ) -> torch.Tensor:
+        """Logits ``[K, B, num_labels]``; with ``slots``, of a packed batch (:mod:`.packed`,
+        ``attention_mask`` its segments): ``B = slots``, in its labels' order."""
         lora = self.theta[:, : self.scale.shape[1]] * self.scale  # one kernel, not one a linear
         if not torch.is_autocast_enabled(input_ids.device.type):
             lora = lora.to(self.backbone_dtype)  # a bf16 backbone runs without autocast
@@ -174,12 +179,16 @@ class FusedLoRA(nn.Module):
         views = [c.view(self.trials, *s.shape) for c, s in zip(chunks, self._slots, strict=True)]
         for i, module in enumerate(self._lora):
             module.factors = (views[2 * i], views[2 * i + 1])
-        out = self.bert(
-            input_ids=input_ids,
-            attention_mask=encoder_mask(attention_mask),
-            token_type_ids=token_type_ids,
-        )
-        pooled = masked_mean(out.last_hidden_state, attention_mask).float()
+        if slots is None:
+            out = self.bert(input_ids=input_ids, attention_mask=encoder_mask(attention_mask),
+                            token_type_ids=token_type_ids)  # fmt: skip
+            pooled = masked_mean(out.last_hidden_state, attention_mask).float()
+        else:
+            out = self.bert(input_ids=input_ids, attention_mask=packed.block_mask(attention_mask),
+                            token_type_ids=token_type_ids,
+                            position_ids=packed.positions(attention_mask))  # fmt: skip
+            pooled = packed.segment_mean(out.last_hidden_state, attention_mask,
+                                         trials=self.trials, slots=slots)  # fmt: skip
         pooled = self.dropout(pooled).view(self.trials, -1, pooled.shape[-1])
         return torch.baddbmm(views[-1], pooled, views[-2])
 
@@ -268,13 +277,19 @@ def fused_losses(logits: torch.Tensor, labels: torch.Tensor, task_kind: str) -> 
 
 
 def fused_batches(
-    data: Encoded, configs: Sequence[TrainConfig], *, epoch: int, pin_memory: bool = False
+    data: Encoded,
+    configs: Sequence[TrainConfig],
+    *,
+    epoch: int,
+    pack: bool = False,
+    pin_memory: bool = False,
 ) -> Iterator[tuple[Batch, list[tuple[int, int, int]]]]:
     """The fused batches of ``epoch``, made one at a time (while the GPU runs the step before):
-    step i stacks each trial's batch i of its own plan (its seed), padded to the longest row of
-    all; a trial whose batch is shorter than the step's widest (its short last one) gets dummy
-    rows. Each comes with ``(samples, real tokens, padded tokens)`` per trial, its dummy rows not
-    counted."""
+    step i holds each trial's batch i of its own plan (its seed). Padded: stacked and padded to
+    the longest row of all, a trial whose batch is shorter than the step's widest (its short
+    last one) filled with dummy rows. ``pack``: each trial's sentences packed into rows
+    (:func:`trainables.packed.pack`, ``batch_size`` label slots a trial). Each comes with
+    ``(samples, real tokens, padded tokens)`` per trial, dummy rows not counted."""
     first = configs[0]
     plans = [
         epoch_plan(data.lengths, batch_size=first.batch_size, seed=c.seed, epoch=epoch,
@@ -282,6 +297,11 @@ def fused_batches(
         for c in configs
     ]  # fmt: skip
     for parts in zip(*plans, strict=True):
+        if pack:
+            batch, counts = packed.pack(data, list(parts), slots=first.batch_size,
+                                        ignore=IGNORE_INDEX)  # fmt: skip
+            yield _pinned(batch) if pin_memory else batch, counts
+            continue
         width = max(len(p) for p in parts)
         rows = np.concatenate([np.resize(p, width) for p in parts])
         batch = collate(data, rows)
@@ -374,11 +394,13 @@ def fit_fused(
     factor = _lr_factor(first.warmup_steps(plan.total_steps), plan.total_steps)
     torch.manual_seed(first.seed)  # dropout masks: one generator for the fused model
     graphed = _graphable(model, first, plan)
+    pack = MASK_3D  # packed rows take a 3-d attention mask, which transformers 5 does not
 
     def body(batch: Batch) -> torch.Tensor:
         with autocast(_autocast_precision(model, first.precision), plan.device,
                       cache=not graphed):  # fmt: skip
-            logits = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            logits = model(batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                           slots=first.batch_size if pack else None)  # fmt: skip
         losses = fused_losses(logits, batch.labels, task_kind)
         losses.sum().backward()
         clip_rows_(theta.grad, max_norm)  # type: ignore[arg-type]
@@ -387,8 +409,8 @@ def fit_fused(
 
     graphs = None
     if graphed:
-        graphs = StepGraphs(body, optimizer, [theta], batch_size=model.trials * first.batch_size,
-                            device=plan.device)  # fmt: skip
+        graphs = StepGraphs(body, optimizer, [theta], device=plan.device,
+                            batch_size=None if pack else model.trials * first.batch_size)  # fmt: skip
     trials = [_Trial() for _ in configs]
     step = epoch = 0
     train_s = 0.0
@@ -396,7 +418,8 @@ def fit_fused(
     model.train()
     with sdpa_kernel(SDPA_BACKENDS):
         while step < plan.total_steps:
-            for batch, counts in fused_batches(train, configs, epoch=epoch, pin_memory=plan.cuda):
+            for batch, counts in fused_batches(train, configs, epoch=epoch, pack=pack,
+                                               pin_memory=plan.cuda):  # fmt: skip
                 torch.mul(base_lr, factor(step), out=lr)
                 if graphs is not None:
                     graphs.step(batch)

@@ -47,7 +47,8 @@ class _Graph:
 
 class StepGraphs:
     """Runs training steps of ``body`` (forward, backward, optimizer step on a device batch; returns
-    the detached task loss), from one CUDA graph per batch shape where it can."""
+    the detached task loss), from one CUDA graph per batch shape where it can: batches of
+    ``batch_size`` rows (None: of any size, where the caller keeps the shapes few)."""
 
     def __init__(
         self,
@@ -55,7 +56,7 @@ class StepGraphs:
         optimizer: torch.optim.Optimizer,
         params: list[nn.Parameter],
         *,
-        batch_size: int,
+        batch_size: int | None,
         device: torch.device,
     ) -> None:
         self._body = body
@@ -80,7 +81,8 @@ class StepGraphs:
         valid until the next step (consume it, e.g. add it to an accumulator, before calling again)."""
         key = _key(batch)
         graph = None if self.off_reason is not None else self._graphs.get(key)
-        if graph is None and self.off_reason is None and batch.size == self._batch_size:
+        full = self._batch_size is None or batch.size == self._batch_size
+        if graph is None and self.off_reason is None and full:
             graph = self._capture(batch, key)
         if graph is None:
             return self._eager(batch.to(self._device))

@@ -1,0 +1,144 @@
+"""Sequence packing for fused training steps: each trial's sentences packed into rows of
+:data:`WIDTH` tokens, attention kept within each sentence.
+
+Why: SST-2 sentences are ~13 tokens, padded to ~17. The memory-efficient attention kernel works
+in 64 x 64 tiles, so one sentence a row leaves most of each tile empty, and attention was half
+the cost each fused trial adds to a step (docs/BENCHMARKS.md). Packed, 3-4 sentences share one
+tile.
+
+A packed batch is a :class:`~trainables.batching.Batch` whose ``attention_mask`` holds each
+token's *segment*: 0 for padding, else the 1-based number of its sentence within its row.
+Rows are trial-major (trial k owns rows ``k*R .. (k+1)*R``); ``labels`` holds ``slots``
+entries a trial (``[K * slots]``), trial k's in the order its sentences appear scanning its rows
+(row by row, left to right), the unused ones :data:`~trainables.fused.IGNORE_INDEX` (NaN for
+regression). On the device, :func:`positions`, :func:`block_mask` and :func:`segment_mean` turn
+the segments into what the padded layout had: position ids that restart with every sentence,
+attention only between tokens of one sentence, and each sentence's mean hidden state. The
+result equals the padded layout's up to float rounding (tested against trials trained alone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainables.batching import PAD_ID, PAD_MULTIPLE, Batch
+from trainables.data.encoded import Encoded
+
+WIDTH = 64  # tokens a packed row holds: one tile of the memory-efficient attention kernel
+
+
+def rows_bucket(n: int) -> int:
+    """``n`` rows rounded up to a power of two or 3/4 of one (1, 2, 3, 4, 6, 8, 12, 16, ...):
+    few batch shapes (each a CUDA graph to capture), at most a third of the rows left empty."""
+    power = 1 << max(0, (n - 1).bit_length())
+    three_quarters = 3 * power // 4
+    return three_quarters if power >= 4 and three_quarters >= n else power
+
+
+def first_fit(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """First-fit decreasing bin packing: each sequence's ``(row, offset)`` in rows of ``width``
+    tokens, sequences laid left to right from offset 0. Every length must be <= ``width``."""
+    row = np.empty(len(lengths), dtype=np.int64)
+    offset = np.empty(len(lengths), dtype=np.int64)
+    fill = np.zeros(len(lengths), dtype=np.int64)  # tokens used per row; at most one row a sequence
+    rows = 0
+    for i in np.argsort(-lengths, kind="stable"):
+        fits = np.flatnonzero(fill[:rows] + lengths[i] <= width)
+        r = int(fits[0]) if len(fits) else rows
+        rows = max(rows, r + 1)
+        row[i], offset[i] = r, fill[r]
+        fill[r] += lengths[i]
+    return row, offset
+
+
+def width_for(longest: int) -> int:
+    """The packed row width for a step whose longest sequence has ``longest`` tokens."""
+    return max(WIDTH, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
+def pack(
+    data: Encoded, parts: list[np.ndarray], *, slots: int, ignore: int
+) -> tuple[Batch, list[tuple[int, int, int]]]:
+    """The packed batch of one fused step: trial k's rows ``parts[k]`` of ``data`` (at most
+    ``slots`` of them), with ``(samples, real tokens, packed tokens)`` per trial."""
+    lengths = [data.lengths[p].astype(np.int64) for p in parts]
+    width = width_for(max(int(x.max()) for x in lengths if len(x)))
+    layouts: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # trials of one seed pack alike
+    placed = [layouts.setdefault(x.tobytes(), first_fit(x, width)) for x in lengths]
+    rows = rows_bucket(max(int(r.max()) + 1 for r, _ in placed))
+    # every sequence of every trial: its data row, length, packed row (trial-major) and offset
+    source = np.concatenate(parts).astype(np.int64)
+    length = np.concatenate(lengths)
+    trial = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    row = np.concatenate([r for r, _ in placed]) + trial * rows
+    offset = np.concatenate([o for _, o in placed])
+    order = np.lexsort((offset, row))  # reading order: trial-major, row by row, left to right
+    first_of_row = np.r_[True, row[order][1:] != row[order][:-1]]
+    starts = np.flatnonzero(first_of_row)
+    segment = np.empty_like(order)
+    segment[order] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    # every token: where it comes from and where it goes
+    seq = np.repeat(np.arange(len(source)), length)
+    t = np.arange(len(seq)) - np.repeat(np.cumsum(length) - length, length)
+    src = data.offsets[source][seq] + t
+    dst = (row[seq], offset[seq] + t)
+    shape = (len(parts) * rows, width)
+    ids = np.full(shape, PAD_ID, dtype=np.int64)
+    ids[dst] = data.input_ids[src]
+    segments = np.zeros(shape, dtype=np.int64)
+    segments[dst] = segment[seq] + 1
+    types = None
+    if data.token_type_ids is not None:
+        types = np.zeros(shape, dtype=np.int64)
+        types[dst] = data.token_type_ids[src]
+    floating = data.labels.dtype.kind == "f"
+    labels = np.full((len(parts), slots), np.nan if floating else ignore,
+                     dtype=np.float32 if floating else np.int64)  # fmt: skip
+    rank = np.empty_like(order)  # each sequence's place among its trial's, in reading order
+    rank[order] = np.arange(len(order))
+    firsts = np.cumsum([0, *(len(p) for p in parts)])[:-1]
+    labels[trial, rank - firsts[trial]] = data.labels[source]
+    batch = Batch(
+        torch.from_numpy(ids), torch.from_numpy(segments),
+        None if types is None else torch.from_numpy(types),
+        torch.from_numpy(labels.reshape(-1)), int(length.sum()),
+    )  # fmt: skip
+    counts = [(len(p), int(x.sum()), rows * width) for p, x in zip(parts, lengths, strict=True)]
+    return batch, counts
+
+
+def positions(segments: torch.Tensor) -> torch.Tensor:
+    """Position ids ``[N, W]`` that restart at 0 with every sentence (padding: arbitrary)."""
+    cols = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+    return cols - torch.cummax(torch.where(_starts(segments), cols, 0), dim=1).values
+
+
+def block_mask(segments: torch.Tensor) -> torch.Tensor:
+    """``[N, W, W]``: token i attends to token j when they are of one sentence (padding attends
+    to padding, so that no token's attention row is empty)."""
+    return (segments[:, :, None] == segments[:, None, :]).long()
+
+
+def segment_mean(
+    hidden: torch.Tensor, segments: torch.Tensor, *, trials: int, slots: int
+) -> torch.Tensor:
+    """Each sentence's mean hidden state, fp32 ``[trials * slots, d]`` in ``labels`` order, from
+    ``hidden [N, W, d]``; a slot no sentence fills gets zeros. One matmul (no atomics, no host
+    sync), accumulated in fp32."""
+    device = segments.device
+    seq = _starts(segments).view(trials, -1).cumsum(dim=1) - 1
+    seq = seq + torch.arange(trials, device=device)[:, None] * slots
+    seq = torch.where(segments.view(trials, -1) > 0, seq, -1).view(-1)
+    members = torch.arange(trials * slots, device=device)[:, None] == seq[None, :]
+    with torch.autocast(device.type, enabled=False):
+        sums = members.to(hidden.dtype) @ hidden.reshape(-1, hidden.shape[-1])
+    counts = members.sum(dim=1, dtype=torch.float32).clamp(min=1.0)
+    return sums.float() / counts[:, None]
+
+
+def _starts(segments: torch.Tensor) -> torch.Tensor:
+    """Where a sentence begins: a real token whose segment differs from its left neighbour's."""
+    changed = torch.ones_like(segments, dtype=torch.bool)
+    changed[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    return changed & (segments > 0)
