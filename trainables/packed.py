@@ -39,17 +39,16 @@ def rows_bucket(n: int) -> int:
 def first_fit(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """First-fit decreasing bin packing: each sequence's ``(row, offset)`` in rows of ``width``
     tokens, sequences laid left to right from offset 0. Every length must be <= ``width``."""
-    row = np.empty(len(lengths), dtype=np.int64)
-    offset = np.empty(len(lengths), dtype=np.int64)
-    fill = np.zeros(len(lengths), dtype=np.int64)  # tokens used per row; at most one row a sequence
-    rows = 0
-    for i in np.argsort(-lengths, kind="stable"):
-        fits = np.flatnonzero(fill[:rows] + lengths[i] <= width)
-        r = int(fits[0]) if len(fits) else rows
-        rows = max(rows, r + 1)
+    sizes = lengths.tolist()  # a batch is tens of sequences: plain Python beats numpy calls
+    row, offset = [0] * len(sizes), [0] * len(sizes)
+    fill: list[int] = []  # tokens used per row
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):  # stable: ties keep order
+        r = next((r for r, used in enumerate(fill) if used + sizes[i] <= width), len(fill))
+        if r == len(fill):
+            fill.append(0)
         row[i], offset[i] = r, fill[r]
-        fill[r] += lengths[i]
-    return row, offset
+        fill[r] += sizes[i]
+    return np.array(row, dtype=np.int64), np.array(offset, dtype=np.int64)
 
 
 def width_for(longest: int) -> int:
@@ -65,7 +64,10 @@ def pack(
     lengths = [data.lengths[p].astype(np.int64) for p in parts]
     width = width_for(max(int(x.max()) for x in lengths if len(x)))
     layouts: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # trials of one seed pack alike
-    placed = [layouts.setdefault(x.tobytes(), first_fit(x, width)) for x in lengths]
+    for x in lengths:
+        if x.tobytes() not in layouts:
+            layouts[x.tobytes()] = first_fit(x, width)
+    placed = [layouts[x.tobytes()] for x in lengths]
     rows = rows_bucket(max(int(r.max()) + 1 for r, _ in placed))
     # every sequence of every trial: its data row, length, packed row (trial-major) and offset
     source = np.concatenate(parts).astype(np.int64)
