@@ -3,9 +3,9 @@
 Why: a graphed step of the embedded MiniLM at batch 32 costs ~2.5 ms of GPU time, most of it the
 latency of ~700 kernels each too small to fill the GPU, so K trials run as K processes share the
 GPU badly (8 under MPS: 3.15x one, docs/BENCHMARKS.md). Fused, the frozen backbone runs once
-over the K trials' batches stacked (its matmuls K times taller, its kernel count unchanged); only the
-LoRA factors and the heads belong to one trial, and they run as batched matmuls. This is HFTA's
-horizontal fusion (Wang et al., MLSys 2021) made exact by LoRA's frozen backbone.
+over the K trials' batches stacked (its matmuls K times taller, its kernel count unchanged);
+only the LoRA factors and the heads belong to one trial, and they run as batched matmuls. This
+is HFTA's horizontal fusion (Wang et al., MLSys 2021) made exact by LoRA's frozen backbone.
 
 Each trial gets the gradients and the updates it would get alone:
 
@@ -14,9 +14,11 @@ Each trial gets the gradients and the updates it would get alone:
   schedule act per trial (:class:`RowAdamW` updates one ``[K, P]`` parameter row by row);
 * a trial with a smaller rank than another at one linear is zero-padded there: the padded rows
   and columns of its factors get zero gradients and stay zero;
-* each trial keeps its own data order (its seed); a step pads every row to the longest of the K
-  batches (masked: the same result up to float rounding), and where one trial's batch is its
-  epoch's short last one, dummy rows with an ignored label fill it up.
+* each trial keeps its own data order (its seed); a training step packs each trial's sentences
+  into rows of 64 tokens, attention kept within each sentence (:mod:`trainables.packed`; under
+  transformers 5, which takes no 3-d mask, it pads every row to the longest of the K batches
+  instead): the same result up to float rounding. Where one trial's batch is its epoch's short
+  last one, the slots it leaves carry an ignored label.
 
 What differs from K separate runs: float rounding and dropout draws (one generator for all),
 and on GPUs (bf16 precision) the activations' precision: the fused model stores its frozen
