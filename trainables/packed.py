@@ -2,9 +2,9 @@
 :data:`WIDTH` tokens, attention kept within each sentence.
 
 Why: SST-2 sentences are ~13 tokens, padded to ~17. The memory-efficient attention kernel works
-in 64 x 64 tiles, so one sentence a row leaves most of each tile empty, and attention was half
-the cost each fused trial adds to a step (docs/BENCHMARKS.md). Packed, 3-4 sentences share one
-tile.
+in 64 x 64 tiles, so one sentence a row leaves most of each tile empty, and attention was a
+third of the GPU time of a step of 8 fused trials (docs/BENCHMARKS.md). Packed, 3-4 sentences
+share one tile.
 
 A packed batch is a :class:`~trainables.batching.Batch` whose ``attention_mask`` holds each
 token's *segment*: 0 for padding, else the 1-based number of its sentence within its row.
