@@ -126,17 +126,16 @@ def segment_mean(
     hidden: torch.Tensor, segments: torch.Tensor, *, trials: int, slots: int
 ) -> torch.Tensor:
     """Each sentence's mean hidden state, fp32 ``[trials * slots, d]`` in ``labels`` order, from
-    ``hidden [N, W, d]``; a slot no sentence fills gets zeros. One matmul (no atomics, no host
-    sync), accumulated in fp32."""
-    device = segments.device
-    seq = _starts(segments).view(trials, -1).cumsum(dim=1) - 1
-    seq = seq + torch.arange(trials, device=device)[:, None] * slots
-    seq = torch.where(segments.view(trials, -1) > 0, seq, -1).view(-1)
-    members = torch.arange(trials * slots, device=device)[:, None] == seq[None, :]
-    with torch.autocast(device.type, enabled=False):
-        sums = members.to(hidden.dtype) @ hidden.reshape(-1, hidden.shape[-1])
-    counts = members.sum(dim=1, dtype=torch.float32).clamp(min=1.0)
-    return sums.float() / counts[:, None]
+    ``hidden [N, W, d]``; a slot no sentence fills gets zeros. One batched matmul per trial's
+    rows (no atomics, no host sync), accumulated in fp32."""
+    real = segments.view(trials, -1) > 0
+    seq = torch.where(real, _starts(segments).view(trials, -1).cumsum(dim=1) - 1, -1)
+    slot = torch.arange(slots, device=segments.device)
+    members = slot[None, :, None] == seq[:, None, :]  # [K, slots, R*W]
+    with torch.autocast(segments.device.type, enabled=False):
+        sums = torch.bmm(members.to(hidden.dtype), hidden.reshape(trials, -1, hidden.shape[-1]))
+    counts = members.sum(dim=2, dtype=torch.float32).clamp(min=1.0)
+    return (sums.float() / counts[..., None]).view(trials * slots, -1)
 
 
 def _starts(segments: torch.Tensor) -> torch.Tensor:
