@@ -31,7 +31,8 @@ class Batch:
     """Padded tensors of one batch. ``num_tokens`` counts real (non-pad) tokens."""
 
     input_ids: torch.Tensor  # int64 [B, T]
-    attention_mask: torch.Tensor  # int64 [B, T], 1 = real token
+    # int64 [B, T], 1 = real token; a packed batch holds segments here (trainables/packed.py)
+    attention_mask: torch.Tensor
     token_type_ids: torch.Tensor | None  # int64 [B, T]
     labels: torch.Tensor  # int64 [B] (classification) or float32 [B] (regression)
     num_tokens: int
