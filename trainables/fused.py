@@ -127,18 +127,14 @@ class FusedLoRA(nn.Module):
         first = members[0]
         self.num_labels = first.config.num_labels
         self.bert = copy.deepcopy(_bert_of(first))
-        self.dropout = nn.Dropout(self.bert.config.hidden_dropout_prob)
+        self.dropout = copy.deepcopy(first.dropout)  # the head's, as the members have it
         names = _lora_names(first)
         slots: list[_Slot] = []
-        scales: list[torch.Tensor] = []  # per LoRA factor [K, size]: what multiplies it
         self._lora: list[_FusedLoRALinear] = []
         for name in names:
             layers = [_bert_of(m).get_submodule(name) for m in members]
             base = self.bert.get_submodule(name).base_layer
             rank = max(_rank(layer) for layer in layers)
-            scale = torch.tensor([float(layer.scaling["default"]) for layer in layers])
-            scales += [torch.ones(k, base.in_features * rank),  # A: unscaled
-                       scale[:, None].expand(k, rank * base.out_features)]  # fmt: skip
             fused = _FusedLoRALinear(base)
             parent, _, child = name.rpartition(".")
             setattr(self.bert.get_submodule(parent), child, fused)
@@ -155,9 +151,9 @@ class FusedLoRA(nn.Module):
         self.theta = nn.Parameter(torch.zeros(k, sum(s.size for s in slots), device=device))
         self.register_buffer("decay_mask", torch.cat([
             torch.full((s.size,), float(s.decay), device=device) for s in slots]))  # fmt: skip
-        # [K, the LoRA part of P]: each trial's alpha / rank over its B factors, 1 over its A's
-        self.register_buffer("scale", torch.cat(scales, dim=1).to(device))
         self._names = names
+        # [K, the LoRA part of P]: each trial's alpha / rank over its B factors, 1 over its A's
+        self.register_buffer("scale", torch.stack([self._scale_row(m) for m in members]).to(device))
         with torch.no_grad():
             for part, value in self._pairs():
                 part.copy_(value)
@@ -209,12 +205,41 @@ class FusedLoRA(nn.Module):
             for part, value in self._pairs():
                 value.copy_(part)
 
-    def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(part of ``theta``, the member's tensor it holds) for every tensor of every trial,
-        both views: a smaller rank fills the corner of its zero-padded slot."""
-        for row, member in enumerate(self.members):
-            values = _member_tensors(member, self._names)
-            for view, value in zip(self._views(row), values, strict=True):
+    def load_row(self, row: int, member: PeftClassifier) -> None:
+        """Make row ``row`` another trial's: ``member``'s LoRA factors, head and LoRA scales
+        (its slots zero where its rank is smaller). ``member`` must fit: one of the members'
+        kind (``_check_members``), of a rank no larger than theirs."""
+        with torch.no_grad():
+            self.theta[row].zero_()
+            for part, value in self._pairs(row, member):
+                part.copy_(value)
+            self.scale[row] = self._scale_row(member)
+
+    def store_row(self, row: int, member: PeftClassifier) -> None:
+        """Copy row ``row``'s trained weights into ``member`` (the trial that row holds)."""
+        with torch.no_grad():
+            for part, value in self._pairs(row, member):
+                value.copy_(part)
+
+    def _scale_row(self, member: PeftClassifier) -> torch.Tensor:
+        """``member``'s row of :attr:`scale`: 1 over each A slot, its alpha / rank over each B."""
+        parts = []
+        for i, name in enumerate(self._names):
+            a, b = self._slots[2 * i], self._slots[2 * i + 1]
+            scaling = float(_bert_of(member).get_submodule(name).scaling["default"])
+            parts += [torch.ones(a.size), torch.full((b.size,), scaling)]
+        return torch.cat(parts)
+
+    def _pairs(
+        self, row: int | None = None, member: PeftClassifier | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(part of ``theta``, the member's tensor it holds) for every tensor of every trial
+        (or of ``member`` at ``row``), both views: a smaller rank fills the corner of its
+        zero-padded slot."""
+        pairs = enumerate(self.members) if member is None else [(row, member)]
+        for r, m in pairs:
+            values = _member_tensors(m, self._names)
+            for view, value in zip(self._views(cast(int, r)), values, strict=True):
                 yield view[tuple(slice(0, n) for n in value.shape)], value
 
     def _views(self, row: int) -> list[torch.Tensor]:
@@ -235,21 +260,35 @@ class RowAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
-        (p,) = self.param_groups[0]["params"]
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.zeros((), device=p.device)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
+        p, state = self._state()
         beta1, beta2 = ADAM_BETAS
         step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
         step += 1
-        lr = self.lr[:, None]
+        lr, count = self.lr[:, None], step[:, None]
+        grad = cast(torch.Tensor, p.grad)
         p.mul_(1 - lr * self.decay)
-        exp_avg.lerp_(p.grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        denom = (exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(ADAM_EPS)
-        p.sub_(exp_avg / denom * (lr / (1 - beta1**step)))
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (exp_avg_sq.sqrt() / (1 - beta2**count).sqrt()).add_(ADAM_EPS)
+        p.sub_(exp_avg / denom * (lr / (1 - beta1**count)))
+
+    @torch.no_grad()
+    def reset_row(self, row: int) -> None:
+        """Row ``row`` starts over, as a new trial's first step: its moments and step count 0."""
+        _, state = self._state()
+        for value in state.values():
+            value[row] = 0
+
+    def _state(self) -> tuple[nn.Parameter, dict[str, torch.Tensor]]:
+        """The parameter and its state, created on first use: a step count per row (each row's
+        bias correction), the two moments."""
+        (p,) = self.param_groups[0]["params"]
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros(len(p), device=p.device)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        return p, state
 
 
 def clip_rows_(grad: torch.Tensor, max_norm: torch.Tensor) -> None:
@@ -304,17 +343,26 @@ def fused_batches(
                                         ignore=IGNORE_INDEX)  # fmt: skip
             yield _pinned(batch) if pin_memory else batch, counts
             continue
-        width = max(len(p) for p in parts)
-        rows = np.concatenate([np.resize(p, width) for p in parts])
-        batch = collate(data, rows)
-        dummy = np.concatenate([np.arange(width) >= len(p) for p in parts])
-        if dummy.any():
-            batch.labels[torch.from_numpy(dummy)] = (
-                float("nan") if batch.labels.is_floating_point() else IGNORE_INDEX
-            )
-        padded = batch.input_ids.shape[1]
-        counts = [(len(p), int(data.lengths[p].sum()), len(p) * padded) for p in parts]
+        batch, counts = padded_step(data, list(parts))
         yield _pinned(batch) if pin_memory else batch, counts
+
+
+def padded_step(data: Encoded, parts: list[np.ndarray]) -> tuple[Batch, list[tuple[int, int, int]]]:
+    """One fused step's batch, unpacked: trial k's rows ``parts[k]`` stacked and padded to the
+    longest row of all; a trial with fewer rows than the widest (its epoch's short last batch,
+    or none: an idle trial) filled with dummy rows, which carry an ignored label."""
+    width = max(len(p) for p in parts)
+    rows = np.concatenate([np.resize(p, width) if len(p) else np.zeros(width, np.int64)
+                           for p in parts])  # fmt: skip
+    batch = collate(data, rows)
+    dummy = np.concatenate([np.arange(width) >= len(p) for p in parts])
+    if dummy.any():
+        batch.labels[torch.from_numpy(dummy)] = (
+            float("nan") if batch.labels.is_floating_point() else IGNORE_INDEX
+        )
+    padded = batch.input_ids.shape[1]
+    counts = [(len(p), int(data.lengths[p].sum()), len(p) * padded) for p in parts]
+    return batch, counts
 
 
 def evaluate_fused(
@@ -363,6 +411,76 @@ class _Trial:
     dev_metrics: dict[str, float] | None = None
 
 
+class FusedStep:
+    """One training step of a fused model's K rows, graphed where it can (one CUDA graph per
+    batch shape): the sum of the trials' mean losses backward, clipping and AdamW per row.
+
+    Each row's learning rate (:attr:`lr`, which the caller fills before every step: a row at
+    0 does not move), weight decay and clipping are set by :meth:`set_row`; a row set again
+    starts over (its AdamW state zeroed), as a new trial's. ``pack``: batches are packed rows
+    (:mod:`.packed`), which take a 3-d attention mask (transformers 4).
+    """
+
+    def __init__(
+        self, model: FusedLoRA, first: TrainConfig, plan: _Plan, *, task_kind: str
+    ) -> None:
+        k, device = model.trials, plan.device
+        self.model = model
+        self.lr = torch.zeros(k, device=device)
+        self.pack = MASK_3D
+        self._max_norm = torch.zeros(k, device=device)
+        self._decay = torch.zeros_like(model.theta)
+        self._optimizer = RowAdamW(model.theta, lr=self.lr, decay=self._decay)
+        self._precision = _autocast_precision(model, first.precision)
+        self._slots = first.batch_size if self.pack else None
+        self._task_kind = task_kind
+        self._graphed = _graphable(model, first, plan)
+        self._device = device
+        self._graphs = None
+        if self._graphed:
+            self._graphs = StepGraphs(
+                self._body, self._optimizer, [model.theta], device=device,
+                batch_size=None if self.pack else k * first.batch_size,
+            )  # fmt: skip
+
+    def set_row(self, row: int, config: TrainConfig) -> None:
+        """Row ``row`` trains with ``config``'s learning rate, weight decay and clipping, from a
+        fresh AdamW state."""
+        with torch.no_grad():
+            self.lr[row] = config.lr
+            self._decay[row] = config.weight_decay * self.model.decay_mask
+            self._max_norm[row] = config.grad_clip
+        self._optimizer.reset_row(row)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        """One step on ``batch`` (host tensors); each trial's loss ``[K]`` on the device, valid
+        until the next step."""
+        if self._graphs is not None:
+            return self._graphs.step(batch)
+        losses = self._body(batch.to(self._device))
+        self._optimizer.zero_grad(set_to_none=True)
+        return losses
+
+    @property
+    def graphs_captured(self) -> int:
+        return 0 if self._graphs is None else self._graphs.captured
+
+    @property
+    def graphs_off(self) -> str | None:
+        return None if self._graphs is None else self._graphs.off_reason
+
+    def _body(self, batch: Batch) -> torch.Tensor:
+        with autocast(self._precision, self._device, cache=not self._graphed):
+            logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                                slots=self._slots)  # fmt: skip
+        losses = fused_losses(logits, batch.labels, self._task_kind)
+        losses.sum().backward()
+        theta = self.model.theta
+        clip_rows_(cast(torch.Tensor, theta.grad), self._max_norm)
+        self._optimizer.step()
+        return losses.detach()
+
+
 def fit_fused(
     model: FusedLoRA,
     train: Encoded,
@@ -387,32 +505,12 @@ def fit_fused(
     model.to(plan.device)
     if uses_bf16(first.precision, plan.device):
         model.backbone_to(torch.bfloat16)
-    theta = model.theta
-    base_lr = torch.tensor([c.lr for c in configs], device=plan.device)
-    lr = base_lr.clone()
-    decay = torch.tensor([c.weight_decay for c in configs], device=plan.device)[:, None]
-    optimizer = RowAdamW(theta, lr=lr, decay=decay * model.decay_mask)
-    max_norm = torch.tensor([c.grad_clip for c in configs], device=plan.device)
+    stepper = FusedStep(model, first, plan, task_kind=task_kind)
+    for row, config in enumerate(configs):
+        stepper.set_row(row, config)
+    base_lr = stepper.lr.clone()
     factor = _lr_factor(first.warmup_steps(plan.total_steps), plan.total_steps)
     torch.manual_seed(first.seed)  # dropout masks: one generator for the fused model
-    graphed = _graphable(model, first, plan)
-    pack = MASK_3D  # packed rows take a 3-d attention mask, which transformers 5 does not
-
-    def body(batch: Batch) -> torch.Tensor:
-        with autocast(_autocast_precision(model, first.precision), plan.device,
-                      cache=not graphed):  # fmt: skip
-            logits = model(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                           slots=first.batch_size if pack else None)  # fmt: skip
-        losses = fused_losses(logits, batch.labels, task_kind)
-        losses.sum().backward()
-        clip_rows_(theta.grad, max_norm)  # type: ignore[arg-type]
-        optimizer.step()
-        return losses.detach()
-
-    graphs = None
-    if graphed:
-        graphs = StepGraphs(body, optimizer, [theta], device=plan.device,
-                            batch_size=None if pack else model.trials * first.batch_size)  # fmt: skip
     trials = [_Trial() for _ in configs]
     step = epoch = 0
     train_s = 0.0
@@ -420,14 +518,10 @@ def fit_fused(
     model.train()
     with sdpa_kernel(SDPA_BACKENDS):
         while step < plan.total_steps:
-            for batch, counts in fused_batches(train, configs, epoch=epoch, pack=pack,
+            for batch, counts in fused_batches(train, configs, epoch=epoch, pack=stepper.pack,
                                                pin_memory=plan.cuda):  # fmt: skip
-                torch.mul(base_lr, factor(step), out=lr)
-                if graphs is not None:
-                    graphs.step(batch)
-                else:
-                    body(batch.to(plan.device))
-                    optimizer.zero_grad(set_to_none=True)
+                torch.mul(base_lr, factor(step), out=stepper.lr)
+                stepper(batch)
                 step += 1
                 for trial, (samples, tokens, padded) in zip(trials, counts, strict=True):
                     trial.samples += samples
@@ -469,8 +563,8 @@ def fit_fused(
             samples_seen=t.samples,
             tokens_seen=t.tokens,
             padded_tokens_seen=t.padded,
-            cuda_graphs=0 if graphs is None else graphs.captured,
-            graphs_off=None if graphs is None else graphs.off_reason,
+            cuda_graphs=stepper.graphs_captured,
+            graphs_off=stepper.graphs_off,
         )  # fmt: skip
         for t in trials
     ]
@@ -519,20 +613,25 @@ def _check_members(members: Sequence[PeftClassifier]) -> None:
             raise ConfigError(f"trial {k}: its backbone weights differ from trial 0's")
 
 
-def check_configs(configs: Sequence[TrainConfig], trials: int | None = None) -> None:
+def check_configs(
+    configs: Sequence[TrainConfig],
+    trials: int | None = None,
+    *,
+    shared: Sequence[str] = SHARED_FIELDS,
+) -> None:
     """Refuse training configs that cannot fuse (``trials``: how many the model holds), naming the
-    first field that differs; before any model is built, where the caller can."""
+    first of the ``shared`` fields that differs; before any model is built, where the caller can."""
     if trials is not None and len(configs) != trials:
         raise ConfigError(f"{len(configs)} training configs for {trials} fused trials")
     if configs[0].compile:
         raise ConfigError("compile=True cannot be fused (fused steps replay CUDA graphs instead)")
     first = configs[0].to_dict()
     for k, config in enumerate(configs[1:], start=1):
-        for name in SHARED_FIELDS:
+        for name in shared:
             if config.to_dict()[name] != first[name]:
                 raise ConfigError(
                     f"trial {k}: {name}={config.to_dict()[name]!r} but trial 0 has "
-                    f"{name}={first[name]!r}; fused trials share {', '.join(SHARED_FIELDS)}"
+                    f"{name}={first[name]!r}; fused trials share {', '.join(shared)}"
                 )
 
 
@@ -578,6 +677,8 @@ __all__ = [
     "RowAdamW",
     "check_configs",
     "evaluate_fused",
+    "FusedStep",
     "fit_fused",
     "fused_batches",
+    "padded_step",
 ]

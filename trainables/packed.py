@@ -60,7 +60,8 @@ def pack(
     data: Encoded, parts: list[np.ndarray], *, slots: int, ignore: int
 ) -> tuple[Batch, list[tuple[int, int, int]]]:
     """The packed batch of one fused step: trial k's rows ``parts[k]`` of ``data`` (at most
-    ``slots`` of them), with ``(samples, real tokens, packed tokens)`` per trial."""
+    ``slots`` of them; none for an idle trial, whose rows are all padding), with ``(samples,
+    real tokens, packed tokens)`` per trial."""
     lengths = [data.lengths[p].astype(np.int64) for p in parts]
     width = width_for(max(int(x.max()) for x in lengths if len(x)))
     layouts: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # trials of one seed pack alike
@@ -68,7 +69,7 @@ def pack(
         if x.tobytes() not in layouts:
             layouts[x.tobytes()] = first_fit(x, width)
     placed = [layouts[x.tobytes()] for x in lengths]
-    rows = rows_bucket(max(int(r.max()) + 1 for r, _ in placed))
+    rows = rows_bucket(max(int(r.max()) + 1 for r, _ in placed if len(r)))  # a part may be empty
     # every sequence of every trial: its data row, length, packed row (trial-major) and offset
     source = np.concatenate(parts).astype(np.int64)
     length = np.concatenate(lengths)

@@ -191,9 +191,15 @@ def subsample(data: PreparedData, k: int | None, *, seed: int) -> PreparedData:
     """Keep ``k`` training examples: stratified, seeded and nested (128 inside 512 for a seed)."""
     if k is None or k >= len(data.train):
         return data
+    return dataclasses.replace(data, train=data.train.select(train_rows(data, k, seed=seed)))
+
+
+def train_rows(data: PreparedData, k: int | None, *, seed: int) -> np.ndarray:
+    """The rows of ``data.train`` that :func:`subsample` keeps, in order (all for ``k=None``)."""
+    if k is None or k >= len(data.train):
+        return np.arange(len(data.train))
     stratify = data.task_kind == "classification"
-    keep = stratified_order(data.train.labels, seed=seed, stratify=stratify)[: int(k)]
-    return dataclasses.replace(data, train=data.train.select(np.sort(keep)))
+    return np.sort(stratified_order(data.train.labels, seed=seed, stratify=stratify)[: int(k)])
 
 
 def run_fused(

@@ -52,6 +52,7 @@ PACKING_COLUMNS: list[Column] = [
     ("aggregate_samples_per_s", "aggregate samples/s", ",.0f"), ("speedup", "vs 1", ".2f"),
     ("trial_samples_per_s", "per trial", ",.0f"), ("mfu", "GPU MFU", ".2%"),
     ("peak_mem_mib", "peak MiB/trial", ",.0f"), ("dev_score", "dev", ".4f"), ("failed", "failed", "d"),
+    ("via", "via", ""),
 ]  # fmt: skip
 SEARCH_COLUMNS: list[Column] = [
     ("study", "study", ""), ("trials", "trials", "d"), ("completed", "completed", "d"),
@@ -92,10 +93,11 @@ def parser() -> argparse.ArgumentParser:
         choices=tuple(MPS_MODES),
         help="packing: under NVIDIA MPS too (bare --mps: both), only (yes), or not (no)",
     )
-    p.add_argument("--via", default="processes", metavar="{processes,fused,tune}",
+    p.add_argument("--via", default="processes", metavar="{processes,fused,tune,pool}",
                    help="packing: trials as processes the bench starts, fused into one model in "
-                        "one process (LoRA), or through Ray Tune with gpus_per_trial = 1/N as a "
-                        "study runs them")  # fmt: skip
+                        "one process (LoRA), through Ray Tune with gpus_per_trial = 1/N as a "
+                        "study runs them, or through Ray Tune into one fused pool that holds "
+                        "the GPU (trainables/fused_pool.py)")  # fmt: skip
     p.add_argument(
         "--fused-seeds",
         choices=FUSED_SEEDS,
@@ -244,25 +246,27 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     def publish(row: Any) -> None:
         rows.append(row)
         done = with_speedups(rows)
-        walls = {f"{r.concurrent}{'-mps' if r.mps else ''}": (r.wall_s, r.wall_samples_per_s)
+        # keyed by level (+ "-mps"), + "-tune" for the baseline of --via pool
+        walls = {f"{r.concurrent}{'-mps' if r.mps else ''}{'' if r.via == via else '-' + r.via}":
+                 (r.wall_s, r.wall_samples_per_s)
                  for r in done if r.wall_s and r.wall_samples_per_s is not None}  # fmt: skip
         tune_wall = {"tune_wall_s": {k: round(s, 1) for k, (s, _) in walls.items()},
                      "tune_wall_samples_per_s": {k: round(v) for k, (_, v) in walls.items()}
                      } if walls else {}  # fmt: skip
         record.set_rows([r.to_dict() for r in done], **work, via=via,
                         best_gpus_per_trial=best_gpus_per_trial(
-                            [r for r in done if not r.mps and r.via != "fused"]),
+                            [r for r in done if not r.mps and r.via not in ("fused", "pool")]),
                         **tune_wall, **_data_summary(data))  # fmt: skip
         wall = f", whole Tune run {row.wall_s:,.1f} s" if row.wall_s is not None else ""
         _log(f"  aggregate {done[-1].aggregate_samples_per_s:,.0f} samples/s{wall}")
 
     with tempfile.TemporaryDirectory(prefix="peft-tune-packing-") as tmp:
-        if via == "tune":
+        if via in ("tune", "pool"):
             measure_tune(levels, data=data, backbone=args.backbone, device=device,
                          batch_size=args.batch_size, lr=1e-3, shape=shape,
                          peak_flops=device_peak_flops(device), mps=MPS_MODES[args.mps],
-                         workdir=Path(tmp),
-                         publish=publish, log=_log)  # fmt: skip
+                         workdir=Path(tmp), publish=publish, log=_log,
+                         pooled=via == "pool")  # fmt: skip
             return
         data_file = save_data(data, Path(tmp) / "data.pkl")
         common = {"data_file": data_file, "workdir": Path(tmp), "backbone": args.backbone,

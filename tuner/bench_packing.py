@@ -198,10 +198,12 @@ def level_row(
 
 def with_speedups(rows: list[PackingRow]) -> list[PackingRow]:
     """Each row's aggregate over the aggregate of one trial with the same MPS setting, run the same
-    way (fused rows: over one trial run alone as a process)."""
+    way (fused rows: over one trial run alone as a process; pool rows: over one trial through
+    Tune as a study runs it)."""
+    baseline = {"fused": "processes", "pool": "tune"}
     out = []
     for r in rows:
-        via = "processes" if r.via == "fused" else r.via
+        via = baseline.get(r.via, r.via)
         one = next((o for o in rows if o.concurrent == 1 and o.mps == r.mps and o.via == via), None)
         base = one.aggregate_samples_per_s if one else 0.0
         out.append(replace(r, speedup=r.aggregate_samples_per_s / base if base > 0 else None))

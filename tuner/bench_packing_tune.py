@@ -38,7 +38,7 @@ from ray.tune import Callback
 from search_spaces.errors import ConfigError, one_of
 from tuner.bench_packing import PackingRow, level_row, mps_daemon, trial_config
 
-VIA = ("processes", "fused", "tune")
+VIA = ("processes", "fused", "tune", "pool")
 CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 
 
@@ -47,8 +47,8 @@ def check_via(via: str) -> str:
     local Ray, so it refuses to join a cluster named by RAY_ADDRESS."""
     if via not in VIA:
         raise one_of("--via", via, VIA)
-    if via == "tune" and os.environ.get("RAY_ADDRESS"):
-        raise ConfigError(f"--via tune starts its own local single-GPU Ray; unset "
+    if via in ("tune", "pool") and os.environ.get("RAY_ADDRESS"):
+        raise ConfigError(f"--via {via} starts its own local single-GPU Ray; unset "
                           f"RAY_ADDRESS={os.environ['RAY_ADDRESS']!r}")  # fmt: skip
     return via
 
@@ -67,14 +67,17 @@ def measure_tune(
     workdir: Path,
     publish: Callable[[PackingRow], None],
     log: Callable[[str], None],
+    pooled: bool = False,
 ) -> None:
     """Every level for each of ``mps`` (False: without MPS, True: under it, where the daemon
-    starts), each setting on its own local Ray; ``publish`` gets each row as it is measured."""
+    starts), each setting on its own local Ray; ``publish`` gets each row as it is measured.
+    ``pooled``: one trial alone as usual (the baseline), then each level's trials in a fused
+    pool of ``n`` rows that holds the GPU (:mod:`trainables.fused_pool`)."""
     from ray import tune
 
     from trainables.trainable import tune_trial
 
-    check_via("tune")
+    check_via("pool" if pooled else "tune")
     if Path(backbone).exists():  # Tune runs a trial in its own folder: a relative path breaks
         backbone = str(Path(backbone).resolve())
     config = {**trial_config(batch_size=batch_size, lr=lr), "backbone": backbone}
@@ -86,14 +89,19 @@ def measure_tune(
                 continue
             cpus = stack.enter_context(local_ray(device))
             trainable = tune.with_parameters(tune_trial, data=data)  # one put per cluster
+            common = {"config": config, "device": device, "storage": workdir / "tune",
+                      "shape": shape, "peak_flops": peak_flops, "mps": under_mps,
+                      "train_rows": train_rows, "train_tokens": train_tokens}  # fmt: skip
+            if pooled:
+                log("packing via tune: 1 trial alone (the baseline)")
+                publish(run_tune_level(1, trainable=trainable, cpus=cpus, **common))
             for n in levels:
-                log(f"packing via tune: {n} trial(s){' under MPS' if under_mps else ''}")
-                row = run_tune_level(
-                    n, trainable=trainable, config=config, device=device, cpus=cpus,
-                    storage=workdir / "tune", shape=shape, peak_flops=peak_flops, mps=under_mps,
-                    train_rows=train_rows, train_tokens=train_tokens,
-                )  # fmt: skip
-                publish(row)
+                log(f"packing via {'pool' if pooled else 'tune'}: {n} trial(s)"
+                    f"{' under MPS' if under_mps else ''}")  # fmt: skip
+                if pooled:
+                    publish(run_pool_level(n, data=data, cpus=cpus, **common))
+                else:
+                    publish(run_tune_level(n, trainable=trainable, cpus=cpus, **common))
 
 
 def cpus_per_trial(n: int, cluster_cpus: float) -> float:
@@ -115,12 +123,16 @@ def run_tune_level(
     mps: bool,
     train_rows: int,
     train_tokens: int,
+    via: str = "tune",
+    gpus: float | None = None,
 ) -> PackingRow:
-    """One Tune run of ``n`` identical trials, ``n`` at once, each with ``1/n`` of the GPU."""
+    """One Tune run of ``n`` identical trials, ``n`` at once, each with ``1/n`` of the GPU (or
+    ``gpus``, with ``cpus`` the cluster's CPUs left for them)."""
     from ray import tune
 
     running = RunningTrials()
-    gpus = math.floor(1e4 / n) / 1e4 if device == "cuda" else 0  # Ray counts in 1e-4 units
+    if gpus is None:
+        gpus = math.floor(1e4 / n) / 1e4 if device == "cuda" else 0  # Ray counts in 1e-4 units
     resources = {"cpu": cpus_per_trial(n, cpus), "gpu": gpus}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
@@ -130,7 +142,7 @@ def run_tune_level(
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=f"level-{n}{'-mps' if mps else ''}", storage_path=str(storage), verbose=0,
+            name=f"{via}-{n}{'-mps' if mps else ''}", storage_path=str(storage), verbose=0,
             callbacks=[running],
             failure_config=tune.FailureConfig(max_failures=0),  # a failed trial counts as failed
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -146,8 +158,29 @@ def run_tune_level(
         if figures is not None:
             results.append(figures)
     results.sort(key=lambda r: r["start"])
-    return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps, via="tune",
+    return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps, via=via,
                      wall_s=wall_s, running_at_once=running.most)  # fmt: skip
+
+
+def run_pool_level(n: int, *, data: Any, cpus: float, device: str, **common: Any) -> PackingRow:
+    """One Tune run of ``n`` identical trials, ``n`` at once, trained in one fused pool of ``n``
+    rows that holds the GPU (one CPU); the trials' own processes hold no GPU. The pool starts
+    before the timed run (its actor up, nothing built) and ends with it."""
+    import ray
+    from ray import tune
+
+    from trainables.fused_pool import start_pool
+    from trainables.trainable import tune_pooled_trial
+
+    pool = start_pool(data, slots=n, rank=common["config"]["rank"],
+                      gpus=1 if device == "cuda" else 0)  # fmt: skip
+    try:
+        ray.get(pool.status.remote())
+        trainable = tune.with_parameters(tune_pooled_trial, pool=pool)
+        return run_tune_level(n, trainable=trainable, cpus=max(1.0, cpus - 1), device=device,
+                              via="pool", gpus=0, **common)  # fmt: skip
+    finally:
+        ray.kill(pool)
 
 
 class RunningTrials(Callback):

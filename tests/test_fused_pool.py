@@ -1,0 +1,180 @@
+"""The fused pool (trainables/fused_pool.py): trials that join and leave one fused model at their
+own times each get what they get trained alone; silent trials are dropped; what cannot fuse is
+refused. In process first (the pool's own thread), then under a real local Ray and Ray Tune with
+ASHA stopping trials (tune_pooled_trial)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from ray.tune import Stopper
+from safetensors.torch import load
+
+from search_spaces.errors import ConfigError
+from tests.test_fused import no_dropout, trainable
+from tests.test_loop import DEV, TRAIN
+from trainables.backbones import load_backbone
+from trainables.fused_pool import WEIGHTS_KEY, FusedPool
+from trainables.loop import FitResult, fit
+from trainables.methods import build_model
+from trainables.prepared import PreparedData
+from trainables.recipe import split_config, train_rows
+
+DATA = PreparedData(task="synthetic", task_kind="classification", metric="accuracy",
+                    num_labels=2, train=TRAIN, dev=DEV, test=DEV)  # fmt: skip
+BASE = {"method": "lora", "batch_size": 32, "epochs": 2, "evals": 2, "eval_batch_size": 64,
+        "warmup_ratio": 0.1, "backbone": "tiny-bert"}  # fmt: skip
+
+
+def build(method, train, backbone):
+    """The tests' trial model: one random tiny backbone for all, the trial's own LoRA and head
+    (its seed), dropout off (the one difference left from a trial alone is float rounding)."""
+    torch.manual_seed(0)
+    tiny = load_backbone(backbone)
+    torch.manual_seed(train.seed)
+    return no_dropout(build_model(method, tiny))
+
+
+def poll_to_end(pool: FusedPool, token: int) -> list[dict]:
+    reports: list[dict] = []
+    while not reports or reports[-1]["status"] != "completed":
+        reports += pool.poll(token, wait_s=5.0)
+    return reports
+
+
+def alone(config: dict, rows: np.ndarray) -> tuple[dict[str, torch.Tensor], FitResult]:
+    """The trial trained by itself by the loop, on its rows."""
+    method, train = split_config(config, num_labels=2)
+    model = build(method, train, config["backbone"])
+    result = fit(model, TRAIN.select(rows), DEV, train, task_kind="classification",
+                 metric="accuracy", device="cpu")  # fmt: skip
+    return trainable(model), result
+
+
+def test_trials_joining_a_full_pool_at_other_times_train_as_each_alone():
+    configs = [
+        {**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1},
+        {**BASE, "rank": 8, "alpha": 16, "lr": 1e-3, "seed": 5, "weight_decay": 0.1},
+        # waits for a row (two slots), then trains on its own 200-row subset
+        {**BASE, "rank": 2, "alpha": 2, "lr": 5e-3, "seed": 9, "grad_clip": 0.0,
+         "train_samples": 200},
+    ]  # fmt: skip
+    pool = FusedPool(DATA, slots=2, rank=8, device="cpu", build=build)
+    try:
+        tokens = [pool.join(c) for c in configs]
+        time.sleep(0.5)
+        assert pool.status()["waiting"] == 1 and pool.status()["training"] == 2
+        runs = [poll_to_end(pool, t) for t in tokens]
+        assert pool.status()["training"] == 0
+    finally:
+        pool.close()
+    for config, reports in zip(configs, runs, strict=True):
+        rows = train_rows(DATA, config.get("train_samples"), seed=config["seed"])
+        reference, result = alone(config, rows)
+        assert [r["evaluation"] for r in reports] == [1, 2]
+        final = reports[-1]
+        assert final["step"] == result.steps and final["best_dev_score"] == result.best_dev_score
+        assert final["dev_score"] == pytest.approx(result.dev_metrics["score"], abs=1e-9)
+        assert final["test_score"] is not None and final["trainable_params"] > 0
+        weights = load(final[WEIGHTS_KEY])
+        for name, value in reference.items():
+            torch.testing.assert_close(weights[name], value, atol=2e-5, rtol=1e-4, msg=name)
+    # the third trial trained after a row freed: its step count is its own subset's
+    assert runs[2][-1]["step"] == 2 * 7  # 200 rows / 32 = 7 batches an epoch, 2 epochs
+
+
+def test_a_silent_trial_is_dropped_and_its_row_taken():
+    pool = FusedPool(DATA, slots=1, rank=8, device="cpu", build=build, lease_s=0.5)
+    try:
+        silent = pool.join({**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1, "epochs": 50})
+        live = pool.join({**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 2})
+        reports = poll_to_end(pool, live)  # waits for the silent trial's row
+        assert reports[-1]["status"] == "completed"
+        with pytest.raises(ConfigError, match="not in the fused pool"):
+            pool.poll(silent, wait_s=0)
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"method": "bitfit"}, "takes LoRA trials"),
+        ({"rank": 16}, "rank <= 8"),
+        ({"batch_size": 16}, "batch_size=16"),
+        ({"placement": "ffn"}, "other linears"),
+    ],
+)
+def test_what_cannot_fuse_is_refused_at_join(change, message):
+    pool = FusedPool(DATA, slots=2, rank=8, device="cpu", build=build)
+    try:
+        pool.join({**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1})
+        with pytest.raises(ConfigError, match=message):
+            pool.join({**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 2, **change})
+    finally:
+        pool.close()
+
+
+# --- under a real local Ray and Ray Tune ---------------------------------------------------------
+
+
+class StopSome(Stopper):
+    """Stops the trials of learning rate ``lr`` at their first report, as ASHA stops a trial."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return result["config"]["lr"] == self.lr
+
+    def stop_all(self) -> bool:
+        return False
+
+
+@pytest.mark.slow
+def test_tune_trials_relay_the_pools_reports_and_stopped_ones_leave(tmp_path):
+    """Four Tune trials in a pool of two rows; the two Tune stops first would train 40 epochs
+    and never be dropped (a lease of 10 minutes): the last two get rows only if they leave."""
+    import ray
+    from ray import tune
+
+    from trainables.fused_pool import start_pool
+    from trainables.trainable import tune_pooled_trial
+    from tuner.runner import connect_ray
+
+    connect_ray(cpus_per_trial=0.25)
+    try:
+        pool = start_pool(DATA, slots=2, rank=8, gpus=0, lease_s=600)
+        lrs = [1e-4, 1e-4, 3e-3, 5e-3]
+        space = {**BASE, "rank": 8, "alpha": 16, "seed": 0, "lr": tune.grid_search(lrs),
+                 "epochs": tune.sample_from(lambda spec: 40 if spec.config.lr == 1e-4 else 2)}  # fmt: skip
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(tune_pooled_trial, pool=pool),
+                                {"cpu": 0.25}),  # fmt: skip
+            param_space=space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=4),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), stop=StopSome(1e-4), verbose=0),
+        )  # fmt: skip
+        grid = tuner.fit()
+        results = [grid[i] for i in range(len(grid))]
+        assert all(r.error is None for r in results)
+        by_lr = {}
+        for r in results:
+            by_lr.setdefault(r.config["lr"], []).append(r)
+        for r in by_lr[1e-4]:  # stopped at their first evaluation
+            assert r.metrics["evaluation"] == 1 and r.metrics["status"] == "running"
+        for lr in (3e-3, 5e-3):
+            (r,) = by_lr[lr]
+            assert r.metrics["status"] == "completed" and r.metrics["evaluation"] == 2
+            assert r.metrics["step"] == 2 * 12 and r.metrics["test_score"] > 0  # 384 rows / 32
+            with r.checkpoint.as_directory() as folder:  # the trained weights, loadable
+                method, train = split_config({**space, "lr": lr, "epochs": 2}, num_labels=2)
+                model = build_model(method, load_backbone("tiny-bert"))
+                model.load_method_weights(f"{folder}/method.safetensors")
+        status = ray.get(pool.status.remote())
+        assert (status["training"], status["waiting"]) == (0, 0)
+    finally:
+        ray.shutdown()

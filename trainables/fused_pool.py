@@ -1,0 +1,438 @@
+"""A pool of fused LoRA rows that a study's trials join and leave: Tune's concurrent trials on one
+GPU trained as one fused model (:mod:`trainables.fused`).
+
+Why: a trial of the embedded backbone is bound by kernel latency, so eight trials run as eight
+processes on one GPU share it badly (2.9x one trial through Ray Tune's fractional GPUs,
+docs/BENCHMARKS.md), where eight fused trials run 6-7x. A study runs each configuration as its
+own Tune trial (its own searcher suggestion, ASHA decision, MLflow run); with a pool, such a
+trial's process does not train: it hands its configuration to the pool (one Ray actor that holds
+the GPU, :func:`trainables.trainable.tune_pooled_trial`) and relays the pool's evaluation reports
+to Tune. The pool trains every trial it holds as one row of one :class:`FusedLoRA`, one fused step
+at a time, each trial at its own step of its own schedule, data order and training subset.
+
+Each trial gets what it would get trained alone by :func:`trainables.loop.fit` (up to float
+rounding and dropout draws, as for fused trials): its rows are disjoint from the others', and a
+row that takes a new trial starts over (weights, AdamW moments and step count, learning rate,
+weight decay, clipping). An idle row gets no data and a zero learning rate.
+
+A trial leaves when it completes, or when its Tune process stops polling: ASHA stopped it, or it
+failed. A trial that has not polled for :data:`LEASE_S` seconds is dropped at the next step.
+Evaluations run on every row at once whenever one trial is due (each trial is evaluated on its
+own steps); the trial's final test evaluation runs on its own copy of the model. Pool trials do
+not checkpoint: a trial restarted by Tune starts over.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.attention import sdpa_kernel
+
+from search_spaces.errors import ConfigError
+from search_spaces.method_config import MethodConfig
+from trainables import packed
+from trainables.backbones import load_backbone
+from trainables.batching import epoch_plan
+from trainables.fused import (
+    IGNORE_INDEX,
+    FusedLoRA,
+    FusedStep,
+    _check_members,
+    check_configs,
+    evaluate_fused,
+    padded_step,
+)
+from trainables.inference import SDPA_BACKENDS, synchronize, uses_bf16
+from trainables.loop import _lr_factor, _Plan
+from trainables.model import PeftClassifier
+from trainables.prepared import PreparedData
+from trainables.recipe import final_metrics, split_config, train_rows
+from trainables.train_config import TrainConfig
+
+# What a pool's trials share: the fused step's shapes and precision (each has its own schedule)
+POOL_SHARED_FIELDS = ("batch_size", "eval_batch_size", "max_length", "precision", "compile",
+                      "cuda_graphs")  # fmt: skip
+WEIGHTS_KEY = "method_weights"  # a final report's trained weights (safetensors bytes)
+LEASE_S = 30.0  # a trial that has not polled for this long is gone (Tune stopped it, or it died)
+IDLE = np.zeros(0, dtype=np.int64)  # an idle row's part of a step: no rows of data
+Build = Callable[[MethodConfig, TrainConfig, str], PeftClassifier]
+
+
+def build_member(method: MethodConfig, train: TrainConfig, backbone: str) -> PeftClassifier:
+    """A trial's model, initialised as :func:`trainables.recipe.run_trial` initialises it (on
+    the host, from the seeded host generator), leaving every generator as it found it."""
+    from trainables.methods import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(train.seed)
+        return build_model(method, load_backbone(backbone))
+
+
+@dataclass(eq=False)
+class _Member:
+    """One trial in the pool: its model (on the host: its row lives in the fused ``theta``), its
+    own step arithmetic and data order, its progress and its reports not yet polled."""
+
+    token: int
+    config: dict[str, Any]
+    train: TrainConfig
+    model: PeftClassifier
+    plan: _Plan
+    rows: np.ndarray  # its training rows of the pool's data (its subset, or all)
+    row: int = -1  # its row of the fused model, once admitted
+    step: int = 0
+    epoch: int = 0
+    batches: list[np.ndarray] = field(default_factory=list)
+    next_batch: int = 0
+    evaluation: int = 0
+    samples: int = 0
+    tokens: int = 0
+    train_s: float = 0.0
+    loss_sum: torch.Tensor | None = None  # on the device: no host sync a step
+    loss_steps: int = 0
+    started: float = 0.0
+    best: float = float("-inf")
+    time_to_best_s: float = 0.0
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    polled: float = field(default_factory=time.monotonic)
+    done: bool = False
+
+    def next_rows(self, data: PreparedData) -> np.ndarray:
+        """Its next batch (rows of the pool's training data), a new epoch's plan as one ends."""
+        if self.next_batch == len(self.batches):
+            if self.batches:
+                self.epoch += 1
+            self.batches = epoch_plan(
+                data.train.lengths[self.rows], batch_size=self.train.batch_size,
+                seed=self.train.seed, epoch=self.epoch, length_grouping=self.train.length_grouping,
+            )  # fmt: skip
+            self.next_batch = 0
+        batch = self.rows[self.batches[self.next_batch]]
+        self.next_batch += 1
+        return batch
+
+
+class FusedPool:
+    """``slots`` rows of one fused LoRA model on ``device``, trained by a background thread for
+    whichever trials have joined. Thread-safe: Ray runs it as a threaded actor.
+
+    The first trial to join fixes what the others must share (backbone, task, LoRA placement,
+    the training fields of :data:`POOL_SHARED_FIELDS`); ``rank`` is the largest
+    LoRA rank a trial may have (smaller ones are zero-padded).
+    """
+
+    def __init__(
+        self,
+        data: PreparedData,
+        *,
+        slots: int,
+        rank: int = 16,
+        device: str | None = None,
+        lease_s: float = LEASE_S,
+        build: Build = build_member,
+    ) -> None:
+        if slots < 1 or rank < 1:
+            raise ConfigError(f"a fused pool needs slots >= 1 and rank >= 1, not {slots}, {rank}")
+        self.data = data
+        self.slots = slots
+        self.rank = rank
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.lease_s = lease_s
+        self._build = build
+        self._lock = threading.Condition()
+        self._pending: list[_Member] = []
+        self._members: dict[int, _Member] = {}  # by token: admitted or pending, until polled out
+        self._rows: list[_Member | None] = [None] * slots
+        self._tokens = 0
+        # the first trial: its model, training config and backbone fix what the others share
+        self._template: tuple[PeftClassifier, TrainConfig, str] | None = None
+        # held while a trial's model is built and while a step runs: a build (seeded, on the
+        # host generator) and a step's dropout draws never interleave
+        self._rng = threading.Lock()
+        self._error: BaseException | None = None
+        self._closed = False
+        self.steps = 0  # fused steps run
+        self._thread = threading.Thread(target=self._run, name="fused-pool", daemon=True)
+        self._thread.start()
+
+    # --- what trials call ------------------------------------------------------------------------
+
+    def join(self, config: dict[str, Any]) -> int:
+        """Queue a trial (its flat config, as :func:`trainables.recipe.run_trial` takes it);
+        returns its token. Refuses, with the reason, a trial that cannot fuse with the pool's."""
+        method, train = split_config(config, num_labels=self.data.num_labels)
+        if method.method != "lora" or method.rank > self.rank:
+            raise ConfigError(f"the fused pool takes LoRA trials of rank <= {self.rank}, not "
+                              f"method={method.method!r} rank={method.rank}")  # fmt: skip
+        backbone = str(config.get("backbone", "minilm-l6"))
+        with self._rng:
+            model = self._build(method, train, backbone)
+        rows = train_rows(self.data, config.get("train_samples"), seed=train.seed)
+        with self._lock:
+            self._raise_error()
+            if self._template is None:
+                self._template = (model, train, backbone)
+            check_configs([self._template[1], train], shared=POOL_SHARED_FIELDS)
+            _check_members([self._template[0], model])
+            plan = _Plan.of(train, len(rows), task_kind=self.data.task_kind,
+                            metric=self.data.metric, device=self.device)  # fmt: skip
+            self._tokens += 1
+            member = _Member(self._tokens, config, train, model, plan, rows)
+            self._members[member.token] = member
+            self._pending.append(member)
+            self._lock.notify_all()
+        return member.token
+
+    def poll(self, token: int, wait_s: float = 1.0) -> list[dict[str, Any]]:
+        """The trial's evaluation reports since its last poll (waiting up to ``wait_s`` for one);
+        the last has ``status="completed"``. Polling keeps the trial in the pool."""
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            while True:
+                self._raise_error()
+                member = self._members.get(token)
+                if member is None:
+                    raise ConfigError(f"trial {token} is not in the fused pool (dropped after "
+                                      f"{self.lease_s:g} s without a poll)")  # fmt: skip
+                member.polled = float("inf")  # waiting here: alive
+                left = deadline - time.monotonic()
+                if member.reports or left <= 0:
+                    member.polled = time.monotonic()
+                    reports, member.reports = member.reports, []
+                    if member.done:
+                        del self._members[token]
+                    return reports
+                self._lock.wait(left)
+
+    def leave(self, token: int) -> None:
+        """The trial is gone: free its row at the next step."""
+        with self._lock:
+            member = self._members.pop(token, None)
+            if member is not None:
+                member.polled = float("-inf")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join()
+
+    def status(self) -> dict[str, Any]:
+        """How many trials are training, waiting for a row, and the fused steps run so far."""
+        with self._lock:
+            training = sum(m is not None for m in self._rows)
+            return {"training": training, "waiting": len(self._pending), "steps": self.steps,
+                    "slots": self.slots}  # fmt: skip
+
+    # --- the training thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            with sdpa_kernel(SDPA_BACKENDS):
+                self._train()
+        except BaseException as error:  # noqa: BLE001 - handed to every trial that polls
+            with self._lock:
+                self._error = error
+                self._lock.notify_all()
+
+    def _train(self) -> None:
+        model: FusedLoRA | None = None
+        stepper: FusedStep | None = None
+        segment = time.perf_counter()
+        while True:
+            with self._lock:
+                while not self._closed and not self._pending and not any(self._rows):
+                    self._lock.wait(0.5)
+                if self._closed:
+                    return
+                admit, leaving = self._changes()
+            if model is None:
+                model, stepper = self._build_fused()
+            assert stepper is not None
+            if admit or leaving:
+                segment = self._close_segment(segment)
+                for member in leaving:
+                    self._rows[member.row] = None
+                for member in admit:
+                    self._admit(member, model, stepper)
+            if not any(self._rows):
+                continue
+            self._step(model, stepper)
+            due = [m for m in self._rows if m is not None and m.step in m.plan.eval_steps]
+            if due:
+                segment = self._close_segment(segment)
+                self._evaluate(model, due)
+                model.train()
+                segment = time.perf_counter()
+
+    def _changes(self) -> tuple[list[_Member], list[_Member]]:
+        """(trials to admit, trials leaving), under the lock: silent ones leave (done ones left
+        at their last evaluation); the queue's first take the free rows."""
+        now = time.monotonic()
+        leaving = [m for m in self._rows if m is not None and now - m.polled > self.lease_s]
+        for member in leaving:
+            self._members.pop(member.token, None)
+        self._pending = [m for m in self._pending
+                         if m.token in self._members and now - m.polled <= self.lease_s]  # fmt: skip
+        free = sum(m is None for m in self._rows) + len(leaving)
+        admit, self._pending = self._pending[:free], self._pending[free:]
+        return admit, leaving
+
+    def _build_fused(self) -> tuple[FusedLoRA, FusedStep]:
+        """The fused model, its rows at ``rank`` (copies of the first trial, overwritten as
+        trials are admitted), on the device; bf16 backbone on GPUs, as :func:`fit_fused` runs."""
+        assert self._template is not None
+        template, train, backbone = self._template
+        with self._rng:
+            slot = self._build(template.config.replace(rank=self.rank), train, backbone)
+            torch.manual_seed(train.seed)  # dropout masks: one generator for the fused model
+        model = FusedLoRA([slot] * self.slots).to(self.device)
+        if uses_bf16(train.precision, torch.device(self.device)):
+            model.backbone_to(torch.bfloat16)
+        plan = _Plan.of(train, len(self.data.train), task_kind=self.data.task_kind,
+                        metric=self.data.metric, device=self.device)  # fmt: skip
+        if plan.cuda:
+            torch.set_float32_matmul_precision("high")
+        stepper = FusedStep(model, train, plan, task_kind=self.data.task_kind)
+        with torch.no_grad():
+            stepper.lr.zero_()
+        model.train()
+        return model, stepper
+
+    def _admit(self, member: _Member, model: FusedLoRA, stepper: FusedStep) -> None:
+        member.row = self._rows.index(None)
+        self._rows[member.row] = member
+        model.load_row(member.row, member.model)
+        stepper.set_row(member.row, member.train)
+        member.started = time.perf_counter()
+        member.loss_sum = torch.zeros((), device=self.device)
+
+    def _step(self, model: FusedLoRA, stepper: FusedStep) -> None:
+        parts = [IDLE if m is None else m.next_rows(self.data) for m in self._rows]
+        if stepper.pack:
+            batch, counts = packed.pack(self.data.train, parts, slots=self._template_batch(),
+                                        ignore=IGNORE_INDEX)  # fmt: skip
+        else:
+            batch, counts = padded_step(self.data.train, parts)
+        lrs = [0.0 if m is None else m.train.lr * _factor(m) for m in self._rows]
+        stepper.lr.copy_(torch.tensor(lrs))
+        with self._rng:
+            losses = stepper(batch)
+        self.steps += 1
+        for m, (samples, tokens, _) in zip(self._rows, counts, strict=True):
+            if m is None:
+                continue
+            m.step += 1
+            m.samples += samples
+            m.tokens += tokens
+            m.loss_steps += 1
+            m.loss_sum += losses[m.row]  # type: ignore[operator]
+
+    def _template_batch(self) -> int:
+        assert self._template is not None
+        return self._template[1].batch_size
+
+    def _close_segment(self, segment: float) -> float:
+        """Training time since ``segment`` to every trial training now; returns the new start."""
+        synchronize(torch.device(self.device))
+        now = time.perf_counter()
+        for m in self._rows:
+            if m is not None:
+                m.train_s += now - max(segment, m.started)
+        return now
+
+    def _evaluate(self, model: FusedLoRA, due: list[_Member]) -> None:
+        train = due[0].train
+        results = evaluate_fused(
+            model, self.data.dev, task_kind=self.data.task_kind, metric=self.data.metric,
+            batch_size=train.eval_batch_size, device=self.device, precision=train.precision,
+        )  # fmt: skip
+        for member in due:
+            dev_loss, metrics = results[member.row]
+            report = self._report(member, dev_loss, metrics)
+            if member.evaluation == member.train.evals:
+                model.store_row(member.row, member.model)
+                member.model.to(self.device)
+                final = time.perf_counter()
+                report.update(final_metrics(member.model, self.data, member.train, self.device))
+                report["final_s"] = time.perf_counter() - final
+                report["status"] = "completed"
+                member.model.to("cpu")
+                report[WEIGHTS_KEY] = _weights(member.model)
+                member.done = True
+            with self._lock:
+                if member.done:
+                    self._rows[member.row] = None  # free for the next trial
+                member.reports.append(report)
+                self._lock.notify_all()
+
+    def _report(self, m: _Member, dev_loss: float, metrics: dict[str, float]) -> dict[str, Any]:
+        """The evaluation's metrics under the keys :func:`trainables.recipe.run_trial` uses."""
+        m.evaluation += 1
+        wall_s = time.perf_counter() - m.started
+        score = metrics["score"]
+        if score > m.best:  # every task metric is maximised
+            m.best, m.time_to_best_s = score, wall_s
+        assert m.loss_sum is not None
+        train_loss = float(m.loss_sum) / max(1, m.loss_steps)
+        m.loss_sum.zero_()
+        m.loss_steps = 0
+        return {
+            "trainable_params": m.model.trainable_params(),
+            "added_params": m.model.added_params(),
+            "evaluation": m.evaluation,
+            "fidelity": m.evaluation / m.train.evals,
+            "step": m.step,
+            "epoch": m.step / m.plan.steps_per_epoch,
+            "train_loss": train_loss,
+            "dev_loss": dev_loss,
+            "dev_score": score,
+            **{f"dev_{k}": v for k, v in metrics.items() if k != "score"},
+            "train_samples_per_s": m.samples / m.train_s if m.train_s else 0.0,
+            "tokens_seen": m.tokens,
+            "wall_s": wall_s,
+            "status": "running",
+            "best_dev_score": m.best,
+            "time_to_best_s": m.time_to_best_s,
+            "fused_slots": self.slots,
+        }
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the fused pool's training failed: {self._error!r}")
+
+
+def start_pool(
+    data: PreparedData, *, slots: int, rank: int = 16, gpus: float = 1.0, lease_s: float = LEASE_S
+) -> Any:
+    """The pool as a Ray actor (threaded: each trial's poll waits in its own thread) holding
+    ``gpus`` of a GPU (0: trains on the host), for :func:`trainables.trainable.tune_pooled_trial`."""
+    import ray
+
+    actor = ray.remote(FusedPool).options(
+        num_cpus=1, num_gpus=gpus, max_concurrency=max(16, 4 * slots)
+    )
+    return actor.remote(data, slots=slots, rank=rank, device="cuda" if gpus else "cpu",
+                        lease_s=lease_s)  # fmt: skip
+
+
+def _weights(model: PeftClassifier) -> bytes:
+    """The trained method weights as :meth:`PeftClassifier.save_method_weights` writes them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return model.save_method_weights(Path(tmp) / "weights.safetensors").read_bytes()
+
+
+def _factor(member: _Member) -> float:
+    plan = member.plan
+    return _lr_factor(member.train.warmup_steps(plan.total_steps), plan.total_steps)(member.step)
+
+
+__all__ = ["LEASE_S", "WEIGHTS_KEY", "FusedPool", "build_member", "start_pool"]
