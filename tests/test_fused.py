@@ -22,6 +22,7 @@ from trainables.fused import (
     IGNORE_INDEX,
     FusedLoRA,
     RowAdamW,
+    evaluate_fused,
     fit_fused,
     fused_batches,
     fused_losses,
@@ -108,6 +109,19 @@ def test_fused_regression_matches_alone():
                         metric="pearson_spearman", device="cpu")  # fmt: skip
     for result, reference in zip(results, alone, strict=True):
         assert result.dev_metrics == pytest.approx(reference.dev_metrics, abs=1e-4)
+
+
+def test_evaluating_some_rows_gives_what_evaluating_all_gives_them():
+    fused = no_dropout(
+        FusedLoRA([member(4, 8, seed=1), member(8, 16, seed=2), member(2, 2, seed=3)])
+    )
+    kwargs = {"task_kind": "classification", "metric": "accuracy", "batch_size": 64}
+    every = evaluate_fused(fused, DEV, **kwargs)
+    some = evaluate_fused(fused, DEV, rows=[2, 0], **kwargs)
+    for (loss, metrics), k in zip(some, [2, 0], strict=True):
+        assert loss == pytest.approx(every[k][0], rel=1e-5)
+        assert metrics == pytest.approx(every[k][1], rel=1e-5)
+    assert every[0][0] != every[2][0]  # the rows differ, so a mix-up would show
 
 
 def test_padding_rows_and_columns_stay_zero():

@@ -165,16 +165,21 @@ class FusedLoRA(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         *,
         slots: int | None = None,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
         """Logits ``[K, B, num_labels]``; with ``slots``, of a packed batch (:mod:`.packed`,
-        ``attention_mask`` its segments): ``B = slots``, in its labels' order."""
-        lora = self.theta[:, : self.scale.shape[1]] * self.scale  # one kernel, not one a linear
+        ``attention_mask`` its segments): ``B = slots``, in its labels' order. ``rows``: of
+        those trials only (``K = len(rows)``; the batch holds theirs alone)."""
+        theta = self.theta if rows is None else self.theta[rows]
+        scale = self.scale if rows is None else self.scale[rows]
+        k = len(theta)
+        lora = theta[:, : scale.shape[1]] * scale  # one kernel, not one a linear
         if not torch.is_autocast_enabled(input_ids.device.type):
             lora = lora.to(self.backbone_dtype)  # a bf16 backbone runs without autocast
         sizes = [s.size for s in self._slots]
         chunks = [*lora.split(sizes[:-2], dim=1),
-                  *self.theta[:, lora.shape[1]:].split(sizes[-2:], dim=1)]  # fmt: skip
-        views = [c.view(self.trials, *s.shape) for c, s in zip(chunks, self._slots, strict=True)]
+                  *theta[:, lora.shape[1]:].split(sizes[-2:], dim=1)]  # fmt: skip
+        views = [c.view(k, *s.shape) for c, s in zip(chunks, self._slots, strict=True)]
         for i, module in enumerate(self._lora):
             module.factors = (views[2 * i], views[2 * i + 1])
         if slots is None:
@@ -186,8 +191,8 @@ class FusedLoRA(nn.Module):
                             token_type_ids=token_type_ids,
                             position_ids=packed.positions(attention_mask))  # fmt: skip
             pooled = packed.segment_mean(out.last_hidden_state, attention_mask,
-                                         trials=self.trials, slots=slots)  # fmt: skip
-        pooled = self.dropout(pooled).view(self.trials, -1, pooled.shape[-1])
+                                         trials=k, slots=slots)  # fmt: skip
+        pooled = self.dropout(pooled).view(k, -1, pooled.shape[-1])
         return torch.baddbmm(views[-1], pooled, views[-2])
 
     def backbone_to(self, dtype: torch.dtype) -> None:
@@ -341,10 +346,10 @@ def fused_batches(
         if pack:
             batch, counts = packed.pack(data, list(parts), slots=first.batch_size,
                                         ignore=IGNORE_INDEX)  # fmt: skip
-            yield _pinned(batch) if pin_memory else batch, counts
+            yield pinned(batch) if pin_memory else batch, counts
             continue
         batch, counts = padded_step(data, list(parts))
-        yield _pinned(batch) if pin_memory else batch, counts
+        yield pinned(batch) if pin_memory else batch, counts
 
 
 def padded_step(data: Encoded, parts: list[np.ndarray]) -> tuple[Batch, list[tuple[int, int, int]]]:
@@ -374,27 +379,31 @@ def evaluate_fused(
     batch_size: int,
     device: torch.device | str | None = None,
     precision: str = "auto",
+    rows: list[int] | None = None,
 ) -> list[tuple[float, dict[str, float]]]:
-    """Each trial's ``(mean loss, metrics)`` on ``data``, as ``inference.evaluate`` gives one
-    model's; every dev batch runs once for all K trials."""
-    logits = predict(_EveryTrial(model), data, batch_size=batch_size, device=device,
+    """Each trial's (or each of ``rows``') ``(mean loss, metrics)`` on ``data``, as
+    ``inference.evaluate`` gives one model's; every dev batch runs once for all of them."""
+    every = _EveryTrial(model, rows)
+    logits = predict(every, data, batch_size=batch_size, device=device,
                      precision=_autocast_precision(model, precision))  # fmt: skip
-    return [
-        score(logits[:, k], data, task_kind=task_kind, metric=metric) for k in range(model.trials)
-    ]
+    return [score(logits[:, k], data, task_kind=task_kind, metric=metric) for k in range(every.k)]
 
 
 class _EveryTrial(nn.Module):
-    """``model`` on one batch for all its trials: ``[B, T]`` in, ``[B, K, num_labels]`` out."""
+    """``model`` on one batch for all its trials (or ``rows``): ``[B, T]`` in,
+    ``[B, K, num_labels]`` out."""
 
-    def __init__(self, model: FusedLoRA) -> None:
+    def __init__(self, model: FusedLoRA, rows: list[int] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.rows = rows
+        self.k = model.trials if rows is None else len(rows)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):  # type: ignore[no-untyped-def]
-        k = self.model.trials
+        k = self.k
         types = None if token_type_ids is None else token_type_ids.repeat(k, 1)
-        logits = self.model(input_ids.repeat(k, 1), attention_mask.repeat(k, 1), types)
+        logits = self.model(input_ids.repeat(k, 1), attention_mask.repeat(k, 1), types,
+                            rows=self.rows)  # fmt: skip
         return logits.transpose(0, 1)
 
 
@@ -664,7 +673,7 @@ def _member_tensors(member: PeftClassifier, names: list[str]) -> list[torch.Tens
     return [*out, head.weight.detach().T, head.bias.detach()[None, :]]
 
 
-def _pinned(batch: Batch) -> Batch:
+def pinned(batch: Batch) -> Batch:
     types = batch.token_type_ids
     return Batch(batch.input_ids.pin_memory(), batch.attention_mask.pin_memory(),
                  None if types is None else types.pin_memory(), batch.labels.pin_memory(),

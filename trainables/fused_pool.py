@@ -15,11 +15,14 @@ rounding and dropout draws, as for fused trials): its rows are disjoint from the
 row that takes a new trial starts over (weights, AdamW moments and step count, learning rate,
 weight decay, clipping). An idle row gets no data and a zero learning rate.
 
-A trial leaves when it completes, or when its Tune process stops polling: ASHA stopped it, or it
-failed. A trial that has not polled for :data:`LEASE_S` seconds is dropped at the next step.
-Evaluations run on every row at once whenever one trial is due (each trial is evaluated on its
-own steps); the trial's final test evaluation runs on its own copy of the model. Pool trials do
-not checkpoint: a trial restarted by Tune starts over.
+A trial leaves when it completes, or when its Tune process ends (stopped by the scheduler, or
+failed: ``tune_pooled_trial`` leaves in a ``finally``); one that has not polled for
+:data:`LEASE_S` seconds (its process killed) is dropped at the next step. An empty pool waits up
+to :data:`GATHER_S` seconds for its rows to fill before its first step, so that the trials Tune
+starts together train in step. A fused evaluation runs the rows that are due, together; a
+trial's final test evaluation runs on its own copy of the model, with the trained row written
+back. Pool trials checkpoint their weights once, at the end: a trial restarted by Tune starts
+over.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from trainables.fused import (
     check_configs,
     evaluate_fused,
     padded_step,
+    pinned,
 )
 from trainables.inference import SDPA_BACKENDS, synchronize, uses_bf16
 from trainables.loop import _lr_factor, _Plan
@@ -61,6 +65,7 @@ from trainables.train_config import TrainConfig
 POOL_SHARED_FIELDS = ("batch_size", "eval_batch_size", "max_length", "precision", "compile",
                       "cuda_graphs")  # fmt: skip
 WEIGHTS_KEY = "method_weights"  # a final report's trained weights (safetensors bytes)
+GATHER_S = 5.0  # an empty pool waits this long for more trials to fill its rows
 LEASE_S = 30.0  # a trial that has not polled for this long is gone (Tune stopped it, or it died)
 IDLE = np.zeros(0, dtype=np.int64)  # an idle row's part of a step: no rows of data
 Build = Callable[[MethodConfig, TrainConfig, str], PeftClassifier]
@@ -96,13 +101,13 @@ class _Member:
     samples: int = 0
     tokens: int = 0
     train_s: float = 0.0
-    loss_sum: torch.Tensor | None = None  # on the device: no host sync a step
-    loss_steps: int = 0
+    loss_steps: int = 0  # steps since its last evaluation
     started: float = 0.0
     best: float = float("-inf")
     time_to_best_s: float = 0.0
     reports: list[dict[str, Any]] = field(default_factory=list)
     polled: float = field(default_factory=time.monotonic)
+    joined: float = field(default_factory=time.monotonic)
     done: bool = False
 
     def next_rows(self, data: PreparedData) -> np.ndarray:
@@ -137,6 +142,7 @@ class FusedPool:
         rank: int = 16,
         device: str | None = None,
         lease_s: float = LEASE_S,
+        gather_s: float = GATHER_S,
         build: Build = build_member,
     ) -> None:
         if slots < 1 or rank < 1:
@@ -146,6 +152,7 @@ class FusedPool:
         self.rank = rank
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.lease_s = lease_s
+        self.gather_s = gather_s
         self._build = build
         self._lock = threading.Condition()
         self._pending: list[_Member] = []
@@ -158,6 +165,7 @@ class FusedPool:
         # host generator) and a step's dropout draws never interleave
         self._rng = threading.Lock()
         self._error: BaseException | None = None
+        self._loss_sums = torch.zeros(slots)  # each row's training loss since its last eval
         self._closed = False
         self.steps = 0  # fused steps run
         self._thread = threading.Thread(target=self._run, name="fused-pool", daemon=True)
@@ -249,8 +257,8 @@ class FusedPool:
         segment = time.perf_counter()
         while True:
             with self._lock:
-                while not self._closed and not self._pending and not any(self._rows):
-                    self._lock.wait(0.5)
+                while not self._closed and self._idle():
+                    self._lock.wait(0.1)
                 if self._closed:
                     return
                 admit, leaving = self._changes()
@@ -272,6 +280,17 @@ class FusedPool:
                 self._evaluate(model, due)
                 model.train()
                 segment = time.perf_counter()
+
+    def _idle(self) -> bool:
+        """Nothing to train, or (under the lock) an empty pool still gathering its first trials:
+        it starts once its rows are full or ``gather_s`` after the first joined, so that trials
+        Tune starts together train together (one evaluation for all, no ramp)."""
+        if any(self._rows):
+            return False
+        if not self._pending:
+            return True
+        gathering = time.monotonic() - self._pending[0].joined < self.gather_s
+        return len(self._pending) < self.slots and gathering
 
     def _changes(self) -> tuple[list[_Member], list[_Member]]:
         """(trials to admit, trials leaving), under the lock: silent ones leave (done ones left
@@ -304,6 +323,7 @@ class FusedPool:
         stepper = FusedStep(model, train, plan, task_kind=self.data.task_kind)
         with torch.no_grad():
             stepper.lr.zero_()
+        self._loss_sums = self._loss_sums.to(self.device)
         model.train()
         return model, stepper
 
@@ -312,8 +332,8 @@ class FusedPool:
         self._rows[member.row] = member
         model.load_row(member.row, member.model)
         stepper.set_row(member.row, member.train)
+        self._loss_sums[member.row] = 0.0
         member.started = time.perf_counter()
-        member.loss_sum = torch.zeros((), device=self.device)
 
     def _step(self, model: FusedLoRA, stepper: FusedStep) -> None:
         parts = [IDLE if m is None else m.next_rows(self.data) for m in self._rows]
@@ -322,19 +342,19 @@ class FusedPool:
                                         ignore=IGNORE_INDEX)  # fmt: skip
         else:
             batch, counts = padded_step(self.data.train, parts)
-        lrs = [0.0 if m is None else m.train.lr * _factor(m) for m in self._rows]
-        stepper.lr.copy_(torch.tensor(lrs))
+        lrs = torch.tensor([0.0 if m is None else m.train.lr * _factor(m) for m in self._rows])
+        if self.device.startswith("cuda"):  # pinned: copies that do not wait for the GPU
+            batch, lrs = pinned(batch), lrs.pin_memory()
+        stepper.lr.copy_(lrs, non_blocking=True)
         with self._rng:
-            losses = stepper(batch)
+            self._loss_sums += stepper(batch)
         self.steps += 1
         for m, (samples, tokens, _) in zip(self._rows, counts, strict=True):
-            if m is None:
-                continue
-            m.step += 1
-            m.samples += samples
-            m.tokens += tokens
-            m.loss_steps += 1
-            m.loss_sum += losses[m.row]  # type: ignore[operator]
+            if m is not None:
+                m.step += 1
+                m.samples += samples
+                m.tokens += tokens
+                m.loss_steps += 1
 
     def _template_batch(self) -> int:
         assert self._template is not None
@@ -354,10 +374,13 @@ class FusedPool:
         results = evaluate_fused(
             model, self.data.dev, task_kind=self.data.task_kind, metric=self.data.metric,
             batch_size=train.eval_batch_size, device=self.device, precision=train.precision,
+            rows=[m.row for m in due],
         )  # fmt: skip
-        for member in due:
-            dev_loss, metrics = results[member.row]
-            report = self._report(member, dev_loss, metrics)
+        losses = self._loss_sums.tolist()
+        for member, (dev_loss, metrics) in zip(due, results, strict=True):
+            train_loss = losses[member.row] / max(1, member.loss_steps)
+            self._loss_sums[member.row] = 0.0
+            report = self._report(member, train_loss, dev_loss, metrics)
             if member.evaluation == member.train.evals:
                 model.store_row(member.row, member.model)
                 member.model.to(self.device)
@@ -374,16 +397,15 @@ class FusedPool:
                 member.reports.append(report)
                 self._lock.notify_all()
 
-    def _report(self, m: _Member, dev_loss: float, metrics: dict[str, float]) -> dict[str, Any]:
+    def _report(
+        self, m: _Member, train_loss: float, dev_loss: float, metrics: dict[str, float]
+    ) -> dict[str, Any]:
         """The evaluation's metrics under the keys :func:`trainables.recipe.run_trial` uses."""
         m.evaluation += 1
         wall_s = time.perf_counter() - m.started
         score = metrics["score"]
         if score > m.best:  # every task metric is maximised
             m.best, m.time_to_best_s = score, wall_s
-        assert m.loss_sum is not None
-        train_loss = float(m.loss_sum) / max(1, m.loss_steps)
-        m.loss_sum.zero_()
         m.loss_steps = 0
         return {
             "trainable_params": m.model.trainable_params(),
