@@ -86,6 +86,27 @@ def test_trials_joining_a_full_pool_at_other_times_train_as_each_alone():
     assert runs[2][-1]["step"] == 2 * 7  # 200 rows / 32 = 7 batches an epoch, 2 epochs
 
 
+def test_rows_over_every_linear_train_trials_of_any_placement_as_each_alone():
+    configs = [
+        {**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1, "placement": "ffn"},
+        {**BASE, "rank": 8, "alpha": 8, "lr": 2e-3, "seed": 2, "placement": "attn_all",
+         "layers": (1,)},
+        {**BASE, "rank": 2, "alpha": 4, "lr": 4e-3, "seed": 3, "layer_ranks": (2, 0)},
+    ]  # fmt: skip
+    pool = FusedPool(DATA, slots=3, rank=8, placement="all", device="cpu", build=build)
+    try:
+        runs = [poll_to_end(pool, t) for t in [pool.join(c) for c in configs]]
+    finally:
+        pool.close()
+    for config, reports in zip(configs, runs, strict=True):
+        reference, result = alone(config, train_rows(DATA, None, seed=0))
+        weights = load(reports[-1][WEIGHTS_KEY])
+        assert weights.keys() == reference.keys()  # its own LoRA, no other
+        for name, value in reference.items():
+            torch.testing.assert_close(weights[name], value, atol=2e-5, rtol=1e-4, msg=name)
+        assert reports[-1]["best_dev_score"] == result.best_dev_score
+
+
 def test_a_silent_trial_is_dropped_and_its_row_taken():
     pool = FusedPool(DATA, slots=1, rank=8, device="cpu", build=build, lease_s=0.5)
     try:

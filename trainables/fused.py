@@ -121,7 +121,7 @@ class FusedLoRA(nn.Module):
 
     def __init__(self, members: Sequence[PeftClassifier]) -> None:
         super().__init__()
-        _check_members(members)
+        check_members(members)
         self.members = list(members)  # a plain list: not registered as submodules
         self.trials = k = len(members)
         first = members[0]
@@ -212,8 +212,9 @@ class FusedLoRA(nn.Module):
 
     def load_row(self, row: int, member: PeftClassifier) -> None:
         """Make row ``row`` another trial's: ``member``'s LoRA factors, head and LoRA scales
-        (its slots zero where its rank is smaller). ``member`` must fit: one of the members'
-        kind (``_check_members``), of a rank no larger than theirs."""
+        (its slots zero where its rank is smaller, and at every linear it has no LoRA on: both
+        factors zero get zero gradients and stay zero). ``member`` must fit
+        (``check_members(..., subset=True)``), of a rank no larger than the rows'."""
         with torch.no_grad():
             self.theta[row].zero_()
             for part, value in self._pairs(row, member):
@@ -229,9 +230,11 @@ class FusedLoRA(nn.Module):
     def _scale_row(self, member: PeftClassifier) -> torch.Tensor:
         """``member``'s row of :attr:`scale`: 1 over each A slot, its alpha / rank over each B."""
         parts = []
+        present = set(_lora_names(member))
         for i, name in enumerate(self._names):
             a, b = self._slots[2 * i], self._slots[2 * i + 1]
-            scaling = float(_bert_of(member).get_submodule(name).scaling["default"])
+            layer = _bert_of(member).get_submodule(name) if name in present else None
+            scaling = 0.0 if layer is None else float(layer.scaling["default"])
             parts += [torch.ones(a.size), torch.full((b.size,), scaling)]
         return torch.cat(parts)
 
@@ -243,8 +246,13 @@ class FusedLoRA(nn.Module):
         zero-padded slot."""
         pairs = enumerate(self.members) if member is None else [(row, member)]
         for r, m in pairs:
-            values = _member_tensors(m, self._names)
-            for view, value in zip(self._views(cast(int, r)), values, strict=True):
+            present = set(_lora_names(m))
+            names = [n for n in self._names if n in present]
+            views = self._views(cast(int, r))
+            # the views of its linears (two each, in module order), then the head's two
+            mine = [v for i, n in enumerate(self._names) if n in present
+                    for v in views[2 * i : 2 * i + 2]] + views[-2:]  # fmt: skip
+            for view, value in zip(mine, _member_tensors(m, names), strict=True):
                 yield view[tuple(slice(0, n) for n in value.shape)], value
 
     def _views(self, row: int) -> list[torch.Tensor]:
@@ -594,7 +602,9 @@ def _autocast_precision(model: FusedLoRA, precision: str) -> str:
     return precision if model.backbone_dtype == torch.float32 else "fp32"
 
 
-def _check_members(members: Sequence[PeftClassifier]) -> None:
+def check_members(members: Sequence[PeftClassifier], *, subset: bool = False) -> None:
+    """Refuse members that cannot fuse with the first, naming why; ``subset``: a member may
+    have LoRA on fewer linears than the first (a fused pool's rows cover a union)."""
     if not members:
         raise ConfigError("fusing needs at least one trial")
     first = members[0]
@@ -608,7 +618,8 @@ def _check_members(members: Sequence[PeftClassifier]) -> None:
             )
         if config.num_labels != first.config.num_labels or member.shape != first.shape:
             raise ConfigError(f"trial {k}: another task or backbone than trial 0's")
-        if _lora_names(member) != names:
+        linears = _lora_names(member)
+        if (not set(linears) <= set(names)) if subset else linears != names:
             raise ConfigError(
                 f"trial {k}: LoRA on other linears than trial 0's (placement, layers)"
             )

@@ -48,8 +48,8 @@ from trainables.fused import (
     IGNORE_INDEX,
     FusedLoRA,
     FusedStep,
-    _check_members,
     check_configs,
+    check_members,
     evaluate_fused,
     padded_step,
     pinned,
@@ -129,9 +129,10 @@ class FusedPool:
     """``slots`` rows of one fused LoRA model on ``device``, trained by a background thread for
     whichever trials have joined. Thread-safe: Ray runs it as a threaded actor.
 
-    The first trial to join fixes what the others must share (backbone, task, LoRA placement,
-    the training fields of :data:`POOL_SHARED_FIELDS`); ``rank`` is the largest
-    LoRA rank a trial may have (smaller ones are zero-padded).
+    The first trial to join fixes what the others must share (backbone, task, the training
+    fields of :data:`POOL_SHARED_FIELDS`); ``rank`` is the largest LoRA rank a trial may have
+    (smaller ones are zero-padded), ``placement`` the linears the rows cover, on every layer
+    (None: the first trial's placement and layers); a trial may have LoRA on fewer of them.
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class FusedPool:
         *,
         slots: int,
         rank: int = 16,
+        placement: str | None = None,
         device: str | None = None,
         lease_s: float = LEASE_S,
         gather_s: float = GATHER_S,
@@ -150,6 +152,7 @@ class FusedPool:
         self.data = data
         self.slots = slots
         self.rank = rank
+        self.placement = placement
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.lease_s = lease_s
         self.gather_s = gather_s
@@ -159,8 +162,10 @@ class FusedPool:
         self._members: dict[int, _Member] = {}  # by token: admitted or pending, until polled out
         self._rows: list[_Member | None] = [None] * slots
         self._tokens = 0
-        # the first trial: its model, training config and backbone fix what the others share
-        self._template: tuple[PeftClassifier, TrainConfig, str] | None = None
+        # built as the first trial joins, from its config at the pool's rank and placement: what
+        # every row holds (a trial's LoRA on fewer linears leaves the others zero), its
+        # training config, its backbone
+        self._template: tuple[PeftClassifier, TrainConfig] | None = None
         # held while a trial's model is built and while a step runs: a build (seeded, on the
         # host generator) and a step's dropout draws never interleave
         self._rng = threading.Lock()
@@ -183,13 +188,17 @@ class FusedPool:
         backbone = str(config.get("backbone", "minilm-l6"))
         with self._rng:
             model = self._build(method, train, backbone)
+            if self._template is None:
+                rows_method = method.replace(rank=self.rank, layer_ranks=None)
+                if self.placement is not None:
+                    rows_method = rows_method.replace(placement=self.placement, layers=None)
+                self._template = (self._build(rows_method, train, backbone), train)
         rows = train_rows(self.data, config.get("train_samples"), seed=train.seed)
         with self._lock:
             self._raise_error()
-            if self._template is None:
-                self._template = (model, train, backbone)
+            assert self._template is not None
             check_configs([self._template[1], train], shared=POOL_SHARED_FIELDS)
-            _check_members([self._template[0], model])
+            check_members([self._template[0], model], subset=True)
             plan = _Plan.of(train, len(rows), task_kind=self.data.task_kind,
                             metric=self.data.metric, device=self.device)  # fmt: skip
             self._tokens += 1
@@ -309,11 +318,10 @@ class FusedPool:
         """The fused model, its rows at ``rank`` (copies of the first trial, overwritten as
         trials are admitted), on the device; bf16 backbone on GPUs, as :func:`fit_fused` runs."""
         assert self._template is not None
-        template, train, backbone = self._template
+        template, train = self._template
         with self._rng:
-            slot = self._build(template.config.replace(rank=self.rank), train, backbone)
             torch.manual_seed(train.seed)  # dropout masks: one generator for the fused model
-        model = FusedLoRA([slot] * self.slots).to(self.device)
+        model = FusedLoRA([template] * self.slots).to(self.device)
         if uses_bf16(train.precision, torch.device(self.device)):
             model.backbone_to(torch.bfloat16)
         plan = _Plan.of(train, len(self.data.train), task_kind=self.data.task_kind,
