@@ -441,7 +441,13 @@ class FusedPool:
 
 
 def start_pool(
-    data: PreparedData, *, slots: int, rank: int = 16, gpus: float = 1.0, lease_s: float = LEASE_S
+    data: PreparedData,
+    *,
+    slots: int,
+    rank: int = 16,
+    placement: str | None = None,
+    gpus: float = 1.0,
+    lease_s: float = LEASE_S,
 ) -> Any:
     """The pool as a Ray actor (threaded: each trial's poll waits in its own thread) holding
     ``gpus`` of a GPU (0: trains on the host), for :func:`trainables.trainable.tune_pooled_trial`."""
@@ -450,8 +456,8 @@ def start_pool(
     actor = ray.remote(FusedPool).options(
         num_cpus=1, num_gpus=gpus, max_concurrency=max(16, 4 * slots)
     )
-    return actor.remote(data, slots=slots, rank=rank, device="cuda" if gpus else "cpu",
-                        lease_s=lease_s)  # fmt: skip
+    return actor.remote(data, slots=slots, rank=rank, placement=placement,
+                        device="cuda" if gpus else "cpu", lease_s=lease_s)  # fmt: skip
 
 
 def _weights(model: PeftClassifier) -> bytes:

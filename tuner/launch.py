@@ -39,6 +39,12 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     paths = study_paths(exp, preset, args.storage, args.tracking_uri)
     files = StudyFiles(paths.storage, paths.name)
     train = check_inputs(exp, args, files)
+    fuse = None
+    if getattr(args, "fuse", None) is not None:
+        from trainables.data.loading import resolve_task
+        from tuner.fusing import fuse_plan
+
+        fuse = fuse_plan(exp, space, args.fuse, num_labels=resolve_task(exp.task).num_labels)
     client = connect(paths.tracking_uri)  # before anything is logged: a bad URI is one line
 
     tokens_before = cache_stats()
@@ -63,6 +69,18 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
         tune.with_parameters(tune_trial, data=data),
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
     )
+    concurrent = resources.concurrent_trials(ray.cluster_resources())
+    if fuse is not None:
+        from trainables.trainable import tune_pooled_trial
+        from tuner.fusing import CLIENT_CPUS, start
+
+        pool = start(fuse, data, cluster_gpus=cluster_gpus)
+        trainable = tune.with_resources(tune.with_parameters(tune_pooled_trial, pool=pool),
+                                        {"cpu": CLIENT_CPUS, "gpu": 0})  # fmt: skip
+        concurrent = fuse.slots
+        log(f"fused pool: {fuse.slots} rows of LoRA rank {fuse.rank} on "
+            f"{'one GPU' if cluster_gpus >= 1 else 'a CPU'}"
+            f"{', every linear' if fuse.placement else ''}")  # fmt: skip
     if not args.resume:
         if getattr(args, "overwrite", False):
             for name in (paths.name, f"{paths.name}-seeds"):
@@ -72,7 +90,6 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
                   searcher=build_searcher(exp, space, seed=0),
                   scheduler=build_scheduler(exp, max_t=train.evals))  # fmt: skip
     logger = _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset)
-    concurrent = resources.concurrent_trials(ray.cluster_resources())
     summary = run_phase(phase, trainable, paths, logger, exp, resume=args.resume,
                         concurrent=concurrent)  # fmt: skip
     if len(exp.seeds) > 1:
@@ -117,6 +134,9 @@ def check_inputs(exp: Experiment, args: argparse.Namespace, files: StudyFiles) -
         raise ConfigError(
             f"data folder {data_dir!r} (--data-dir or ${DATA_DIR_ENV}) does not exist"
         )
+    if getattr(args, "fuse", None) is not None and args.gpus_per_trial is not None:
+        raise ConfigError("--fuse and --gpus-per-trial exclude each other: the fused pool holds "
+                          "the GPU, its trials none")  # fmt: skip
     overwrite = getattr(args, "overwrite", False)
     if args.resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue or start again")

@@ -32,6 +32,13 @@ def parser() -> argparse.ArgumentParser:
         help="fractional GPUs per trial (default 0.125 where the cluster has GPUs)",
     )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
+    p.add_argument(
+        "--fuse",
+        type=int,
+        metavar="K",
+        help="train K LoRA trials at once as rows of one fused model that holds one GPU "
+        "(LoRA-only studies; docs/TRAINING.md)",
+    )
     p.add_argument("--storage", help="results folder or pyarrow.fs URI shared by all nodes")
     p.add_argument("--tracking-uri", help="MLflow URI: a folder, sqlite:///..., http://...")
     p.add_argument("--data-dir", help="local data mirror (default $PEFT_TUNE_DATA_DIR)")

@@ -1,0 +1,90 @@
+"""``tuner.run NAME --fuse K`` (tuner/fusing.py): LoRA studies trained in one fused pool. The plan
+and the refusals in process; then (-m slow) the placement study's smoke preset as a real process
+on a local Ray, its trials through the pool, recorded as any study's are."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search_spaces.errors import ConfigError
+from tuner.cli import run_cli
+from tuner.experiment import get_experiment
+from tuner.fusing import fuse_plan
+from tuner.run import main
+from tuner.space import build_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_study_of_several_placements_gets_rows_over_every_linear():
+    exp = get_experiment("placement").with_preset("smoke")
+    plan = fuse_plan(exp, build_space(exp), 4, num_labels=2)
+    assert (plan.slots, plan.rank, plan.placement) == (4, 8, "all")
+
+
+def test_a_study_of_one_placement_keeps_it():
+    exp = get_experiment("placement").with_preset("smoke")
+    one = [a for a in exp.search.configs if a["placement"] == "ffn"]
+    exp = replace(exp, search=replace(exp.search, configs=tuple(one)), num_samples=len(one))
+    assert fuse_plan(exp, build_space(exp), 2, num_labels=2).placement is None
+
+
+def test_a_study_that_tries_other_methods_is_refused():
+    exp = get_experiment("e4_budget").with_preset("smoke")
+    with pytest.raises(ConfigError, match="--fuse trains LoRA trials .* run it without --fuse"):
+        fuse_plan(exp, build_space(exp), 4, num_labels=2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["e4_budget", "--fuse", "4"], "method='fusion'"),
+        (["placement", "--fuse", "0"], "--fuse=0 must be >= 1"),
+        (["placement", "--fuse", "2", "--gpus-per-trial", "0.5"], "exclude each other"),
+    ],
+)
+def test_bad_fuse_exits_2_with_one_line_and_nothing_written(argv, needle, tmp_path, capfd):
+    storage = tmp_path / "results"
+    args = [*argv, "--preset", "smoke", "--storage", str(storage),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+    assert run_cli(main, args) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not storage.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_fused_study_records_every_trial_as_a_study_does(tmp_path, data_dir):
+    env = {**os.environ, "PEFT_TUNE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
+           "PEFT_TUNE_CACHE_DIR": str(tmp_path / "tokens")}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.run", "placement", "--preset", "smoke", "--fuse", "4",
+         "--storage", str(results)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "fused pool: 4 rows of LoRA rank 8 on a CPU, every linear" in proc.stderr
+    assert "up to 4 at once" in proc.stderr
+    summary = json.loads((results / "placement-smoke" / "summary.json").read_text())
+    assert summary["status_counts"] == {"completed": 5}
+    trials = list((results / "placement-smoke").glob("trial_*"))
+    assert len(trials) == 5
+    for folder in trials:
+        reports = [json.loads(line) for line in (folder / "result.json").open()]
+        assert [r["evaluation"] for r in reports] == [1, 2]
+        assert reports[-1]["fused_slots"] == 4 and reports[-1]["test_score"] > 0
+        assert list(folder.glob("checkpoint_*/method.safetensors"))  # the trained weights
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("placement").experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 5 and all(c.data.tags["status"] == "completed" for c in children)
