@@ -125,6 +125,7 @@ def test_a_silent_trial_is_dropped_and_its_row_taken():
     [
         ({"method": "bitfit"}, "takes LoRA trials"),
         ({"rank": 16}, "rank <= 8"),
+        ({"layer_ranks": (16, 4)}, "rank=16"),
         ({"batch_size": 16}, "batch_size=16"),
         ({"placement": "ffn"}, "other linears"),
     ],

@@ -44,6 +44,7 @@ from search_spaces.method_config import MethodConfig
 from trainables import packed
 from trainables.backbones import load_backbone
 from trainables.batching import epoch_plan
+from trainables.flops import device_peak_flops, mfu
 from trainables.fused import (
     IGNORE_INDEX,
     FusedLoRA,
@@ -162,9 +163,9 @@ class FusedPool:
         self._members: dict[int, _Member] = {}  # by token: admitted or pending, until polled out
         self._rows: list[_Member | None] = [None] * slots
         self._tokens = 0
-        # built as the first trial joins, from its config at the pool's rank and placement: what
-        # every row holds (a trial's LoRA on fewer linears leaves the others zero), its
-        # training config, its backbone
+        # built as the first trial joins, from its config at the pool's rank and placement: the
+        # model every row starts as (a trial's LoRA on fewer linears leaves the others zero),
+        # and its training config
         self._template: tuple[PeftClassifier, TrainConfig] | None = None
         # held while a trial's model is built and while a step runs: a build (seeded, on the
         # host generator) and a step's dropout draws never interleave
@@ -182,9 +183,10 @@ class FusedPool:
         """Queue a trial (its flat config, as :func:`trainables.recipe.run_trial` takes it);
         returns its token. Refuses, with the reason, a trial that cannot fuse with the pool's."""
         method, train = split_config(config, num_labels=self.data.num_labels)
-        if method.method != "lora" or method.rank > self.rank:
+        rank = max((method.rank, *(method.layer_ranks or ())))
+        if method.method != "lora" or rank > self.rank:
             raise ConfigError(f"the fused pool takes LoRA trials of rank <= {self.rank}, not "
-                              f"method={method.method!r} rank={method.rank}")  # fmt: skip
+                              f"method={method.method!r} rank={rank}")  # fmt: skip
         backbone = str(config.get("backbone", "minilm-l6"))
         with self._rng:
             model = self._build(method, train, backbone)
@@ -315,8 +317,8 @@ class FusedPool:
         return admit, leaving
 
     def _build_fused(self) -> tuple[FusedLoRA, FusedStep]:
-        """The fused model, its rows at ``rank`` (copies of the first trial, overwritten as
-        trials are admitted), on the device; bf16 backbone on GPUs, as :func:`fit_fused` runs."""
+        """The fused model, its rows copies of the template (each overwritten as a trial is
+        admitted), on the device; bf16 backbone on GPUs, as :func:`fit_fused` runs."""
         assert self._template is not None
         template, train = self._template
         with self._rng:
@@ -428,6 +430,14 @@ class FusedPool:
             **{f"dev_{k}": v for k, v in metrics.items() if k != "score"},
             "train_samples_per_s": m.samples / m.train_s if m.train_s else 0.0,
             "tokens_seen": m.tokens,
+            # this trial's share of the GPU: its own tokens over its time in the pool
+            "mfu": mfu(
+                m.model.shape,
+                tokens=m.tokens,
+                samples=m.samples,
+                seconds=m.train_s,
+                peak_flops=device_peak_flops(self.device),
+            ),  # fmt: skip
             "wall_s": wall_s,
             "status": "running",
             "best_dev_score": m.best,
