@@ -140,6 +140,26 @@ def test_what_cannot_fuse_is_refused_at_join(change, message):
         pool.close()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_rows_replay_from_graphs_and_match_alone():
+    configs = [{**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1},
+               {**BASE, "rank": 8, "alpha": 16, "lr": 1e-3, "seed": 5},
+               {**BASE, "rank": 2, "alpha": 2, "lr": 5e-3, "seed": 9}]  # fmt: skip
+    pool = FusedPool(DATA, slots=2, rank=8, device="cuda", build=build)
+    try:
+        runs = [poll_to_end(pool, t) for t in [pool.join(c) for c in configs]]
+    finally:
+        pool.close()
+    for config, reports in zip(configs, runs, strict=True):
+        method, train = split_config(config, num_labels=2)
+        reference = fit(build(method, train, "tiny-bert"), TRAIN, DEV, train,
+                        task_kind="classification", metric="accuracy", device="cuda")  # fmt: skip
+        # a bf16 backbone in the pool, autocast alone: the same run up to rounding
+        assert reports[-1]["best_dev_score"] == pytest.approx(reference.best_dev_score, abs=0.03)
+        assert reports[-1]["step"] == reference.steps and reports[-1]["mfu"] is not None
+        assert reports[-1]["cuda_graphs"] >= 1  # the fused steps replayed from CUDA graphs
+
+
 # --- under a real local Ray and Ray Tune ---------------------------------------------------------
 
 

@@ -172,6 +172,7 @@ class FusedPool:
         self._rng = threading.Lock()
         self._error: BaseException | None = None
         self._loss_sums = torch.zeros(slots)  # each row's training loss since its last eval
+        self._stepper: FusedStep | None = None
         self._closed = False
         self.steps = 0  # fused steps run
         self._thread = threading.Thread(target=self._run, name="fused-pool", daemon=True)
@@ -275,6 +276,7 @@ class FusedPool:
                 admit, leaving = self._changes()
             if model is None:
                 model, stepper = self._build_fused()
+                self._stepper = stepper
             assert stepper is not None
             if admit or leaving:
                 segment = self._close_segment(segment)
@@ -440,6 +442,7 @@ class FusedPool:
             ),  # fmt: skip
             "wall_s": wall_s,
             "status": "running",
+            "cuda_graphs": self._stepper.graphs_captured if self._stepper else 0,
             "best_dev_score": m.best,
             "time_to_best_s": m.time_to_best_s,
             "fused_slots": self.slots,
