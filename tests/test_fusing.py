@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from search_spaces.errors import ConfigError
@@ -73,7 +74,8 @@ def test_a_fused_study_records_every_trial_as_a_study_does(tmp_path, data_dir):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "fused pool: 4 rows of LoRA rank 8 on a CPU, every linear" in proc.stderr
+    where = "one GPU" if torch.cuda.is_available() else "a CPU"  # the pool takes the GPU if any
+    assert f"fused pool: 4 rows of LoRA rank 8 on {where}, every linear" in proc.stderr
     assert "up to 4 at once" in proc.stderr
     summary = json.loads((results / "placement-smoke" / "summary.json").read_text())
     assert summary["status_counts"] == {"completed": 5}
