@@ -351,13 +351,18 @@ def fused_batches(
         for c in configs
     ]  # fmt: skip
     for parts in zip(*plans, strict=True):
-        if pack:
-            batch, counts = packed.pack(data, list(parts), slots=first.batch_size,
-                                        ignore=IGNORE_INDEX)  # fmt: skip
-            yield pinned(batch) if pin_memory else batch, counts
-            continue
-        batch, counts = padded_step(data, list(parts))
+        batch, counts = step_batch(data, list(parts), pack=pack, slots=first.batch_size)
         yield pinned(batch) if pin_memory else batch, counts
+
+
+def step_batch(
+    data: Encoded, parts: list[np.ndarray], *, pack: bool, slots: int
+) -> tuple[Batch, list[tuple[int, int, int]]]:
+    """One fused step's batch of trial k's rows ``parts[k]``: packed (:func:`.packed.pack`,
+    ``slots`` label slots a trial) or padded (:func:`padded_step`)."""
+    if pack:
+        return packed.pack(data, parts, slots=slots, ignore=IGNORE_INDEX)
+    return padded_step(data, parts)
 
 
 def padded_step(data: Encoded, parts: list[np.ndarray]) -> tuple[Batch, list[tuple[int, int, int]]]:
@@ -701,4 +706,5 @@ __all__ = [
     "fit_fused",
     "fused_batches",
     "padded_step",
+    "step_batch",
 ]

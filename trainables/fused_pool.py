@@ -41,19 +41,17 @@ from torch.nn.attention import sdpa_kernel
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
-from trainables import packed
 from trainables.backbones import load_backbone
 from trainables.batching import epoch_plan
 from trainables.flops import device_peak_flops, mfu
 from trainables.fused import (
-    IGNORE_INDEX,
     FusedLoRA,
     FusedStep,
     check_configs,
     check_members,
     evaluate_fused,
-    padded_step,
     pinned,
+    step_batch,
 )
 from trainables.inference import SDPA_BACKENDS, synchronize, uses_bf16
 from trainables.loop import _lr_factor, _Plan
@@ -92,6 +90,7 @@ class _Member:
     train: TrainConfig
     model: PeftClassifier
     plan: _Plan
+    factor: Callable[[int], float]  # its learning-rate schedule: warm-up, then linear decay
     rows: np.ndarray  # its training rows of the pool's data (its subset, or all)
     row: int = -1  # its row of the fused model, once admitted
     step: int = 0
@@ -205,7 +204,8 @@ class FusedPool:
             plan = _Plan.of(train, len(rows), task_kind=self.data.task_kind,
                             metric=self.data.metric, device=self.device)  # fmt: skip
             self._tokens += 1
-            member = _Member(self._tokens, config, train, model, plan, rows)
+            factor = _lr_factor(train.warmup_steps(plan.total_steps), plan.total_steps)
+            member = _Member(self._tokens, config, train, model, plan, factor, rows)
             self._members[member.token] = member
             self._pending.append(member)
             self._lock.notify_all()
@@ -349,12 +349,10 @@ class FusedPool:
 
     def _step(self, model: FusedLoRA, stepper: FusedStep) -> None:
         parts = [IDLE if m is None else m.next_rows(self.data) for m in self._rows]
-        if stepper.pack:
-            batch, counts = packed.pack(self.data.train, parts, slots=self._template_batch(),
-                                        ignore=IGNORE_INDEX)  # fmt: skip
-        else:
-            batch, counts = padded_step(self.data.train, parts)
-        lrs = torch.tensor([0.0 if m is None else m.train.lr * _factor(m) for m in self._rows])
+        batch, counts = step_batch(self.data.train, parts, pack=stepper.pack,
+                                   slots=self._template_batch())  # fmt: skip
+        lrs = torch.tensor([0.0 if m is None else m.train.lr * m.factor(m.step)
+                            for m in self._rows])  # fmt: skip
         if self.device.startswith("cuda"):  # pinned: copies that do not wait for the GPU
             batch, lrs = pinned(batch), lrs.pin_memory()
         stepper.lr.copy_(lrs, non_blocking=True)
@@ -477,11 +475,6 @@ def _weights(model: PeftClassifier) -> bytes:
     """The trained method weights as :meth:`PeftClassifier.save_method_weights` writes them."""
     with tempfile.TemporaryDirectory() as tmp:
         return model.save_method_weights(Path(tmp) / "weights.safetensors").read_bytes()
-
-
-def _factor(member: _Member) -> float:
-    plan = member.plan
-    return _lr_factor(member.train.warmup_steps(plan.total_steps), plan.total_steps)(member.step)
 
 
 __all__ = ["LEASE_S", "WEIGHTS_KEY", "FusedPool", "build_member", "start_pool"]
