@@ -43,3 +43,34 @@ def test_an_errored_trial_is_failed_not_lost():
     searcher.suggest("t")
     searcher.on_trial_complete("t", None, error=True)
     assert searcher._ot_study.trials[0].state == TrialState.FAIL
+
+
+def test_every_study_searcher_pickles_and_keeps_sampling_after_a_round_trip(tmp_path):
+    """Ray pickles the searcher when it builds the Tuner and at every experiment checkpoint;
+    Optuna 5.1's NSGA-II holds a threading.Lock (here added by hand, so the test bites on any
+    Optuna version)."""
+    import pickle
+    import threading
+
+    import ray.cloudpickle
+
+    from tuner.experiment import get_experiment
+    from tuner.runner import build_searcher
+    from tuner.space import build_space
+
+    for name in ("e4_budget", "e1_single_task"):  # several objectives (NSGA-II), one (TPE)
+        exp = get_experiment(name).with_preset("smoke")
+        searcher = build_searcher(exp, build_space(exp), seed=0)
+        searcher._sampler._probe_lock = threading.Lock()
+        searcher._sampler._probe_rlock = threading.RLock()
+        ray.cloudpickle.dumps(searcher)  # what Tuner() does
+        searcher.suggest("a")
+        searcher.save(str(tmp_path / f"{name}.pkl"))  # what an experiment checkpoint does
+        again = pickle.loads(pickle.dumps(searcher._sampler))
+        assert isinstance(again._probe_lock, type(threading.Lock()))
+        assert isinstance(again._probe_rlock, type(threading.RLock()))
+        assert again._probe_lock is not searcher._sampler._probe_lock
+        restored = build_searcher(exp, build_space(exp), seed=0)
+        restored.restore(str(tmp_path / f"{name}.pkl"))
+        assert restored.suggest("b")["method"]
+        assert len(restored._ot_study.trials) == 2

@@ -73,20 +73,18 @@ def build_searcher(exp: Experiment, space: Any, *, seed: int) -> Any:
     """Optuna behind Ray Tune: TPE for one objective, NSGA-II for several (+ constraints)."""
     import optuna
 
-    from tuner.searcher import FidelityOptunaSearch
+    from tuner.searcher import FidelityOptunaSearch, PicklableNSGAIISampler, PicklableTPESampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     # The spaces record each trial's budget constraint on the trial itself (Optuna >= 5 reads it
     # there), a safety net: they only ever sample configurations inside the budget.
     if exp.multi_objective:
-        sampler = optuna.samplers.NSGAIISampler(
+        sampler: Any = PicklableNSGAIISampler(
             seed=seed, population_size=max(4, exp.num_samples // 4)
         )
     else:
-        sampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=max(4, exp.num_samples // 4)
-        )
+        sampler = PicklableTPESampler(seed=seed, n_startup_trials=max(4, exp.num_samples // 4))
     metrics = [m for m, _ in exp.objectives]
     modes = [mode for _, mode in exp.objectives]
     return FidelityOptunaSearch(

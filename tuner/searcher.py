@@ -11,8 +11,10 @@ otherwise it is PRUNED (single objective: Optuna keeps its last intermediate val
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
+from optuna.samplers import NSGAIISampler, TPESampler
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -53,3 +55,39 @@ class FidelityOptunaSearch(OptunaSearch):
             log.warning("trial %s: %s; told as FAIL", trial_id, exc)
             self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
         self._completed_trials.add(trial_id)
+
+
+_RLOCK = type(threading.RLock())
+_LOCK_TYPES = (type(threading.Lock()), _RLOCK)
+_LOCKS = "_peft_tune_locks"
+
+
+class PicklableSampler:
+    """A sampler that pickles with its locks left out and made anew on load.
+
+    Ray pickles the search algorithm when it builds the Tuner and on every experiment checkpoint
+    (that is how a study resumes with its searcher's memory). Optuna 5.1's NSGA-II sampler holds a
+    ``threading.Lock`` (``BaseGASampler._thread_lock``), which does not pickle: every study with
+    several objectives died before its first trial. A lock guards nothing across processes, so a
+    fresh one is what an unpickled sampler needs."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        locks = {key: isinstance(value, _RLOCK) for key, value in self.__dict__.items()
+                 if isinstance(value, _LOCK_TYPES)}  # fmt: skip
+        state = {key: value for key, value in self.__dict__.items() if key not in locks}
+        return {**state, _LOCKS: locks}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        locks = state.pop(_LOCKS, {})
+        self.__dict__.update(state)
+        for key, reentrant in locks.items():
+            setattr(self, key, threading.RLock() if reentrant else threading.Lock())
+
+
+class PicklableNSGAIISampler(PicklableSampler, NSGAIISampler):
+    """NSGA-II for studies with several objectives; pickles on every Optuna version."""
+
+
+class PicklableTPESampler(PicklableSampler, TPESampler):
+    """TPE for studies with one objective; pickles on every Optuna version."""
