@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.pareto import ParetoInfo, pareto_front
-from analysis.selection import POINTS, completed, not_completed, paired, with_seed
+from analysis.selection import POINTS, SELECT_BY, completed, not_completed, paired, with_seed
 from analysis.stats import paired_bootstrap
 from analysis.tables import Table
 
-SPREAD = ("mean", "std", "n_seeds")
+SPREAD = ("mean", "std", "n_seeds", "dev_mean")
 # measured per trial; the table shows each arm's median (counts) or mean (times)
 MEDIAN = ("trainable_params", "added_params")
 MEAN = ("wall_s", "train_samples_per_s")
@@ -42,8 +42,9 @@ def missing(value: object) -> bool:
 
 
 def arm_table(trials: pd.DataFrame, *, keys: Sequence[str], score: str) -> Table:
-    """Per arm: mean and std of ``score`` over its completed seeds (points), ``n_seeds``, the
-    median parameter counts and the mean wall time and throughput; sorted by the keys."""
+    """Per arm: mean and std of ``score`` over its completed seeds (points), ``n_seeds``, the mean
+    dev score (``dev_mean``, points: what chooses between arms), the median parameter counts and
+    the mean wall time and throughput; sorted by the keys."""
     keys = list(keys)
     cols = ["arm", *keys, *SPREAD, *MEDIAN, *MEAN]
     missing = tuple(c for c in (*keys, score) if c not in trials.columns)
@@ -57,7 +58,8 @@ def arm_table(trials: pd.DataFrame, *, keys: Sequence[str], score: str) -> Table
         values = g[score].dropna() * POINTS
         row = {"arm": arm_label(first, keys), **{k: first[k] for k in keys},
                "mean": values.mean(), "std": values.std(ddof=1) if len(values) > 1 else np.nan,
-               "n_seeds": int(values.size)}  # fmt: skip
+               "n_seeds": int(values.size),
+               "dev_mean": g[SELECT_BY].mean() * POINTS if SELECT_BY in g else np.nan}  # fmt: skip
         row.update({c: g[c].median() if c in g else np.nan for c in MEDIAN})
         row.update({c: g[c].mean() if c in g else np.nan for c in MEAN})
         rows.append(row)
@@ -66,12 +68,16 @@ def arm_table(trials: pd.DataFrame, *, keys: Sequence[str], score: str) -> Table
 
 
 def arm_front(table: Table, *, x: str, x_mode: str = "min") -> ParetoInfo:
-    """The arms on the frontier of mean score (max) against ``x`` (``trainable_params``,
-    ``wall_s``...); an arm without ``x`` is listed as excluded."""
+    """The arms on the frontier of mean dev score (max) against ``x`` (``trainable_params``,
+    ``wall_s``...), each with its reported ``mean``; an arm without ``x`` is listed as excluded."""
     data = table.data.assign(
-        trial_id=table.data["arm"], method=table.data["arm"], status="completed", fidelity=1.0
+        trial_id=table.data["arm"],
+        method=table.data["arm"],
+        status="completed",
+        fidelity=1.0,
+        test_score=table.data["mean"],
     )
-    return pareto_front(data, x=x, y="mean", x_mode=x_mode, y_mode="max")
+    return pareto_front(data, x=x, y="dev_mean", x_mode=x_mode, y_mode="max")
 
 
 def paired_deltas(

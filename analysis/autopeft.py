@@ -25,14 +25,15 @@ def autopeft_frame(trials: pd.DataFrame, artifacts: Mapping[str, TrialArtifacts]
 
 
 def autopeft_front(frame: pd.DataFrame, *, score: str) -> ParetoInfo:
-    """Every completed trial (searched and baseline) on one front of score vs trainable params."""
-    return pareto_front(frame, x="trainable_params", y=score)
+    """Every completed trial (searched and baseline) on one front of dev score vs trainable
+    params (``score`` is reported beside each point, not chosen on)."""
+    return pareto_front(frame, x="trainable_params", y=SELECT_BY)
 
 
 def baseline_table(frame: pd.DataFrame, *, score: str) -> Table:
     """The best single method and the best UniPELT (both chosen on dev), then the autopeft trials
-    on the front; a baseline is ``dominated_by_autopeft`` when some completed autopeft trial is at
-    least as good in score and size and better in one."""
+    on the front (both chosen on dev); a baseline is ``dominated_by_autopeft`` when some completed
+    autopeft trial is at least as good in the reported ``score`` and size and better in one."""
     done = completed(frame)
     if done.empty or score not in done or SELECT_BY not in done:
         return Table("autopeft", pd.DataFrame(columns=COLUMNS), len(frame) - len(done))
@@ -42,7 +43,7 @@ def baseline_table(frame: pd.DataFrame, *, score: str) -> Table:
         pool = done[done["family"] == family].sort_values(SELECT_BY, ascending=False)
         if not pool.empty:
             rows.append(_row(role, pool.iloc[0], score, searched))
-    front = pareto_front(searched, x="trainable_params", y=score).front if len(searched) else []
+    front = pareto_front(searched, x="trainable_params", y=SELECT_BY).front if len(searched) else []
     for _, r in front.iterrows() if len(front) else []:
         rows.append(_row("autopeft front", searched[searched["trial_id"] == r["trial_id"]].iloc[0],
                          score, None))  # fmt: skip

@@ -33,7 +33,8 @@ SPLIT_COLUMNS = ("trial_id", "method", "rank", "placement", "fusion", "fusion_la
 
 @dataclass(frozen=True, eq=False)
 class HeatMapInfo:
-    """Best score (points) per cell of LoRA share x fusion lump; ``counts`` completed trials per cell."""
+    """Per cell of LoRA share x fusion lump, the score (points) of the trial best on dev there;
+    ``counts`` completed trials per cell."""
 
     x_label: str
     y_label: str
@@ -113,7 +114,8 @@ def best_splits(
 def budget_heatmap(
     trials: pd.DataFrame, *, shape: BackboneShape | None = None, score: str = "test_score"
 ) -> HeatMapInfo:
-    """Best ``score`` over completed trials per (fusion lump, LoRA share bin)."""
+    """Per (fusion lump, LoRA share bin): ``score`` of the completed trial with the best dev score
+    in that cell (chosen on dev, reported on ``score``)."""
     done = with_split(completed(trials), shape)
     if shape is not None:
         x = pd.cut(done["lora_share"], bins=list(SHARE_BINS), labels=list(SHARE_LABELS))
@@ -124,13 +126,15 @@ def budget_heatmap(
         x_label, columns = "LoRA rank", sorted(x.unique().tolist())
     y_label = "fusion sources x depth"
     values = done[score] * POINTS if score in done else pd.Series(np.nan, index=done.index)
-    cells = pd.DataFrame({"y": done["fusion_lump"], "x": x, "v": values})
+    dev = done[SELECT_BY] if SELECT_BY in done else pd.Series(np.nan, index=done.index)
+    cells = pd.DataFrame({"y": done["fusion_lump"], "x": x, "v": values, "dev": dev})
     cells = cells.dropna(subset=["x"])
     if cells.empty:
         empty = pd.DataFrame(index=pd.Index([], name="y"), columns=columns)
         return HeatMapInfo(x_label, y_label, score, empty, empty.fillna(0))
     rows = sorted(cells["y"].unique().tolist(), key=lambda s: (s != NO_FUSION, s))
-    best = cells.pivot_table(index="y", columns="x", values="v", aggfunc="max", observed=False)
+    chosen = cells.sort_values("dev", ascending=False, kind="stable").drop_duplicates(["y", "x"])
+    best = chosen.pivot_table(index="y", columns="x", values="v", aggfunc="first", observed=False)
     count = cells.pivot_table(index="y", columns="x", values="v", aggfunc="count", observed=False)
     best = best.reindex(index=rows, columns=columns)
     count = count.reindex(index=rows, columns=columns).fillna(0).astype(int)

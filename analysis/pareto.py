@@ -1,6 +1,8 @@
 """The accuracy-vs-parameters Pareto front as data, and the same trials as an Optuna study.
 
-Only completed trials can be on the front: a trial that ASHA stopped after one evaluation reports
+The front is chosen on **dev** (``y="dev_score"``): a point's test score is carried beside it,
+reported for what dev chose, never used to choose (a front chosen on test would select on the
+split that is meant to measure the selection). Only completed trials can be on the front: a trial that ASHA stopped after one evaluation reports
 a low-fidelity score, which is not comparable with a finished one however high it is. Those
 trials are listed in :attr:`ParetoInfo.excluded` with the reason, so a plot can still show them.
 """
@@ -19,6 +21,8 @@ from search_spaces.errors import ConfigError, one_of
 
 MODES = ("max", "min")
 KEEP = ("trial_id", "status", "fidelity", "method", "task", "seed", "train_samples")
+REPORTED = ("test_score",)  # carried beside each point, never an objective
+SELECTION_SPLIT = "dev"
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,12 +66,15 @@ def pareto_front(
     trials: pd.DataFrame,
     *,
     x: str = "trainable_params",
-    y: str = "test_score",
+    y: str = "dev_score",
     x_mode: str = "min",
     y_mode: str = "max",
 ) -> ParetoInfo:
-    """The non-dominated completed trials in (``x``, ``y``). Raises ``ConfigError`` for a mode other
-    than max/min or an objective the study never reported."""
+    """The non-dominated completed trials in (``x``, ``y``), with the :data:`REPORTED` scores
+    carried beside them. Raises ``ConfigError`` for a mode other than max/min, an objective the
+    study never reported, or a test score as an objective (fronts are chosen on dev)."""
+    if "test" in (x, y) or any(c.startswith("test_") for c in (x, y)):
+        raise ConfigError(f"a front is chosen on dev, not on test (got x={x!r}, y={y!r})")
     for name, mode in (("x_mode", x_mode), ("y_mode", y_mode)):
         if mode not in MODES:
             raise one_of(name, mode, MODES)
@@ -75,7 +82,7 @@ def pareto_front(
         if col not in trials.columns:
             raise ConfigError(f"objective {col!r} is not a column of the trials; have: "
                               f"{', '.join(trials.columns)}")  # fmt: skip
-    keep = [c for c in (*KEEP, x, y) if c in trials.columns]
+    keep = list(dict.fromkeys(c for c in (*KEEP, x, y, *REPORTED) if c in trials.columns))
     done = completed(trials)
     usable = done[done[x].notna() & done[y].notna()]
     excluded = pd.concat([not_completed(trials), done.drop(index=usable.index)])
@@ -101,7 +108,7 @@ def _attr(value: Any) -> Any:
 
 def optuna_study(
     trials: pd.DataFrame,
-    objectives: Sequence[tuple[str, str]] = (("test_score", "max"), ("trainable_params", "min")),
+    objectives: Sequence[tuple[str, str]] = (("trainable_params", "min"), ("dev_score", "max")),
     *,
     study_name: str = "peft-tune",
 ) -> Any:
@@ -114,6 +121,8 @@ def optuna_study(
     import optuna
 
     for metric, mode in objectives:
+        if metric.startswith("test"):
+            raise ConfigError(f"a front is chosen on dev, not on test (got objective {metric!r})")
         if mode not in MODES:
             raise one_of(f"mode of {metric}", mode, MODES)
     directions = ["maximize" if mode == "max" else "minimize" for _, mode in objectives]

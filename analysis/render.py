@@ -34,26 +34,41 @@ def _points(info: ParetoInfo, col: str) -> float:
     return POINTS if col.endswith("score") else 1.0
 
 
-def pareto_png(info: ParetoInfo, path: Path) -> Path:
-    """Front as a step line over the dominated trials; trials stopped early as hollow markers."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+LOG_SPAN = 10.0  # a log x axis only where sizes span at least this factor (else ticks collide)
+
+
+def pareto_png(info: ParetoInfo, path: Path, *, title: str = "") -> Path:
+    """Front as a step line; points coloured by method (filled on the front, faint when
+    dominated), trials not completed as hollow markers; a log x axis only over a wide range."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     sy = _points(info, info.y)
-    if not info.dominated.empty:
-        ax.scatter(info.dominated[info.x], info.dominated[info.y] * sy, c="0.6", label="dominated")
-    if not info.front.empty:
-        ax.step(info.front[info.x], info.front[info.y] * sy, where="post", c="C0", lw=1)
-        ax.scatter(info.front[info.x], info.front[info.y] * sy, c="C0", zorder=3, label="front")
-        for _, r in info.front.iterrows():
-            ax.annotate(str(r.get("method", "")), (r[info.x], r[info.y] * sy), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
     shown = info.excluded.dropna(subset=[info.x, info.y])
+    frames = [f for f in (info.front, info.dominated, shown) if not f.empty]
+    methods = sorted({str(m) for f in frames for m in f.get("method", [])})
+    colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    if not info.front.empty:
+        ax.step(info.front[info.x], info.front[info.y] * sy, where="post", c="0.3", lw=1,
+                label="front (chosen on dev)")  # fmt: skip
+    for m in methods:
+        for frame, style in ((info.front, {"s": 45, "zorder": 3}),
+                             (info.dominated, {"s": 20, "alpha": 0.45})):  # fmt: skip
+            part = frame[frame["method"].astype(str) == m] if "method" in frame else frame[:0]
+            if not part.empty:
+                ax.scatter(part[info.x], part[info.y] * sy, c=colour[m], **style)  # type: ignore[arg-type]
+        ax.scatter([], [], c=colour[m], label=m)
     if not shown.empty:
-        ax.scatter(shown[info.x], shown[info.y] * sy, facecolors="none", edgecolors="C3",
+        ax.scatter(shown[info.x], shown[info.y] * sy, facecolors="none", edgecolors="0.4",
                    label="not completed (excluded)")  # fmt: skip
-    ax.set_xscale("log")
+    xs = np.concatenate([f[info.x].to_numpy(dtype=float) for f in frames]) if frames else []
+    if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= LOG_SPAN:
+        ax.set_xscale("log")
+    else:
+        ax.ticklabel_format(axis="x", style="plain", useOffset=False)
     ax.set_xlabel(info.x)
     ax.set_ylabel(f"{info.y} (points)" if sy != 1.0 else info.y)
-    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
 
 
@@ -76,7 +91,7 @@ def few_shot_png(table: Table, path: Path, *, score: str = "test_score") -> Path
 
 
 def heatmap_png(info: HeatMapInfo, path: Path) -> Path:
-    """E4: best score per cell, annotated with the score and the number of completed trials."""
+    """E4: per cell, the score of the trial best on dev there, and the number of completed trials."""
     values = info.values.to_numpy(dtype=float)
     counts = info.counts.to_numpy()
     fig, ax = plt.subplots(
@@ -90,20 +105,8 @@ def heatmap_png(info: HeatMapInfo, path: Path) -> Path:
             ax.text(c, r, f"{v:.1f}\nn={counts[r, c]}", ha="center", va="center", fontsize=7, c="w")
     ax.set_xlabel(info.x_label)
     ax.set_ylabel(info.y_label)
-    fig.colorbar(image, ax=ax, label=f"best {info.score} (points)")
+    fig.colorbar(image, ax=ax, label=f"{info.score} of the cell's best on dev (points)")
     return _save(fig, path)
-
-
-def optuna_pareto_png(study: Any, path: Path, target_names: list[str]) -> Path:
-    """Optuna's own matplotlib Pareto plot of the rebuilt study."""
-    import warnings
-
-    from optuna.visualization.matplotlib import plot_pareto_front
-
-    with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
-        warnings.simplefilter("ignore")
-        ax = plot_pareto_front(study, target_names=target_names)
-    return _save(ax.figure, path)
 
 
 def plotly_available() -> bool:

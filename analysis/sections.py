@@ -13,10 +13,11 @@ from analysis.budget import best_splits, budget_heatmap
 from analysis.efficiency import efficiency_table
 from analysis.hypotheses import BY_EXPERIMENT, evaluate
 from analysis.pareto import optuna_study, pareto_front
-from analysis.selection import completed
+from analysis.selection import SELECT_BY, completed
 from analysis.study_sections import study_sections
 from analysis.tables import few_shot_table, method_task_table, transfer_table, trials_overview
 from analysis.trials import Study
+from search_spaces.errors import ConfigError
 
 Section = Callable[[Study, Path, str], list[str]]
 
@@ -95,18 +96,34 @@ def backbone_shape(study: Study) -> Any:
         return None
 
 
+def front_axis(study: Study) -> str:
+    """The size the front trades dev score against: the study's own size objective where its
+    search has one (E4 pins trainable parameters to the budget, so it is ``added_params``: what
+    the frozen sources and fusion cost to store and serve), else ``trainable_params``."""
+    from tuner.experiment import get_experiment
+
+    try:
+        objectives = get_experiment(study.experiment).objectives
+    except ConfigError:  # a family or a study of another version: no objectives to read
+        return "trainable_params"
+    sizes = [m for m, _ in objectives if m.endswith("_params") and m in study.trials]
+    return sizes[0] if sizes else "trainable_params"
+
+
 def pareto(study: Study, out: Path, score: str) -> list[str]:
-    info = pareto_front(study.trials, x="trainable_params", y=score)
-    lines = ["## Accuracy vs trainable parameters", "", md.pareto(info)]
+    x = front_axis(study)
+    info = pareto_front(study.trials, x=x, y=SELECT_BY)
+    lines = [f"## Dev score vs {x}", "",
+             f"The front is chosen on dev; {score} is reported beside each point.", "",
+             md.pareto(info)]  # fmt: skip
     if info.front.empty and info.dominated.empty:
         return lines
-    lines += ["", _figure(render.pareto_png(info, out / "pareto.png"), "Pareto front")]
-    study_ = optuna_study(study.trials, ((score, "max"), ("trainable_params", "min")))
-    names = [score, "trainable_params"]
-    lines += ["", _figure(render.optuna_pareto_png(study_, out / "pareto_optuna.png", names),
-                          "Optuna Pareto front")]  # fmt: skip
-    html = render.optuna_pareto_html(study_, out / "pareto_optuna.html", names)
-    lines += ["", f"Interactive: [{html.name}]({html.name})" if html else
+    title = f"{study.experiment}: dev score vs {x}"
+    lines += ["", _figure(render.pareto_png(info, out / "pareto.png", title=title), "Pareto front")]
+    # Optuna's interactive plot of the same front: same objectives, same axes
+    study_ = optuna_study(study.trials, ((x, "min"), (SELECT_BY, "max")))
+    html = render.optuna_pareto_html(study_, out / "pareto_optuna.html", [x, SELECT_BY])
+    lines += ["", f"Interactive (Optuna, same front): [{html.name}]({html.name})" if html else
               "_Interactive HTML skipped: plotly is not installed._"]  # fmt: skip
     return lines
 

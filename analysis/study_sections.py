@@ -28,9 +28,12 @@ def _figure(path: Path, title: str) -> str:
 
 def _front(table, x: str, out: Path, name: str) -> list[str]:
     info = arm_front(table, x=x)
-    shown = info.front.rename(columns={"method": "arm", "mean": "mean score"})
-    lines = [f"{len(info.front)} of {len(table.data)} arms on the front (mean score up, {x} down):",
-             "", md.frame(shown[["arm", x, "mean score"]], formats={"mean score": ".2f"})]  # fmt: skip
+    shown = info.front.rename(columns={"method": "arm", "dev_mean": "dev (chose)",
+                                       "test_score": "reported score"})  # fmt: skip
+    lines = [f"{len(info.front)} of {len(table.data)} arms on the front, chosen on mean dev score "
+             f"(up) and {x} (down), each with its mean reported score beside it:",
+             "", md.frame(shown[["arm", x, "dev (chose)", "reported score"]],
+                          formats={"dev (chose)": ".2f", "reported score": ".2f"})]  # fmt: skip
     if not info.front.empty:
         lines += ["", _figure(render.pareto_png(info, out / name), f"front vs {x}")]
     return lines

@@ -41,9 +41,9 @@ def test_stopped_trial_with_a_high_low_fidelity_score_is_not_on_the_front():
 
 
 def test_completed_trial_without_the_objective_is_excluded_with_a_reason():
-    unscored = trial("U", params={"method": "lora", "trainable_params": 10}, dev=0.5)
-    info = pareto_front(frame([unscored]))
-    assert info.excluded.set_index("trial_id").loc["U", "reason"] == "no test_score"
+    uncounted = trial("U", params={"method": "lora"}, dev=0.99)
+    info = pareto_front(frame([uncounted]))
+    assert info.excluded.set_index("trial_id").loc["U", "reason"] == "no trainable_params"
     assert info.front["trial_id"].tolist() == FRONT
 
 
@@ -64,11 +64,28 @@ def test_bad_input_names_the_value(kwargs, match):
 def test_optuna_study_has_the_same_front_and_keeps_stopped_trials_off_it():
     stopped = trial("S", params={"method": "lora", "trainable_params": 50}, dev=0.99,
                     status="stopped", curve=[0.99])  # fmt: skip
-    study = optuna_study(frame([stopped]), (("trainable_params", "min"), ("test_score", "max")))
+    study = optuna_study(frame([stopped]), (("trainable_params", "min"), ("dev_score", "max")))
     best = sorted(t.user_attrs["trial_id"] for t in study.best_trials)
     assert best == sorted(FRONT)
     states = {t.user_attrs["trial_id"]: t.state.name for t in study.trials}
     assert states["S"] == "PRUNED"
+
+
+def test_front_is_chosen_on_dev_when_test_disagrees_and_test_is_reported_beside_it():
+    records = [trial("A", params={"method": "lora", "trainable_params": 10}, dev=0.9, test=0.5),
+               trial("B", params={"method": "lora", "trainable_params": 20}, dev=0.8, test=0.95)]  # fmt: skip
+    info = pareto_front(trials_frame(records))
+    assert info.y == "dev_score"
+    assert info.front["trial_id"].tolist() == ["A"]
+    assert info.front["test_score"].tolist() == [0.5]
+    assert info.dominated["trial_id"].tolist() == ["B"]
+    study = optuna_study(trials_frame(records))
+    assert [t.user_attrs["trial_id"] for t in study.best_trials] == ["A"]
+    for objective in ("test_score", "test"):
+        with pytest.raises(ConfigError, match="chosen on dev"):
+            pareto_front(trials_frame(records), y=objective)
+    with pytest.raises(ConfigError, match="chosen on dev"):
+        optuna_study(trials_frame(records), (("test_score", "max"),))
 
 
 @settings(max_examples=60, deadline=None)

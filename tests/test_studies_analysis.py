@@ -35,12 +35,12 @@ def study(name: str, rows: list[dict], source: str = "synthetic") -> Study:
 
 
 PLACEMENT = [
-    trial(0, placement="attn_all", layers=None, test_score=0.80, trainable_params=4_000, wall_s=10),
-    trial(1, placement="attn_all", layers=None, test_score=0.84, trainable_params=4_000, wall_s=12,
+    trial(0, placement="attn_all", layers=None, test_score=0.80, dev_score=0.80, trainable_params=4_000, wall_s=10),
+    trial(1, placement="attn_all", layers=None, test_score=0.84, dev_score=0.84, trainable_params=4_000, wall_s=12,
           seed=1),
-    trial(2, placement="all", layers=None, test_score=0.85, trainable_params=8_000, wall_s=20),
-    trial(3, placement="all", layers="1", test_score=0.70, trainable_params=4_000, wall_s=5),
-    {**trial(4, placement="ffn", layers=None, test_score=0.99, trainable_params=100), "status": "stopped",
+    trial(2, placement="all", layers=None, test_score=0.85, dev_score=0.85, trainable_params=8_000, wall_s=20),
+    trial(3, placement="all", layers="1", test_score=0.70, dev_score=0.70, trainable_params=4_000, wall_s=5),
+    {**trial(4, placement="ffn", layers=None, test_score=0.99, dev_score=0.99, trainable_params=100), "status": "stopped",
      "fidelity": 0.33},
 ]  # fmt: skip
 
