@@ -19,13 +19,13 @@ import pandas as pd
 from analysis.params import param_text
 from analysis.selection import POINTS, SELECT_BY, completed, not_completed
 from analysis.tables import Table
-from search_spaces.accounting import adapters_lora, lora_params_per_layer
+from search_spaces.accounting import LORA_SHARE_BINS, lora_module_params
 from search_spaces.errors import ConfigError
 from search_spaces.shapes import BackboneShape
 from search_spaces.spaces import METHOD_KEYS, method_config_from_params
 
-SHARE_BINS = (-math.inf, 0.0, 0.25, 0.5, 0.75, math.inf)
-SHARE_LABELS = ("0%", "1-25%", "26-50%", "51-75%", "76-100%")
+SHARE_BINS = (-math.inf, *(edge for edge, _ in LORA_SHARE_BINS))
+SHARE_LABELS = tuple(label for _, label in LORA_SHARE_BINS)
 NO_FUSION = "no fusion"
 SPLIT_COLUMNS = ("trial_id", "method", "rank", "placement", "fusion", "fusion_layers", "sources",
                  "bottleneck", "target_bottleneck", "lr", "trainable_params", "budget_deviation")  # fmt: skip
@@ -53,10 +53,9 @@ def _clean(value: Any) -> Any:
 
 def lora_params(row: Mapping[str, Any], shape: BackboneShape) -> float:
     """Parameters in the trial's LoRA modules (0 for fusion alone, NaN for other methods)."""
-    method = row.get("method")
-    if method == "fusion":
+    if row.get("method") == "fusion":
         return 0.0
-    if method not in ("lora", "lora_fusion"):
+    if row.get("method") not in ("lora", "lora_fusion"):
         return np.nan
     # back to the text MLflow stored: tuple fields (layers, sources...) parse from it
     params = {k: param_text(_clean(row[k])) for k in METHOD_KEYS if _clean(row.get(k)) is not None}
@@ -64,11 +63,7 @@ def lora_params(row: Mapping[str, Any], shape: BackboneShape) -> float:
         config = method_config_from_params(
             params, num_labels=2, head=str(row.get("head") or "mean")
         )
-        if method == "lora_fusion":
-            rank, layers = adapters_lora(config, shape.num_layers)
-            return float(len(layers) * lora_params_per_layer(rank, config.placement, shape))
-        ranks = config.lora_ranks(shape.num_layers)
-        return float(sum(lora_params_per_layer(r, config.placement, shape) for r in ranks if r))
+        return float(lora_module_params(config, shape) or 0)
     except (ConfigError, TypeError, ValueError):
         return np.nan
 

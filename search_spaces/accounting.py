@@ -347,6 +347,30 @@ if set(_COUNTERS) != set(METHODS):
     raise ImportError(f"accounting misses methods: {sorted(set(METHODS) - set(_COUNTERS))}")
 
 
+def lora_module_params(config: MethodConfig, shape: BackboneShape) -> int | None:
+    """Parameters in the LoRA modules of a budget split: all of them for ``lora``, its LoRA part
+    for ``lora_fusion``, 0 for ``fusion`` alone; None for methods outside the split (E4's axis)."""
+    if config.method == "fusion":
+        return 0
+    if config.method == "lora_fusion":
+        rank, layers = adapters_lora(config, shape.num_layers)
+        return len(layers) * lora_params_per_layer(rank, config.placement, shape)
+    if config.method != "lora":
+        return None
+    ranks = config.lora_ranks(shape.num_layers)
+    return sum(lora_params_per_layer(r, config.placement, shape) for r in ranks if r)
+
+
+# The LoRA share of a budget (LoRA-module parameters / budget) in E4's bins: upper edges and labels.
+LORA_SHARE_BINS = ((0.0, "0%"), (0.25, "1-25%"), (0.5, "26-50%"), (0.75, "51-75%"),
+                   (float("inf"), "76-100%"))  # fmt: skip
+
+
+def share_bin(share: float) -> str:
+    """The label of ``share``'s bin (0 alone is ``0%``; above 100 % falls in the last bin)."""
+    return next(label for edge, label in LORA_SHARE_BINS if share <= edge)
+
+
 def count_params(config: MethodConfig, shape: BackboneShape) -> ParamCount:
     """Trainable and added parameters of ``config`` on a backbone of ``shape``; pure arithmetic.
 
@@ -365,5 +389,5 @@ __all__ = [
     "fusion_params_per_layer", "prefix_params", "bitfit_params", "method_layers", "adapters_lora",
     "autopeft_modules", "encoder_layer_params", "entropy_state_params",
     "ADAPTERS_LORA_METHODS", "ADAPTERS_LORA_PLACEMENTS", "BOTTLENECK_LOCATIONS", "PREFIX_MLP_HIDDEN",
-    "GROWTH_STATE_PARAMS",
+    "GROWTH_STATE_PARAMS", "LORA_SHARE_BINS", "lora_module_params", "share_bin",
 ]  # fmt: skip

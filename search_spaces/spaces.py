@@ -16,11 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from search_spaces.accounting import ParamCount, count_params
+from search_spaces.accounting import (
+    LORA_SHARE_BINS,
+    ParamCount,
+    count_params,
+    lora_module_params,
+    share_bin,
+)
 from search_spaces.allocator import (
     LUMP_ORDER,
     LUMPS_OF,
@@ -176,6 +183,7 @@ class BudgetSplitSpace:
     every: dict[str, tuple[Any, ...]]  # lump -> all its choices, in candidate order
     lr_ranges: dict[str, tuple[float, float]]
     candidates: int  # splits tried, feasible or not
+    strata: dict[tuple[Any, ...], tuple[str, str]]  # leaf -> (method, LoRA-share bin)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         ot_trial = _optuna_trial(trial)
@@ -188,6 +196,43 @@ class BudgetSplitSpace:
         params = dict(self.leaves[path])
         method = params["method"]
         return _finish(ot_trial, params, self.lr_ranges[method], f"lr[{method}]")
+
+    def startup_points(self, n: int, *, seed: int) -> list[dict[str, Any]]:
+        """``n`` splits for the search's start-up, as Optuna parameters to enqueue (``lr`` left
+        to the sampler), stratified over methods first and LoRA-share bins second.
+
+        Sampling each lump in turn is uniform over the tree's branches, not over the splits or
+        the shares: the e4 space started 904 of 1,000 trials as fusion alone. E4 asks how to
+        split the budget, so its start-up must see every method and every share: each next point
+        comes from the (method, bin) stratum whose method, then bin, then stratum has been used
+        least (ties at random), and within a stratum from its splits without replacement.
+        """
+        rng = random.Random(seed)
+        members: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        for leaf, stratum in self.strata.items():
+            members.setdefault(stratum, []).append(leaf)
+        pools: dict[tuple[str, str], list[tuple[Any, ...]]] = {s: [] for s in members}
+        used: dict[Any, int] = {}
+        points = []
+        for _ in range(n):
+            key = {s: (used.get(s[0], 0), used.get(s[1], 0), used.get(s, 0), rng.random())
+                   for s in members}  # fmt: skip
+            stratum = min(members, key=key.__getitem__)
+            for k in (stratum[0], stratum[1], stratum):
+                used[k] = used.get(k, 0) + 1
+            if not pools[stratum]:  # every split of the stratum drawn once: draw them again
+                pools[stratum] = rng.sample(members[stratum], len(members[stratum]))
+            points.append(self.optuna_params(pools[stratum].pop()))
+        return points
+
+    def optuna_params(self, leaf: tuple[Any, ...]) -> dict[str, Any]:
+        """The Optuna parameters that make :meth:`__call__` walk to ``leaf``."""
+        params = {}
+        for depth in range(len(leaf)):
+            lump, choices = self.tree[leaf[:depth]]
+            if len(choices) > 1:
+                params[_choice_name(lump, choices, self.every[lump])] = leaf[depth]
+        return params
 
     def constraints_func(self, trial: Any) -> list[float]:
         """:func:`constraints`, for ``TPESampler``/``NSGAIISampler(constraints_func=...)``."""
@@ -232,8 +277,10 @@ def budget_split_space(
     ranges = {m: (lr_ranges or LR_RANGES)[m] for m in lumps.methods}
     tree, every = _tree([a.split.lumps() for a in allocations])
     leaves = {a.split.lumps(): trial_params(a.config, a.count, budget) for a in allocations}
+    strata = {a.split.lumps(): (a.config.method, share_bin(
+        (lora_module_params(a.config, shape) or 0) / budget.budget_params)) for a in allocations}  # fmt: skip
     tried = len(candidate_splits(lumps, shape, sources_pool=sources_pool))
-    return BudgetSplitSpace(budget, tree, leaves, every, ranges, tried)
+    return BudgetSplitSpace(budget, tree, leaves, every, ranges, tried, strata)
 
 
 def _tree(paths: list[tuple[Any, ...]]) -> tuple[dict, dict[str, tuple[Any, ...]]]:
@@ -339,14 +386,24 @@ DEMO_SOURCES = ("glue/sst2", "newsgroups/bydate", "imdb")
 HISTOGRAM_BINS = 10  # equal-width bins over [-tolerance, +tolerance]
 
 
+def startup_trials(num_samples: int) -> int:
+    """The search's start-up: TPE's random trials, NSGA-II's first generation."""
+    return max(4, num_samples // 4)
+
+
 def demo(*, budget: Budget, shape: BackboneShape, trials: int, seed: int) -> dict[str, Any]:
-    """Run a TPE study of ``trials`` on the split space with a synthetic objective; recount every
-    sampled config with ``count_params`` and return the feasibility and the deviations (data)."""
+    """Run a TPE study of ``trials`` on the split space with a synthetic objective, its start-up
+    stratified as a study's is; recount every sampled config with ``count_params`` and return the
+    feasibility, the deviations and the (method, LoRA-share bin) of each trial (data)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = budget_split_space(shape=shape, budget=budget, sources_pool=DEMO_SOURCES)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    startup = startup_trials(trials)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup))  # fmt: skip
+    for point in space.startup_points(min(startup, trials), seed=seed):
+        study.enqueue_trial(point)
     sampled: list[dict[str, Any]] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -355,13 +412,16 @@ def demo(*, budget: Budget, shape: BackboneShape, trials: int, seed: int) -> dic
         return synthetic_score(params)
 
     study.optimize(objective, n_trials=trials)
-    counts = [budget.params(count_params(method_config_from_params(p, num_labels=2, head="mean"),
-                                         shape)) for p in sampled]  # fmt: skip
+    configs = [method_config_from_params(p, num_labels=2, head="mean") for p in sampled]
+    counts = [budget.params(count_params(c, shape)) for c in configs]
     methods: dict[str, int] = {}
     for params in sampled:
         methods[params["method"]] = methods.get(params["method"], 0) + 1
+    strata = [(c.method, share_bin((lora_module_params(c, shape) or 0) / budget.budget_params))
+              for c in configs]  # fmt: skip
     return {"space": space.describe(), "inside": sum(map(budget.contains, counts)),
-            "deviations": sorted(map(budget.deviation, counts)), "methods": methods}  # fmt: skip
+            "deviations": sorted(map(budget.deviation, counts)), "methods": methods,
+            "strata": strata, "startup": min(startup, trials)}  # fmt: skip
 
 
 def synthetic_score(params: Mapping[str, Any]) -> float:
@@ -384,6 +444,19 @@ def render_demo(report: Mapping[str, Any], *, tolerance: float) -> str:
         count = sum(lo <= d < lo + width or (i == HISTOGRAM_BINS - 1 and d == lo + width)
                     for d in deviations)  # fmt: skip
         lines.append(f"| {lo + 0.0:+.1%} .. {round(lo + width, 12) + 0.0:+.1%} | {count} |")
+    return "\n".join([*lines, "", render_strata(report["strata"], report["startup"])])
+
+
+def render_strata(strata: list[tuple[str, str]], startup: int) -> str:
+    """Trials per LoRA-share bin and method: the stratified start-up, then every trial."""
+    methods = sorted({m for m, _ in strata})
+    lines = [f"LoRA share of the budget x method (start-up: the first {startup} trials, stratified)",
+             "", f"| LoRA share | start-up: {' | '.join(methods)} | all: {' | '.join(methods)} |",
+             "|---|" + "---|" * 2 * len(methods)]  # fmt: skip
+    for _, label in LORA_SHARE_BINS:
+        first = [strata[:startup].count((m, label)) for m in methods]
+        every = [strata.count((m, label)) for m in methods]
+        lines.append(f"| {label} | {' | '.join(map(str, first))} | {' | '.join(map(str, every))} |")
     return "\n".join(lines)
 
 

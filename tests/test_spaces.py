@@ -202,3 +202,30 @@ def test_methods_space_samples_each_matched_method_for_e1() -> None:
             assert BUDGET.contains(recount(params)) and constraints(params)[0] <= 0
     with pytest.raises(ConfigError, match="each method once"):
         methods_space(("lora", "lora"), shape=MINILM_L6, budget=BUDGET)
+
+
+def test_the_startup_is_stratified_over_methods_then_lora_share_bins(
+    space: BudgetSplitSpace,
+) -> None:
+    """Optuna walks each enqueued point to its split; the first points give every method its
+    turn in rotation and reach every LoRA-share bin the space has (issue: 904 of 1,000 fusion)."""
+    from search_spaces.accounting import LORA_SHARE_BINS, lora_module_params, share_bin
+
+    points = space.startup_points(30, seed=0)
+    assert points == space.startup_points(30, seed=0)  # seeded
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=30))
+    for point in points:
+        study.enqueue_trial(point)
+    strata = []
+    for _ in points:
+        params = space(study.ask())
+        config = method_config_from_params(params, num_labels=2, head="mean")
+        strata.append(
+            (params["method"], share_bin(lora_module_params(config, MINILM_L6) / 600_000))
+        )
+    methods = [m for m, _ in strata]
+    assert {methods.count(m) for m in ("lora", "fusion", "lora_fusion")} == {10}
+    assert len(set(methods[:3])) == 3  # each method once in every three
+    every_bin = {label for _, label in LORA_SHARE_BINS}
+    assert {b for _, b in space.strata.values()} == every_bin  # the e4 space has all five
+    assert {b for _, b in strata[:12]} == every_bin

@@ -73,18 +73,19 @@ def build_searcher(exp: Experiment, space: Any, *, seed: int) -> Any:
     """Optuna behind Ray Tune: TPE for one objective, NSGA-II for several (+ constraints)."""
     import optuna
 
+    from search_spaces.spaces import startup_trials
     from tuner.searcher import FidelityOptunaSearch, PicklableNSGAIISampler, PicklableTPESampler
+    from tuner.space import startup_points
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     # The spaces record each trial's budget constraint on the trial itself (Optuna >= 5 reads it
     # there), a safety net: they only ever sample configurations inside the budget.
+    startup = startup_trials(exp.num_samples)
     if exp.multi_objective:
-        sampler: Any = PicklableNSGAIISampler(
-            seed=seed, population_size=max(4, exp.num_samples // 4)
-        )
+        sampler: Any = PicklableNSGAIISampler(seed=seed, population_size=startup)
     else:
-        sampler = PicklableTPESampler(seed=seed, n_startup_trials=max(4, exp.num_samples // 4))
+        sampler = PicklableTPESampler(seed=seed, n_startup_trials=startup)
     metrics = [m for m, _ in exp.objectives]
     modes = [mode for _, mode in exp.objectives]
     return FidelityOptunaSearch(
@@ -92,6 +93,8 @@ def build_searcher(exp: Experiment, space: Any, *, seed: int) -> Any:
         metric=metrics if exp.multi_objective else metrics[0],
         mode=modes if exp.multi_objective else modes[0],
         sampler=sampler,
+        # a budget split's start-up covers every method and LoRA-share bin (stratified)
+        points_to_evaluate=startup_points(space, min(startup, exp.num_samples), seed=seed) or None,
     )
 
 

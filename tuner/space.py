@@ -26,6 +26,7 @@ from search_spaces.spaces import (
     MethodsSpace,
     budget_split_space,
     method_space,
+    startup_trials,
 )
 from tuner.experiment import Experiment
 
@@ -64,6 +65,12 @@ class ExperimentSpace:
             fault = fault_for_trial(params.pop("fault"), getattr(trial, "ot_trial", trial).number)
             params.update({"fault": fault} if fault else {})
         return params
+
+
+def startup_points(space: ExperimentSpace, n: int, *, seed: int) -> list[dict[str, Any]]:
+    """What the search enqueues for its start-up (a budget split's stratified splits), else []."""
+    inner = getattr(space.inner, "startup_points", None)
+    return inner(n, seed=seed) if inner is not None else []
 
 
 def default_lr(method: str) -> float:
@@ -233,4 +240,6 @@ def first_configs(exp: Experiment, space: ExperimentSpace, *, n: int) -> list[di
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize" if mode == "max" else "minimize" for _, mode in exp.objectives]
     study = optuna.create_study(directions=directions, sampler=optuna.samplers.TPESampler(seed=0))
+    for point in startup_points(space, min(n, startup_trials(exp.num_samples)), seed=0):
+        study.enqueue_trial(point)
     return [space(study.ask()) for _ in range(n)]
