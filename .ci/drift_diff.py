@@ -1,6 +1,7 @@
 """Print the packages of ``pip freeze`` (stdin) whose version differs from the constraints file."""
 
 import sys
+from pathlib import Path
 
 
 def pins(lines):
@@ -12,7 +13,7 @@ def pins(lines):
     return out
 
 
-tested = pins(open(sys.argv[1]))
+tested = pins(Path(sys.argv[1]).read_text().splitlines())
 installed = pins(sys.stdin)
 diff = [f"  {n}=={v} (tested {tested[n]})" for n, v in sorted(installed.items())
         if n in tested and tested[n] != v]  # fmt: skip
