@@ -101,7 +101,7 @@ def _from_tune(folder: Path) -> dict[str, TrialArtifacts]:
 def _from_mlflow(tracking_uri: str, parent_ids: list[str]) -> dict[str, TrialArtifacts]:
     from tuner.tracking import connect
 
-    client = connect(tracking_uri)
+    client = connect(tracking_uri, create=False)
     found = {}
     for parent in parent_ids:
         experiment_id = client.get_run(parent).info.experiment_id

@@ -19,7 +19,7 @@ from analysis import markdown as md
 from analysis import sections
 from analysis.families import combine
 from analysis.trials import SEEDS_SUFFIX, Study, load_mlflow, load_tune_folder
-from search_spaces.errors import ConfigError
+from search_spaces.errors import ConfigError, one_of
 from tuner.cli import run_cli
 
 
@@ -92,6 +92,30 @@ def _is_family(name: str) -> bool:
     return name in FAMILIES
 
 
+def known_name(name: str) -> str:
+    """``name`` when it is a registered experiment; else a ConfigError that lists the
+    experiments and families (both are reports) and suggests the closest."""
+    from tuner.experiment import EXPERIMENTS, get_experiment
+    from tuner.experiments.families import FAMILIES
+
+    try:
+        return get_experiment(name).name
+    except ConfigError:
+        raise one_of("experiment", name, sorted([*EXPERIMENTS, *FAMILIES])) from None
+
+
+def require_a_completed_trial(study: Study) -> None:
+    """A study without a completed trial has nothing to report yet: one line that says so."""
+    counts = dict(study.completeness.status_counts)
+    if counts.get("completed", 0):
+        return
+    seen = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no trial at all"
+    raise ConfigError(
+        f"study {study.experiment!r} has no completed trial yet ({seen}) in {study.source}: "
+        "nothing to report until a trial completes (tuner.run --resume finishes a stopped study)"
+    )
+
+
 def build(study: Study, out: Path) -> str:
     """Write the figures into ``out`` and return the report's markdown."""
     out.mkdir(parents=True, exist_ok=True)
@@ -115,8 +139,6 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import optuna
 
-    from tuner.experiment import get_experiment
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     from tuner.experiments.families import get_family
@@ -125,8 +147,9 @@ def main(argv: list[str]) -> int:
         experiment = args.experiment
         study = combine(experiment, get_family(experiment), lambda name: load(args, name))
     else:
-        experiment = get_experiment(args.experiment).name  # unknown name: ConfigError, exit 2
+        experiment = known_name(args.experiment)
         study = load(args, experiment)
+    require_a_completed_trial(study)
     out = Path(args.out or Path("reports") / experiment)
     report = build(study, out)
     (out / "report.md").write_text(report)

@@ -105,7 +105,7 @@ def load_mlflow(
     unusable URI, an unknown experiment or parent run."""
     from tuner.tracking import connect
 
-    client = connect(tracking_uri)
+    client = connect(tracking_uri, create=False)  # reading: a missing store is a typo
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         names = ", ".join(e.name for e in client.search_experiments()) or "none"

@@ -14,7 +14,8 @@ import optuna
 import pytest
 
 from search_spaces.errors import ConfigError
-from trainables.recipe import Fault, fault_for_trial, parse_fault, run_trial
+from trainables.faults import Fault, fault_for_trial, parse_fault
+from trainables.recipe import run_trial
 from tuner.experiment import get_experiment
 from tuner.overrides import apply_sets, parse_sets
 from tuner.space import build_space

@@ -61,6 +61,16 @@ CASES = [
         ["e4_budget", *SMOKE, "--tracking-uri", "sqlite:///{tmp}/cols/train.csv/m.db"],
         "train.csv/m.db",
     ),  # fmt: skip
+    (
+        "tracking URI a bare .db path",
+        ["e4_budget", *SMOKE, "--tracking-uri", "{tmp}/mlflow.db"],
+        "did you mean sqlite:///{tmp}/mlflow.db?",
+    ),  # fmt: skip
+    (
+        "a bad pair after a good one",
+        ["e4_budget", *SMOKE, "--set", "tolerance=0.1", "lr=fast"],
+        "'fast'",
+    ),  # fmt: skip
     ("--resume, nothing there", ["e4_budget", *SMOKE, "--resume"], "--resume"),
     ("--resume with --overwrite", ["e4_budget", *SMOKE, "--resume", "--overwrite"], "--overwrite"),
     ("fault spec", ["e4_budget", *SMOKE, "--set", "fault=boom@2"], "'boom@2'"),

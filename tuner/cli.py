@@ -7,6 +7,7 @@ wrong" (2) from "it broke" (1, with a traceback).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -26,12 +27,23 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
         return USAGE_ERROR
 
 
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE ...`` on ``parser``: several pairs after one ``--set`` (as Hydra users
+    type them), ``--set`` repeated, or both; all land in ``args.set`` for :func:`parse_sets`."""
+    parser.add_argument(
+        "--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def parse_sets(items: list[str]) -> dict[str, str]:
     """``--set`` items: ``["rank=8", "sources=a,b"]`` -> ``{"rank": "8", "sources": "a,b"}``."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} is not key=value")
+            raise ConfigError(
+                f"--set {item!r} is not key=value (--set takes every word up to the next "
+                "option: put other arguments before it)"
+            )
         out[key.strip()] = value.strip()
     return out

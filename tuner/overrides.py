@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from search_spaces.errors import ConfigError, one_of
+from search_spaces.errors import ConfigError, did_you_mean, one_of
 from search_spaces.method_config import METHODS, MethodConfig, coerce
-from trainables.recipe import parse_fault
+from trainables.backbone_registry import backbone_source
+from trainables.faults import parse_fault
 from trainables.train_config import TrainConfig
 from tuner.cli import parse_sets  # noqa: F401  (re-exported: --set parsing and routing)
 from tuner.experiment import Experiment, Search
@@ -43,8 +44,10 @@ def apply_sets(exp: Experiment, sets: dict[str, str]) -> Experiment:
         elif key in method_fields and key != "num_labels":
             fixed[key] = check_knob(key, coerce(key, raw, method_fields[key].type))
         else:
+            known = allowed_keys()
             raise ConfigError(
-                f"--set key {key!r} is unknown; known keys: {', '.join(allowed_keys())}"
+                f"--set key {key!r} is unknown; known keys: {', '.join(known)}"
+                f"{did_you_mean(key, known)}"
             )
     TrainConfig.from_dict(train)  # type-check the merged training knobs now, not in a trial
     parse_fault(changes.get("fault"))
@@ -81,7 +84,9 @@ def select_method(search: Search, method: str) -> Search:
 
 
 def check_study(exp: Experiment) -> Experiment:
-    """Study knobs that would otherwise fail only once Ray runs (ASHA, the trials)."""
+    """Study knobs that would otherwise fail only once Ray runs (ASHA, the trials), and a
+    backbone that cannot be loaded (refused before torch is imported)."""
+    backbone_source(exp.backbone)
     if exp.reduction_factor < 2:
         raise ConfigError(f"reduction_factor={exp.reduction_factor} must be an integer >= 2")
     if exp.train_samples is not None and exp.train_samples < 1:

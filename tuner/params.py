@@ -1,7 +1,8 @@
 """``python -m tuner.params``: the parameter figures of one method on one backbone.
 
-    python -m tuner.params --backbone minilm-l6 --method lora --set rank=8 --set placement=attn_qv
+    python -m tuner.params --backbone minilm-l6 --method lora --set rank=8 placement=attn_qv
     python -m tuner.params --backbone bert-base --method fusion --set sources=a,b --verify --json
+    python -m tuner.params --table     # every method on MiniLM; fusion fuses the demo's 3 sources
     python -m tuner.params --backbone minilm-l6 --table --set sources=a,b --verify
 
 Prints ``trainable_params`` (what a budget constrains by default: the study plan's fairness rule)
@@ -20,13 +21,18 @@ from typing import Any
 
 from search_spaces.accounting import count_params
 from search_spaces.errors import ConfigError
-from search_spaces.method_config import METHODS, MethodConfig
+from search_spaces.method_config import FUSION_METHODS, METHODS, MethodConfig
 from search_spaces.shapes import BackboneShape
-from tuner.cli import parse_sets, run_cli
+from search_spaces.spaces import DEMO_SOURCES
+from trainables.backbone_registry import backbone_source
+from tuner.cli import add_set_argument, parse_sets, run_cli
 
 DEFAULT_ACCOUNTING = "trainable_params"  # budgets count what the optimiser updates, head included
 META_BACKBONES = ("bert-base",)  # random weights anyway: verify its counts on the meta device
 VERIFY_FAILED = 1
+# what a fusion row of --table fuses unless --set sources= says otherwise: the demo's three source
+# adapters (README); a count depends on how many sources there are, not on which
+TABLE_SOURCES = DEMO_SOURCES
 
 
 @dataclass(frozen=True)
@@ -111,12 +117,31 @@ def report(backbone: str, config: MethodConfig, *, check: bool) -> ParamsReport:
 
 
 def table(backbone: str, sets: dict[str, str], *, check: bool) -> list[ParamsReport]:
-    """Every method at its defaults (plus ``sets``, e.g. the fusion sources) on ``backbone``."""
+    """Every method at its defaults (plus ``sets``) on ``backbone``; fusion methods fuse
+    :data:`TABLE_SOURCES` unless ``sets`` names the sources."""
     from trainables.methods import METHOD_REGISTRY
 
     return [
-        report(backbone, method_config(m, dict(sets)), check=check) for m in METHOD_REGISTRY.names()
+        report(backbone, method_config(m, table_sets(m, sets)), check=check)
+        for m in METHOD_REGISTRY.names()
     ]
+
+
+def table_sets(method: str, sets: dict[str, str]) -> dict[str, str]:
+    """``sets`` for ``method``'s row: a fusion method without ``sources`` gets the default ones."""
+    if method in FUSION_METHODS and "sources" not in sets:
+        return {"sources": ",".join(TABLE_SOURCES), **sets}
+    return dict(sets)
+
+
+def sources_note(sets: dict[str, str]) -> str:
+    """The line above the table that says which sources its fusion rows fuse."""
+    sources = sets["sources"].split(",") if "sources" in sets else list(TABLE_SOURCES)
+    note = "" if "sources" in sets else " (the default; --set sources=A,B,... to change)"
+    return (
+        f"Fusion methods ({', '.join(FUSION_METHODS)}) fuse {len(sources)} sources: "
+        f"{', '.join(sources)}{note}"
+    )
 
 
 def table_markdown(rows: list[ParamsReport]) -> str:
@@ -145,9 +170,7 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--table", action="store_true", help="every method at its defaults (markdown)"
     )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="a MethodConfig knob"
-    )
+    add_set_argument(p, "MethodConfig knobs, e.g. --set rank=8 placement=attn_qv (repeatable)")
     p.add_argument(
         "--verify", action="store_true", help="build the model and compare (exit 1 on a diff)"
     )
@@ -174,11 +197,14 @@ def method_config(method: str, sets: dict[str, str]) -> MethodConfig:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    backbone_source(args.backbone)  # an unknown name is refused before torch is imported
     if args.table:
-        rows = table(args.backbone, parse_sets(args.set), check=args.verify)
-        text = (
-            json.dumps([r.to_dict() for r in rows], indent=2) if args.json else table_markdown(rows)
-        )
+        sets = parse_sets(args.set)
+        rows = table(args.backbone, sets, check=args.verify)
+        if args.json:
+            text = json.dumps([r.to_dict() for r in rows], indent=2)
+        else:
+            text = f"{sources_note(sets)}\n\n{table_markdown(rows)}"
         print(text)
         return VERIFY_FAILED if any(r.mismatches for r in rows) else 0
     config = method_config(args.method, parse_sets(args.set))

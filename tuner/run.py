@@ -14,7 +14,7 @@ import sys
 import time
 
 from search_spaces.errors import ConfigError
-from tuner.cli import run_cli
+from tuner.cli import add_set_argument, run_cli
 from tuner.experiment import PRESETS, all_experiments, get_experiment
 from tuner.overrides import apply_sets, parse_sets
 
@@ -23,8 +23,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuner.run", description=__doc__.split("\n")[0])
     p.add_argument("name", nargs="?", help="experiment name (see --list)")
     p.add_argument("--preset", default="full", help=f"one of {', '.join(PRESETS)} (default full)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a method, training or search key (repeatable)")  # fmt: skip
+    add_set_argument(
+        p, "override method, training or search keys: --set rank=8 lr=1e-3 (repeatable)"
+    )
     p.add_argument("--num-samples", type=int, help="number of trials")
     p.add_argument(
         "--gpus-per-trial",
@@ -63,10 +64,11 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.list:
         return list_experiments(as_json=args.json)
+    sets = parse_sets(args.set)  # first: a NAME typed after --set is one of its words
     if not args.name:
         raise ConfigError("an experiment NAME is required (see --list)")
     exp = get_experiment(args.name).with_preset(args.preset)
-    exp = apply_sets(exp, parse_sets(args.set))
+    exp = apply_sets(exp, sets)
     if args.num_samples is not None:
         if args.num_samples <= 0:
             raise ConfigError(f"--num-samples={args.num_samples} must be > 0")

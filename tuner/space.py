@@ -60,7 +60,7 @@ class ExperimentSpace:
         if "lr" in self.constants:
             params["lr"] = self.constants["lr"]
         if params.get("fault"):  # testing aid: a targeted fault (exit@2:trial=1) reaches one trial
-            from trainables.recipe import fault_for_trial
+            from trainables.faults import fault_for_trial
 
             fault = fault_for_trial(params.pop("fault"), getattr(trial, "ot_trial", trial).number)
             params.update({"fault": fault} if fault else {})

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from search_spaces.errors import ConfigError
+from search_spaces.errors import MAX_SUGGESTIONS, ConfigError, close_names
 
 # The public config keys logged as params (others stay in the resolved-config artifact).
 PARAM_KEYS = (
@@ -46,8 +46,10 @@ SKIP_METRICS = {"training_iteration", "timestamp", "time_this_iter_s", "time_tot
 PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
-def connect(tracking_uri: str) -> MlflowClient:
-    """A client for ``tracking_uri``, checked now so an unreachable store fails before any trial."""
+def connect(tracking_uri: str, *, create: bool = True) -> MlflowClient:
+    """A client for ``tracking_uri``, checked now so an unreachable store fails before any trial.
+    ``create=False`` (commands that only read a store): a missing store is refused, not created."""
+    check_tracking_uri(tracking_uri, create=create)
     try:
         with _first_use_lock(tracking_uri):
             client = MlflowClient(tracking_uri=tracking_uri)
@@ -57,6 +59,46 @@ def connect(tracking_uri: str) -> MlflowClient:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ConfigError(f"tracking URI {tracking_uri!r} is not usable: {reason}") from None
     return client
+
+
+DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def check_tracking_uri(tracking_uri: str, *, create: bool) -> None:
+    """Refuse what MLflow would silently get wrong: a bare path to a database file (MLflow takes
+    it for a folder store, with a deprecation warning), and with ``create=False`` a sqlite file
+    or folder store that does not exist (MLflow would create an empty one and find nothing)."""
+    if "://" not in tracking_uri and not tracking_uri.startswith("file:"):
+        path = Path(tracking_uri).expanduser()
+        if path.suffix in DB_SUFFIXES or path.is_file():
+            raise ConfigError(
+                f"tracking URI {tracking_uri!r} is a path, not a URI; "
+                f"did you mean sqlite:///{path.resolve()}?"
+            )
+        if not create and not path.is_dir():
+            raise ConfigError(f"tracking URI {tracking_uri!r}: no such folder {path.resolve()}")
+        return
+    if create or not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0]).expanduser()
+    if path.is_file():
+        return
+    raise ConfigError(
+        f"tracking URI {tracking_uri!r}: no database at {path.resolve()}{_nearby_databases(path)}"
+    )
+
+
+def _nearby_databases(path: Path) -> str:
+    """``"; did you mean sqlite:///..."`` for the database files beside ``path`` (the closest
+    names first), or ``""``."""
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        return ""
+    names = sorted(p.name for p in folder.iterdir() if p.suffix in DB_SUFFIXES and p.is_file())
+    chosen = close_names(path.name, names) or names[:MAX_SUGGESTIONS]
+    if not chosen:
+        return ""
+    return f"; did you mean {' or '.join(f'sqlite:///{folder / n}' for n in chosen)}?"
 
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ from typing import Any
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import FUSION_METHODS
-from tuner.cli import parse_sets, run_cli
+from trainables.backbone_registry import backbone_source
+from tuner.cli import add_set_argument, parse_sets, run_cli
 
 SHOWN = ("dev_score", "test_score", "trainable_params", "added_params", "train_samples_per_s",
          "latency_ms", "wall_s")  # fmt: skip
@@ -35,8 +36,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backbone", default="minilm-l6")
     p.add_argument("--head", default="mean", help="mean (pooling) or cls (pooler)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method or training key (repeatable), e.g. rank=8, lr=1e-3")  # fmt: skip
+    add_set_argument(p, "method or training keys, e.g. --set rank=8 lr=1e-3 (repeatable)")
     p.add_argument("--train-samples", type=int, help="stratified subset of the train split")
     p.add_argument("--epochs", type=float, help="training epochs")
     p.add_argument("--data-dir", help="local data mirror (default $PEFT_TUNE_DATA_DIR)")
@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def trial_config(args: argparse.Namespace) -> dict[str, Any]:
+    backbone_source(args.backbone)  # an unknown name is refused before torch is imported
     config: dict[str, Any] = {"method": args.method, "backbone": args.backbone, "head": args.head,
                               "task": args.task, **parse_sets(args.set)}  # fmt: skip
     if args.epochs is not None:

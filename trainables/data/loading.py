@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from search_spaces.errors import ConfigError
+from search_spaces.errors import ConfigError, did_you_mean
 from trainables.data.tasks import (
     PAIR_SCHEMA,
     REGRESSION_METRIC,
@@ -51,7 +51,7 @@ def resolve_task(name_or_path: str | Path | Task) -> Task:
         raise ConfigError(f"folder {text!r} does not exist")
     raise ConfigError(
         f"task={text!r} is neither a registered task nor an existing folder; "
-        f"registered tasks: {', '.join(TASKS.names())}"
+        f"registered tasks: {', '.join(TASKS.names())}{did_you_mean(text, TASKS.names())}"
     )
 
 
