@@ -125,6 +125,7 @@ def build(study: Study, out: Path) -> str:
              md.completeness(study.completeness), ""]  # fmt: skip
     if score != "test_score":
         lines += ["_No completed trial reported test_score: tables use dev_score._", ""]
+    lines += [*sections.learned(study), ""]
     section = sections.SECTIONS.get(study.experiment)
     if section is not None:
         lines += [*section(study, out, score), ""]

@@ -13,7 +13,7 @@ from analysis.budget import best_splits, budget_heatmap
 from analysis.efficiency import efficiency_table
 from analysis.hypotheses import BY_EXPERIMENT, evaluate
 from analysis.pareto import optuna_study, pareto_front
-from analysis.selection import SELECT_BY, completed
+from analysis.selection import MAJORITY, POINTS, SELECT_BY, completed, did_not_learn
 from analysis.study_sections import study_sections
 from analysis.tables import few_shot_table, method_task_table, transfer_table, trials_overview
 from analysis.trials import Study
@@ -136,6 +136,24 @@ def hypotheses(study: Study) -> list[str]:
     return ["## Hypotheses (this study only)", "", md.verdicts(found), "",
             "_Rule: fewer than 3 pairs is insufficient evidence; supported when the 95% "
             "bootstrap interval is above 0 (docs/ANALYSIS.md)._"]  # fmt: skip
+
+
+def learned(study: Study) -> list[str]:
+    """The majority-class baseline and the trials that did not beat it, as a visible note."""
+    done = completed(study.trials)
+    if MAJORITY not in done or done[MAJORITY].isna().all():
+        return []
+    base = done[MAJORITY].median() * POINTS
+    test = done["test_majority_score"].median() * POINTS if "test_majority_score" in done else None
+    lines = [f"Majority-class baseline (always the train split's most frequent class): dev "
+             f"{base:.2f}" + (f", test {test:.2f}" if test is not None else "") + " points."]  # fmt: skip
+    failed = done[did_not_learn(study.trials)]
+    if not failed.empty:
+        methods = ", ".join(f"{m} ({n})" for m, n in failed["method"].value_counts().items())
+        lines += ["", f"**Did not learn: {len(failed)} of {len(done)} completed trials score at or "
+                  f"below it on dev** ({methods}); they are marked in the trials table. A score at "
+                  "the majority class is a bug until shown otherwise."]  # fmt: skip
+    return lines
 
 
 def trials(study: Study) -> list[str]:

@@ -34,6 +34,18 @@ def completed(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[done]
 
 
+MAJORITY = "dev_majority_score"  # what always answering the train split's majority class scores
+
+
+def did_not_learn(trials: pd.DataFrame) -> pd.Series:
+    """Per completed trial: its dev score is at or below the majority class's (a trial of a study
+    that did not record the baseline counts as learned: nothing to compare with)."""
+    done = completed(trials)
+    if done.empty or MAJORITY not in done or SELECT_BY not in done:
+        return pd.Series(False, index=done.index)
+    return done[SELECT_BY].le(done[MAJORITY] + 1e-9) & done[MAJORITY].notna()
+
+
 def not_completed(trials: pd.DataFrame) -> pd.DataFrame:
     if trials.empty or "status" not in trials:
         return trials.iloc[0:0]

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.selection import POINTS, completed, not_completed, paired, select_configs, with_seed
+from analysis.selection import (
+    POINTS,
+    completed,
+    did_not_learn,
+    not_completed,
+    paired,
+    select_configs,
+    with_seed,
+)
 
 TREATMENT = "lora_fusion"
 TRANSFER_BASELINES = ("lora", "fusion")
@@ -116,8 +124,11 @@ def trials_overview(trials: pd.DataFrame) -> Table:
     """Every trial with its status and key figures (completed or not), best dev score first."""
     want = ["trial_id", "status", "fidelity", "method", "task", "train_samples", "seed", "rank",
             "bottleneck", "fusion", "fusion_layers", "sources", "lr", "trainable_params",
-            "dev_score", "test_score"]  # fmt: skip
-    data = with_seed(trials)[[c for c in want if c in trials.columns or c == "seed"]]
+            "dev_score", "test_score", "dev_top_class_share", "learned"]  # fmt: skip
+    flags = did_not_learn(trials).reindex(trials.index)
+    learned = flags.map({True: "NO: at majority class", False: "yes"})
+    data = with_seed(trials).assign(learned=learned)
+    data = data[[c for c in want if c in data.columns]]
     if "dev_score" in data:
         data = data.sort_values("dev_score", ascending=False, na_position="last")
     return Table("trials", data.reset_index(drop=True), len(trials) - len(completed(trials)))

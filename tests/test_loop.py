@@ -206,7 +206,7 @@ def test_predict_returns_logits_in_the_original_order():
     single = np.concatenate([predict(model, DEV.select([i]), batch_size=1) for i in range(20)])
     np.testing.assert_allclose(batched[:20], single, atol=1e-5)
     loss, metrics = evaluate(model, DEV, task_kind="classification", metric="f1", batch_size=16)
-    assert loss > 0 and set(metrics) == {"score", "f1", "accuracy"}
+    assert loss > 0 and set(metrics) == {"score", "f1", "accuracy", "top_class_share"}
     assert model.training  # the model's mode is left as it was
     assert measure_latency(model, DEV, batch_size=4, n=5) > 0
 

@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from search_spaces.errors import one_of
 from trainables.batching import collate, eval_plan
 from trainables.data.encoded import Encoded
-from trainables.metrics import compute
+from trainables.metrics import compute, top_class_share
 
 TASK_KINDS = ("classification", "regression")
 # cuDNN attention (first choice for bf16 on Hopper) builds a plan for every new shape, and dynamic
@@ -51,11 +51,15 @@ def evaluate(
 def score(
     logits: np.ndarray, data: Encoded, *, task_kind: str, metric: str
 ) -> tuple[float, dict[str, float]]:
-    """Mean loss and ``metrics.compute(metric, ...)`` of ``logits`` against ``data``'s labels."""
+    """Mean loss and ``metrics.compute(metric, ...)`` of ``logits`` against ``data``'s labels, with
+    ``top_class_share`` for classification (did it learn? 1.0 is one class for everything)."""
     dtype = torch.float32 if task_kind == "regression" else torch.int64
     labels = torch.tensor(data.labels, dtype=dtype)  # a copy: cached splits are read-only
     loss = task_loss(torch.from_numpy(logits), labels, task_kind).item()
-    return loss, compute(metric, logits, data.labels)
+    scores = compute(metric, logits, data.labels)
+    if task_kind != "regression":
+        scores["top_class_share"] = top_class_share(logits)
+    return loss, scores
 
 
 def predict(

@@ -65,6 +65,27 @@ def compute(metric: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, fl
     return {name: float(value) for name, value in spec.fn(logits, labels).items()}
 
 
+def top_class_share(logits: np.ndarray) -> float:
+    """The share of the most frequent predicted class: 1.0 when one class is predicted for
+    everything, as by a model that did not learn."""
+    return float(np.bincount(np.asarray(logits).argmax(axis=1)).max() / len(logits))
+
+
+def majority_score(metric: str, train_labels: np.ndarray, labels: np.ndarray) -> float:
+    """The score of always answering the most frequent class of ``train_labels`` (for a
+    regression metric: always the mean, whose correlation is 0). A trial at or below it did not
+    learn (the study rules: a score at the majority-class baseline is a bug until shown otherwise)."""
+    spec = get_metric(metric)
+    labels = np.asarray(labels)
+    if spec.regression:
+        return compute(metric, np.full(len(labels), np.mean(train_labels)), labels)["score"]
+    majority = int(np.bincount(np.asarray(train_labels, dtype=np.int64)).argmax())
+    classes = max(int(labels.max()), majority, 1) + 1
+    logits = np.zeros((len(labels), classes))
+    logits[:, majority] = 1.0
+    return compute(metric, logits, labels)["score"]
+
+
 def _divide(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     """num / den with 0 where den == 0 (an undefined ratio counts as 0, as in sklearn)."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainables.data.encoded import Encoded
+from trainables.metrics import majority_score
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class PreparedData:
     test: Encoded
     extra_tests: dict[str, Encoded] = field(default_factory=dict)
     source_adapters: dict[int, dict[str, Path]] = field(default_factory=dict)
+
+    def baselines(self) -> dict[str, float]:
+        """What a model that learned nothing scores: always the train split's majority class, on
+        dev and test (``dev_majority_score``, ``test_majority_score``). Every trial records them."""
+        return {f"{name}_majority_score": majority_score(self.metric, self.train.labels, split.labels)
+                for name, split in (("dev", self.dev), ("test", self.test))}  # fmt: skip
 
     def adapters_for(self, bottleneck: int) -> dict[str, Path] | None:
         return self.source_adapters.get(bottleneck)

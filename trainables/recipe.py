@@ -204,6 +204,7 @@ def final_metrics(
     for name, split in data.extra_tests.items():
         _, scores = evaluate(model, split, **kwargs)
         out[f"shift_{name}_score"] = scores["score"]
+    out.update(data.baselines())  # did it learn? the majority class's score beside the trial's
     out.update(model.method_metrics())  # AdaLoRA's final ranks, fusion entropy, grown ranks
     out["latency_ms"] = measure_latency(model, data.dev, device=device)
     if model.config.method == "lora":  # merged LoRA: the same function, no added latency
