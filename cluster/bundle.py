@@ -8,12 +8,13 @@ pip resolves the requirements for the host's Python and platform, the host's ``p
 wheel is trimmed (``cluster/wheels.py`` says how, and which rule subtracts the host). Optionally
 task data from the local mirror (``--data``). The files go, whole, into part folders of at most
 ``--part-size`` bytes (``out/part-NNN/`` with ``wheels/``, ``data/``, ``SHA256SUMS`` and
-``install.sh``), so each folder can travel alone; a file that cannot fit is refused before
-anything is written to ``--out``.
+``install.sh``), so each folder can travel alone; a file larger than a part (the backbone's
+wheel is 84 MB) is cut into pieces that fill a part each. Nothing is written to ``--out`` until
+every part is complete.
 
 On the host, run every folder's ``install.sh`` (in any order, in one go or one per transfer): each
 copies its files into the stage (``$PEFT_TUNE_BUNDLE_DIR``, default /tmp/peft-tune-bundle); the one
-that completes the set checks every checksum, installs the wheels with ``pip install --no-index
+that completes the set checks every checksum, joins the pieces, installs the wheels with ``pip install --no-index
 --no-deps --target $STAGE/site`` and writes ``$STAGE/env.sh`` (``PYTHONPATH`` and
 ``PEFT_TUNE_DATA_DIR``). Exit status: 0 installed, 3 files of other parts still missing, 1 a
 checksum failed.
@@ -26,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -76,12 +76,14 @@ class BundlePlan:
 
 @dataclass(frozen=True)
 class Entry:
-    """One file of the bundle: where it goes (``wheels/x.whl``), where it is now, its label."""
+    """One file of the bundle: where it goes (``wheels/x.whl``), where it is now, its label;
+    or one piece of it (``wheels/x.whl.piece000``: ``size`` bytes from ``offset``)."""
 
     path: str
     source: Path
     size: int
     label: str
+    offset: int = 0
 
 
 def parse_size(text: str) -> int:
@@ -146,25 +148,58 @@ def data_entries(plan: BundlePlan) -> list[Entry]:
     return entries
 
 
-def sha256(path: Path) -> str:
+def _blocks(entry: Entry):
+    with entry.source.open("rb") as handle:
+        handle.seek(entry.offset)
+        left = entry.size
+        while left and (block := handle.read(min(CHUNK, left))):
+            left -= len(block)
+            yield block
+
+
+def sha256(entry: Entry) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
+    for block in _blocks(entry):
+        digest.update(block)
     return digest.hexdigest()
 
 
-def pack(entries: list[Entry], part_size: int, overhead: int) -> list[list[Entry]]:
-    """Whole files into as few parts as first-fit by decreasing size finds, each part's files
-    plus ``overhead`` (its install.sh and SHA256SUMS) at most ``part_size`` bytes."""
-    budget = part_size - overhead
+def _pieces(entry: Entry, budget: int) -> list[Entry]:
+    if entry.size <= budget:
+        return [entry]
+    count = -(-entry.size // budget)
+    if count > 1000:  # install.sh joins pieces in name order: three digits
+        raise ConfigError(f"{entry.path} ({entry.size:,} bytes) would be cut into {count} pieces: raise --part-size")  # fmt: skip
+    return [
+        Entry(f"{entry.path}.piece{i:03d}", entry.source, min(budget, entry.size - offset),
+              f"{entry.label} (piece {i + 1}/{count})", offset)
+        for i, offset in enumerate(range(0, entry.size, budget))
+    ]  # fmt: skip
+
+
+def cut(entries: list[Entry], part_size: int) -> tuple[list[Entry], int]:
+    """Files too large for a part cut into pieces that fill one each (install.sh joins them);
+    returns the pieces and what every part spends on install.sh and SHA256SUMS. Refuses a
+    ``part_size`` that leaves no room for files."""
+    pieces = entries
+    while True:
+        overhead = len(INSTALL_SH.encode()) + sum(67 + len(e.path.encode()) for e in pieces)
+        if overhead >= part_size:
+            raise ConfigError(
+                f"--part-size {part_size:,} bytes leaves no room for files: install.sh and "
+                f"SHA256SUMS take {overhead:,} bytes in each part"
+            )
+        again = [piece for e in entries for piece in _pieces(e, part_size - overhead)]
+        if [e.path for e in again] == [e.path for e in pieces]:
+            return again, overhead
+        pieces = again
+
+
+def pack(entries: list[Entry], budget: int) -> list[list[Entry]]:
+    """Files into as few parts of at most ``budget`` bytes as first-fit by decreasing size finds
+    (each file fits: :func:`cut` made sure)."""
     parts: list[list[Entry]] = []
     for entry in sorted(entries, key=lambda e: (-e.size, e.path)):
-        if entry.size > budget:
-            raise ConfigError(
-                f"{entry.path} is {entry.size:,} bytes, over --part-size {part_size:,} bytes "
-                f"(less {overhead:,} for install.sh and SHA256SUMS in each part): raise --part-size"
-            )
         part = next((p for p in parts if sum(e.size for e in p) + entry.size <= budget), None)
         if part is None:
             parts.append(part := [])
@@ -183,11 +218,12 @@ def build(plan: BundlePlan, say=print) -> dict:
         entries = gather_wheels(plan, work / "stage", say) + data_entries(plan)
         if not entries:
             raise ConfigError(f"nothing to bundle: the host has all of {' '.join(plan.requirements)}")  # fmt: skip
-        sums = "".join(f"{sha256(e.source)}  {e.path}\n" for e in entries)
-        parts = pack(entries, plan.part_size, len(INSTALL_SH.encode()) + len(sums.encode()))
         say(f"{len(entries)} files, {mib(sum(e.size for e in entries))}:")
         for e in sorted(entries, key=lambda e: e.path):
             say(f"  {e.label:<48} {mib(e.size):>8}")
+        pieces, overhead = cut(entries, plan.part_size)
+        parts = pack(pieces, plan.part_size - overhead)
+        sums = "".join(f"{sha256(e)}  {e.path}\n" for e in pieces)
         result = work / "out"
         manifest = _write_parts(plan, parts, sums, result, say)
         result.rename(plan.out)  # replaces an empty --out
@@ -200,14 +236,16 @@ def _write_parts(plan: BundlePlan, parts: list[list[Entry]], sums: str, result: 
         folder = result / f"part-{index:03d}"
         for e in files:
             (folder / e.path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(e.source, folder / e.path)
+            with (folder / e.path).open("wb") as target:
+                for block in _blocks(e):
+                    target.write(block)
         (folder / SUMS).write_text(sums)
         (folder / "install.sh").write_text(INSTALL_SH)
         (folder / "install.sh").chmod(0o755)
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         total += size
         listing.append({"part": folder.name, "bytes": size, "files": [e.path for e in files]})
-        say(f"{folder.name}  {mib(size):>8}  {len(files)} files")
+        say(f"{folder.name}  {mib(size):>8}  " + ", ".join(e.label for e in files))
     manifest = {
         "requirements": list(plan.requirements), "python_version": plan.target.python_version,
         "platforms": list(plan.target.platforms), "part_size": plan.part_size,
@@ -238,6 +276,10 @@ while IFS= read -r line; do
 done < SHA256SUMS
 if [ "$have" -lt "$want" ]; then echo "bundle: $have of $want files in $stage"; exit 3; fi
 sha256sum -c --quiet SHA256SUMS || exit 1
+for first in $(find wheels data -name '*.piece000' 2>/dev/null); do
+  whole=${first%.piece000}
+  cat "$whole".piece* > "$whole.joining" && mv "$whole.joining" "$whole"
+done
 if ls wheels/*.whl >/dev/null 2>&1; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$stage/site" wheels/*.whl

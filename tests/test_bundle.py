@@ -1,6 +1,7 @@
 """cluster.bundle: hand-made wheels with dependencies, resolved by real pip from a local folder (no
-network), the host's freeze subtracted, packed whole into parts, installed by the parts' own
-install.sh in any order and imported; an oversized file and a corrupted part are refused."""
+network), the host's freeze subtracted, cut into parts smaller than a wheel, installed by the
+parts' own install.sh in any order and imported; a part size with no room for files and a
+corrupted part are refused."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from cluster.bundle import Entry, main, pack, parse_size
+from cluster.bundle import Entry, cut, main, pack, parse_size
 from cluster.wheels import Resolved, Target, expand_platforms, read_freeze, subtract_host, trim
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
@@ -82,23 +83,25 @@ def _install(part: Path, stage: Path) -> subprocess.CompletedProcess:
 
 def test_resolves_subtracts_the_host_and_installs_from_parts(source, tmp_path, capsys):
     out = tmp_path / "bundle"
-    assert run_cli(main, [*source, "--part-size", "8K", "--out", str(out)]) == 0
+    assert run_cli(main, [*source, "--part-size", "4K", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "on the host: gamma-pkg 0.5\n" in printed
     assert "bundled over the host's: beta-pkg (host 1.0, but alpha-pkg 1.0 needs beta-pkg>=2)" in printed  # fmt: skip
     assert "not needed: delta-pkg" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     files = sorted(f for p in manifest["parts"] for f in p["files"])
-    assert files == ["data/glue/tiny/labels.json", "wheels/alpha_pkg-1.0-py3-none-any.whl",
-                     "wheels/beta_pkg-2.0-py3-none-any.whl"]  # fmt: skip
+    assert files == ["data/glue/tiny/labels.json",  # each wheel is larger than a part
+                     "wheels/alpha_pkg-1.0-py3-none-any.whl.piece000", "wheels/alpha_pkg-1.0-py3-none-any.whl.piece001",
+                     "wheels/beta_pkg-2.0-py3-none-any.whl.piece000", "wheels/beta_pkg-2.0-py3-none-any.whl.piece001"]  # fmt: skip
     parts = sorted(out.glob("part-*"))
-    assert len(parts) == 2 == len(manifest["parts"])
+    assert len(parts) == len(manifest["parts"]) >= 4
     for part in parts:
-        assert sum(f.stat().st_size for f in part.rglob("*") if f.is_file()) <= 8 * 1024
+        assert sum(f.stat().st_size for f in part.rglob("*") if f.is_file()) <= 4 * 1024
         assert f"{part.name}  " in printed
 
     stage = tmp_path / "stage"
-    assert _install(parts[1], stage).returncode == 3  # the other part's files are missing
+    for part in reversed(parts[1:]):
+        assert _install(part, stage).returncode == 3  # the other parts' files are missing
     done = _install(parts[0], stage)
     assert done.returncode == 0, done.stdout + done.stderr
     env_sh = (stage / "env.sh").read_text()
@@ -115,21 +118,20 @@ def test_resolves_subtracts_the_host_and_installs_from_parts(source, tmp_path, c
 
     damaged = tmp_path / "damaged"
     shutil.copytree(out, damaged)
-    wheel = next(damaged.glob("part-*/wheels/alpha_pkg-*.whl"))
+    wheel = next(damaged.glob("part-*/wheels/alpha_pkg-*.whl.piece001"))
     wheel.write_bytes(b"x" + wheel.read_bytes()[1:])
     stage = tmp_path / "stage-damaged"
     results = [_install(part, stage).returncode for part in sorted(damaged.glob("part-*"))]
     assert results[-1] == 1 and not (stage / ".installed").exists()
 
 
-def test_a_file_larger_than_a_part_is_refused_before_writing(source, tmp_path, capsys):
+def test_a_part_size_without_room_for_files_is_refused_before_writing(source, tmp_path, capsys):
     out = tmp_path / "bundle"
     out.mkdir()
-    assert run_cli(main, [*source, "--part-size", "4K", "--out", str(out)]) == 2
+    assert run_cli(main, [*source, "--part-size", "1K", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
-    assert err.startswith("error: wheels/alpha_pkg-1.0-py3-none-any.whl is ")
-    assert "bytes, over --part-size 4,096 bytes" in err
+    assert err.startswith("error: --part-size 1,024 bytes leaves no room for files: install.sh")
     assert list(out.iterdir()) == [] and list(tmp_path.glob(".bundle.*")) == []
 
 
@@ -189,13 +191,16 @@ def test_host_rule_keeps_what_a_requirement_excludes_and_drops_what_only_the_hos
         subtract_host(lacking, {}, ENV)
 
 
-def test_pack_fills_parts_with_whole_files_and_trim_drops_members(tmp_path):
+def test_cut_and_pack_fill_parts_and_trim_drops_members(tmp_path):
     entries = [Entry(f"wheels/{n}.whl", tmp_path, size, n) for n, size in
                (("a", 600), ("b", 500), ("c", 400), ("d", 300))]  # fmt: skip
-    parts = pack(entries, part_size=1100, overhead=100)
+    parts = pack(entries, budget=1000)
     assert [[e.label for e in part] for part in parts] == [["a", "c"], ["b", "d"]]
-    with pytest.raises(ConfigError, match=r"wheels/a.whl is 600 bytes, over --part-size 600 bytes \(less 100"):  # fmt: skip
-        pack(entries, part_size=600, overhead=100)
+    pieces, overhead = cut([Entry("wheels/big.whl", tmp_path, 8_000, "big")], part_size=6_000)
+    budget = 6_000 - overhead
+    assert overhead > 1000 and [(p.path, p.offset, p.size) for p in pieces] == [
+        ("wheels/big.whl.piece000", 0, budget), ("wheels/big.whl.piece001", budget, 8_000 - budget)
+    ]  # fmt: skip
     assert parse_size("60M") == 60 * 2**20 and parse_size("2048") == 2048
 
     wheel = _wheel(tmp_path, "ray", "2.60.0", [],
