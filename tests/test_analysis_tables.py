@@ -158,3 +158,25 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
 @given(values)
 def test_param_text_round_trips(value):
     assert parse_param(param_text(value)) == value
+
+
+def test_a_trial_at_the_majority_class_is_flagged_as_not_learned():
+    from analysis.sections import learned
+    from analysis.tables import trials_overview
+    from analysis.trials import Study
+
+    base = {"dev_majority_score": 0.40, "test_majority_score": 0.41}
+    records = [trial("good", params={"method": "lora"}, dev=0.80, test=0.79, final=base),
+               trial("flat", params={"method": "adalora"}, dev=0.40, test=0.41, final=base),
+               trial("old", params={"method": "lora"}, dev=0.30, test=0.30)]  # fmt: skip
+    trials = trials_frame(records)
+    table = trials_overview(trials).data.set_index("trial_id")
+    assert table.loc["flat", "learned"] == "NO: at majority class"
+    assert table.loc["good", "learned"] == "yes"
+    assert table.loc["old", "learned"] == "yes"  # recorded no baseline: nothing to compare with
+    study = Study(
+        "e1_single_task", trials, trials.iloc[0:0], completeness("e1_single_task", trials, {})
+    )
+    note = "\n".join(learned(study))
+    assert "dev 40.00, test 41.00 points" in note
+    assert "Did not learn: 1 of 3 completed trials" in note and "adalora (1)" in note

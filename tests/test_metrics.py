@@ -118,3 +118,14 @@ def test_registry_refuses_duplicates_and_bad_names():
         register_metric(Metric("accuracy", METRICS["accuracy"].fn))
     with pytest.raises(ConfigError, match="identifier"):
         register_metric(Metric("bad name", METRICS["accuracy"].fn))
+
+
+def test_majority_class_scores_and_top_class_share():
+    from trainables.metrics import majority_score, top_class_share
+
+    train, dev = np.array([0, 0, 0, 1]), np.array([0, 1, 1, 1])
+    assert majority_score("accuracy", train, dev) == pytest.approx(0.25)
+    assert majority_score("mcc", train, dev) == 0.0  # one class for everything: undefined -> 0
+    assert majority_score("f1", np.array([1, 1, 0]), dev) == pytest.approx(2 * 0.75 / 1.75)
+    assert majority_score("pearson_spearman", np.array([0.1, 0.9]), np.array([0.0, 1.0])) == 0.0
+    assert top_class_share(np.array([[0.0, 1.0], [0.2, 0.9], [1.0, 0.0]])) == pytest.approx(2 / 3)
