@@ -43,6 +43,9 @@ class ParamCount:
         int  # what the optimiser updates (requires_grad), classification head included
     )
     added_params: int  # head + method modules incl. frozen source adapters and fusion, as stored
+    # what a trainable budget counts where a method's convention differs from trainable_params:
+    # AdaLoRA's parameters at its final rank (the paper's budget); None = trainable_params
+    budget_trainable: int | None = None
 
 
 def linear_shape(module: str, shape: BackboneShape) -> tuple[int, int]:
@@ -205,7 +208,9 @@ def _adalora(config: MethodConfig, shape: BackboneShape) -> ParamCount:
         )
     per_layer = adalora_params_per_layer(config.init_rank, config.placement, shape)
     n = len(method_layers(config, shape.num_layers))
-    return ParamCount(n * per_layer[0], n * per_layer[1])
+    final = n * adalora_params_per_layer(config.rank, config.placement, shape)[0]
+    return ParamCount(n * per_layer[0], n * per_layer[1],
+                      final if config.budget_rank == "final" else None)  # fmt: skip
 
 
 def _bottleneck(config: MethodConfig, shape: BackboneShape) -> ParamCount:
@@ -380,7 +385,8 @@ def count_params(config: MethodConfig, shape: BackboneShape) -> ParamCount:
     config.fused_layers(shape.num_layers)  # validates fusion_layers against the depth
     method = _COUNTERS[config.method](config, shape)
     head = head_params(config, shape)
-    return ParamCount(method.trainable_params + head, method.added_params + head)
+    budget = None if method.budget_trainable is None else method.budget_trainable + head
+    return ParamCount(method.trainable_params + head, method.added_params + head, budget)
 
 
 __all__ = [

@@ -57,7 +57,8 @@ class Budget:
     """``budget_params`` of the ``accounting`` figure, met within ``± tolerance`` (relative).
 
     ``"trainable"`` constrains what the optimiser updates, head included: the fair figure for
-    comparing training. ``"added"`` also counts frozen source adapters: the figure for storage.
+    comparing training (AdaLoRA at its final rank by default, its paper's convention:
+    ``budget_rank``). ``"added"`` also counts frozen source adapters: the figure for storage.
     """
 
     budget_params: int
@@ -84,7 +85,9 @@ class Budget:
         """The figure this budget constrains (an int passes through)."""
         if isinstance(count, int):
             return count
-        return count.trainable_params if self.accounting == "trainable" else count.added_params
+        if self.accounting == "added":
+            return count.added_params
+        return count.trainable_params if count.budget_trainable is None else count.budget_trainable
 
     def deviation(self, count: ParamCount | int) -> float:
         """Signed relative deviation: +0.03 is 3% above the budget."""

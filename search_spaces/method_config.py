@@ -33,6 +33,14 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
     "ffn": ("intermediate", "output"),
     "all": ("query", "key", "value", "attention.output", "intermediate", "output"),
 }
+# AdaLoRA's update is scaled by lora_alpha / init_rank (peft divides by ``ranknum``, the initial
+# rank). The authors' GLUE scripts (Zhang et al., ICLR 2023, github.com/QingruZhang/AdaLoRA,
+# NLU/scripts) set lora_alpha / lora_r between about 5 and 16; 10 sits in the middle of that range.
+# LoRA's alpha = 2 r carried over gave AdaLoRA a scale of ~1.3: its weights barely moved.
+ADALORA_SCALE = 10.0
+# The rank an AdaLoRA budget counts: the final (target) rank, the paper's convention, or the
+# initial rank its tensors are allocated at (what the optimiser updates).
+BUDGET_RANKS = ("final", "initial")
 HEADS = ("mean", "cls")  # mean pooling + linear, or [CLS] through the (trainable) pooler + linear
 FUSIONS = ("static", "dynamic")
 T = TypeVar("T")
@@ -55,6 +63,8 @@ class MethodConfig:
     layers: tuple[int, ...] | None = None
     layer_ranks: tuple[int, ...] | None = None  # per-layer rank (peft's rank_pattern); 0 = no LoRA
     init_rank: int = 12  # AdaLoRA: rank every module starts with; ``rank`` is the target average
+    adalora_scale: float = ADALORA_SCALE  # AdaLoRA: lora_alpha / init_rank (``alpha`` is LoRA's)
+    budget_rank: str = "final"  # AdaLoRA: which rank a parameter budget counts (BUDGET_RANKS)
     # bottleneck adapters (houlsby, pfeiffer, unipelt) and the source adapters fused by fusion methods
     bottleneck: int = 24
     # prefix tuning
@@ -99,6 +109,10 @@ class MethodConfig:
             raise ConfigError(f"target_bottleneck={self.target_bottleneck!r} must be >= 0")
         if self.alpha <= 0:
             raise ConfigError(f"alpha={self.alpha!r} must be > 0")
+        if self.adalora_scale <= 0:
+            raise ConfigError(f"adalora_scale={self.adalora_scale!r} must be > 0")
+        if self.budget_rank not in BUDGET_RANKS:
+            raise one_of("budget_rank", self.budget_rank, BUDGET_RANKS)
         if self.method == "adalora" and self.init_rank < self.rank:
             raise ConfigError(f"init_rank={self.init_rank} must be >= rank={self.rank} for adalora")
         for name in ("layers", "fusion_layers"):

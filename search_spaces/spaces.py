@@ -46,7 +46,7 @@ LR_RANGES: dict[str, tuple[float, float]] = {
     "full": (1e-5, 1e-4),  # BERT fine-tuning: 2e-5 .. 5e-5 (Devlin et al., 2019)
     "bitfit": (1e-4, 3e-3),  # BitFit searched 1e-4 .. 1e-3 (Ben Zaken et al., 2022)
     "lora": (1e-4, 3e-3),  # LoRA on RoBERTa-base: 4e-4 .. 5e-4 (Hu et al., 2022)
-    "adalora": (1e-4, 3e-3),  # as LoRA
+    "adalora": (3e-4, 3e-3),  # the authors' GLUE scripts: 5e-4 .. 2.2e-3 (Zhang et al., 2023)
     "houlsby": (3e-5, 3e-3),  # Houlsby et al. (2019) searched 3e-5, 3e-4, 3e-3
     "pfeiffer": (3e-5, 3e-3),  # as Houlsby
     "prefix": (1e-4, 1e-2),  # prefixes want large rates (P-tuning v2: up to 1e-2)
@@ -65,7 +65,7 @@ KNOBS_USED: dict[str, tuple[str, ...]] = {
     "full": ("layers",),  # the top-k layers fine-tuned; None = every weight
     "bitfit": (),
     "lora": _LORA,
-    "adalora": ("rank", "alpha", "placement", "layers", "init_rank"),
+    "adalora": ("rank", "adalora_scale", "placement", "layers", "init_rank", "budget_rank"),
     "houlsby": ("bottleneck", "layers"),
     "pfeiffer": ("bottleneck", "layers"),
     "prefix": ("prefix_length", "prefix_reparam", "layers"),

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -52,6 +53,10 @@ class MethodHooks:
     stored_adjustment: Callable[[], int] = lambda: 0  # served size minus built size (prefix)
     plateau: Callable[[float], bool] | None = None  # sees each dev loss; True: the model grew
     metrics: Callable[[], dict[str, float]] | None = None  # method-specific trial metrics
+    # what the method keeps outside its parameters and a checkpoint must carry (AdaLoRA's rank
+    # pattern and importance averages): read, and written back on resume
+    state: Callable[[], dict[str, Any]] | None = None
+    load_state: Callable[[dict[str, Any]], None] | None = None
     # the library makes tensors on the host in its forward and copies them over (adapters' prefix
     # tuning: position ids and the prefix mask, every step): a wait for the host that a CUDA graph
     # cannot hold. The forward then runs with the inputs' device as the default device.
@@ -190,6 +195,19 @@ class PeftClassifier(nn.Module):
             return
         self._hooks.merge()
         self._merged = True
+
+    def method_extra_state(self) -> dict[str, Any]:
+        """What the method keeps beside its weights (empty for most methods); checkpointed."""
+        return {} if self._hooks.state is None else self._hooks.state()
+
+    def load_method_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`method_extra_state` (a checkpoint's), before training resumes."""
+        if state and self._hooks.load_state is None:
+            raise ConfigError(
+                f"method={self.config.method!r} keeps no state to load: {sorted(state)}"
+            )
+        if self._hooks.load_state is not None:
+            self._hooks.load_state(state)
 
     # --- method weights --------------------------------------------------------------------------
 

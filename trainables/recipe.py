@@ -36,6 +36,7 @@ from trainables.train_config import TrainConfig
 Report = Callable[[dict[str, Any], Path | None], None]
 WEIGHTS = "method.safetensors"
 LOOP_STATE = "loop_state.pt"
+METHOD_STATE = "method_state.pt"  # what a method keeps beside its weights (AdaLoRA's rank pattern)
 # Trial-level keys that are neither method nor training knobs (kept in the config for MLflow).
 META_KEYS = frozenset({
     "task", "backbone", "budget_params", "tolerance", "accounting", "trainable_params",
@@ -85,6 +86,8 @@ def run_trial(
     state = None
     if resume_from is not None:
         model.load_method_weights(resume_from / WEIGHTS)
+        if (resume_from / METHOD_STATE).exists():
+            model.load_method_extra_state(torch.load(resume_from / METHOD_STATE, weights_only=True))
         state = torch.load(resume_from / LOOP_STATE, weights_only=True)
     counts = {"trainable_params": model.trainable_params(), "added_params": model.added_params()}
     last: dict[str, Any] = {}
@@ -125,6 +128,8 @@ def run_trial(
             folder = Path(tmp)
             model.save_method_weights(folder / WEIGHTS)
             torch.save(ev.state(), folder / LOOP_STATE)
+            if extra := model.method_extra_state():
+                torch.save(extra, folder / METHOD_STATE)
             (folder / "method_config.json").write_text(_json(method_config.to_dict()))
             report(metrics, folder)
         last.clear()

@@ -28,7 +28,8 @@ from search_spaces.errors import MAX_SUGGESTIONS, ConfigError, close_names
 
 # The public config keys logged as params (others stay in the resolved-config artifact).
 PARAM_KEYS = (
-    "method", "rank", "alpha", "placement", "layers", "layer_ranks", "init_rank", "bottleneck",
+    "method", "rank", "alpha", "placement", "layers", "layer_ranks", "init_rank", "adalora_scale",
+    "budget_rank", "bottleneck",
     "prefix_length", "prefix_reparam", "fusion", "sources", "fusion_layers", "target_bottleneck",
     "budget_params", "tolerance", "accounting", "lr", "seed", "task", "backbone", "head",
     "batch_size", "epochs", "train_samples", "trainable_params", "added_params", "budget_deviation",

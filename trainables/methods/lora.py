@@ -9,6 +9,7 @@ lora_fusion) lives in adapters, where the composition happens.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
@@ -29,12 +30,15 @@ MODULE_PATHS = {
     "intermediate": "intermediate.dense",
     "output": "output.dense",
 }
-# AdaLoRA's schedule as fractions of total_steps: warm up at full rank, then prune, then fine-tune
-# at the final ranks (the paper's GLUE runs spend roughly these shares; peft's defaults of 0 give
-# no warm-up at all).
-ADALORA_TINIT_FRACTION = 0.1
-ADALORA_TFINAL_FRACTION = 0.2
-ADALORA_ORTH_REG_WEIGHT = 0.5  # peft's default, the paper's value
+# AdaLoRA's schedule in the proportions of the authors' GLUE scripts (Zhang et al., ICLR 2023,
+# github.com/QingruZhang/AdaLoRA, NLU/scripts: init_warmup ~10-18 % of the steps, final_warmup
+# ~45-50 %, mask_interval every ~1 % or less, reg_orth_coef 0.1-0.3), taken from the trial's
+# own step count: warm up at the initial rank, prune towards the target, then fine-tune at the
+# final ranks. (peft's defaults, tinit = tfinal = 0, give no warm-up and no final phase.)
+ADALORA_TINIT_FRACTION = 0.15
+ADALORA_TFINAL_FRACTION = 0.45  # the final fine-tuning phase, at the pruned ranks
+ADALORA_DELTA_T_FRACTION = 0.01  # steps between two rank reallocations
+ADALORA_ORTH_REG_WEIGHT = 0.1
 
 
 def target_modules(placement: str, layers: tuple[int, ...]) -> list[str]:
@@ -72,15 +76,12 @@ def build_adalora(
 ) -> tuple[nn.Module, MethodHooks]:
     """AdaLoRA: SVD-form LoRA starting at ``init_rank``, pruned towards an average of ``rank``."""
     layers = method_layers(config, context.shape.num_layers)
-    total = context.total_steps
     peft_config = AdaLoraConfig(
         init_r=config.init_rank,
         target_r=config.rank,
-        lora_alpha=config.alpha,
+        lora_alpha=config.adalora_scale * config.init_rank,  # peft scales by alpha / init_r
         target_modules=target_modules(config.placement, layers),
-        total_step=total,
-        tinit=int(total * ADALORA_TINIT_FRACTION),
-        tfinal=int(total * ADALORA_TFINAL_FRACTION),
+        **adalora_schedule(context.total_steps),
         orth_reg_weight=ADALORA_ORTH_REG_WEIGHT,
         lora_dropout=0.0,
     )
@@ -90,7 +91,36 @@ def build_adalora(
         step=model.base_model.update_and_allocate,
         regularization=lambda: ADALORA_ORTH_REG_WEIGHT * orthogonality_penalty(model),
         metrics=lambda: adalora_rank_metrics(model),
+        state=lambda: adalora_state(model),
+        load_state=lambda state: load_adalora_state(model, state),
     )
+
+
+ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # peft's RankAllocator: per-tensor EMAs
+
+
+def adalora_state(model: nn.Module) -> dict[str, Any]:
+    """The rank pattern peft fixes when pruning ends (the final phase masks with it every step:
+    a trial resumed there without it fails) and the importance averages pruning ranks by."""
+    allocator = model.base_model.rankallocator
+    state = {name: {k: v.detach().cpu() for k, v in getattr(allocator, name).items()}
+             for name in ALLOCATOR_STATE}  # fmt: skip
+    return {"rank_pattern": model.peft_config["default"].rank_pattern, **state}
+
+
+def load_adalora_state(model: nn.Module, state: dict[str, Any]) -> None:
+    device = next(model.parameters()).device
+    model.peft_config["default"].rank_pattern = state["rank_pattern"]
+    allocator = model.base_model.rankallocator
+    for name in ALLOCATOR_STATE:
+        setattr(allocator, name, {k: v.to(device) for k, v in state[name].items()})
+
+
+def adalora_schedule(total_steps: int) -> dict[str, int]:
+    """peft's ``total_step``, ``tinit``, ``tfinal`` and ``deltaT`` for a run of ``total_steps``."""
+    return {"total_step": total_steps, "tinit": int(total_steps * ADALORA_TINIT_FRACTION),
+            "tfinal": int(total_steps * ADALORA_TFINAL_FRACTION),
+            "deltaT": max(1, int(total_steps * ADALORA_DELTA_T_FRACTION))}  # fmt: skip
 
 
 def adalora_rank_metrics(model: nn.Module) -> dict[str, float]:
