@@ -54,12 +54,18 @@ def test_trials_finish_asha_stops_some_and_all_fit_the_budget(study):
     for trial in summary["trials"]:
         assert abs(trial["config"]["budget_deviation"]) <= trial["config"]["tolerance"]
     assert "3 to train" in log
+    # the seeds phase: the best split of each method on dev (the stratified start-up tried all
+    # three) re-run on seeds 0, 1, 2, each to the end
+    seeds = summary["seeds"]["trials"]
+    assert sorted((t["config"]["method"], t["config"]["seed"]) for t in seeds) == [
+        (m, s) for m in ("fusion", "lora", "lora_fusion") for s in (0, 1, 2)]  # fmt: skip
+    assert {t["status"] for t in seeds} == {"completed"}
     # work never done twice: train/dev/test of the target and of each trained source tokenised
     # once (4 x 3 splits), each
     # source adapter trained once, no trial launched outside the budget
     assert summary["work"] == {
         "tokenisations": 12, "tokenisation_cache_hits": 0, "source_adapters_needed": 3,
-        "source_adapters_trained": 3, "trials_launched": 6, "trials_outside_budget": 0,
+        "source_adapters_trained": 3, "trials_launched": 6 + 9, "trials_outside_budget": 0,
     }  # fmt: skip
 
 
@@ -79,8 +85,8 @@ def test_mlflow_holds_the_parent_and_one_child_per_trial(study):
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("role") == "study"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(parents) == 1 and len(children) == 6
-    assert len({r.data.tags["trial_id"] for r in children}) == 6
+    assert len(parents) == 1 and len(children) == 6 + 9  # the search, then the seeds phase
+    assert len({r.data.tags["trial_id"] for r in children}) == 6 + 9
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "dev_score")]
@@ -111,5 +117,7 @@ def test_the_report_reads_the_real_study(study):
     summary = json.loads((tmp / "results" / "e4_budget-smoke" / "summary.json").read_text())
     stopped = [t["trial_id"] for t in summary["trials"] if t["status"] == "stopped"]
     assert "## E4: budget splits" in report and "Pareto" in report
+    (h3,) = [line for line in report.splitlines() if line.startswith("| H3 |")]
+    assert int(h3.split("|")[5]) >= 3  # pairs: the seeds phase answers H3 from this study alone
     assert all(trial_id in report for trial_id in stopped)  # listed as left out, never scored
     assert (out / "pareto.png").stat().st_size > 0 and (out / "e4_heatmap.png").stat().st_size > 0
