@@ -34,7 +34,14 @@ def trial_state(result: dict[str, Any] | None, *, error: bool) -> TrialState:
 
 
 class FidelityOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells stopped trials as PRUNED and failed ones as FAIL."""
+    """OptunaSearch that tells stopped trials as PRUNED and failed ones as FAIL, and, restored
+    by a resumed Tune run, FAIL to trials that the driver lost (``tuner.reconcile``)."""
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        from tuner.reconcile import reconcile_searcher
+
+        super().restore_from_dir(checkpoint_dir)
+        reconcile_searcher(self, checkpoint_dir)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
