@@ -97,6 +97,20 @@ def test_the_newest_saved_state_is_the_one_read(tmp_path):
     assert {k: v.status for k, v in saved.items()} == {"a": "TERMINATED", "b": "PENDING"}
 
 
+def test_the_searcher_limits_trials_at_once_and_a_lost_trial_frees_its_slot(tmp_path):
+    searcher = saved_searcher(tmp_path)  # b and c live
+    assert searcher.set_max_concurrency(2)  # Ray's ConcurrencyLimiter then leaves it to us
+    assert searcher.suggest("d") is None
+    searcher.on_trial_complete("b", {"dev_score": 0.6, "fidelity": 1.0})
+    assert searcher.suggest("d") is not None and searcher.suggest("e") is None
+    write_state(tmp_path, {"a": ("TERMINATED", {}), "c": ("RUNNING", {})})  # b, d: lost
+    searcher.save_to_dir(str(tmp_path), session_str="2026-01-01")
+    restored = FidelityOptunaSearch()
+    restored.restore_from_dir(str(tmp_path))
+    restored.set_max_concurrency(2)  # Tune sets it again on every run
+    assert restored.suggest("e") is not None  # d's slot is free again
+
+
 def test_a_grid_runs_the_arm_of_a_lost_trial_on_the_next_trial():
     grid = GridSpace(({"arm": 0}, {"arm": 1}, {"arm": 2}))
     study = optuna.create_study()
