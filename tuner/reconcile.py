@@ -10,9 +10,12 @@ reconciled with the restored Tune state, once, when the resumed driver starts:
   (tags ``status=killed`` and ``killed_reason``); a child of a trial Tune restored as finished
   that is still RUNNING is finished by the logger (its status from Tune's last result).
 * Optuna: a RUNNING trial whose Tune trial id is not in the restored state is told ``FAIL``
-  (user attr ``killed_reason``), so no sampler waits on it or counts it as pending.
+  (user attr ``killed_reason``), so no sampler waits on it or counts it as pending; one Tune saved
+  as finished is told its result. A grid does not count lost trials (:func:`killed_before`).
 
 Trials Tune does know are resumed by Tune itself, under their own id, from their last checkpoint.
+A driver that raises ends the parent runs it opened (:func:`closes_parent`). docs/RELIABILITY.md
+says what the user sees; tests/test_reliability_resume.py kills real drivers.
 """
 
 from __future__ import annotations
