@@ -18,7 +18,8 @@ from analysis.selection import completed
 PLANNED_TASKS = {"e1_single_task": ("glue/sst2", "imdb", "newsgroups/bydate")}
 # Metrics the efficiency table needs beyond the scores; peak_mem_mib exists on GPUs only.
 EFFICIENCY_METRICS = ("train_samples_per_s", "time_to_best_s", "latency_ms", "peak_mem_mib")
-STATUS_ORDER = ("completed", "stopped", "running", "failed", "oom", "infeasible")
+# killed: a trial a killed driver lost before Tune saved it; --resume ran another in its place
+STATUS_ORDER = ("completed", "stopped", "running", "killed", "failed", "oom", "infeasible")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,12 @@ def _listed(items: Sequence[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+STATUS_NOTES = {
+    "stopped": " (scores left out of every table)",
+    "killed": " (lost with a killed driver; --resume ran another trial in its place)",
+}
+
+
 def completeness(c: Completeness) -> str:
     """The notice at the top of a report: what is there and what is missing."""
     counts = ", ".join(f"{n} {s}" for s, n in c.status_counts) or "none"
@@ -71,7 +77,7 @@ def completeness(c: Completeness) -> str:
         for trial_id, status in c.not_completed:
             by_status.setdefault(status, []).append(trial_id)
         for status, ids in by_status.items():
-            note = " (scores left out of every table)" if status == "stopped" else ""
+            note = STATUS_NOTES.get(status, "")
             lines.append(f"- {len(ids)} {status} trial(s){note}: {_listed(ids)}")
     if c.missing_tasks:
         lines.append(f"- tasks without a completed trial: {_listed(list(c.missing_tasks))}")

@@ -210,6 +210,8 @@ def _tune_record(trial_dir: Path, states: Mapping[str, str]) -> TrialRecord:
     state = states.get(trial_id)
     error = state == "ERROR" or (state is None and _has_error_file(trial_dir))
     status = "running" if state in _RUNNING_STATES else trial_status(last, error=error)
+    if states and state is None:  # a folder of a trial the saved state lost (tuner.reconcile)
+        status = "killed"
     return TrialRecord(trial_id, status, params, tuple(history))
 
 
@@ -232,7 +234,9 @@ def _trial_id(trial_dir: Path, results: list[dict]) -> str:
         if result.get("trial_id"):
             return str(result["trial_id"])
     match = re.match(r".*?_([0-9a-f]{5,}(?:_\d{5})?)_\d+_", trial_dir.name)
-    return match.group(1) if match else trial_dir.name
+    if match:
+        return match.group(1)
+    return trial_dir.name.removeprefix("trial_")  # tuner.launch names them trial_<trial_id>
 
 
 def _has_error_file(trial_dir: Path) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,3 +159,50 @@ def test_only_safetensors_enter_the_store(tmp_path: Path) -> None:
     (folder / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ConfigError, match="only safetensors"):
         AdapterStore(tmp_path / "store").put(SPEC, folder, {})
+
+
+# A writer killed inside put(): mid-copy, or with the whole entry staged but not yet renamed.
+KILL_POINTS = {
+    "mid-copy": "copied = []\n_copy = shutil.copyfile\n"  # the first file copied, then killed
+    "def copy(*a, **k):\n"
+    "    if copied: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "    copied.append(_copy(*a, **k))\n"
+    "    return copied[-1]\n"
+    "shutil.copyfile = copy",
+    "before the rename": "Path.rename = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)",
+}
+WRITER = """
+import os, shutil, signal, sys
+from pathlib import Path
+from trainables.source_store import AdapterStore, SourceSpec
+{kill}
+AdapterStore(sys.argv[1]).put(SourceSpec(**eval(sys.argv[2])), Path(sys.argv[3]), {{}})
+"""
+
+
+@pytest.mark.parametrize("kill", KILL_POINTS.values(), ids=KILL_POINTS.keys())
+def test_a_writer_killed_mid_put_leaves_nothing_served_and_its_leftover_is_swept(
+    kill: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    store = AdapterStore(tmp_path / "store")
+    spec = {"source": SPEC.source, "backbone": SPEC.backbone, "bottleneck": SPEC.bottleneck}
+    writer = subprocess.run(
+        [sys.executable, "-c", WRITER.format(kill=kill), str(store.root), repr(spec),
+         str(fake_adapter(tmp_path / "trained"))], cwd=root, capture_output=True, text=True,
+    )  # fmt: skip
+    assert writer.returncode == -9, writer.stderr  # SIGKILL
+    (left,) = store.root.iterdir()  # its staging folder, never an entry
+    assert left.name.startswith(".staging-")
+    assert store.get(SPEC) is None and not store.entry(SPEC).exists()
+    assert store.quarantined == []
+
+    alive = store.root / f"{left.name.rsplit('-', 2)[0]}-{os.getpid()}-x"  # a live writer's
+    alive.mkdir()
+    assert store.sweep() == [left]
+    assert sorted(store.root.iterdir()) == [alive]
+    store.put(SPEC, fake_adapter(tmp_path / "retrained", b"new"), {})  # the study retrains it
+    assert (store.get(SPEC) / "pytorch_adapter.safetensors").read_bytes() == b"new"

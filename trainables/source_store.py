@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from search_spaces.errors import ConfigError
 STORE_VERSION = 1  # bump when the training recipe of source adapters changes
 META = "meta.json"
 ADAPTER_DIR = "adapter"
+STAGING = ".staging"  # an entry being written: .staging-<host>-<pid>-<random>, renamed when whole
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class AdapterStore:
                 f"source adapter {spec.source!r}: only safetensors may enter the store"
             )
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=self.root))
         shutil.copytree(adapter_dir, staging / ADAPTER_DIR)
         meta = {
             "spec": _jsonable(spec),
@@ -107,8 +109,39 @@ class AdapterStore:
             shutil.rmtree(staging, ignore_errors=True)
         return target / ADAPTER_DIR
 
+    def sweep(self) -> list[Path]:
+        """Delete the staging folders that a process of this host left when it died mid-write
+        (a killed study): never an entry, since an entry appears only by renaming a whole one.
+        Returns the folders deleted."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        for folder in self.root.glob(f"{_staging_prefix(None)}*"):
+            pid = folder.name.removeprefix(_staging_prefix(None)).split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed
+
     def metrics(self, spec: SourceSpec) -> dict[str, Any]:
         return json.loads((self.entry(spec) / META).read_text())["metrics"]
+
+
+def _staging_prefix(pid: int | None) -> str:
+    """``.staging-<host>-<pid>-`` (``pid=None``: up to the host): a store may be shared by several
+    hosts, and a process id says whether its writer lives on its own host only."""
+    host = socket.gethostname().replace("-", "_")
+    return f"{STAGING}-{host}-" + ("" if pid is None else f"{pid}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_intact(adapter_dir: Path | str) -> None:

@@ -19,12 +19,14 @@ from trainables.data.loading import DATA_DIR_ENV
 from trainables.train_config import TrainConfig
 from tuner.experiment import Experiment
 from tuner.provenance import provenance
+from tuner.reconcile import closes_parent, parent_opened
 from tuner.study import Resources, StudyFiles, study_paths
 from tuner.tracking import connect, ensure_experiment
 
 PARENT_RUN_FILE = "mlflow_parent_run.txt"
 
 
+@closes_parent  # a study that raises leaves no RUNNING parent run
 def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace) -> dict:
     import ray
     from ray import tune
@@ -245,6 +247,7 @@ def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
     known = files.read_text(PARENT_RUN_FILE) if resume and files is not None else None
     if known:
         client.update_run(known.strip(), status="RUNNING")
+        parent_opened(client, known.strip())
         return known.strip()
     from tuner.provenance import git_commit
 
@@ -257,6 +260,7 @@ def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
     )
     if files is not None:
         files.write_text(PARENT_RUN_FILE, run.info.run_id)
+    parent_opened(client, run.info.run_id)
     return run.info.run_id
 
 

@@ -36,7 +36,28 @@ def trial_state(result: dict[str, Any] | None, *, error: bool) -> TrialState:
 
 
 class FidelityOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells stopped trials as PRUNED and failed ones as FAIL."""
+    """OptunaSearch that tells stopped trials as PRUNED and failed ones as FAIL, and, restored
+    by a resumed Tune run, FAIL to trials that the driver lost (``tuner.reconcile``)."""
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        from tuner.reconcile import reconcile_searcher
+
+        super().restore_from_dir(checkpoint_dir)
+        reconcile_searcher(self, checkpoint_dir)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Limit the trials at once here, not in Ray's ConcurrencyLimiter: the limiter's live
+        trials come back from a saved state as they were, and a trial the driver lost would hold
+        its slot for the rest of the study (with one slot, no trial would start again)."""
+        self._max_concurrent = max_concurrent
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        live = sum(1 for t in self._ot_trials if t not in self._completed_trials)
+        limit = getattr(self, "_max_concurrent", None)  # None: a searcher pickled before this
+        if trial_id not in self._ot_trials and limit is not None and live >= limit:
+            return None
+        return super().suggest(trial_id)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

@@ -87,6 +87,8 @@ def ensure_source_adapters(
 
     store = store or AdapterStore()
     specs = needed_specs(exp, bottlenecks, max_length=dict(exp.train).get("max_length", 128))
+    for half in store.sweep():
+        log(f"source adapter store: deleted a half-written entry of a killed run: {half}")
     missing = [s for s in specs if store.get(s) is None]
     for aside in store.quarantined:
         log(f"source adapter entry failed its checksums, moved aside and retrained: {aside}")

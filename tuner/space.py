@@ -33,13 +33,17 @@ from tuner.experiment import Experiment
 
 @dataclass(frozen=True)
 class GridSpace:
-    """A fixed list of configurations, the i-th trial runs the i-th (cycling); nothing sampled."""
+    """A fixed list of configurations, the i-th trial runs the i-th (cycling); nothing sampled.
+    Trials that a killed driver lost (told FAIL on ``--resume``) are not counted: their arms run."""
 
     configs: tuple[dict[str, Any], ...]
 
     def __call__(self, trial: Any) -> dict[str, Any]:
+        from tuner.reconcile import killed_before
+
         ot_trial = getattr(trial, "ot_trial", trial)
-        config = dict(self.configs[ot_trial.number % len(self.configs)])
+        index = ot_trial.number - killed_before(ot_trial)
+        config = dict(self.configs[index % len(self.configs)])
         for key in ("budget_deviation", "tolerance"):
             ot_trial.set_user_attr(key, config.get(key))
         return config

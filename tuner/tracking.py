@@ -210,6 +210,14 @@ class MlflowLogger(Callback):
         self._runs[trial.trial_id] = run.info.run_id
         return run.info.run_id
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if getattr(self, "_reconciled", False):  # a logger pickled in tuner.pkl may lack it
+            return
+        from tuner.reconcile import reconcile_runs
+
+        reconcile_runs(self, trials)  # once: the trials a resumed Tune run restored
+        self._reconciled = True
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.run_id(trial)
 
