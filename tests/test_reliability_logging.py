@@ -19,7 +19,8 @@ from tuner.tracking import MlflowLogger, connect, ensure_experiment
 
 TRIALS = 16
 EVALS = 5
-METRICS = ("dev_score", "train_loss", "fidelity", "step")  # logged per evaluation
+# logged per evaluation; Tune's "step" (optimiser steps) is logged as "optimizer_step"
+METRICS = ("dev_score", "train_loss", "fidelity", "optimizer_step")
 
 
 def fake_trial(index: int) -> SimpleNamespace:
@@ -84,6 +85,7 @@ def test_the_driver_logs_16_interleaved_trials_once_each(tmp_path: Path) -> None
         points = metric_points(client, run.info.run_id)
         assert sorted(points) == sorted((k, e) for k in METRICS for e in range(1, EVALS + 1))
         assert run.data.tags["status"] == "completed" and run.info.status == "FINISHED"
+        assert "step" not in run.data.metrics, "MLflow's own step axis is the evaluation"
     assert sum(len(metric_points(client, r.info.run_id)) for r in runs) == (
         TRIALS * EVALS * len(METRICS)
     )

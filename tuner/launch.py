@@ -18,6 +18,7 @@ from search_spaces.spaces import outside_budget
 from trainables.data.loading import DATA_DIR_ENV
 from trainables.train_config import TrainConfig
 from tuner.experiment import Experiment
+from tuner.mlflow_views import describe_study, record_outcome, trials_link, ui_address
 from tuner.provenance import provenance
 from tuner.reconcile import closes_parent, parent_opened
 from tuner.study import Resources, StudyFiles, study_paths
@@ -67,6 +68,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
 
     experiment_id = ensure_experiment(client, exp.name)
     parent_id = parent_run(client, experiment_id, exp, preset, files, resume=args.resume)
+    describe_study(client, experiment_id, parent_id, exp, preset, data=data)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=data),
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
@@ -102,7 +104,13 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
                                      concurrent=concurrent)  # fmt: skip
     summary["work"] = work_done(summary, work, tokens_before, cache_stats())
     log("work: " + ", ".join(f"{k}={v}" for k, v in summary["work"].items()))
+    record_outcome(client, experiment_id, parent_id, exp, preset, summary,
+                   train_size=len(data.train))  # fmt: skip
     client.set_terminated(parent_id, "FINISHED")
+    log(f"MLflow: the trials, best first, at {ui_address(paths.tracking_uri)}/"
+        f"{trials_link(experiment_id, parent_id)}"
+        + ("" if paths.tracking_uri.startswith("http") else
+           f" once `mlflow ui --backend-store-uri {paths.tracking_uri}` runs"))  # fmt: skip
     files.write_json("summary.json", summary)
     print_summary(summary)
     return summary

@@ -40,6 +40,9 @@ STEP_KEY = "evaluation"  # the trial's 1-based evaluation count = Tune's trainin
 SKIP_METRICS = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
                 "time_since_restore", "iterations_since_restore", "done", "evaluation",
                 "trained_at"}  # fmt: skip
+# Tune's names -> MLflow's: MLflow has its own ``step`` axis (here: the evaluation), so the
+# optimiser's step count is logged under a name that cannot be mistaken for it.
+RENAMED_METRICS = {"step": "optimizer_step"}
 
 
 # While checking a URI: one HTTP attempt with a short timeout. MLflow's defaults (7 retries with
@@ -163,7 +166,7 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
         if key in SKIP_METRICS or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if math.isfinite(value):
-            out[key] = float(value)
+            out[RENAMED_METRICS.get(key, key)] = float(value)
     return out
 
 
@@ -203,9 +206,9 @@ class MlflowLogger(Callback):
         config = trial.config
         name = run_name(config, trial.trial_id)
         tags = {**self.tags, "trial_id": trial.trial_id, "mlflow.parentRunId": self.parent_run_id,
-                "status": "running"}  # fmt: skip
+                "status": "running", "role": "trial"}  # fmt: skip
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
-        params = [Param(k, _param_str(config[k])) for k in PARAM_KEYS if k in config]
+        params = [Param(k, v) for k, v in trial_params(config).items()]
         self.client.log_batch(run.info.run_id, params=params)
         self._runs[trial.trial_id] = run.info.run_id
         return run.info.run_id
@@ -241,6 +244,9 @@ class MlflowLogger(Callback):
         run_id = self.run_id(trial)
         status = trial_status(trial.last_result, error=error)
         self.client.set_tag(run_id, "status", status)
+        if status == "stopped":  # FINISHED as it should be, but not to be read as a full run
+            name = run_name(trial.config, trial.trial_id)
+            self.client.update_run(run_id, name=f"{name}{STOPPED_SUFFIX}")
         self._log_artifacts(run_id, trial)
         self.client.set_terminated(run_id, "FAILED" if status in ("failed", "oom") else "FINISHED")
 
@@ -278,6 +284,17 @@ def run_name(config: dict[str, Any], trial_id: str) -> str:
         parts.append(f"b{config['bottleneck']}")
     parts.append(trial_id.split("_")[-1][:5])
     return " ".join(parts)
+
+
+# A trial that the scheduler stopped ended as designed: its run is FINISHED (KILLED would say it
+# was interrupted), and its name says that it is not a full-length run.
+STOPPED_SUFFIX = " (stopped by ASHA)"
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, str]:
+    """The public config keys of a trial as MLflow params; keys whose value is None (a knob the
+    trial's method does not have) are left out rather than logged as the text ``None``."""
+    return {k: _param_str(config[k]) for k in PARAM_KEYS if config.get(k) is not None}
 
 
 def _param_str(value: Any) -> str:
