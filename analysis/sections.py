@@ -143,10 +143,15 @@ def learned(study: Study) -> list[str]:
     done = completed(study.trials)
     if MAJORITY not in done or done[MAJORITY].isna().all():
         return []
-    base = done[MAJORITY].median() * POINTS
-    test = done["test_majority_score"].median() * POINTS if "test_majority_score" in done else None
-    lines = [f"Majority-class baseline (always the train split's most frequent class): dev "
-             f"{base:.2f}" + (f", test {test:.2f}" if test is not None else "") + " points."]  # fmt: skip
+    tasks = done["task"].fillna("?") if "task" in done else None
+    per_task = done.groupby(tasks if tasks is not None else [""] * len(done), sort=True)
+    cells = []
+    for task, g in per_task:
+        test = g["test_majority_score"].median() * POINTS if "test_majority_score" in g else None
+        cells.append(f"{task + ': ' if task else ''}dev {g[MAJORITY].median() * POINTS:.2f}"
+                     + (f", test {test:.2f}" if test is not None else ""))  # fmt: skip
+    lines = ["Majority-class baseline (always the train split's most frequent class), points: "
+             + "; ".join(cells) + "."]  # fmt: skip
     failed = done[did_not_learn(study.trials)]
     if not failed.empty:
         methods = ", ".join(f"{m} ({n})" for m, n in failed["method"].value_counts().items())

@@ -205,7 +205,8 @@ def _tune_record(trial_dir: Path, states: Mapping[str, str]) -> TrialRecord:
             continue
         history.append((step, numeric_metrics(result)))
         logged = step
-    params = {k: param_text(config[k]) for k in PARAM_KEYS if k in config}
+    # as MLflow holds them: a knob left None is not a param (tuner.tracking logs no None)
+    params = {k: param_text(config[k]) for k in PARAM_KEYS if config.get(k) is not None}
     last = results[-1] if results else None
     state = states.get(trial_id)
     error = state == "ERROR" or (state is None and _has_error_file(trial_dir))

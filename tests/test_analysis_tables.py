@@ -178,5 +178,5 @@ def test_a_trial_at_the_majority_class_is_flagged_as_not_learned():
         "e1_single_task", trials, trials.iloc[0:0], completeness("e1_single_task", trials, {})
     )
     note = "\n".join(learned(study))
-    assert "dev 40.00, test 41.00 points" in note
+    assert "points: dev 40.00, test 41.00." in note
     assert "Did not learn: 1 of 3 completed trials" in note and "adalora (1)" in note
