@@ -41,6 +41,15 @@ class Completeness:
         gaps = self.not_completed or self.missing_tasks or self.missing_arms or self.missing_metrics
         return self.n_trials > 0 and not gaps
 
+    @property
+    def gaps(self) -> tuple[tuple[str, str], ...]:
+        """Unfinished trials other than those ASHA stopped (a stop is the scheduler's design)."""
+        return tuple((t, s) for t, s in self.not_completed if s != "stopped")
+
+    @property
+    def stopped(self) -> tuple[str, ...]:
+        return tuple(t for t, s in self.not_completed if s == "stopped")
+
     def count(self, status: str) -> int:
         return dict(self.status_counts).get(status, 0)
 

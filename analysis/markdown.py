@@ -59,22 +59,28 @@ def _listed(items: Sequence[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+STATUS_LABELS = {"stopped": "stopped early by ASHA, by design"}
 STATUS_NOTES = {
-    "stopped": " (scores left out of every table)",
     "killed": " (lost with a killed driver; --resume ran another trial in its place)",
 }
 
 
 def completeness(c: Completeness) -> str:
     """The notice at the top of a report: what is there and what is missing."""
-    counts = ", ".join(f"{n} {s}" for s, n in c.status_counts) or "none"
+    counts = ", ".join(f"{n} {STATUS_LABELS.get(s, s)}" for s, n in c.status_counts) or "none"
     lines = [f"**Trials:** {c.n_trials} ({counts})."]
-    if c.complete:
-        return "\n".join([*lines, "", "Nothing is missing: every planned trial completed."])
+    if c.stopped:
+        lines += ["", f"<details><summary>{len(c.stopped)} trial(s) stopped early by ASHA, by "
+                  "design: their low-fidelity scores stay out of every table</summary>", "",
+                  ", ".join(c.stopped), "", "</details>"]  # fmt: skip
+    real_gaps = c.gaps or c.missing_tasks or c.missing_arms or c.missing_metrics
+    if c.n_trials > 0 and not real_gaps:
+        return "\n".join([*lines, "", "Nothing is missing: every trial completed or was stopped "
+                           "early by design."])  # fmt: skip
     lines += ["", "**Partial study. Missing:**", ""]
-    if c.not_completed:
+    if c.gaps:
         by_status: dict[str, list[str]] = {}
-        for trial_id, status in c.not_completed:
+        for trial_id, status in c.gaps:
             by_status.setdefault(status, []).append(trial_id)
         for status, ids in by_status.items():
             note = STATUS_NOTES.get(status, "")

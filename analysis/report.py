@@ -121,16 +121,19 @@ def build(study: Study, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     score = sections.score_column(study)
     summary = study.plan.get("summary", "")
-    lines = [f"# {study.experiment}", "", summary, "", f"Source: {study.source}", "",
+    found = sections.verdicts(study)
+    lines = [f"# {study.experiment}", "", summary, "", sections.setup_line(study), "",
+             sections.result_line(study, found), "", f"Source: {study.source}", "",
              md.completeness(study.completeness), ""]  # fmt: skip
     if score != "test_score":
         lines += ["_No completed trial reported test_score: tables use dev_score._", ""]
     lines += [*sections.learned(study), ""]
+    lines += [*sections.methods(study), ""]
     section = sections.SECTIONS.get(study.experiment)
     if section is not None:
         lines += [*section(study, out, score), ""]
     lines += [*sections.pareto(study, out, score), ""]
-    lines += [*sections.hypotheses(study), ""]
+    lines += [*sections.hypotheses(found), ""]
     lines += sections.trials(study)
     return "\n".join(lines).rstrip() + "\n"
 

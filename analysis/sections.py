@@ -7,15 +7,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from analysis import markdown as md
 from analysis import render
 from analysis.budget import best_splits, budget_heatmap
 from analysis.efficiency import efficiency_table
-from analysis.hypotheses import BY_EXPERIMENT, evaluate
+from analysis.hypotheses import BY_EXPERIMENT, Verdict, evaluate
 from analysis.pareto import optuna_study, pareto_front
 from analysis.selection import MAJORITY, POINTS, SELECT_BY, completed, did_not_learn
 from analysis.study_sections import study_sections
-from analysis.tables import few_shot_table, method_task_table, transfer_table, trials_overview
+from analysis.tables import (
+    few_shot_table,
+    method_summary,
+    method_task_table,
+    transfer_table,
+    trials_overview,
+)
 from analysis.trials import Study
 from search_spaces.errors import ConfigError
 
@@ -128,14 +136,75 @@ def pareto(study: Study, out: Path, score: str) -> list[str]:
     return lines
 
 
-def hypotheses(study: Study) -> list[str]:
+def verdicts(study: Study) -> list[Verdict]:
+    """The hypotheses this study alone decides (H3 for E4, H1 for E1...), as Verdicts."""
     wanted = BY_EXPERIMENT.get(study.experiment, ())
     if not wanted:
         return []
-    found = [v for v in evaluate({study.experiment: study.trials}) if v.hypothesis in wanted]
+    return [v for v in evaluate({study.experiment: study.trials}) if v.hypothesis in wanted]
+
+
+def hypotheses(found: list[Verdict]) -> list[str]:
+    if not found:
+        return []
     return ["## Hypotheses (this study only)", "", md.verdicts(found), "",
             "_Rule: fewer than 3 pairs is insufficient evidence; supported when the 95% "
             "bootstrap interval is above 0 (docs/ANALYSIS.md)._"]  # fmt: skip
+
+
+def setup_line(study: Study) -> str:
+    """What was run, in one line: task, backbone, budget, trials, scheduler, data size."""
+    plan, trials = study.plan, study.trials
+    search = plan.get("search") or {}
+    parts = [f"task {plan.get('task') or _one(trials, 'task')}",
+             f"backbone {plan.get('backbone') or _one(trials, 'backbone')}"]  # fmt: skip
+    if search.get("budget_params"):
+        tolerance = float(search.get("tolerance") or 0) * 100
+        parts.append(f"budget {int(search['budget_params']):,} {search.get('accounting', 'trainable')}"
+                     f" parameters ±{tolerance:g}%")  # fmt: skip
+    if plan.get("num_samples"):
+        seeds = plan.get("seeds") or (0,)
+        phase = f" + a seeds phase on seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+        parts.append(f"{plan['num_samples']} trials{phase}")
+    if plan.get("scheduler"):
+        parts.append(f"scheduler {plan['scheduler']} (grace {plan.get('grace_period')})")
+    parts.append(f"train rows {plan['train_samples']:,}" if plan.get("train_samples") else
+                 "the whole train split")  # fmt: skip
+    train = plan.get("train") or {}
+    if train.get("epochs"):
+        parts.append(f"{train['epochs']:g} epochs, {train.get('evals', '?')} evaluations")
+    return "**Setup:** " + "; ".join(str(p) for p in parts) + "."
+
+
+def _one(trials: Any, column: str) -> str:
+    values = trials[column].dropna().unique() if column in trials else []
+    return ", ".join(map(str, values)) or "?"
+
+
+def result_line(study: Study, found: list[Verdict]) -> str:
+    """What came out, in one line: the best completed trial on dev with its test, and verdicts."""
+    done = completed(study.trials)
+    if done.empty or SELECT_BY not in done or done[SELECT_BY].isna().all():
+        return "**Result:** no completed trial with a dev score."
+    best = done.loc[done[SELECT_BY].idxmax()]
+    test = best.get("test_score")
+    shown = f", test {test * POINTS:.2f}" if pd.notna(test) else ""
+    text = (f"**Result:** best on dev: {best.get('method')} (trial {best.get('trial_id')}), dev "
+            f"{best[SELECT_BY] * POINTS:.2f}{shown} points")  # fmt: skip
+    for v in found:
+        text += (f"; {v.hypothesis}: {v.verdict}, {v.effect_size:+.2f} points "
+                 f"[{v.ci_low:+.2f}, {v.ci_high:+.2f}], {v.n_pairs} pairs")  # fmt: skip
+    return text + "."
+
+
+def methods(study: Study) -> list[str]:
+    table = method_summary(study.trials)
+    if table.data.empty:
+        return []
+    return ["## Per method", "", "Scores in points over completed trials; the test score is the "
+            "one of the method's best trial on dev.", "",
+            md.frame(table.data, formats={"best dev": ".2f", "median dev": ".2f",
+                                          "test of best on dev": ".2f"})]  # fmt: skip
 
 
 def learned(study: Study) -> list[str]:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.selection import (
     POINTS,
+    SELECT_BY,
     completed,
     did_not_learn,
     not_completed,
@@ -118,6 +119,34 @@ def transfer_table(trials: pd.DataFrame) -> Table:
                 })  # fmt: skip
     return Table("e3_transfer", pd.DataFrame(rows, columns=cols), len(not_completed(trials)),
                  missing)  # fmt: skip
+
+
+SUMMARY_COLUMNS = ["method", "trials", "completed", "stopped", "other", "best dev", "median dev",
+                   "test of best on dev", "did not learn"]  # fmt: skip
+
+
+def method_summary(trials: pd.DataFrame) -> Table:
+    """Per method: how its trials ended, its best and median dev score over completed trials
+    (points), the test score of its best trial on dev, and how many completed trials scored at
+    or below the majority class. The first table a reader of a search wants."""
+    if trials.empty or "method" not in trials or "status" not in trials:
+        return Table("methods", pd.DataFrame(columns=SUMMARY_COLUMNS), 0)
+    done = completed(trials)
+    flat = did_not_learn(trials)
+    rows = []
+    for method, g in trials.groupby("method", sort=True):
+        d = done[done["method"] == method]
+        dev = d[SELECT_BY].dropna() if SELECT_BY in d else pd.Series(dtype=float)
+        best = d.loc[dev.idxmax()] if len(dev) else None
+        test = best.get("test_score") if best is not None else None
+        rows.append({"method": method, "trials": len(g), "completed": len(d),
+                     "stopped": int(g["status"].eq("stopped").sum()),
+                     "other": int((~g["status"].isin(["completed", "stopped"])).sum()),
+                     "best dev": dev.max() * POINTS if len(dev) else np.nan,
+                     "median dev": dev.median() * POINTS if len(dev) else np.nan,
+                     "test of best on dev": test * POINTS if test is not None else np.nan,
+                     "did not learn": int(flat.reindex(d.index, fill_value=False).sum())})  # fmt: skip
+    return Table("methods", pd.DataFrame(rows, columns=SUMMARY_COLUMNS), 0)
 
 
 def trials_overview(trials: pd.DataFrame) -> Table:

@@ -180,3 +180,19 @@ def test_a_trial_at_the_majority_class_is_flagged_as_not_learned():
     note = "\n".join(learned(study))
     assert "points: dev 40.00, test 41.00." in note
     assert "Did not learn: 1 of 3 completed trials" in note and "adalora (1)" in note
+
+
+def test_method_summary_counts_endings_and_reports_test_of_the_best_on_dev():
+    from analysis.tables import method_summary
+
+    base = {"dev_majority_score": 0.40}
+    records = [trial("a", params={"method": "lora"}, dev=0.80, test=0.60, final=base),
+               trial("b", params={"method": "lora"}, dev=0.70, test=0.90, final=base),
+               trial("c", params={"method": "lora"}, dev=0.99, status="stopped"),
+               trial("d", params={"method": "fusion"}, dev=0.40, test=0.41, final=base)]  # fmt: skip
+    rows = method_summary(trials_frame(records)).data.set_index("method")
+    assert rows.loc["lora", ["trials", "completed", "stopped", "other"]].tolist() == [3, 2, 1, 0]
+    assert rows.loc["lora", "best dev"] == pytest.approx(80.0)  # the stopped 0.99 is not a score
+    assert rows.loc["lora", "median dev"] == pytest.approx(75.0)
+    assert rows.loc["lora", "test of best on dev"] == pytest.approx(60.0)  # not the best test (90)
+    assert rows.loc["fusion", "did not learn"] == 1 and rows.loc["lora", "did not learn"] == 0
