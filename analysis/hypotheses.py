@@ -9,12 +9,12 @@ evidence*; an interval wholly above 0 is *supported*; anything else is *not supp
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from analysis.selection import POINTS, SELECT_BY, paired, select_configs, with_seed
+from analysis.selection import MAJORITY, POINTS, SELECT_BY, paired, select_configs, with_seed
 from analysis.stats import Estimate, paired_bootstrap, paired_spread_bootstrap
 from analysis.tables import TREATMENT, evaluation_sets
 
@@ -158,8 +158,36 @@ def h4_stability(e2: pd.DataFrame, *, score: str = "test_score") -> Verdict:
     )
 
 
+# The methods each verdict compares by name (H1's baselines are chosen inside it, on dev).
+COMPARED = {"H1": (TREATMENT,), "H2-few-shot": (TREATMENT, "lora"),
+            "H2-transfer": (TREATMENT, "lora"), "H2-shift": (TREATMENT, "lora"),
+            "H3": (TREATMENT, "lora"), "H4": (TREATMENT, "lora")}  # fmt: skip
+NOT_LEARNED = "arm did not learn"
+
+
+def unlearned(trials: pd.DataFrame, methods: tuple[str, ...]) -> list[str]:
+    """Those of ``methods`` whose configuration chosen on dev scores, on mean dev, at or below
+    the majority class (recorded by each trial); a study without the baseline has none."""
+    chosen = select_configs(trials, ["method"])
+    if chosen.empty or MAJORITY not in chosen:
+        return []
+    means = chosen.groupby("method")[[SELECT_BY, MAJORITY]].mean()
+    flat = means[means[SELECT_BY] <= means[MAJORITY] + 1e-9].index
+    return [m for m in methods if m in flat]
+
+
+def keep_out_unlearned(v: Verdict, trials: pd.DataFrame) -> Verdict:
+    """A verdict is not decided from an arm that did not learn: it says so instead, numbers kept."""
+    flat = unlearned(trials, COMPARED[v.hypothesis])
+    if not flat or v.verdict == "insufficient evidence":
+        return v
+    note = f"{', '.join(flat)} at or below the majority class on dev: not decided"
+    return replace(v, verdict=NOT_LEARNED, evidence=f"{v.evidence}; {note}")
+
+
 def evaluate(studies: Mapping[str, pd.DataFrame]) -> list[Verdict]:
-    """Every hypothesis whose experiments are in ``studies`` (experiment name -> trials)."""
+    """Every hypothesis whose experiments are in ``studies`` (experiment name -> trials); a verdict
+    that compares an arm which did not learn is marked so, not decided (:func:`keep_out_unlearned`)."""
     checks = {
         "H1": lambda: h1_performance(studies["e1_single_task"]),
         "H2-few-shot": lambda: h2_few_shot(studies["e2_few_shot"]),
@@ -168,4 +196,9 @@ def evaluate(studies: Mapping[str, pd.DataFrame]) -> list[Verdict]:
         "H3": lambda: h3_budget(*(studies[e] for e in NEEDS["H3"] if e in studies)),
         "H4": lambda: h4_stability(studies["e2_few_shot"]),
     }
-    return [check() for h, check in checks.items() if any(e in studies for e in NEEDS[h])]
+    found = []
+    for h, check in checks.items():
+        present = [studies[e] for e in NEEDS[h] if e in studies]
+        if present:
+            found.append(keep_out_unlearned(check(), pd.concat(present, ignore_index=True)))
+    return found

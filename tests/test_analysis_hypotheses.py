@@ -168,3 +168,25 @@ def test_one_seed_per_group_resamples_the_groups():
     v = h1_performance(e1_records(1.0, tasks=("t1", "t2", "t3"), seeds=1))
     assert v.n_pairs == 3 and "CI over 3 task means" in v.evidence
     assert h1_performance(e1_records(1.0, seeds=1)).verdict == "insufficient evidence"  # 2 tasks
+
+
+def test_a_verdict_is_not_decided_from_an_arm_that_did_not_learn():
+    from analysis.hypotheses import NOT_LEARNED, evaluate
+
+    def study(lora_dev: float):
+        records = []
+        for s in range(4):
+            common = {"seed": s, "task": "tw", "budget_params": 1000, "tolerance": 0.05,
+                      "budget_deviation": 0.0}  # fmt: skip
+            base = {"dev_majority_score": 0.40}
+            records.append(trial(f"l{s}", params={"method": "lora", **common}, dev=lora_dev,
+                                 test=0.40 + 0.001 * s, final=base))  # fmt: skip
+            records.append(trial(f"h{s}", params={"method": "lora_fusion", **common}, dev=0.70,
+                                 test=0.70 + 0.001 * s, final=base))  # fmt: skip
+        return trials_frame(records)
+
+    (flat,) = evaluate({"e4_budget": study(lora_dev=0.40)})  # lora at the majority class
+    assert flat.verdict == NOT_LEARNED and flat.n_pairs == 4  # the numbers stay, undecided
+    assert "lora at or below the majority class" in flat.evidence
+    (learned,) = evaluate({"e4_budget": study(lora_dev=0.55)})
+    assert learned.verdict == "supported" and learned.n_pairs == 4
