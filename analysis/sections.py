@@ -207,6 +207,14 @@ def methods(study: Study) -> list[str]:
                                           "test of best on dev": ".2f"})]  # fmt: skip
 
 
+BASELINES = (
+    ("majority dev", MAJORITY),
+    ("test", "test_majority_score"),
+    ("probe dev", "dev_probe_score"),
+    ("test", "test_probe_score"),
+)
+
+
 def learned(study: Study) -> list[str]:
     """The majority-class baseline and the trials that did not beat it, as a visible note."""
     done = completed(study.trials)
@@ -216,10 +224,11 @@ def learned(study: Study) -> list[str]:
     per_task = done.groupby(tasks if tasks is not None else [""] * len(done), sort=True)
     cells = []
     for task, g in per_task:
-        test = g["test_majority_score"].median() * POINTS if "test_majority_score" in g else None
-        cells.append(f"{task + ': ' if task else ''}dev {g[MAJORITY].median() * POINTS:.2f}"
-                     + (f", test {test:.2f}" if test is not None else ""))  # fmt: skip
-    lines = ["Majority-class baseline (always the train split's most frequent class), points: "
+        cells.append((f"{task}: " if task else "") + ", ".join(
+            f"{label} {g[col].median() * POINTS:.2f}" for label, col in BASELINES
+            if col in g and g[col].notna().any()))  # fmt: skip
+    lines = ["Baselines in points: the majority class (always the train split's most frequent "
+             "class) and the head-only probe (a linear head on the frozen backbone): "
              + "; ".join(cells) + "."]  # fmt: skip
     failed = done[did_not_learn(study.trials)]
     if not failed.empty:

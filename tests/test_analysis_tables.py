@@ -165,7 +165,12 @@ def test_a_trial_at_the_majority_class_is_flagged_as_not_learned():
     from analysis.tables import trials_overview
     from analysis.trials import Study
 
-    base = {"dev_majority_score": 0.40, "test_majority_score": 0.41}
+    base = {
+        "dev_majority_score": 0.40,
+        "test_majority_score": 0.41,
+        "dev_probe_score": 0.55,
+        "test_probe_score": 0.54,
+    }
     records = [trial("good", params={"method": "lora"}, dev=0.80, test=0.79, final=base),
                trial("flat", params={"method": "adalora"}, dev=0.40, test=0.41, final=base),
                trial("old", params={"method": "lora"}, dev=0.30, test=0.30)]  # fmt: skip
@@ -178,7 +183,7 @@ def test_a_trial_at_the_majority_class_is_flagged_as_not_learned():
         "e1_single_task", trials, trials.iloc[0:0], completeness("e1_single_task", trials, {})
     )
     note = "\n".join(learned(study))
-    assert "points: dev 40.00, test 41.00." in note
+    assert "majority dev 40.00, test 41.00, probe dev 55.00, test 54.00." in note
     assert "Did not learn: 1 of 3 completed trials" in note and "adalora (1)" in note
 
 

@@ -34,6 +34,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
 
     from trainables.backbones import load_backbone
     from trainables.data.tokenize import cache_stats
+    from trainables.probe import with_probe
     from trainables.trainable import tune_trial
     from tuner.prepare import prepare
     from tuner.runner import build_scheduler, build_searcher, connect_ray, print_summary
@@ -58,6 +59,9 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
         train_samples=exp.train_samples, data_dir=args.data_dir, extra_tests=exp.extra_tests,
     )  # fmt: skip
     log(f"train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,} examples")
+    data = with_probe(data, exp.backbone)  # did it learn? the head-only baseline, once (cached)
+    log("head-only probe (a linear head on the frozen backbone): "
+        + ", ".join(f"{k}={v:.4f}" for k, v in data.reference.items()))  # fmt: skip
     train.eval_steps(train.total_steps(len(data.train)))  # more evals than steps: not per trial
 
     cluster_gpus = connect_ray(cpus_per_trial=args.cpus_per_trial or 1.0)
