@@ -16,8 +16,18 @@ from analysis.tables import Table
 MAX_LISTED = 12  # longer lists of missing things are cut with a count
 # Columns in points (x 100) across the analysis tables: always two decimals.
 POINT_COLUMNS = ("mean", "std", "min", "max", "lora_fusion", "baseline_score", "delta_std", "dev",
-                 "score", "test_mean")  # fmt: skip
-FORMATS = {**dict.fromkeys(POINT_COLUMNS, ".2f"), "delta": "+.2f"}
+                 "score", "test_mean", "dev (points)", "test (points)")  # fmt: skip
+# one notation per quantity: learning rates in scientific notation, shares as fractions
+FORMATS = {**dict.fromkeys(POINT_COLUMNS, ".2f"), "delta": "+.2f", "lr": ".1e",
+           "dev_top_class_share": ".2f"}  # fmt: skip
+SCORES_IN_POINTS = {"dev_score": "dev (points)", "test_score": "test (points)"}
+
+
+def in_points(data: pd.DataFrame) -> pd.DataFrame:
+    """``dev_score``/``test_score`` (fractions in the data) as points, named so: every table of
+    a report reads in one unit."""
+    present = {k: v for k, v in SCORES_IN_POINTS.items() if k in data}
+    return data.assign(**{k: data[k] * 100.0 for k in present}).rename(columns=present)
 
 
 def fmt(value: Any) -> str:
@@ -147,7 +157,8 @@ def verdicts(items: Sequence[Verdict]) -> str:
 def pareto(info: ParetoInfo) -> str:
     lines = [f"Front of {info.y} ({info.y_mode}) vs {info.x} ({info.x_mode}): "
              f"{len(info.front)} on the front, {len(info.dominated)} dominated, "
-             f"{len(info.excluded)} excluded (not completed or unscored).", "", frame(info.front)]  # fmt: skip
+             f"{len(info.excluded)} excluded (not completed or unscored).", "",
+             frame(in_points(info.front))]  # fmt: skip
     if not info.excluded.empty:
-        lines += ["", "Excluded from the front:", "", frame(info.excluded)]
+        lines += ["", "Excluded from the front:", "", frame(in_points(info.excluded))]
     return "\n".join(lines)

@@ -172,7 +172,9 @@ def setup_line(study: Study) -> str:
                  "the whole train split")  # fmt: skip
     train = plan.get("train") or {}
     if train.get("epochs"):
-        parts.append(f"{train['epochs']:g} epochs, {train.get('evals', '?')} evaluations")
+        epochs = float(train["epochs"])
+        parts.append(f"{epochs:g} epoch{'' if epochs == 1 else 's'}, "
+                     f"{train.get('evals', '?')} evaluations")  # fmt: skip
     return "**Setup:** " + "; ".join(str(p) for p in parts) + "."
 
 
@@ -241,4 +243,4 @@ def learned(study: Study) -> list[str]:
 
 def trials(study: Study) -> list[str]:
     table = trials_overview(study.trials)
-    return ["## All trials", "", md.frame(table.data)]
+    return ["## All trials", "", md.frame(md.in_points(table.data))]
