@@ -66,6 +66,11 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
 
     cluster_gpus = connect_ray(cpus_per_trial=args.cpus_per_trial or 1.0)
     resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial, cluster_gpus=cluster_gpus)
+    if not args.resume:  # recorded before the source adapters: a study killed there resumes
+        if getattr(args, "overwrite", False):
+            for name in (paths.name, f"{paths.name}-seeds"):
+                StudyFiles(paths.storage, name).remove()
+        record_start(files, exp, preset, resources, paths)
     data, work = ensure_source_adapters(exp, data, bottlenecks=space.source_bottlenecks,
                                   resources=resources, data_dir=args.data_dir,
                                   tracking_uri=paths.tracking_uri, log=log)  # fmt: skip
@@ -89,11 +94,6 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
         log(f"fused pool: {fuse.slots} rows of LoRA rank {fuse.rank} on "
             f"{'one GPU' if cluster_gpus >= 1 else 'a CPU'}"
             f"{', every linear' if fuse.placement else ''}")  # fmt: skip
-    if not args.resume:
-        if getattr(args, "overwrite", False):
-            for name in (paths.name, f"{paths.name}-seeds"):
-                StudyFiles(paths.storage, name).remove()
-        record_start(files, exp, preset, resources, paths)
     phase = Phase(name=paths.name, space=space, num_samples=exp.num_samples,
                   searcher=build_searcher(exp, space, seed=0),
                   scheduler=build_scheduler(exp, max_t=train.evals))  # fmt: skip
@@ -154,7 +154,9 @@ def check_inputs(exp: Experiment, args: argparse.Namespace, files: StudyFiles) -
     overwrite = getattr(args, "overwrite", False)
     if args.resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue or start again")
-    if args.resume and not files.exists("tuner.pkl"):
+    # a study killed before Tune's first save (training source adapters) has only its record:
+    # resumed, it reuses the adapters stored whole and starts its search
+    if args.resume and not (files.exists("tuner.pkl") or files.exists("experiment.json")):
         raise ConfigError(
             f"--resume: nothing to resume at {files.storage}/{files.name} (no study started there)"
         )
