@@ -29,6 +29,7 @@ from search_spaces.spaces import (
     startup_trials,
 )
 from tuner.experiment import Experiment
+from tuner.reconcile import killed_before
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,6 @@ class GridSpace:
     configs: tuple[dict[str, Any], ...]
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        from tuner.reconcile import killed_before
-
         ot_trial = getattr(trial, "ot_trial", trial)
         index = ot_trial.number - killed_before(ot_trial)
         config = dict(self.configs[index % len(self.configs)])
