@@ -112,3 +112,17 @@ def test_table_lists_every_method_with_its_paper(capsys: pytest.CaptureFixture[s
     rows = [line for line in out.splitlines() if line.startswith("| ") and "arxiv" in line]
     assert code == 0 and len(rows) == len(METHOD_REGISTRY)
     assert any(r.startswith("| lora | 74,498 | 74,498 |") for r in rows)
+
+
+def test_adalora_reports_the_figure_its_budget_counts():
+    from search_spaces.method_config import MethodConfig
+    from tuner.params import report
+
+    final = report("minilm-l6", MethodConfig(method="adalora"), check=False)
+    assert final.budget_constrains == "budget_trainable"
+    assert final.budget_trainable == 74_594 < final.trainable_params == 111_506
+    assert "budget_trainable          74,594  <- a budget constrains this" in final.to_text()
+    initial = report(
+        "minilm-l6", MethodConfig(method="adalora", budget_rank="initial"), check=False
+    )
+    assert initial.budget_trainable is None and initial.budget_constrains == "trainable_params"

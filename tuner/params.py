@@ -46,6 +46,7 @@ class ParamsReport:
     added_params: int
     budget_constrains: str = DEFAULT_ACCOUNTING
     built: dict[str, int] | None = None
+    budget_trainable: int | None = None  # AdaLoRA: its parameters at the final rank (budget_rank)
 
     @property
     def mismatches(self) -> dict[str, tuple[int, int]]:
@@ -64,6 +65,8 @@ class ParamsReport:
             "added_params": self.added_params,
             "budget_constrains": self.budget_constrains,
         }
+        if self.budget_trainable is not None:
+            out["budget_trainable"] = self.budget_trainable
         if self.built is not None:
             out["built"] = self.built
             out["verified"] = not self.mismatches
@@ -78,6 +81,9 @@ class ParamsReport:
             f"trainable_params  {self.trainable_params:>14,}{marker.get('trainable_params', '')}",
             f"added_params      {self.added_params:>14,}{marker.get('added_params', '')}",
         ]
+        if self.budget_trainable is not None:
+            lines.append(f"budget_trainable  {self.budget_trainable:>14,}"
+                         f"{marker.get('budget_trainable', '')} (at the final rank: budget_rank)")  # fmt: skip
         if self.built is not None:
             lines.append(
                 "verify            "
@@ -111,9 +117,9 @@ def report(backbone: str, config: MethodConfig, *, check: bool) -> ParamsReport:
     shape = backbone_shape(backbone)
     count = count_params(config, shape)
     built = verify(config, backbone) if check else None
-    return ParamsReport(
-        backbone, shape, config, count.trainable_params, count.added_params, built=built
-    )
+    constrains = DEFAULT_ACCOUNTING if count.budget_trainable is None else "budget_trainable"
+    return ParamsReport(backbone, shape, config, count.trainable_params, count.added_params,
+                        constrains, built, count.budget_trainable)  # fmt: skip
 
 
 def table(backbone: str, sets: dict[str, str], *, check: bool) -> list[ParamsReport]:
