@@ -72,12 +72,15 @@ def probe_scores(bert: nn.Module, data: PreparedData, *, device: str = "cpu") ->
 
 
 def cached_probe_scores(
-    bert: nn.Module, data: PreparedData, *, backbone: str, device: str = "cpu"
+    data: PreparedData, *, backbone: str, device: str = "cpu", bert: nn.Module | None = None
 ) -> dict[str, float]:
-    """:func:`probe_scores`, read from or written to the cache (one JSON file per key)."""
+    """:func:`probe_scores`, read from or written to the cache (one JSON file per key); the
+    backbone's full weights are loaded (unless given as ``bert``) only when the cache misses."""
     path = _cache_path(backbone, data)
     if path.exists():
         return json.loads(path.read_text())
+    if bert is None:  # the full weights: a driver holds a meta backbone (shapes, tokenizer)
+        bert = load_backbone(backbone).model
     scores = probe_scores(bert, data, device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -90,10 +93,8 @@ def with_probe(data: PreparedData, backbone: str) -> PreparedData:
     """``data`` carrying its head-only probe scores (``reference``), computed on the real
     backbone (cached), on the GPU where there is one."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    # the full weights (a driver holds a meta backbone for shapes and the tokenizer only)
-    scores = cached_probe_scores(load_backbone(backbone).model, data, backbone=backbone,
-                                 device=device)  # fmt: skip
-    return dataclasses.replace(data, reference=scores)
+    return dataclasses.replace(data, reference=cached_probe_scores(data, backbone=backbone,
+                                                                   device=device))  # fmt: skip
 
 
 def _cache_path(backbone: str, data: PreparedData) -> Path:
