@@ -14,7 +14,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from analysis.selection import MAJORITY, POINTS, SELECT_BY, paired, select_configs, with_seed
+from analysis.selection import (
+    MAJORITY,
+    POINTS,
+    SELECT_BY,
+    at_or_below_majority,
+    paired,
+    select_configs,
+    with_seed,
+)
 from analysis.stats import Estimate, paired_bootstrap, paired_spread_bootstrap
 from analysis.tables import TREATMENT, evaluation_sets
 
@@ -172,7 +180,7 @@ def unlearned(trials: pd.DataFrame, methods: tuple[str, ...]) -> list[str]:
     if chosen.empty or MAJORITY not in chosen:
         return []
     means = chosen.groupby("method")[[SELECT_BY, MAJORITY]].mean()
-    flat = means[means[SELECT_BY] <= means[MAJORITY] + 1e-9].index
+    flat = means[at_or_below_majority(means)].index
     return [m for m in methods if m in flat]
 
 

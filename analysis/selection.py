@@ -37,13 +37,19 @@ def completed(trials: pd.DataFrame) -> pd.DataFrame:
 MAJORITY = "dev_majority_score"  # what always answering the train split's majority class scores
 
 
+def at_or_below_majority(scores: pd.DataFrame) -> pd.Series:
+    """Rows whose dev score is at or below their majority-class score (a row without the
+    baseline is not: nothing to compare with). The one rule of "did not learn"."""
+    return scores[SELECT_BY].le(scores[MAJORITY] + 1e-9) & scores[MAJORITY].notna()
+
+
 def did_not_learn(trials: pd.DataFrame) -> pd.Series:
     """Per completed trial: its dev score is at or below the majority class's (a trial of a study
     that did not record the baseline counts as learned: nothing to compare with)."""
     done = completed(trials)
     if done.empty or MAJORITY not in done or SELECT_BY not in done:
         return pd.Series(False, index=done.index)
-    return done[SELECT_BY].le(done[MAJORITY] + 1e-9) & done[MAJORITY].notna()
+    return at_or_below_majority(done)
 
 
 def not_completed(trials: pd.DataFrame) -> pd.DataFrame:
