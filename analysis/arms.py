@@ -2,7 +2,9 @@
 size and time; the efficiency frontier over arms.
 
 An arm is a combination of ``keys`` (``placement`` and ``layers``; ``task``, ``budget_params`` and
-``method``; ...). Only completed trials count (:mod:`analysis.selection`); scores are in points.
+``method``; ...); of the configurations an arm ran (its learning rates), the one chosen on dev
+stands for it (:func:`analysis.selection.select_configs`). Only completed trials count; scores are
+in points.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.pareto import ParetoInfo, pareto_front
-from analysis.selection import POINTS, SELECT_BY, completed, not_completed, paired, with_seed
+from analysis.selection import POINTS, SELECT_BY, not_completed, paired, select_configs, with_seed
 from analysis.stats import paired_bootstrap
 from analysis.tables import Table
 
@@ -42,13 +44,14 @@ def missing(value: object) -> bool:
 
 
 def arm_table(trials: pd.DataFrame, *, keys: Sequence[str], score: str) -> Table:
-    """Per arm: mean and std of ``score`` over its completed seeds (points), ``n_seeds``, the mean
-    dev score (``dev_mean``, points: what chooses between arms), the median parameter counts and
-    the mean wall time and throughput; sorted by the keys."""
+    """Per arm, of its configuration chosen on dev (``lr``: the rate dev chose): mean and std of
+    ``score`` over its completed seeds (points), ``n_seeds``, the mean dev score (``dev_mean``,
+    points: what chooses between arms), the median parameter counts and the mean wall time and
+    throughput; sorted by the keys."""
     keys = list(keys)
-    cols = ["arm", *keys, *SPREAD, *MEDIAN, *MEAN]
+    cols = ["arm", *keys, "lr", *SPREAD, *MEDIAN, *MEAN]
     missing = tuple(c for c in (*keys, score) if c not in trials.columns)
-    done = with_seed(completed(trials))
+    done = with_seed(select_configs(trials, keys)) if not missing else trials.iloc[0:0]
     if missing or done.empty:
         return Table("arms", pd.DataFrame(columns=cols), len(not_completed(trials)), missing)
     done = done.assign(_key=done[keys].map(str).agg("|".join, axis=1))
@@ -56,7 +59,7 @@ def arm_table(trials: pd.DataFrame, *, keys: Sequence[str], score: str) -> Table
     for _, g in done.groupby("_key", sort=False):
         first = g.iloc[0]
         values = g[score].dropna() * POINTS
-        row = {"arm": arm_label(first, keys), **{k: first[k] for k in keys},
+        row = {"arm": arm_label(first, keys), **{k: first[k] for k in keys}, "lr": first.get("lr"),
                "mean": values.mean(), "std": values.std(ddof=1) if len(values) > 1 else np.nan,
                "n_seeds": int(values.size),
                "dev_mean": g[SELECT_BY].mean() * POINTS if SELECT_BY in g else np.nan}  # fmt: skip

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.params import param_text, parse_param
-from analysis.selection import completed
+from analysis.selection import completed, with_seed
 
 # E1 is launched once per task (``--set task=...``); the study plan names these three.
 PLANNED_TASKS = {"e1_single_task": ("glue/sst2", "imdb", "newsgroups/bydate")}
@@ -80,16 +80,25 @@ def _missing_tasks(experiment: str, done: pd.DataFrame, plan: Mapping[str, Any])
 
 
 def planned_arms(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The grid arms the study was to run (a grid cycles, so fewer samples run the first ones)."""
+    """The grid arms the study was to run, each on every seed of its seeds phase (a grid runs its
+    arms in order, each at its learning rates, so fewer samples run the first arms only)."""
     search = plan.get("search") or {}
     if search.get("kind") != "grid":
         return []
-    arms = [dict(a) for a in search.get("configs") or ()]
-    n = int(plan.get("num_samples") or len(arms))
-    return arms[:n]
+    points = int(search.get("lr_points") or 1)
+    budget = int(plan.get("num_samples") or 0) or None
+    arms = []
+    for arm in search.get("configs") or ():
+        if budget is not None and budget <= 0:
+            break
+        arms.append(dict(arm))
+        budget = None if budget is None else budget - (1 if "lr" in arm else points)
+    seeds = tuple(plan.get("seeds") or ())
+    return [{**a, "seed": s} for a in arms for s in seeds] if len(seeds) > 1 else arms
 
 
 def _missing_arms(done: pd.DataFrame, plan: Mapping[str, Any]) -> tuple[str, ...]:
+    done = with_seed(done)
     missing = []
     for arm in planned_arms(plan):
         mask = pd.Series(True, index=done.index)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import TrialArtifacts
-from analysis.selection import completed
+from analysis.selection import completed, select_configs
 from search_spaces.method_config import PLACEMENTS
 from trainables.ranks import parse_rank_metric, singular_value_ranks
 
@@ -49,13 +49,15 @@ def trial_ranks(row: pd.Series, artifacts: TrialArtifacts | None) -> dict[tuple[
 
 
 def rank_maps(trials: pd.DataFrame, artifacts: Mapping[str, TrialArtifacts]) -> list[RankMap]:
-    """One map per (task, budget) over the completed AdaLoRA trials that have ranks."""
+    """One map per (task, budget) over the completed AdaLoRA trials that have ranks, of the
+    configuration (learning rate) chosen on dev."""
     done = completed(trials)
     if done.empty or "method" not in done:
         return []
+    keys = [k for k in ("task", "budget_params") if k in done]
+    done = select_configs(done, [*keys, "method"])
     done = done[done["method"] == "adalora"]
     maps = []
-    keys = [k for k in ("task", "budget_params") if k in done]
     for group, g in done.groupby(keys, dropna=False, sort=True) if keys else []:
         group = group if isinstance(group, tuple) else (group,)
         labels = dict(zip(keys, group, strict=True))

@@ -19,7 +19,13 @@ from analysis.tables import method_task_table
 from analysis.trials import Study
 
 Section = Callable[[Study, Path, str], list[str]]
-ARM_FORMATS = {"mean": ".2f", "std": ".2f", "wall_s": ".1f", "train_samples_per_s": ".0f"}
+ARM_FORMATS = {
+    "mean": ".2f",
+    "std": ".2f",
+    "lr": ".1e",
+    "wall_s": ".1f",
+    "train_samples_per_s": ".0f",
+}
 
 
 def _figure(path: Path, title: str) -> str:

@@ -157,7 +157,7 @@ def test_statuses_fidelity_and_final_metrics(stores):
         "failed": 1,
         "oom": 1,
     }
-    assert c.missing_arms == ("method=fusion train_samples=64 seed=0",)
+    assert c.missing_arms == ("method=fusion train_samples=64",)
 
 
 def test_report_cli_writes_markdown_and_figures(stores, tmp_path, capsys):
@@ -174,7 +174,7 @@ def test_report_cli_writes_markdown_and_figures(stores, tmp_path, capsys):
     assert head.count("aa000003") == 1 and "<details>" in head
     assert "**Setup:** task " in head and "**Result:** best on dev: " in head
     assert "## Per method" in report
-    assert "method=fusion train_samples=64 seed=0" in head
+    assert "method=fusion train_samples=64" in head
     assert "| H2-few-shot | insufficient evidence |" in report
     for name in ("pareto.png", "e2_few_shot.png"):
         assert (out_tune / name).stat().st_size > 1000

@@ -151,6 +151,27 @@ def test_completeness_names_unfinished_trials_missing_arms_tasks_and_metrics():
     assert e1.missing_tasks == ("imdb", "newsgroups/bydate")
 
 
+def test_planned_arms_of_a_grid_with_rates_are_each_arm_on_every_seed_of_its_seeds_phase():
+    from analysis.completeness import planned_arms
+
+    search = {"kind": "grid", "lr_points": 3,
+              "configs": [{"method": "lora"}, {"method": "fusion", "lr": 1e-4}, {"method": "bitfit"}]}  # fmt: skip
+    # 4 samples: lora's three rates and fusion's own one; bitfit never ran
+    assert planned_arms({"num_samples": 4, "seeds": [0, 1], "search": search}) == [
+        {"method": "lora", "seed": 0}, {"method": "lora", "seed": 1},
+        {"method": "fusion", "lr": 1e-4, "seed": 0}, {"method": "fusion", "lr": 1e-4, "seed": 1}]  # fmt: skip
+    assert planned_arms({"num_samples": 7, "seeds": [0], "search": search}) == search["configs"]
+    # a search-phase trial logs no seed (the default, 0): it fills the arm's seed 0
+    records = [trial("lora-1", params={"method": "lora", "task": "t"}, dev=0.7, test=0.7)]
+    plan = {
+        "num_samples": 3,
+        "seeds": [0, 1],
+        "search": {**search, "configs": [{"method": "lora"}]},
+    }
+    c = completeness("e2_few_shot", trials_frame(records), plan)
+    assert c.missing_arms == ("method=lora seed=1",)
+
+
 values = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
                    st.floats(allow_nan=False, allow_infinity=False), st.text(alphabet="abc/_-", min_size=1))  # fmt: skip
 
@@ -201,3 +222,13 @@ def test_method_summary_counts_endings_and_reports_test_of_the_best_on_dev():
     assert rows.loc["lora", "median dev"] == pytest.approx(75.0)
     assert rows.loc["lora", "test of best on dev"] == pytest.approx(60.0)  # not the best test (90)
     assert rows.loc["fusion", "did not learn"] == 1 and rows.loc["lora", "did not learn"] == 0
+
+
+def test_an_arm_is_its_rate_chosen_on_dev_not_a_mean_over_its_rates():
+    from analysis.arms import arm_table
+
+    records = [run("lora", 0, 0.95, dev=0.60, lr=1e-4, placement="ffn")]  # test high, dev low
+    records += [run("lora", s, 0.80, dev=0.85, lr=1e-3, placement="ffn") for s in (0, 1, 2)]
+    table = arm_table(trials_frame(records), keys=("placement",), score="test_score").data
+    (row,) = table.to_dict("records")
+    assert row["lr"] == 1e-3 and row["n_seeds"] == 3 and row["mean"] == pytest.approx(80.0)

@@ -119,7 +119,8 @@ def test_arms_keep_their_sizes_or_take_their_own_budget() -> None:
     matched = Arms(TINY_BERT, Budget(7_200), (), common, {}, target="glue/sst2",
                    backbone="tiny-bert")  # fmt: skip
     small = matched.grid_arm({"method": "lora", "placement": "all", "budget_params": 1_900,
-                              "seed": 2})  # fmt: skip
+                              "seed": 2}, 1e-3)  # fmt: skip
+    assert small["lr"] == 1e-3
     assert small["budget_params"] == 1_900 and small["rank"] == 2 and small["seed"] == 2
     assert abs(small["budget_deviation"]) <= 0.05
     arms = {arm_label(a): fixed.space(a) for a in ({"method": "lora", "rank": 2},

@@ -104,7 +104,7 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_the_database(tmp_path, monkey
 
 
 def test_the_seeds_phase_keeps_a_method_whose_trials_were_all_stopped():
-    from tuner.launch import best_per_method
+    from tuner.launch import best_per_arm
 
     def row(method, status, dev):
         return {"config": {"method": method, "lr": dev}, "status": status, "dev_score": dev}
@@ -112,10 +112,33 @@ def test_the_seeds_phase_keeps_a_method_whose_trials_were_all_stopped():
     trials = [row("lora", "stopped", 0.9), row("lora", "completed", 0.6),
               row("full", "stopped", 0.5), row("full", "stopped", 0.55),
               row("houlsby", "failed", 0.99), row("houlsby", "completed", None)]  # fmt: skip
-    best = best_per_method(trials)
+    best = best_per_arm(trials)
     assert best["lora"]["status"] == "completed" and best["lora"]["dev_score"] == 0.6
     assert best["full"]["dev_score"] == 0.55  # no completed trial: the best stopped one
     assert "houlsby" not in best  # failed or unscored trials never represent a method
+
+
+def test_the_seeds_phase_of_a_grid_runs_each_arms_own_best_rate_on_the_seeds_it_lacks():
+    from tuner.experiment import get_experiment
+    from tuner.launch import seeds_phase
+
+    exp = get_experiment("e2_few_shot")  # grid arms (method, train_samples), seeds 0, 1, 2
+
+    def row(method, k, lr, dev, status="completed"):
+        config = {"method": method, "train_samples": k, "lr": lr, "task": exp.task}
+        return {"config": config, "status": status, "dev_score": dev}
+
+    trials = [row("lora", 128, 1e-4, 0.70), row("lora", 128, 1e-3, 0.80),
+              row("lora", 512, 1e-4, 0.90), row("lora", 512, 1e-3, 0.85),
+              row("fusion", 128, 5e-5, 0.60, "stopped"), row("fusion", 128, 5e-4, 0.50, "stopped")]  # fmt: skip
+    phase = seeds_phase(exp, {"trials": trials}, name="e2_few_shot-full-seeds")
+    runs = sorted(
+        (c["method"], c["train_samples"], c["lr"], c["seed"]) for c in phase.space.inner.configs
+    )
+    assert runs == [("fusion", 128, 5e-5, 0), ("fusion", 128, 5e-5, 1), ("fusion", 128, 5e-5, 2),
+                    ("lora", 128, 1e-3, 1), ("lora", 128, 1e-3, 2),  # seed 0 ran in the search
+                    ("lora", 512, 1e-4, 1), ("lora", 512, 1e-4, 2)]  # fmt: skip
+    assert phase.num_samples == len(runs)
 
 
 def test_study_files_remove_deletes_only_the_study_folder(tmp_path):

@@ -23,6 +23,7 @@ import torch
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
+from search_spaces.spaces import default_lr
 from trainables.backbones import load_backbone
 from trainables.data.splits import stratified_order
 from trainables.faults import inject_fault
@@ -54,8 +55,12 @@ def split_config(config: dict[str, Any], *, num_labels: int) -> tuple[MethodConf
         raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: {allowed}")
     method = {k: v for k, v in config.items() if k in method_keys and v is not None}
     method["num_labels"] = num_labels
+    method_config = MethodConfig.from_dict(method)
     train = {k: v for k, v in config.items() if k in train_keys and v is not None}
-    return MethodConfig.from_dict(method), TrainConfig.from_dict(train)
+    # a config without a rate trains at its own method's (the middle of its search range, whose
+    # sources LR_RANGES cites), never at another method's: full fine-tuning at LoRA's 1e-3 diverges
+    train.setdefault("lr", default_lr(method_config.method))
+    return method_config, TrainConfig.from_dict(train)
 
 
 def run_trial(

@@ -33,6 +33,8 @@ class Search:
 
     Arms of ``grid`` and ``choices`` are matched to the budget (an arm's own ``budget_params``
     wins over the study's) unless ``match_budget`` is False: then they run at the sizes they give.
+    A ``grid`` arm that sets no ``lr`` runs at ``lr_points`` learning rates spread over its own
+    method's range (``search_spaces.spaces.learning_rates``): the fair-arms rule of docs/STUDIES.md.
     """
 
     kind: str
@@ -45,6 +47,7 @@ class Search:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # constant keys added to every trial
     match_budget: bool = True  # grid/choices arms: matched to the budget, or at their own sizes
     sizes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # autopeft size grid
+    lr_points: int = 1  # grid arms without an lr: rates per arm over its method's range
 
     def __post_init__(self) -> None:
         if self.kind not in SEARCH_KINDS:
@@ -57,6 +60,8 @@ class Search:
             raise one_of("accounting", self.accounting, ("trainable", "added"))
         if self.kind in ("grid", "choices") and not self.configs:
             raise ConfigError(f"a {self.kind} search needs configs")
+        if type(self.lr_points) is not int or self.lr_points < 1:
+            raise ConfigError(f"lr_points={self.lr_points!r} must be an integer >= 1")
         if self.kind == "methods" and not self.methods:
             raise ConfigError("a methods search needs methods")
 

@@ -6,6 +6,7 @@ Every check that can fail on user input runs before Ray starts or an MLflow run 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -213,32 +214,53 @@ def run_phase(phase: Phase, trainable: Any, paths: Any, logger: Any, exp: Experi
 
 
 def seeds_phase(exp: Experiment, summary: dict, *, name: str) -> Phase:
-    """Each method's best configuration on dev, re-run once per seed of ``exp.seeds`` (to the end:
-    this phase has no scheduler). A method with no completed trial is represented by its best
-    trial the scheduler stopped, so no method drops out of the comparison for starting slowly."""
+    """Each arm's best configuration on dev, run on every seed of ``exp.seeds`` it has not
+    completed (to the end: this phase has no scheduler). An arm is a method, or in a ``grid``
+    search one grid arm (its configuration but the learning rate): the seeds phase runs each
+    arm's own best rate. An arm with no completed trial is represented by its best trial the
+    scheduler stopped, re-run on every seed, so no arm drops out for starting slowly."""
     from tuner.runner import build_searcher
     from tuner.space import ExperimentSpace, GridSpace
 
-    best = best_per_method(summary["trials"])
+    best = best_per_arm(summary["trials"], key=arm_of if exp.search.kind == "grid" else method_of)
     if not best:
         raise RuntimeError(f"{exp.name}: no scored trial to re-run with seeds {exp.seeds}")
-    arms = tuple({**row["config"], "seed": seed} for row in best.values() for seed in exp.seeds)
+    arms = tuple({**row["config"], "seed": seed} for row in best.values() for seed in exp.seeds
+                 if seed not in completed_seeds(row))  # fmt: skip
     space = ExperimentSpace(GridSpace(arms), constants={}, source_bottlenecks=())
     return Phase(name=name, space=space, num_samples=len(arms),
                  searcher=build_searcher(exp, space, seed=0))  # fmt: skip
 
 
-def best_per_method(trials: list[dict]) -> dict[str, dict]:
-    """Per method: the completed trial with the best dev score, else the best stopped one."""
+def method_of(config: dict) -> str:
+    return str(config["method"])
+
+
+def arm_of(config: dict) -> str:
+    """A grid arm: the configuration but its learning rate and seed."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("lr", "seed")},
+                      sort_keys=True, default=str)  # fmt: skip
+
+
+def completed_seeds(row: dict) -> tuple[int, ...]:
+    """The seed a search trial already ran to the end: the seeds phase does not run it again
+    (a re-run would differ by GPU noise and could lose its own selection on that seed)."""
+    return (int(row["config"].get("seed", 0)),) if row["status"] == "completed" else ()
+
+
+def best_per_arm(trials: list[dict], *, key: Any = method_of) -> dict[str, dict]:
+    """Per arm (``key(config)``): the completed trial with the best dev score, else the best
+    stopped one."""
     best: dict[str, dict] = {}
     rank = {"completed": 1, "stopped": 0}
     for row in trials:
         if row["status"] not in rank or row["dev_score"] is None:
             continue
-        key = (rank[row["status"]], row["dev_score"])
-        held = best.get(row["config"]["method"])
-        if held is None or key > (rank[held["status"]], held["dev_score"]):
-            best[row["config"]["method"]] = row
+        score = (rank[row["status"]], row["dev_score"])
+        arm = key(row["config"])
+        held = best.get(arm)
+        if held is None or score > (rank[held["status"]], held["dev_score"]):
+            best[arm] = row
     return best
 
 

@@ -18,12 +18,15 @@ from trainables.source_store import AdapterStore, SourceSpec
 from tuner.experiment import Experiment
 
 SOURCE_EPOCHS = 1.0  # a source adapter only has to carry its task's signal into the fusion
+# One epoch wants the top of the adapters' range (Houlsby et al. 2019 searched up to 3e-3);
+# AdapterFusion trained its adapters at 1e-4 but for up to 30 epochs (Pfeiffer et al. 2021).
+SOURCE_LR = 1e-3
 
 
 def needed_specs(
     exp: Experiment, bottlenecks: tuple[int, ...], max_length: int
 ) -> list[SourceSpec]:
-    train = (("epochs", SOURCE_EPOCHS), ("evals", 1), ("max_length", max_length))
+    train = (("epochs", SOURCE_EPOCHS), ("evals", 1), ("lr", SOURCE_LR), ("max_length", max_length))
     return [
         SourceSpec(
             source=s,

@@ -7,7 +7,6 @@ Every space returns flat trial configs of public keys; the experiment adds its c
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +20,10 @@ from search_spaces.matching import Budget, Infeasible
 from search_spaces.method_config import FUSION_METHODS
 from search_spaces.shapes import BackboneShape
 from search_spaces.spaces import (
-    LR_RANGES,
     MethodSpace,
     MethodsSpace,
     budget_split_space,
+    learning_rates,
     method_space,
     startup_trials,
 )
@@ -76,12 +75,6 @@ def startup_points(space: ExperimentSpace, n: int, *, seed: int) -> list[dict[st
     return inner(n, seed=seed) if inner is not None else []
 
 
-def default_lr(method: str) -> float:
-    """The geometric middle of the method's search range: the lr of a grid arm that sets none."""
-    lo, hi = LR_RANGES[method]
-    return float(f"{math.sqrt(lo * hi):.2g}")
-
-
 def build_space(exp: Experiment) -> ExperimentSpace:
     """The experiment's space; an infeasible budget or unknown name fails here (exit 2)."""
     from trainables.backbones import load_backbone
@@ -114,7 +107,8 @@ def build_space(exp: Experiment) -> ExperimentSpace:
     else:
         arms = Arms(shape, budget if s.match_budget else None, s.sources, common, fixed,
                     target=exp.task, backbone=exp.backbone)  # fmt: skip
-        inner = GridSpace(tuple(arms.grid_arm(arm) for arm in s.configs))
+        inner = GridSpace(tuple(arms.grid_arm(arm, lr) for arm in s.configs
+                                for lr in arm_rates(arm, s.lr_points)))  # fmt: skip
         bottlenecks = tuple(sorted({c["bottleneck"] for c in inner.configs
                                     if c["method"] in FUSION_METHODS}))  # fmt: skip
     constants = {"task": exp.task, "backbone": exp.backbone, "head": exp.head, **dict(exp.train)}
@@ -186,15 +180,24 @@ class Arms:
             options["source_similarity"] = self.similarity(tuple(options["sources"]))
         return method_space(method, shape=self.shape, budget=budget, **options)
 
-    def grid_arm(self, arm: Mapping[str, Any]) -> dict[str, Any]:
-        params = dict(self.space(arm).params)
-        params["lr"] = arm.get("lr", default_lr(params["method"]))
+    def grid_arm(self, arm: Mapping[str, Any], lr: float) -> dict[str, Any]:
+        params = {**self.space(arm).params, "lr": lr}
         return {**params, **{k: arm[k] for k in ("train_samples", "seed") if k in arm}}
 
     def similarity(self, sources: tuple[str, ...]) -> tuple[float, ...]:
         from trainables.similarity import source_similarity
 
         return source_similarity(self.target, sources, self.backbone)
+
+
+def arm_rates(arm: Mapping[str, Any], n: int) -> tuple[float, ...]:
+    """The learning rates a grid arm runs at: its own ``lr``, else ``n`` over its method's range."""
+    return (arm["lr"],) if "lr" in arm else learning_rates(arm["method"], n)
+
+
+def grid_size(exp: Experiment) -> int:
+    """How many trials a grid experiment's search phase holds: arms times their rates."""
+    return sum(len(arm_rates(arm, exp.search.lr_points)) for arm in exp.search.configs)
 
 
 def arm_label(arm: Mapping[str, Any]) -> str:

@@ -10,6 +10,11 @@ SMOKE = {
     "search": {"budget_params": 4_000},
 }
 
+# Grid studies (fair arms, docs/STUDIES.md): every arm at three learning rates over its own method's
+# range, the best on dev then run on three seeds by the seeds phase.
+LR_POINTS = 3
+SEEDS = (0, 1, 2)
+
 # demo: the README's main job on a laptop CPU (~15 min): real backbone, real data, small sample.
 DEMO = {
     "num_samples": 12,

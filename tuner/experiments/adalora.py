@@ -9,7 +9,7 @@ stops improving (needs the loop's ``plateau_hook`` call), up to the largest rank
 """
 
 from tuner.experiment import Experiment, Search, register
-from tuner.experiments._presets import SMOKE
+from tuner.experiments._presets import LR_POINTS, SEEDS, SMOKE
 from tuner.experiments.families import register_family, task_suffix
 
 ADALORA_TASKS = ("glue/sst2", "glue/cola", "glue/mrpc", "glue/rte", "glue/stsb")
@@ -19,17 +19,17 @@ SMOKE_BUDGETS = {"small": 1_900, "large": 7_200}  # tiny-bert: the same ranks
 GROWTH = {"small": {"start_rank": 1, "grow_step": 1}, "large": {"start_rank": 2, "grow_step": 2}}
 
 
-def adalora_arms(budgets: dict[str, int], seeds: tuple[int, ...]) -> tuple[dict, ...]:
+def adalora_arms(budgets: dict[str, int]) -> tuple[dict, ...]:
     arms = []
     for size, budget in budgets.items():
         arms += [{"method": "lora", "budget_params": budget},
                  {"method": "adalora", "budget_params": budget},
                  {"method": "lora_grow", "budget_params": budget, **GROWTH[size]}]  # fmt: skip
-    return tuple({**arm, "placement": "all", "seed": s} for s in seeds for arm in arms)
+    return tuple({**arm, "placement": "all"} for arm in arms)
 
 
-_ARMS = adalora_arms(BUDGETS, seeds=(0, 1, 2))
-_SMOKE_ARMS = adalora_arms(SMOKE_BUDGETS, seeds=(0,))
+_ARMS = adalora_arms(BUDGETS)  # each at LR_POINTS rates of its own method's range, then 3 seeds
+_SMOKE_ARMS = adalora_arms(SMOKE_BUDGETS)
 
 
 def adalora_study(task: str) -> Experiment:
@@ -38,16 +38,19 @@ def adalora_study(task: str) -> Experiment:
         summary=f"LoRA vs AdaLoRA vs rank growth on plateau on {task} at a small and a large "
                 "budget; AdaLoRA's final ranks per layer as a heat map (study 004).",
         task=task,
-        search=Search(kind="grid", budget_params=BUDGETS["large"], tolerance=0.05, configs=_ARMS),
-        num_samples=len(_ARMS),
+        search=Search(kind="grid", budget_params=BUDGETS["large"], tolerance=0.05, configs=_ARMS,
+                      lr_points=LR_POINTS),
+        num_samples=len(_ARMS) * LR_POINTS,
+        seeds=SEEDS,
         grace_period=8,  # no early stop: AdaLoRA prunes late and rank growth needs every plateau
         train={"epochs": 3.0, "evals": 8, "max_length": 128},
         presets={
-            "smoke": {**SMOKE, "num_samples": len(_SMOKE_ARMS),
-                      "search": {"budget_params": SMOKE_BUDGETS["large"], "configs": _SMOKE_ARMS},
+            "smoke": {**SMOKE, "num_samples": len(_SMOKE_ARMS), "seeds": (0,),
+                      "search": {"budget_params": SMOKE_BUDGETS["large"], "configs": _SMOKE_ARMS,
+                                 "lr_points": 1},
                       "train": {**SMOKE["train"], "evals": 3}},
-            "demo": {"num_samples": len(_ARMS) // 3, "train_samples": 3_000,
-                     "search": {"configs": _ARMS[: len(_ARMS) // 3]},
+            "demo": {"num_samples": len(_ARMS), "train_samples": 3_000, "seeds": (0,),
+                     "search": {"configs": _ARMS, "lr_points": 1},
                      "train": {"epochs": 2.0, "evals": 6, "max_length": 64}},
         },
     ))  # fmt: skip

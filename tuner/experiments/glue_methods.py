@@ -8,7 +8,7 @@ own metric (CoLA: MCC, MRPC: F1, STS-B: Pearson/Spearman, SST-2 and RTE: accurac
 """
 
 from tuner.experiment import Experiment, Search, register
-from tuner.experiments._presets import SMOKE
+from tuner.experiments._presets import LR_POINTS, SEEDS, SMOKE
 from tuner.experiments.families import register_family, task_suffix
 
 GLUE_TASKS = ("glue/sst2", "glue/cola", "glue/mrpc", "glue/stsb", "glue/rte")
@@ -49,32 +49,35 @@ register_family("glue_methods", tuple(e.name for e in GLUE_METHODS))
 
 
 def _curve_arms(num_layers: int, sizes: tuple[int, ...], ranks: tuple[int, ...],
-                depths: tuple[int, ...], seeds: tuple[int, ...]) -> tuple[dict, ...]:  # fmt: skip
+                depths: tuple[int, ...]) -> tuple[dict, ...]:  # fmt: skip
     """Houlsby sizes, LoRA ranks (alpha / r = 2) and full fine-tuning of the top k layers (k =
-    the depth: every weight, embeddings included)."""
+    the depth: every weight, embeddings included); each point at LR_POINTS rates of its method's
+    range, its best on dev then on three seeds."""
     arms = [{"method": "houlsby", "bottleneck": b} for b in sizes]
     arms += [{"method": "lora", "rank": r, "alpha": 2.0 * r} for r in ranks]
     arms += [{"method": "full", **({"layers": tuple(range(num_layers - k, num_layers))}
                                    if k < num_layers else {})} for k in depths]  # fmt: skip
-    return tuple({**arm, "seed": seed} for seed in seeds for arm in arms)
+    return tuple(arms)
 
 
-_CURVE = _curve_arms(6, (2, 8, 32, 128), (1, 4, 16, 64), (1, 2, 4, 6), seeds=(0, 1, 2))
-_SMOKE_CURVE = _curve_arms(2, (2, 8), (1, 4), (1, 2), seeds=(0,))
+_CURVE = _curve_arms(6, (2, 8, 32, 128), (1, 4, 16, 64), (1, 2, 4, 6))
+_SMOKE_CURVE = _curve_arms(2, (2, 8), (1, 4), (1, 2))
 
 GLUE_CURVE = register(Experiment(
     name="glue_curve",
     summary="Score vs trainable parameters on SST-2: Houlsby sizes, LoRA ranks, top-k layers "
             "fine-tuned (study 003's curve), 3 seeds each.",
     task="glue/sst2",
-    search=Search(kind="grid", match_budget=False, configs=_CURVE),
-    num_samples=len(_CURVE),
+    search=Search(kind="grid", match_budget=False, configs=_CURVE, lr_points=LR_POINTS),
+    num_samples=len(_CURVE) * LR_POINTS,
+    seeds=SEEDS,
     grace_period=6,  # every point of the curve runs to the end
     train={"epochs": 2.0, "evals": 6, "max_length": 64},
     presets={
-        "smoke": {**SMOKE, "num_samples": len(_SMOKE_CURVE), "search": {"configs": _SMOKE_CURVE}},
-        "demo": {"num_samples": len(_CURVE) // 3, "train_samples": 3_000,
-                 "search": {"configs": _CURVE[: len(_CURVE) // 3]},
+        "smoke": {**SMOKE, "num_samples": len(_SMOKE_CURVE), "seeds": (0,),
+                  "search": {"configs": _SMOKE_CURVE, "lr_points": 1}},
+        "demo": {"num_samples": len(_CURVE), "train_samples": 3_000, "seeds": (0,),
+                 "search": {"lr_points": 1},
                  "train": {"epochs": 1.0, "evals": 3}},
     },
 ))  # fmt: skip

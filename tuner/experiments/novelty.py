@@ -9,7 +9,7 @@ warm-up, instead of the top three.
 """
 
 from tuner.experiment import Experiment, Search, register
-from tuner.experiments._presets import SMOKE
+from tuner.experiments._presets import LR_POINTS, SEEDS, SMOKE
 
 _KNOBS = (
     {},  # the plain hybrid
@@ -19,13 +19,14 @@ _KNOBS = (
 )
 
 
-def novelty_arms(top: tuple[int, ...], seeds: tuple[int, ...]) -> tuple[dict, ...]:
+def novelty_arms(top: tuple[int, ...]) -> tuple[dict, ...]:
+    """The four arms, each at LR_POINTS rates of lora_fusion's range (a knob may move its best)."""
     base = {"method": "lora_fusion", "fusion": "static", "fusion_layers": None, "layers": top}
-    return tuple({**base, **knobs, "seed": s} for s in seeds for knobs in _KNOBS)
+    return tuple({**base, **knobs} for knobs in _KNOBS)
 
 
-_ARMS = novelty_arms((3, 4, 5), seeds=(0, 1, 2))  # MiniLM: LoRA on 3 of 6 layers
-_SMOKE_ARMS = novelty_arms((1,), seeds=(0,))  # tiny-bert: 1 of 2
+_ARMS = novelty_arms((3, 4, 5))  # MiniLM: LoRA on 3 of 6 layers
+_SMOKE_ARMS = novelty_arms((1,))  # tiny-bert: 1 of 2
 
 NOVELTY = register(Experiment(
     name="novelty",
@@ -34,16 +35,18 @@ NOVELTY = register(Experiment(
     task="tweet_eval/sentiment",
     # static fusion on all 6 layers (1.77M) + LoRA r~16 on 3 layers: 1.85M trainable
     search=Search(kind="grid", budget_params=1_850_000, tolerance=0.05,
-                  sources=("glue/sst2", "imdb", "newsgroups/bydate"), configs=_ARMS),
-    num_samples=len(_ARMS),
+                  sources=("glue/sst2", "imdb", "newsgroups/bydate"), configs=_ARMS,
+                  lr_points=LR_POINTS),
+    num_samples=len(_ARMS) * LR_POINTS,
+    seeds=SEEDS,
     grace_period=6,  # every arm runs to the end: the deltas between arms are the result
     train={"epochs": 2.0, "evals": 6, "max_length": 96},
     presets={
         # tiny: static fusion on both layers (4,224) + LoRA r~4 on one layer
-        "smoke": {**SMOKE, "num_samples": len(_SMOKE_ARMS),
-                  "search": {"budget_params": 4_800, "configs": _SMOKE_ARMS}},
-        "demo": {"num_samples": len(_ARMS) // 3, "train_samples": 3_000,
-                 "search": {"configs": _ARMS[: len(_ARMS) // 3]},
+        "smoke": {**SMOKE, "num_samples": len(_SMOKE_ARMS), "seeds": (0,),
+                  "search": {"budget_params": 4_800, "configs": _SMOKE_ARMS, "lr_points": 1}},
+        "demo": {"num_samples": len(_ARMS), "train_samples": 3_000, "seeds": (0,),
+                 "search": {"lr_points": 1},
                  "train": {"epochs": 1.0, "evals": 3, "max_length": 64}},
     },
 ))  # fmt: skip
