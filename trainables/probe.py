@@ -28,7 +28,7 @@ from trainables.data.tokenize import default_cache_dir
 from trainables.inference import predict, score, task_loss
 from trainables.model import masked_mean
 from trainables.prepared import PreparedData
-from trainables.zero_shot import applies, zero_shot_scores
+from trainables.zero_shot import Embed, applies, zero_shot_scores
 
 STEPS = 300  # full-batch Adam steps: a linear head on a few hundred features converges well before
 LR = 1e-2
@@ -50,11 +50,17 @@ class _Pooled(nn.Module):
         return masked_mean(hidden, attention_mask)
 
 
+def embedder(bert: nn.Module, *, device: str = "cpu") -> Embed:
+    """The frozen ``bert``'s pooled embeddings of a split, float32 ``[N, hidden]`` in its order."""
+    pooled = _Pooled(bert).to(device).eval()
+    return lambda split: predict(pooled, split, batch_size=BATCH, device=device)
+
+
 def probe_scores(bert: nn.Module, data: PreparedData, *, device: str = "cpu") -> dict[str, float]:
     """``dev_probe_score`` and ``test_probe_score`` of a linear head on the frozen ``bert``."""
-    pooled = _Pooled(bert).to(device).eval()
-    x = {name: predict(pooled, split, batch_size=BATCH, device=device)
-         for name, split in (("train", data.train), ("dev", data.dev), ("test", data.test))}  # fmt: skip
+    embed = embedder(bert, device=device)
+    x = {name: embed(split) for name, split in (("train", data.train), ("dev", data.dev),
+                                                 ("test", data.test))}  # fmt: skip
     mean, std = x["train"].mean(axis=0), x["train"].std(axis=0) + 1e-6
     features = {k: torch.from_numpy((v - mean) / std) for k, v in x.items()}
     regression = data.task_kind == "regression"
@@ -93,12 +99,8 @@ def cached_zero_shot_scores(
     if not applies(data):
         return {}
     path = _cache_path(backbone, data).with_suffix(".zero_shot.json")
-
-    def compute(bert: nn.Module) -> dict[str, float]:
-        pooled = _Pooled(bert).to(device).eval()
-        return zero_shot_scores(lambda s: predict(pooled, s, batch_size=BATCH, device=device), data)
-
-    return _cached(path, compute, backbone, bert)
+    return _cached(path, lambda b: zero_shot_scores(embedder(b, device=device), data), backbone,
+                   bert)  # fmt: skip
 
 
 def with_probe(data: PreparedData, backbone: str) -> PreparedData:
