@@ -214,6 +214,8 @@ BASELINES = (
     ("test", "test_majority_score"),
     ("probe dev", "dev_probe_score"),
     ("test", "test_probe_score"),
+    ("zero-shot cosine dev", "dev_zero_shot_score"),  # sentence-pair regression only (STS-B)
+    ("test", "test_zero_shot_score"),
 )
 
 
@@ -230,7 +232,8 @@ def learned(study: Study) -> list[str]:
             f"{label} {g[col].median() * POINTS:.2f}" for label, col in BASELINES
             if col in g and g[col].notna().any()))  # fmt: skip
     lines = ["Baselines in points: the majority class (always the train split's most frequent "
-             "class) and the head-only probe (a linear head on the frozen backbone): "
+             "class), the head-only probe (a linear head on the frozen backbone) and, for "
+             "sentence-pair regression, the zero-shot cosine of the frozen sentence embeddings: "
              + "; ".join(cells) + "."]  # fmt: skip
     failed = done[did_not_learn(study.trials)]
     if not failed.empty:

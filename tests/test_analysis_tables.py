@@ -208,6 +208,24 @@ def test_a_trial_at_the_majority_class_is_flagged_as_not_learned():
     assert "Did not learn: 1 of 3 completed trials" in note and "adalora (1)" in note
 
 
+def test_the_zero_shot_cosine_shows_for_the_task_that_recorded_it_and_nowhere_else():
+    from analysis.sections import learned
+    from analysis.trials import Study
+
+    both = {"dev_majority_score": 0.0, "test_majority_score": 0.0}
+    stsb = {**both, "dev_zero_shot_score": 0.8157, "test_zero_shot_score": 0.8684}
+    records = [trial("a", params={"method": "lora", "task": "glue/stsb"}, dev=0.85, final=stsb),
+               trial("b", params={"method": "lora", "task": "glue/sst2"}, dev=0.90, final=both)]  # fmt: skip
+    trials = trials_frame(records)
+    study = Study(
+        "e1_single_task", trials, trials.iloc[0:0], completeness("e1_single_task", trials, {})
+    )
+    note = "\n".join(learned(study))
+    assert ("glue/sst2: majority dev 0.00, test 0.00; "  # sorted by task; sst2 recorded none
+            "glue/stsb: majority dev 0.00, test 0.00, zero-shot cosine dev 81.57, test 86.84.") in note  # fmt: skip
+    assert "nan" not in note.lower()
+
+
 def test_method_summary_counts_endings_and_reports_test_of_the_best_on_dev():
     from analysis.tables import method_summary
 

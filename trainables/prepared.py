@@ -27,13 +27,14 @@ class PreparedData:
     test: Encoded
     extra_tests: dict[str, Encoded] = field(default_factory=dict)
     source_adapters: dict[int, dict[str, Path]] = field(default_factory=dict)
-    # scores no trial may sit at or below: the head-only probe's (trainables.probe), when computed
+    # scores no trial may sit at or below: the head-only probe's (trainables.probe), when computed,
+    # and for sentence-pair regression the frozen embeddings' zero-shot cosine (trainables.zero_shot)
     reference: dict[str, float] = field(default_factory=dict)
 
     def baselines(self) -> dict[str, float]:
         """What a model that learned nothing scores: always the train split's majority class, on
         dev and test (``dev_majority_score``, ``test_majority_score``), and the head-only probe's
-        scores where the study computed them. Every trial records them."""
+        and zero-shot cosine's scores where the study computed them. Every trial records them."""
         majority = {f"{name}_majority_score": majority_score(self.metric, self.train.labels,
                                                              split.labels)
                     for name, split in (("dev", self.dev), ("test", self.test))}  # fmt: skip

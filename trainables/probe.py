@@ -5,6 +5,8 @@ same tokenised splits), trained full-batch on standardised features. A PEFT tria
 added nothing the head could not learn alone (the study rules: a bug until shown otherwise).
 Computed once per (backbone, task, rows, length) on the driver and cached as JSON in the token
 cache folder (``baselines/``); every trial then records it (``dev_probe_score``, ``test_probe_score``).
+:func:`with_probe` attaches the zero-shot cosine of sentence-pair regression too
+(:mod:`trainables.zero_shot`), computed and cached the same way (its own file beside the probe's).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from trainables.data.tokenize import default_cache_dir
 from trainables.inference import predict, score, task_loss
 from trainables.model import masked_mean
 from trainables.prepared import PreparedData
+from trainables.zero_shot import Embed, applies, zero_shot_scores
 
 STEPS = 300  # full-batch Adam steps: a linear head on a few hundred features converges well before
 LR = 1e-2
@@ -46,11 +50,17 @@ class _Pooled(nn.Module):
         return masked_mean(hidden, attention_mask)
 
 
+def embedder(bert: nn.Module, *, device: str = "cpu") -> Embed:
+    """The frozen ``bert``'s pooled embeddings of a split, float32 ``[N, hidden]`` in its order."""
+    pooled = _Pooled(bert).to(device).eval()
+    return lambda split: predict(pooled, split, batch_size=BATCH, device=device)
+
+
 def probe_scores(bert: nn.Module, data: PreparedData, *, device: str = "cpu") -> dict[str, float]:
     """``dev_probe_score`` and ``test_probe_score`` of a linear head on the frozen ``bert``."""
-    pooled = _Pooled(bert).to(device).eval()
-    x = {name: predict(pooled, split, batch_size=BATCH, device=device)
-         for name, split in (("train", data.train), ("dev", data.dev), ("test", data.test))}  # fmt: skip
+    embed = embedder(bert, device=device)
+    x = {name: embed(split) for name, split in (("train", data.train), ("dev", data.dev),
+                                                 ("test", data.test))}  # fmt: skip
     mean, std = x["train"].mean(axis=0), x["train"].std(axis=0) + 1e-6
     features = {k: torch.from_numpy((v - mean) / std) for k, v in x.items()}
     regression = data.task_kind == "regression"
@@ -77,24 +87,47 @@ def cached_probe_scores(
     """:func:`probe_scores`, read from or written to the cache (one JSON file per key); the
     backbone's full weights are loaded (unless given as ``bert``) only when the cache misses."""
     path = _cache_path(backbone, data)
+    return _cached(path, lambda b: probe_scores(b, data, device=device), backbone, bert)
+
+
+def cached_zero_shot_scores(
+    data: PreparedData, *, backbone: str, device: str = "cpu", bert: nn.Module | None = None
+) -> dict[str, float]:
+    """:func:`trainables.zero_shot.zero_shot_scores` of the frozen backbone's mean-pooled
+    embeddings, cached like the probe (same key, its own file); ``{}`` for a task it does not
+    apply to (:func:`trainables.zero_shot.applies`)."""
+    if not applies(data):
+        return {}
+    path = _cache_path(backbone, data).with_suffix(".zero_shot.json")
+    return _cached(path, lambda b: zero_shot_scores(embedder(b, device=device), data), backbone,
+                   bert)  # fmt: skip
+
+
+def with_probe(data: PreparedData, backbone: str) -> PreparedData:
+    """``data`` carrying its head-only probe scores and, where it applies, its zero-shot cosine
+    scores (``reference``), computed on the real backbone (cached), on the GPU where there is one."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reference = {**cached_probe_scores(data, backbone=backbone, device=device),
+                 **cached_zero_shot_scores(data, backbone=backbone, device=device)}  # fmt: skip
+    return dataclasses.replace(data, reference=reference)
+
+
+def _cached(
+    path: Path,
+    compute: Callable[[nn.Module], dict[str, float]],
+    backbone: str,
+    bert: nn.Module | None,
+) -> dict[str, float]:
     if path.exists():
         return json.loads(path.read_text())
     if bert is None:  # the full weights: a driver holds a meta backbone (shapes, tokenizer)
         bert = load_backbone(backbone).model
-    scores = probe_scores(bert, data, device=device)
+    scores = compute(bert)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(scores))
     tmp.replace(path)  # whole or absent: a killed driver leaves no half-written file
     return scores
-
-
-def with_probe(data: PreparedData, backbone: str) -> PreparedData:
-    """``data`` carrying its head-only probe scores (``reference``), computed on the real
-    backbone (cached), on the GPU where there is one."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return dataclasses.replace(data, reference=cached_probe_scores(data, backbone=backbone,
-                                                                   device=device))  # fmt: skip
 
 
 def _cache_path(backbone: str, data: PreparedData) -> Path:

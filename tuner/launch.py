@@ -60,8 +60,8 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
         train_samples=exp.train_samples, data_dir=args.data_dir, extra_tests=exp.extra_tests,
     )  # fmt: skip
     log(f"train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,} examples")
-    data = with_probe(data, exp.backbone)  # did it learn? the head-only baseline, once (cached)
-    log("head-only probe (a linear head on the frozen backbone): "
+    data = with_probe(data, exp.backbone)  # did it learn? the frozen baselines, once (cached)
+    log("frozen-backbone baselines (head-only probe; zero-shot cosine for sentence pairs): "
         + ", ".join(f"{k}={v:.4f}" for k, v in data.reference.items()))  # fmt: skip
     train.eval_steps(train.total_steps(len(data.train)))  # more evals than steps: not per trial
 
