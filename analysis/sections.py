@@ -15,7 +15,14 @@ from analysis.budget import best_splits, budget_heatmap
 from analysis.efficiency import efficiency_table
 from analysis.hypotheses import BY_EXPERIMENT, Verdict, evaluate
 from analysis.pareto import optuna_study, pareto_front
-from analysis.selection import MAJORITY, POINTS, SELECT_BY, completed, did_not_learn
+from analysis.selection import (
+    MAJORITY,
+    POINTS,
+    SELECT_BY,
+    below_probe,
+    completed,
+    did_not_learn,
+)
 from analysis.study_sections import study_sections
 from analysis.tables import (
     few_shot_table,
@@ -241,6 +248,13 @@ def learned(study: Study) -> list[str]:
         lines += ["", f"**Did not learn: {len(failed)} of {len(done)} completed trials score at or "
                   f"below it on dev** ({methods}); they are marked in the trials table. A score at "
                   "the majority class is a bug until shown otherwise."]  # fmt: skip
+    under = done[below_probe(study.trials)]
+    if not under.empty:
+        methods = ", ".join(f"{m} ({n})" for m, n in under["method"].value_counts().items())
+        lines += ["", f"**Below the head-only probe: {len(under)} of {len(done)} completed trials** "
+                  f"({methods}) score under a linear head on the frozen backbone on dev: the method "
+                  "added nothing the head could not learn alone; marked in the trials table. "
+                  "Verdicts keep them (only an arm at the majority class is kept out)."]  # fmt: skip
     return lines
 
 

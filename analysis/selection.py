@@ -52,6 +52,21 @@ def did_not_learn(trials: pd.DataFrame) -> pd.Series:
     return at_or_below_majority(done)
 
 
+PROBE = "dev_probe_score"  # what a linear head on the frozen backbone scores
+
+
+def below_probe(trials: pd.DataFrame) -> pd.Series:
+    """Per completed trial: above the majority class (else it did not learn, :func:`did_not_learn`)
+    but below the head-only probe on dev: the method added nothing a trained head alone could
+    not learn (a bug until shown otherwise, by the study rules); a trial without the probe
+    recorded is not flagged. Flagged, not kept out of verdicts: only "did not learn" is."""
+    done = completed(trials)
+    if done.empty or PROBE not in done or SELECT_BY not in done:
+        return pd.Series(False, index=done.index)
+    under = done[SELECT_BY].lt(done[PROBE] - 1e-9) & done[PROBE].notna()
+    return under & ~did_not_learn(trials).reindex(done.index, fill_value=False)
+
+
 def not_completed(trials: pd.DataFrame) -> pd.DataFrame:
     if trials.empty or "status" not in trials:
         return trials.iloc[0:0]

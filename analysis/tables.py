@@ -16,6 +16,7 @@ import pandas as pd
 from analysis.selection import (
     POINTS,
     SELECT_BY,
+    below_probe,
     completed,
     did_not_learn,
     not_completed,
@@ -122,17 +123,18 @@ def transfer_table(trials: pd.DataFrame) -> Table:
 
 
 SUMMARY_COLUMNS = ["method", "trials", "completed", "stopped", "other", "best dev", "median dev",
-                   "test of best on dev", "did not learn"]  # fmt: skip
+                   "test of best on dev", "did not learn", "below probe"]  # fmt: skip
 
 
 def method_summary(trials: pd.DataFrame) -> Table:
     """Per method: how its trials ended, its best and median dev score over completed trials
     (points), the test score of its best trial on dev, and how many completed trials scored at
-    or below the majority class. The first table a reader of a search wants."""
+    or below the majority class and below the head-only probe. The first table a reader of a
+    search wants."""
     if trials.empty or "method" not in trials or "status" not in trials:
         return Table("methods", pd.DataFrame(columns=SUMMARY_COLUMNS), 0)
     done = completed(trials)
-    flat = did_not_learn(trials)
+    flat, under = did_not_learn(trials), below_probe(trials)
     rows = []
     for method, g in trials.groupby("method", sort=True):
         d = done[done["method"] == method]
@@ -145,7 +147,8 @@ def method_summary(trials: pd.DataFrame) -> Table:
                      "best dev": dev.max() * POINTS if len(dev) else np.nan,
                      "median dev": dev.median() * POINTS if len(dev) else np.nan,
                      "test of best on dev": test * POINTS if test is not None else np.nan,
-                     "did not learn": int(flat.reindex(d.index, fill_value=False).sum())})  # fmt: skip
+                     "did not learn": int(flat.reindex(d.index, fill_value=False).sum()),
+                     "below probe": int(under.reindex(d.index, fill_value=False).sum())})  # fmt: skip
     return Table("methods", pd.DataFrame(rows, columns=SUMMARY_COLUMNS), 0)
 
 
@@ -154,8 +157,12 @@ def trials_overview(trials: pd.DataFrame) -> Table:
     want = ["trial_id", "status", "fidelity", "method", "task", "train_samples", "seed", "rank",
             "bottleneck", "fusion", "fusion_layers", "sources", "lr", "trainable_params",
             "dev_score", "test_score", "dev_top_class_share", "learned"]  # fmt: skip
-    flags = did_not_learn(trials).reindex(trials.index)
-    learned = flags.map({True: "NO: at majority class", False: "yes"})
+    flat = did_not_learn(trials).reindex(trials.index, fill_value=False)
+    under = below_probe(trials).reindex(trials.index, fill_value=False)
+    done = trials.index.isin(completed(trials).index)
+    learned = pd.Series(np.where(flat, "NO: at majority class",
+                                 np.where(under, "below head-only probe", "yes")),
+                        index=trials.index).where(done)  # fmt: skip
     data = with_seed(trials).assign(learned=learned)
     data = data[[c for c in want if c in data.columns]]
     if "dev_score" in data:

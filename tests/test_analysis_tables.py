@@ -194,10 +194,12 @@ def test_a_trial_at_the_majority_class_is_flagged_as_not_learned():
     }
     records = [trial("good", params={"method": "lora"}, dev=0.80, test=0.79, final=base),
                trial("flat", params={"method": "adalora"}, dev=0.40, test=0.41, final=base),
+               trial("weak", params={"method": "bitfit"}, dev=0.50, test=0.50, final=base),
                trial("old", params={"method": "lora"}, dev=0.30, test=0.30)]  # fmt: skip
     trials = trials_frame(records)
     table = trials_overview(trials).data.set_index("trial_id")
     assert table.loc["flat", "learned"] == "NO: at majority class"
+    assert table.loc["weak", "learned"] == "below head-only probe"  # above majority, under probe
     assert table.loc["good", "learned"] == "yes"
     assert table.loc["old", "learned"] == "yes"  # recorded no baseline: nothing to compare with
     study = Study(
@@ -205,7 +207,8 @@ def test_a_trial_at_the_majority_class_is_flagged_as_not_learned():
     )
     note = "\n".join(learned(study))
     assert "majority dev 40.00, test 41.00, probe dev 55.00, test 54.00." in note
-    assert "Did not learn: 1 of 3 completed trials" in note and "adalora (1)" in note
+    assert "Did not learn: 1 of 4 completed trials" in note and "adalora (1)" in note
+    assert "Below the head-only probe: 1 of 4 completed trials** (bitfit (1))" in note
 
 
 def test_the_zero_shot_cosine_shows_for_the_task_that_recorded_it_and_nowhere_else():
@@ -240,6 +243,7 @@ def test_method_summary_counts_endings_and_reports_test_of_the_best_on_dev():
     assert rows.loc["lora", "median dev"] == pytest.approx(75.0)
     assert rows.loc["lora", "test of best on dev"] == pytest.approx(60.0)  # not the best test (90)
     assert rows.loc["fusion", "did not learn"] == 1 and rows.loc["lora", "did not learn"] == 0
+    assert rows["below probe"].tolist() == [0, 0]  # no probe recorded: nothing flagged
 
 
 def test_an_arm_is_its_rate_chosen_on_dev_not_a_mean_over_its_rates():
