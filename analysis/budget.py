@@ -1,7 +1,8 @@
 """E4: how the splits of one parameter budget fare, as data (best splits, heat map).
 
-A split's *LoRA share* is the parameters its LoRA modules hold over the trial's budget
-(``budget_params``), counted with :mod:`search_spaces.accounting` on the backbone's shape; its
+A split's *LoRA share* is the parameters its LoRA modules hold over the parameters the trial's
+budget counts (``search_spaces.accounting.lora_share``, the definition the sampler's strata use:
+at most 100 % even at the tolerance's +5 %), counted on the backbone's shape; its
 *fusion* lump is how many source adapters are fused on how many layers. Without the shape the
 heat map's x axis falls back on the LoRA rank.
 """
@@ -19,8 +20,9 @@ import pandas as pd
 from analysis.params import param_text
 from analysis.selection import POINTS, SELECT_BY, completed, not_completed
 from analysis.tables import Table
-from search_spaces.accounting import LORA_SHARE_BINS, lora_module_params
+from search_spaces.accounting import LORA_SHARE_BINS, ParamCount, lora_module_params, lora_share
 from search_spaces.errors import ConfigError
+from search_spaces.matching import Budget
 from search_spaces.shapes import BackboneShape
 from search_spaces.spaces import METHOD_KEYS, method_config_from_params
 
@@ -51,21 +53,35 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def lora_params(row: Mapping[str, Any], shape: BackboneShape) -> float:
-    """Parameters in the trial's LoRA modules (0 for fusion alone, NaN for other methods)."""
+def lora_split(row: Mapping[str, Any], shape: BackboneShape) -> tuple[float, float]:
+    """``(parameters in the trial's LoRA modules, its LoRA share)``: ``(0, 0)`` for fusion alone,
+    NaN for other methods or what the row's config (or budget, for the share) cannot rebuild."""
     if row.get("method") == "fusion":
-        return 0.0
+        return 0.0, 0.0
     if row.get("method") not in ("lora", "lora_fusion"):
-        return np.nan
+        return np.nan, np.nan
     # back to the text MLflow stored: tuple fields (layers, sources...) parse from it
     params = {k: param_text(_clean(row[k])) for k in METHOD_KEYS if _clean(row.get(k)) is not None}
     try:
         config = method_config_from_params(
             params, num_labels=2, head=str(row.get("head") or "mean")
         )
-        return float(lora_module_params(config, shape) or 0)
+        lora = float(lora_module_params(config, shape) or 0)
     except (ConfigError, TypeError, ValueError):
-        return np.nan
+        return np.nan, np.nan
+    try:  # the trial's own figures: the head of its task's labels, its accounting
+        recorded = ParamCount(int(row["trainable_params"]), int(row.get("added_params") or 0))
+        budget = Budget(
+            int(row["budget_params"]), accounting=str(row.get("accounting") or "trainable")
+        )
+        return lora, float(lora_share(config, shape, budget.params(recorded)) or 0)
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return lora, np.nan
+
+
+def lora_params(row: Mapping[str, Any], shape: BackboneShape) -> float:
+    """Parameters in the trial's LoRA modules (0 for fusion alone, NaN for other methods)."""
+    return lora_split(row, shape)[0]
 
 
 def fusion_lump(row: Mapping[str, Any], num_layers: int | None) -> str:
@@ -82,12 +98,12 @@ def fusion_lump(row: Mapping[str, Any], num_layers: int | None) -> str:
 
 
 def with_split(trials: pd.DataFrame, shape: BackboneShape | None) -> pd.DataFrame:
-    """``trials`` with ``lora_params``, ``lora_share`` (of ``budget_params``) and ``fusion_lump``."""
+    """``trials`` with ``lora_params``, ``lora_share`` (see :func:`lora_split`) and ``fusion_lump``."""
     rows = trials.to_dict("records")
-    lora = [lora_params(r, shape) if shape else np.nan for r in rows]
-    budget = trials.get("budget_params", np.nan)
+    split = [lora_split(r, shape) if shape else (np.nan, np.nan) for r in rows]
     lumps = [fusion_lump(r, shape.num_layers if shape else None) for r in rows]
-    return trials.assign(lora_params=lora, lora_share=np.asarray(lora) / budget, fusion_lump=lumps)
+    return trials.assign(lora_params=[lora for lora, _ in split],
+                         lora_share=[share for _, share in split], fusion_lump=lumps)  # fmt: skip
 
 
 def best_splits(

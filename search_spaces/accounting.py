@@ -366,14 +366,30 @@ def lora_module_params(config: MethodConfig, shape: BackboneShape) -> int | None
     return sum(lora_params_per_layer(r, config.placement, shape) for r in ranks if r)
 
 
-# The LoRA share of a budget (LoRA-module parameters / budget) in E4's bins: upper edges and labels.
+# The LoRA share of a split (lora_share, in [0, 1]) in E4's bins: upper edges and labels.
 LORA_SHARE_BINS = ((0.0, "0%"), (0.25, "1-25%"), (0.5, "26-50%"), (0.75, "51-75%"),
-                   (float("inf"), "76-100%"))  # fmt: skip
+                   (1.0, "76-100%"))  # fmt: skip
 
 
 def share_bin(share: float) -> str:
-    """The label of ``share``'s bin (0 alone is ``0%``; above 100 % falls in the last bin)."""
+    """The label of ``share``'s bin (0 alone is ``0%``)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"a LoRA share is in [0, 1], but got {share=}")
     return next(label for edge, label in LORA_SHARE_BINS if share <= edge)
+
+
+def lora_share(config: MethodConfig, shape: BackboneShape, counted_params: int) -> float | None:
+    """The LoRA share of a budget split: ``lora_module_params`` over ``counted_params``, the
+    parameters the trial's budget counts (``Budget.params`` of its count: trainable, head
+    included, or added). In [0, 1] by construction: a trial may exceed the budget by the
+    tolerance, a LoRA-only split still holds 100 % (less its head), never 105 %. None for
+    methods outside the split. The sampler's strata and the E4 report both use it."""
+    lora = lora_module_params(config, shape)
+    if lora is None:
+        return None
+    if counted_params <= 0:
+        raise ValueError(f"counted_params must be > 0, but got {counted_params=}")
+    return lora / counted_params
 
 
 def count_params(config: MethodConfig, shape: BackboneShape) -> ParamCount:
@@ -395,5 +411,5 @@ __all__ = [
     "fusion_params_per_layer", "prefix_params", "bitfit_params", "method_layers", "adapters_lora",
     "autopeft_modules", "encoder_layer_params", "entropy_state_params",
     "ADAPTERS_LORA_METHODS", "ADAPTERS_LORA_PLACEMENTS", "BOTTLENECK_LOCATIONS", "PREFIX_MLP_HIDDEN",
-    "GROWTH_STATE_PARAMS", "LORA_SHARE_BINS", "lora_module_params", "share_bin",
+    "GROWTH_STATE_PARAMS", "LORA_SHARE_BINS", "lora_module_params", "lora_share", "share_bin",
 ]  # fmt: skip

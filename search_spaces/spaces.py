@@ -25,7 +25,7 @@ from search_spaces.accounting import (
     LORA_SHARE_BINS,
     ParamCount,
     count_params,
-    lora_module_params,
+    lora_share,
     share_bin,
 )
 from search_spaces.allocator import (
@@ -294,7 +294,7 @@ def budget_split_space(
     tree, every = _tree([a.split.lumps() for a in allocations])
     leaves = {a.split.lumps(): trial_params(a.config, a.count, budget) for a in allocations}
     strata = {a.split.lumps(): (a.config.method, share_bin(
-        (lora_module_params(a.config, shape) or 0) / budget.budget_params)) for a in allocations}  # fmt: skip
+        lora_share(a.config, shape, budget.params(a.count)) or 0)) for a in allocations}  # fmt: skip
     tried = len(candidate_splits(lumps, shape, sources_pool=sources_pool))
     return BudgetSplitSpace(budget, tree, leaves, every, ranges, tried, strata)
 
@@ -433,8 +433,8 @@ def demo(*, budget: Budget, shape: BackboneShape, trials: int, seed: int) -> dic
     methods: dict[str, int] = {}
     for params in sampled:
         methods[params["method"]] = methods.get(params["method"], 0) + 1
-    strata = [(c.method, share_bin((lora_module_params(c, shape) or 0) / budget.budget_params))
-              for c in configs]  # fmt: skip
+    strata = [(c.method, share_bin(lora_share(c, shape, n) or 0))
+              for c, n in zip(configs, counts, strict=True)]  # fmt: skip
     return {"space": space.describe(), "inside": sum(map(budget.contains, counts)),
             "deviations": sorted(map(budget.deviation, counts)), "methods": methods,
             "strata": strata, "startup": min(startup, trials)}  # fmt: skip

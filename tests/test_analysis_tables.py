@@ -9,15 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from analysis import markdown as md
 from analysis.budget import best_splits, budget_heatmap, lora_params
 from analysis.completeness import completeness
 from analysis.efficiency import efficiency_table, time_to_target
 from analysis.params import param_text, parse_param
 from analysis.synthetic import history_frame, trial, trials_frame
 from analysis.tables import few_shot_table, method_task_table, transfer_table
-from search_spaces.accounting import count_params, head_params
+from search_spaces.accounting import count_params, head_params, lora_module_params, share_bin
 from search_spaces.method_config import MethodConfig
-from search_spaces.shapes import TINY_BERT
+from search_spaces.shapes import MINILM_L6, TINY_BERT
 
 
 def run(method, seed, test, *, dev=None, task="t", status="completed", **params):
@@ -96,12 +97,14 @@ def test_lora_params_match_the_parameter_accounting():
 def test_e4_heat_map_cells_and_best_split():
     base = {"placement": "attn_qv", "budget_params": 4000, "head": "mean"}
     fused = {"fusion": "dynamic", "bottleneck": 8, "sources": "a,b", "fusion_layers": 1}
+    # the trainable parameters each trial recorded (count_params on TINY_BERT, 2 labels)
+    lora, mix, fus = ({"trainable_params": n} for n in (3906, 3714, 3202))
     records = [
-        trial("lora", params={"method": "lora", "rank": 15, **base}, dev=0.6, test=0.60),
-        trial("mix1", params={"method": "lora_fusion", "rank": 2, **base, **fused}, dev=0.7, test=0.70),
-        trial("mix2", params={"method": "lora_fusion", "rank": 2, **base, **fused}, dev=0.65, test=0.72),
-        trial("fus", params={"method": "fusion", **base, **fused}, dev=0.5, test=0.50),
-        trial("stop", params={"method": "fusion", **base, **fused}, dev=0.99, status="stopped"),
+        trial("lora", params={"method": "lora", "rank": 15, **base, **lora}, dev=0.6, test=0.60),
+        trial("mix1", params={"method": "lora_fusion", "rank": 2, **base, **fused, **mix}, dev=0.7, test=0.70),
+        trial("mix2", params={"method": "lora_fusion", "rank": 2, **base, **fused, **mix}, dev=0.65, test=0.72),
+        trial("fus", params={"method": "fusion", **base, **fused, **fus}, dev=0.5, test=0.50),
+        trial("stop", params={"method": "fusion", **base, **fused, **fus}, dev=0.99, status="stopped"),
     ]  # fmt: skip
     trials = trials_frame(records)
     heat = budget_heatmap(trials, shape=TINY_BERT)
@@ -116,6 +119,29 @@ def test_e4_heat_map_cells_and_best_split():
     assert splits.left_out == 1
     by_rank = budget_heatmap(trials, shape=None)
     assert by_rank.x_label == "LoRA rank" and list(by_rank.values.columns) == [0, 2, 15]
+
+
+def test_a_lora_only_split_over_the_budget_holds_100_percent_not_105():
+    """Issue #21: the share is over the trial's own counted parameters, not over the budget, so
+    a LoRA-only trial at the tolerance's +5 % reads 100 % (its bin 76-100 %), never 105 %."""
+    config = MethodConfig("lora", 2, "mean", rank=8, placement="all")
+    trainable = count_params(config, MINILM_L6).trainable_params
+    budget = math.ceil(trainable / 1.05)  # the trial sits just inside +5 %
+    lora = lora_module_params(config, MINILM_L6)
+    assert lora / budget > 1.045  # the old share (over the budget) read 105 %
+    row = {"method": "lora", "rank": 8, "placement": "all", "head": "mean", "budget_params": budget,
+           "accounting": "trainable", "trainable_params": trainable, "added_params": trainable}  # fmt: skip
+    splits = best_splits(trials_frame([trial("over", params=row, dev=0.6, test=0.6)]),
+                         shape=MINILM_L6)  # fmt: skip
+    share = splits.data.loc[0, "lora_share"]
+    assert share == pytest.approx(lora / trainable) and share <= 1.0
+    assert "| 100% |" in md.frame(splits.data, formats={"lora_share": ".0%"})
+    assert share_bin(share) == "76-100%"
+    heat = budget_heatmap(trials_frame([trial("over", params=row, dev=0.6, test=0.6)]),
+                          shape=MINILM_L6)  # fmt: skip
+    assert heat.counts.loc["no fusion", "76-100%"] == 1
+    with pytest.raises(ValueError, match="share=1.05"):
+        share_bin(1.05)
 
 
 def test_e5_time_to_target_reads_the_curve():

@@ -209,7 +209,7 @@ def test_the_startup_is_stratified_over_methods_then_lora_share_bins(
 ) -> None:
     """Optuna walks each enqueued point to its split; the first points give every method its
     turn in rotation and reach every LoRA-share bin the space has (issue: 904 of 1,000 fusion)."""
-    from search_spaces.accounting import LORA_SHARE_BINS, lora_module_params, share_bin
+    from search_spaces.accounting import LORA_SHARE_BINS, lora_share, share_bin
 
     points = space.startup_points(30, seed=0)
     assert points == space.startup_points(30, seed=0)  # seeded
@@ -220,9 +220,8 @@ def test_the_startup_is_stratified_over_methods_then_lora_share_bins(
     for _ in points:
         params = space(study.ask())
         config = method_config_from_params(params, num_labels=2, head="mean")
-        strata.append(
-            (params["method"], share_bin(lora_module_params(config, MINILM_L6) / 600_000))
-        )
+        counted = BUDGET.params(count_params(config, MINILM_L6))
+        strata.append((params["method"], share_bin(lora_share(config, MINILM_L6, counted) or 0)))
     methods = [m for m, _ in strata]
     assert {methods.count(m) for m in ("lora", "fusion", "lora_fusion")} == {10}
     assert len(set(methods[:3])) == 3  # each method once in every three
