@@ -20,8 +20,8 @@ from trainables.backbones import load_backbone
 from trainables.fused_pool import WEIGHTS_KEY, FusedPool
 from trainables.loop import FitResult, fit
 from trainables.methods import build_model
-from trainables.prepared import PreparedData
-from trainables.recipe import split_config, train_rows
+from trainables.prepared import PreparedData, train_rows
+from trainables.recipe import split_config
 
 DATA = PreparedData(task="synthetic", task_kind="classification", metric="accuracy",
                     num_labels=2, train=TRAIN, dev=DEV, test=DEV)  # fmt: skip

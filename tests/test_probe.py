@@ -39,3 +39,16 @@ def test_the_probe_is_cached_per_backbone_and_rows_and_every_trial_records_it(
     fewer = PreparedData(**{**vars(data()), "train": TRAIN.select(np.arange(100))})
     with_probe(fewer, "tiny-bert")
     assert len(list((tmp_path / "baselines").glob("*.json"))) == 2  # other rows, another entry
+
+
+def test_a_trial_on_a_subset_records_the_probe_of_that_many_rows_or_none(tmp_path, monkeypatch):
+    """E2's 128-example arm is held to a probe trained on 128 rows, not on the whole split."""
+    from trainables.prepared import subsample
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    full = with_probe(data(), "tiny-bert", sizes=(40,))
+    forty = subsample(full, 40, seed=2)  # a trial's own subset (its seed), the size's probe
+    assert forty.reference == full.probes_at[40] != full.reference
+    assert forty.baselines()["dev_probe_score"] == full.probes_at[40]["dev_probe_score"]
+    assert "dev_probe_score" not in subsample(full, 30, seed=0).reference  # no probe at 30 rows
+    assert subsample(full, None, seed=0).reference == full.reference

@@ -56,8 +56,8 @@ from trainables.fused import (
 from trainables.inference import SDPA_BACKENDS, synchronize, uses_bf16
 from trainables.loop import _lr_factor, _Plan
 from trainables.model import PeftClassifier
-from trainables.prepared import PreparedData
-from trainables.recipe import final_metrics, split_config, train_rows
+from trainables.prepared import PreparedData, train_rows
+from trainables.recipe import final_metrics, split_config
 from trainables.train_config import TrainConfig
 
 # What a pool's trials share: the fused step's shapes and precision (each has its own schedule)

@@ -27,7 +27,7 @@ from trainables.data.encoded import Encoded
 from trainables.data.tokenize import default_cache_dir
 from trainables.inference import predict, score, task_loss
 from trainables.model import masked_mean
-from trainables.prepared import PreparedData
+from trainables.prepared import PreparedData, subsample
 from trainables.zero_shot import Embed, applies, zero_shot_scores
 
 STEPS = 300  # full-batch Adam steps: a linear head on a few hundred features converges well before
@@ -103,13 +103,18 @@ def cached_zero_shot_scores(
                    bert)  # fmt: skip
 
 
-def with_probe(data: PreparedData, backbone: str) -> PreparedData:
+def with_probe(data: PreparedData, backbone: str, *, sizes: tuple[int, ...] = ()) -> PreparedData:
     """``data`` carrying its head-only probe scores and, where it applies, its zero-shot cosine
-    scores (``reference``), computed on the real backbone (cached), on the GPU where there is one."""
+    scores (``reference``), computed on the real backbone (cached), on the GPU where there is one.
+    ``sizes``: the training subsets trials draw (``train_samples``); each gets a probe trained on
+    that many rows (seed 0's subset), so a 128-example trial is not held to a probe on 60,000."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     reference = {**cached_probe_scores(data, backbone=backbone, device=device),
                  **cached_zero_shot_scores(data, backbone=backbone, device=device)}  # fmt: skip
-    return dataclasses.replace(data, reference=reference)
+    probes_at = {int(k): cached_probe_scores(subsample(data, k, seed=0), backbone=backbone,
+                                             device=device)
+                 for k in sorted(set(sizes)) if k < len(data.train)}  # fmt: skip
+    return dataclasses.replace(data, reference=reference, probes_at=probes_at)
 
 
 def _cached(

@@ -8,7 +8,6 @@ resume from comes in as a folder.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import tempfile
@@ -18,19 +17,17 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
 from search_spaces.spaces import default_lr
 from trainables.backbones import load_backbone
-from trainables.data.splits import stratified_order
 from trainables.faults import inject_fault
 from trainables.flops import trial_mfu
 from trainables.loop import evaluate, fit, measure_latency
 from trainables.methods import build_model
-from trainables.prepared import PreparedData
+from trainables.prepared import PreparedData, subsample
 from trainables.source_store import check_intact
 from trainables.train_config import TrainConfig
 
@@ -149,21 +146,6 @@ def run_trial(
         last.update({**counts, "status": "oom", "peak_mem_mib": result.peak_mem_mib})
         report(last, None)
     return last
-
-
-def subsample(data: PreparedData, k: int | None, *, seed: int) -> PreparedData:
-    """Keep ``k`` training examples: stratified, seeded and nested (128 inside 512 for a seed)."""
-    if k is None or k >= len(data.train):
-        return data
-    return dataclasses.replace(data, train=data.train.select(train_rows(data, k, seed=seed)))
-
-
-def train_rows(data: PreparedData, k: int | None, *, seed: int) -> np.ndarray:
-    """The rows of ``data.train`` that :func:`subsample` keeps, in order (all for ``k=None``)."""
-    if k is None or k >= len(data.train):
-        return np.arange(len(data.train))
-    stratify = data.task_kind == "classification"
-    return np.sort(stratified_order(data.train.labels, seed=seed, stratify=stratify)[: int(k)])
 
 
 def run_fused(

@@ -307,7 +307,7 @@ def search(
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from trainables.backbones import load_backbone
-    from trainables.recipe import subsample
+    from trainables.prepared import subsample
 
     first, cuda = plans[0], device.startswith("cuda")
     rows = first.rows

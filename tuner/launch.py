@@ -40,6 +40,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     from tuner.prepare import prepare
     from tuner.runner import build_scheduler, build_searcher, connect_ray, print_summary
     from tuner.sources import ensure_source_adapters
+    from tuner.space import train_sizes
 
     paths = study_paths(exp, preset, args.storage, args.tracking_uri)
     files = StudyFiles(paths.storage, paths.name)
@@ -60,7 +61,8 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
         train_samples=exp.train_samples, data_dir=args.data_dir, extra_tests=exp.extra_tests,
     )  # fmt: skip
     log(f"train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,} examples")
-    data = with_probe(data, exp.backbone)  # did it learn? the frozen baselines, once (cached)
+    # did it learn? the frozen baselines, once (cached), also per training subset an arm draws
+    data = with_probe(data, exp.backbone, sizes=train_sizes(space))
     log("frozen-backbone baselines (head-only probe; zero-shot cosine for sentence pairs): "
         + ", ".join(f"{k}={v:.4f}" for k, v in data.reference.items()))  # fmt: skip
     train.eval_steps(train.total_steps(len(data.train)))  # more evals than steps: not per trial

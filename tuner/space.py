@@ -69,6 +69,12 @@ class ExperimentSpace:
         return params
 
 
+def train_sizes(space: ExperimentSpace) -> tuple[int, ...]:
+    """The training subsets (``train_samples``) a grid's arms draw, e.g. E2's 128 .. 5,000."""
+    configs = getattr(space.inner, "configs", ())
+    return tuple(sorted({int(c["train_samples"]) for c in configs if c.get("train_samples")}))
+
+
 def startup_points(space: ExperimentSpace, n: int, *, seed: int) -> list[dict[str, Any]]:
     """What the search enqueues for its start-up (a budget split's stratified splits), else []."""
     inner = getattr(space.inner, "startup_points", None)
