@@ -165,7 +165,9 @@ def setup_line(study: Study) -> str:
     search = plan.get("search") or {}
     parts = [f"task {plan.get('task') or _one(trials, 'task')}",
              f"backbone {plan.get('backbone') or _one(trials, 'backbone')}"]  # fmt: skip
-    if search.get("budget_params"):
+    if search.get("match_budget") is False:
+        parts.append("no budget match: each arm at the size it names")
+    elif search.get("budget_params"):
         tolerance = float(search.get("tolerance") or 0) * 100
         parts.append(f"budget {int(search['budget_params']):,} {search.get('accounting', 'trainable')}"
                      f" parameters ±{tolerance:g}%")  # fmt: skip
@@ -175,8 +177,15 @@ def setup_line(study: Study) -> str:
         parts.append(f"{plan['num_samples']} trials{phase}")
     if plan.get("scheduler"):
         parts.append(f"scheduler {plan['scheduler']} (grace {plan.get('grace_period')})")
-    parts.append(f"train rows {plan['train_samples']:,}" if plan.get("train_samples") else
-                 "the whole train split")  # fmt: skip
+    arm_rows = sorted({int(a["train_samples"]) for a in search.get("configs") or ()
+                       if a.get("train_samples")})  # fmt: skip
+    if arm_rows:
+        parts.append(f"train rows per arm {', '.join(f'{k:,}' for k in arm_rows)}")
+    else:
+        parts.append(f"train rows {plan['train_samples']:,}" if plan.get("train_samples") else
+                     "the whole train split")  # fmt: skip
+    if search.get("kind") == "grid" and int(search.get("lr_points") or 1) > 1:
+        parts.append(f"{search['lr_points']} learning rates per arm over its method's range")
     train = plan.get("train") or {}
     if train.get("epochs"):
         epochs = float(train["epochs"])

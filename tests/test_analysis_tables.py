@@ -280,3 +280,21 @@ def test_an_arm_is_its_rate_chosen_on_dev_not_a_mean_over_its_rates():
     table = arm_table(trials_frame(records), keys=("placement",), score="test_score").data
     (row,) = table.to_dict("records")
     assert row["lr"] == 1e-3 and row["n_seeds"] == 3 and row["mean"] == pytest.approx(80.0)
+
+
+def test_the_setup_line_says_what_the_plan_ran():
+    """No budget where arms keep their sizes; E2's per-arm training sizes; the rates per arm."""
+    from analysis.sections import setup_line
+    from analysis.trials import Study
+    from tuner.experiment import get_experiment
+
+    def line(name):
+        plan = get_experiment(name).to_dict()
+        empty = trials_frame([])
+        return setup_line(Study(name, empty, empty, completeness(name, empty, plan), plan=plan))
+
+    glue = line("glue_methods_cola")
+    assert "no budget match" in glue and "budget 500,000" not in glue
+    e2 = line("e2_few_shot")
+    assert "train rows per arm 128, 512, 1,000, 5,000" in e2 and "whole train split" not in e2
+    assert "3 learning rates per arm" in e2 and "budget 600,000 trainable parameters ±5%" in e2
