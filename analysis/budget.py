@@ -18,7 +18,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.params import param_text
-from analysis.selection import POINTS, SELECT_BY, completed, not_completed
+from analysis.selection import (
+    POINTS,
+    SELECT_BY,
+    completed,
+    config_key,
+    not_completed,
+    with_seed,
+)
 from analysis.tables import Table
 from search_spaces.accounting import LORA_SHARE_BINS, ParamCount, lora_module_params, lora_share
 from search_spaces.errors import ConfigError
@@ -110,14 +117,23 @@ def best_splits(
     trials: pd.DataFrame, *, shape: BackboneShape | None = None, score: str = "test_score",
     top: int = 10,
 ) -> Table:  # fmt: skip
-    """The ``top`` completed splits by dev score, with their test score (points) and LoRA share."""
+    """The ``top`` completed splits by mean dev score over their seeds (a split the seeds phase
+    re-ran is one row, ``seeds`` > 1), with their mean test score (points) and LoRA share."""
     done = with_split(completed(trials), shape)
-    cols = [c for c in SPLIT_COLUMNS if c in done] + ["lora_share", "fusion_lump", "dev", "score"]
+    cols = [c for c in SPLIT_COLUMNS if c in done] + ["lora_share", "fusion_lump", "seeds", "dev",
+                                                      "score"]  # fmt: skip
     if done.empty or SELECT_BY not in done:
         return Table("e4_splits", pd.DataFrame(columns=cols), len(not_completed(trials)))
-    done = done.assign(dev=done[SELECT_BY] * POINTS,
-                       score=done[score] * POINTS if score in done else np.nan)  # fmt: skip
-    data = done.sort_values(["dev", "trial_id"], ascending=[False, True]).head(top)[cols]
+    done = with_seed(done).assign(
+        dev=done[SELECT_BY] * POINTS, score=done[score] * POINTS if score in done else np.nan,
+        _config=config_key(done),
+    )  # fmt: skip
+    means = done.groupby("_config", sort=False).agg(
+        dev=("dev", "mean"), score=("score", "mean"), seeds=("seed", "nunique")
+    )
+    first = done.drop(columns=["dev", "score"]).drop_duplicates("_config").set_index("_config")
+    data = first.join(means).sort_values(["dev", "trial_id"], ascending=[False, True])
+    data = data.head(top)[cols]
     note = "" if shape else "backbone shape unknown: LoRA share not computed"
     return Table("e4_splits", data.reset_index(drop=True), len(not_completed(trials)), note=note)
 

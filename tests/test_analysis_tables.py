@@ -101,8 +101,8 @@ def test_e4_heat_map_cells_and_best_split():
     lora, mix, fus = ({"trainable_params": n} for n in (3906, 3714, 3202))
     records = [
         trial("lora", params={"method": "lora", "rank": 15, **base, **lora}, dev=0.6, test=0.60),
-        trial("mix1", params={"method": "lora_fusion", "rank": 2, **base, **fused, **mix}, dev=0.7, test=0.70),
-        trial("mix2", params={"method": "lora_fusion", "rank": 2, **base, **fused, **mix}, dev=0.65, test=0.72),
+        trial("mix1", params={"method": "lora_fusion", "rank": 2, **base, **fused, **mix, "lr": 1e-3}, dev=0.7, test=0.70),
+        trial("mix2", params={"method": "lora_fusion", "rank": 2, **base, **fused, **mix, "lr": 2e-3}, dev=0.65, test=0.72),
         trial("fus", params={"method": "fusion", **base, **fused, **fus}, dev=0.5, test=0.50),
         trial("stop", params={"method": "fusion", **base, **fused, **fus}, dev=0.99, status="stopped"),
     ]  # fmt: skip
@@ -117,6 +117,12 @@ def test_e4_heat_map_cells_and_best_split():
     splits = best_splits(trials, shape=TINY_BERT)
     assert splits.data["trial_id"].tolist()[:2] == ["mix1", "mix2"]  # ranked on dev, not test
     assert splits.left_out == 1
+    # the seeds phase's re-run of mix1 on seed 1 joins mix1's row: one split, its mean over seeds
+    again = trial("mix1s1", params={"method": "lora_fusion", "rank": 2, **base, **fused, **mix,
+                                    "lr": 1e-3, "seed": 1}, dev=0.58, test=0.74)  # fmt: skip
+    rows = best_splits(trials_frame([*records, again]), shape=TINY_BERT).data
+    assert rows["trial_id"].tolist()[:2] == ["mix2", "mix1"]  # mix1's mean dev is now 64.0
+    assert rows.loc[1, ["seeds", "dev", "score"]].tolist() == pytest.approx([2, 64.0, 72.0])
     by_rank = budget_heatmap(trials, shape=None)
     assert by_rank.x_label == "LoRA rank" and list(by_rank.values.columns) == [0, 2, 15]
 
