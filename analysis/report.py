@@ -18,6 +18,7 @@ from pathlib import Path
 from analysis import markdown as md
 from analysis import sections
 from analysis.families import combine
+from analysis.rates import edge_note
 from analysis.trials import SEEDS_SUFFIX, Study, load_mlflow, load_tune_folder
 from search_spaces.errors import ConfigError, one_of
 from tuner.cli import run_cli
@@ -128,6 +129,8 @@ def build(study: Study, out: Path) -> str:
     if score != "test_score":
         lines += ["_No completed trial reported test_score: tables use dev_score._", ""]
     lines += [*sections.learned(study), ""]
+    if note := edge_note(study.trials):
+        lines += [*note, ""]
     lines += [*sections.methods(study), ""]
     section = sections.SECTIONS.get(study.experiment)
     if section is not None:

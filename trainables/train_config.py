@@ -27,7 +27,9 @@ class TrainConfig:
     The defaults are the PEFT norms for BERT-size encoders: LoRA (Hu et al. 2021, RoBERTa-base GLUE)
     used 4e-4..5e-4 and bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021) 1e-4..1e-3,
     and a one-epoch LoRA run on SST-2 with the embedded MiniLM was best at 1e-3 (docs/BENCHMARKS.md:
-    3e-4 underfits); full fine-tuning wants ~2e-5 and must set ``lr`` itself (the spaces do). Warm-up
+    3e-4 underfits); full fine-tuning wants ~2e-5. A trial config without ``lr`` gets its own
+    method's default instead (the middle of its range, ``trainables.recipe.split_config``), so this
+    one serves only code that builds a TrainConfig without a method (benchmarks). Warm-up
     6 % and weight decay 0.01 follow RoBERTa / LoRA; clipping at 1.0 follows BERT.
     """
 
