@@ -58,8 +58,12 @@ def e1(study: Study, out: Path, score: str) -> list[str]:
 
 def e2(study: Study, out: Path, score: str) -> list[str]:
     table = few_shot_table(study.trials, score=score)
-    lines = ["## E2: score vs training examples", "", md.frame(table.data), "",
-             md.table_notes(table)]  # fmt: skip
+    formats = {c: ".2f" for c in ("mean", "std", "min", "max", "probe")}
+    lines = ["## E2: score vs training examples", "",
+             f"Per method and training size: {score} (points) over seeds of the rate dev chose, "
+             "and the head-only probe trained on as many rows (blank where the study predates "
+             "per-size probes).", "",
+             md.frame(table.data, formats={**formats, "lr": ".1e"}), "", md.table_notes(table)]  # fmt: skip
     if not table.data.empty:
         lines += [
             "",

@@ -74,14 +74,22 @@ def method_task_table(trials: pd.DataFrame, *, score: str = "test_score") -> Tab
 
 
 def few_shot_table(trials: pd.DataFrame, *, score: str = "test_score") -> Table:
-    """E2: per (method, train_samples) the score's mean, std, min and max over seeds."""
-    cols = ["method", "train_samples", "mean", "std", "min", "max", "n_seeds"]
+    """E2: per (method, train_samples) the score's mean, std, min and max over seeds, the rate
+    dev chose (``lr``) and the head-only probe trained on that many rows (``probe``, points)."""
+    cols = ["method", "train_samples", "lr", "mean", "std", "min", "max", "n_seeds", "probe"]
+    probe = score.replace("_score", "_probe_score")
     missing = _absent(trials, ("method", "train_samples", score))
     chosen = select_configs(trials, ["method", "train_samples"])
     if missing or chosen.empty:
         return Table("e2_few_shot", pd.DataFrame(columns=cols), len(not_completed(trials)), missing)
     rows = [
-        {"method": m, "train_samples": int(k), **_spread(g[score])}
+        {
+            "method": m,
+            "train_samples": int(k),
+            "lr": g["lr"].iloc[0] if "lr" in g else np.nan,
+            **_spread(g[score]),
+            "probe": g[probe].median() * POINTS if probe in g else np.nan,
+        }  # fmt: skip
         for (m, k), g in chosen.groupby(["method", "train_samples"], sort=True)
     ]
     return Table("e2_few_shot", pd.DataFrame(rows)[cols], len(not_completed(trials)))

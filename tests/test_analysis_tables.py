@@ -47,11 +47,17 @@ def test_e1_mean_std_best_and_dev_selected_lr():
 
 
 def test_e2_spread_per_method_and_size():
-    records = [run(m, s, 0.5 + 0.1 * s + (0.05 if m == "lora_fusion" else 0), train_samples=k)
+    def probe(k):  # what a linear head scores on k rows: every trial of size k records it
+        return {"dev_probe_score": k / 1000, "test_probe_score": k / 1000}
+
+    records = [trial(f"{m}-{k}-{s}", params={"method": m, "seed": s, "train_samples": k, "lr": 1e-3},
+                     dev=0.5 + 0.1 * s, test=0.5 + 0.1 * s + (0.05 if m == "lora_fusion" else 0),
+                     final=probe(k))
                for m in ("lora", "lora_fusion") for k in (128, 512) for s in range(3)]  # fmt: skip
     d = few_shot_table(trials_frame(records)).data
     row = d[(d["method"] == "lora_fusion") & (d["train_samples"] == 512)].iloc[0]
     assert (row["mean"], row["min"], row["max"]) == pytest.approx((65.0, 55.0, 75.0))
+    assert (row["lr"], row["probe"]) == pytest.approx((1e-3, 51.2))  # the probe of 512 rows
     assert row["std"] == pytest.approx(10.0)
     assert len(d) == 4
 
