@@ -32,7 +32,7 @@ def combine(family: str, members: Sequence[str], load: Callable[[str], Study]) -
             "members": [s.plan for s in studies]}  # fmt: skip
     source = SOURCE_SEPARATOR.join(s.source for s in studies)
     return Study(family, trials, history, merge([s.completeness for s in studies], family, absent),
-                 plan, source)  # fmt: skip
+                 plan, source, tuple(run for s in studies for run in s.mlflow_runs))  # fmt: skip
 
 
 def merge(parts: Sequence[Completeness], family: str, absent: Sequence[str]) -> Completeness:

@@ -18,6 +18,7 @@ from pathlib import Path
 from analysis import markdown as md
 from analysis import sections
 from analysis.families import combine
+from analysis.publish import attach_report
 from analysis.rates import edge_note
 from analysis.trials import SEEDS_SUFFIX, Study, load_mlflow, load_tune_folder
 from search_spaces.errors import ConfigError, one_of
@@ -160,6 +161,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out or Path("reports") / experiment)
     report = build(study, out)
     (out / "report.md").write_text(report)
+    for problem in attach_report(study, out):
+        print(f"warning: {problem}", file=sys.stderr)
     print(out / "report.md")
     return 0
 

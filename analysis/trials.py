@@ -24,6 +24,7 @@ import pandas as pd
 from analysis.completeness import Completeness, completeness
 from analysis.params import param_text, parse_param
 from search_spaces.errors import ConfigError
+from tuner.study import PARENT_RUN_FILE
 from tuner.tracking import PARAM_KEYS, STEP_KEY, numeric_metrics, trial_status
 
 ID_COLUMNS = ("trial_id", "status", "fidelity", "evaluation")
@@ -51,6 +52,8 @@ class Study:
     completeness: Completeness
     plan: Mapping[str, Any] = field(default_factory=dict)  # the resolved experiment, if recorded
     source: str = ""
+    # the study's MLflow parent run(s), as (tracking URI, run id), where known: the report goes there
+    mlflow_runs: tuple[tuple[str, str], ...] = ()
 
 
 def build_frames(records: Iterable[TrialRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -84,10 +87,12 @@ def _columns(rows: list[dict], first: list[str]) -> list[str]:
 
 
 def make_study(
-    experiment: str, records: list[TrialRecord], plan: Mapping[str, Any], source: str
-) -> Study:
+    experiment: str, records: list[TrialRecord], plan: Mapping[str, Any], source: str,
+    mlflow_runs: tuple[tuple[str, str], ...] = (),
+) -> Study:  # fmt: skip
     trials, history = build_frames(records)
-    return Study(experiment, trials, history, completeness(experiment, trials, plan), plan, source)
+    return Study(experiment, trials, history, completeness(experiment, trials, plan), plan, source,
+                 mlflow_runs)  # fmt: skip
 
 
 # --- MLflow -----------------------------------------------------------------------------------
@@ -120,7 +125,8 @@ def load_mlflow(
             records.append(_mlflow_record(client, run))
     plan = _mlflow_plan(client, parents[0].info.run_id)
     ids = ",".join(p.info.run_id for p in parents)
-    return make_study(experiment_name, records, plan, f"mlflow {tracking_uri} parent run {ids}")
+    return make_study(experiment_name, records, plan, f"mlflow {tracking_uri} parent run {ids}",
+                      tuple((tracking_uri, p.info.run_id) for p in parents))  # fmt: skip
 
 
 def _parents(client: Any, experiment_id: str, name: str, run_id: str | None, every: bool) -> list:
@@ -184,7 +190,10 @@ def load_tune_folder(path: str | Path) -> Study:
     name = plan.get("name") or folder.name.rsplit("-", 1)[0]
     states = {k: v for phase in phases for k, v in _tune_states(phase).items()}
     records = [_tune_record(d, states) for d in trial_dirs]
-    return make_study(name, records, plan, f"tune folder {folder}")
+    parent = folder / PARENT_RUN_FILE  # tuner.launch keeps the parent run's id beside the trials
+    runs = ((str(recorded["tracking_uri"]), parent.read_text().strip()),) if (
+        parent.exists() and recorded.get("tracking_uri")) else ()  # fmt: skip
+    return make_study(name, records, plan, f"tune folder {folder}", runs)
 
 
 SEEDS_SUFFIX = "-seeds"  # tuner.launch names the seeds phase's Tune run "<study>-seeds"

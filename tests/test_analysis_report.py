@@ -3,12 +3,14 @@ layout; the report CLI on it; bad input exits 2 with one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from analysis import sections
 from analysis.hypotheses import BY_EXPERIMENT
@@ -179,6 +181,12 @@ def test_report_cli_writes_markdown_and_figures(stores, tmp_path, capsys):
     for name in ("pareto.png", "e2_few_shot.png"):
         assert (out_tune / name).stat().st_size > 1000
     assert not (out_tune / "pareto_optuna.png").exists()  # one Pareto picture, not two
+    # the report and its figures, back on the study's MLflow parent run (the UI shows them there)
+    client = MlflowClient(stores.uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                                   "tags.role = 'study'")  # fmt: skip
+    attached = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/pareto.png", "report/e2_few_shot.png"} <= attached
     same = [line for line in (out_mlflow / "report.md").read_text().splitlines()
             if not line.startswith("Source:")]  # fmt: skip
     assert same == [line for line in report.splitlines() if not line.startswith("Source:")]
@@ -243,3 +251,14 @@ def test_every_experiment_has_a_section_and_its_hypotheses(name, tmp_path):
         assert f"| {hypothesis} | " in report
     if name == "e4_budget":
         assert (tmp_path / "e4_heatmap.png").stat().st_size > 1000
+
+
+def test_a_store_that_cannot_take_the_report_costs_one_line_not_the_report(stores, tmp_path):
+    from analysis.publish import attach_report
+
+    study = load_mlflow(stores.uri, EXPERIMENT)
+    (tmp_path / "report.md").write_text("# r\n")
+    assert attach_report(study, tmp_path) == []  # the real parent takes it
+    gone = dataclasses.replace(study, mlflow_runs=((stores.uri, "0" * 32),))
+    (problem,) = attach_report(gone, tmp_path)
+    assert problem.startswith(f"report not attached to MLflow run {'0' * 32} at {stores.uri}: ")

@@ -152,3 +152,7 @@ def test_the_report_reads_the_real_study(study):
     assert int(h3.split("|")[5]) >= 3  # pairs: the seeds phase answers H3 from this study alone
     assert all(trial_id in report for trial_id in stopped)  # listed as left out, never scored
     assert (out / "pareto.png").stat().st_size > 0 and (out / "e4_heatmap.png").stat().st_size > 0
+    # read from the Tune folder, the report still reaches the study's MLflow parent run
+    client = MlflowClient(f"sqlite:///{tmp / 'results' / 'mlflow.db'}")
+    parent = (tmp / "results" / "e4_budget-smoke" / "mlflow_parent_run.txt").read_text().strip()
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parent, "report")}

@@ -22,10 +22,8 @@ from tuner.experiment import Experiment
 from tuner.mlflow_views import describe_study, record_outcome, trials_link, ui_address
 from tuner.provenance import provenance
 from tuner.reconcile import closes_parent, parent_opened
-from tuner.study import Resources, StudyFiles, study_paths
+from tuner.study import PARENT_RUN_FILE, Resources, StudyFiles, study_paths
 from tuner.tracking import connect, ensure_experiment
-
-PARENT_RUN_FILE = "mlflow_parent_run.txt"
 
 
 @closes_parent  # a study that raises leaves no RUNNING parent run

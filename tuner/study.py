@@ -15,6 +15,7 @@ from search_spaces.errors import ConfigError
 from tuner.experiment import Experiment
 
 DEFAULT_GPUS_PER_TRIAL = 0.125
+PARENT_RUN_FILE = "mlflow_parent_run.txt"  # the study's MLflow parent run id, in its folder
 DEFAULT_RESULTS = Path(os.environ.get("PEFT_TUNE_RESULTS", Path.home() / "peft-tune-results"))
 
 
