@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.errors import ConfigError
-from tuner.bench_packing import FUSED_SEEDS
-from tuner.cli import add_set_argument, run_cli
+from tuner.bench.packing import FUSED_SEEDS
+from tuner.cli import add_set_argument
 
 SUITES = ("trial", "packing", "search", "hpsearch")
 DEFAULT_TRIAL_SETTINGS = "trainer-bs32,ours-bs32,ours-bs128,ours-bs128-bf16w,trainer-bs128"
@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--settings", default=DEFAULT_TRIAL_SETTINGS,
-                   help="trial suite: comma-separated names of tuner.bench_trial.SETTINGS")  # fmt: skip
+                   help="trial suite: comma-separated names of tuner.bench.trial.SETTINGS")  # fmt: skip
     p.add_argument("--seeds", default="0", help="trial suite: comma-separated seeds per setting")
     p.add_argument("--levels", default="1,2,4,8,16", help="packing: concurrent trials per GPU")
     p.add_argument("--batch-size", type=int, default=32, help="packing: per trial")
@@ -189,7 +189,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def trial_suite(args: argparse.Namespace, record: Record) -> None:
-    from tuner.bench_trial import SETTINGS, TrialRow, Workload, finish_rows, run_setting
+    from tuner.bench.trial import SETTINGS, TrialRow, Workload, finish_rows, run_setting
 
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
     unknown = [n for n in names if n not in SETTINGS]
@@ -215,14 +215,14 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     from trainables.backbones import load_backbone
     from trainables.data.tokenize import cache_stats
     from trainables.flops import device_peak_flops
-    from tuner.bench_packing import (
+    from tuner.bench.packing import (
         best_gpus_per_trial,
         mps_daemon,
         run_level,
         save_data,
         with_speedups,
     )  # fmt: skip
-    from tuner.bench_packing_tune import check_via, measure_tune
+    from tuner.bench.packing_tune import check_via, measure_tune
 
     via = check_via(args.via)
     levels = _levels(args.levels)
@@ -294,7 +294,7 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
 
 
 def search_suite(args: argparse.Namespace, record: Record) -> None:
-    from tuner.bench_search import compare_studies
+    from tuner.bench.search import compare_studies
 
     studies = {}
     for item in args.study:
@@ -311,7 +311,7 @@ def search_suite(args: argparse.Namespace, record: Record) -> None:
 def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:
     """A finished study's configs run the usual way (``Trainer.hyperparameter_search`` on Ray
     Tune, one trial per GPU): per-trial dev scores beside the study's, trials per GPU-hour."""
-    from tuner.bench_hpsearch import baseline_of_study
+    from tuner.bench.hpsearch import baseline_of_study
     from tuner.experiment import get_experiment
     from tuner.overrides import apply_sets, parse_sets
 
@@ -374,7 +374,3 @@ def _command(argv: list[str]) -> str:
 
 def _log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

@@ -5,7 +5,7 @@ one trial per GPU at a time (``{"gpu": 1}`` per trial; on CPU, ``gpus`` trials a
 Measured: each trial's final dev score (the task's metric on the study's dev split after the
 trial's last evaluation, the one at its last step), its wall seconds, and the search's trials
 completed per GPU-hour, ``completed / (wall_h * gpus)`` with ``wall`` from the first trial's start
-to the last trial's last report, as :func:`tuner.bench_search.search_row` measures a study. Each
+to the last trial's last report, as :func:`tuner.bench.search.search_row` measures a study. Each
 baseline trial is then paired with the study's trial of the same configuration.
 
 The same on both sides: the training rows (prepared as ``tuner.launch`` prepares them, then the
@@ -31,9 +31,7 @@ from search_spaces.errors import ConfigError
 from search_spaces.method_config import FUSION_METHODS
 from trainables.prepared import PreparedData
 from trainables.train_config import TrainConfig
-from tuner.bench_search import TrialHistory, load_study, search_row
-from tuner.experiment import Experiment
-from tuner.hpsearch_baseline import (
+from tuner.bench.hpsearch_baseline import (
     BOOKKEEPING_KEYS,
     CONFIG_KNOBS,
     BaselineRun,
@@ -42,6 +40,8 @@ from tuner.hpsearch_baseline import (
     connect,
     run_baseline,
 )
+from tuner.bench.search import TrialHistory, load_study, search_row
+from tuner.experiment import Experiment
 
 
 def study_trials(folder: str | Path) -> list[TrialHistory]:

@@ -15,7 +15,7 @@ has the study's seed (one data order: the K batches of a step are equally long);
 batches to the longest of them. The speed-up of every level is over one trial run alone as a
 process (the ``processes`` level 1).
 
-``python -m tuner.bench_packing worker ...`` is the worker's entry point; use ``tuner.bench``.
+``python -m tuner.bench.packing worker ...`` is the worker's entry point; use ``tuner.bench``.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def run_level(
     procs = []
     for i in range(workers):
         seed = i * fuse if fuse and fused_seeds == "distinct" else 0
-        cmd = [sys.executable, "-m", "tuner.bench_packing", "worker", "--data", str(data_file),
+        cmd = [sys.executable, "-m", "tuner.bench.packing", "worker", "--data", str(data_file),
                "--backbone", backbone, "--device", device, "--batch-size", str(batch_size),
                "--lr", str(lr), "--seed", str(seed), "--ready", str(level / f"ready-{i}"),
                "--go", str(go), "--out", str(level / f"result-{i}.json"),
@@ -306,7 +306,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuner.bench_packing")
+    p = argparse.ArgumentParser(prog="python -m tuner.bench.packing")
     sub = p.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="one packed trial (started by tuner.bench)")
     for name in ("--data", "--backbone", "--device", "--ready", "--go", "--out"):

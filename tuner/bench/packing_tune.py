@@ -1,6 +1,6 @@
 """The packing benchmark through Ray Tune (``python -m tuner.bench --suite packing --via tune``).
 
-The trials of :mod:`tuner.bench_packing`, run as a study runs them: per level ``n``, one Tune run
+The trials of :mod:`tuner.bench.packing`, run as a study runs them: per level ``n``, one Tune run
 of ``n`` identical trials of the product's trainable (:func:`trainables.trainable.tune_trial`)
 with ``{"cpu": 1, "gpu": 1/n}`` each and ``max_concurrent_trials=n``, on a loopback-only local
 Ray (:func:`tuner.runner.connect_ray`). The data are tokenised once by the parent and put in
@@ -36,7 +36,7 @@ from typing import Any
 from ray.tune import Callback
 
 from search_spaces.errors import ConfigError, one_of
-from tuner.bench_packing import PackingRow, level_row, mps_daemon, trial_config
+from tuner.bench.packing import PackingRow, level_row, mps_daemon, trial_config
 
 VIA = ("processes", "fused", "tune", "pool")
 CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
