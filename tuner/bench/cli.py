@@ -216,6 +216,7 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     from trainables.data.tokenize import cache_stats
     from trainables.flops import device_peak_flops
     from tuner.bench.packing import (
+        PackingSetup,
         best_gpus_per_trial,
         mps_daemon,
         run_level,
@@ -260,28 +261,26 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
         _log(f"  aggregate {done[-1].aggregate_samples_per_s:,.0f} samples/s{wall}")
 
     with tempfile.TemporaryDirectory(prefix="peft-tune-packing-") as tmp:
+        setup = PackingSetup(backbone=args.backbone, device=device, batch_size=args.batch_size,
+                             shape=shape, peak_flops=device_peak_flops(device),
+                             workdir=Path(tmp))  # fmt: skip
         if via in ("tune", "pool"):
-            measure_tune(levels, data=data, backbone=args.backbone, device=device,
-                         batch_size=args.batch_size, lr=1e-3, shape=shape,
-                         peak_flops=device_peak_flops(device), mps=MPS_MODES[args.mps],
-                         workdir=Path(tmp), publish=publish, log=_log,
-                         pooled=via == "pool")  # fmt: skip
+            measure_tune(levels, setup, data=data, mps=MPS_MODES[args.mps], publish=publish,
+                         log=_log, pooled=via == "pool")  # fmt: skip
             return
         data_file = save_data(data, Path(tmp) / "data.pkl")
-        common = {"data_file": data_file, "workdir": Path(tmp), "backbone": args.backbone,
-                  "device": device, "batch_size": args.batch_size, "lr": 1e-3,
-                  "peak_flops": device_peak_flops(device), "shape": shape}  # fmt: skip
 
         def measure(mps: bool) -> None:
             under = " under MPS" if mps else ""
             if via == "fused":  # one trial alone as the baseline, then each level fused
                 _log(f"packing: 1 trial alone (the baseline){under}")
-                publish(run_level(1, mps=mps, **common))
+                publish(run_level(1, setup, data_file=data_file, mps=mps))
             for n in levels:
                 fuse = min(n, args.fused_per_process or n) if via == "fused" else 0
                 how = f", fused {fuse} per process" if fuse else ""
                 _log(f"packing: {n} trial(s){how}{under}")
-                publish(run_level(n, mps=mps, fuse=fuse, fused_seeds=args.fused_seeds, **common))
+                publish(run_level(n, setup, data_file=data_file, mps=mps, fuse=fuse,
+                                  fused_seeds=args.fused_seeds))  # fmt: skip
 
         if False in MPS_MODES[args.mps]:
             measure(mps=False)
@@ -311,7 +310,7 @@ def search_suite(args: argparse.Namespace, record: Record) -> None:
 def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:
     """A finished study's configs run the usual way (``Trainer.hyperparameter_search`` on Ray
     Tune, one trial per GPU): per-trial dev scores beside the study's, trials per GPU-hour."""
-    from tuner.bench.hpsearch import baseline_of_study
+    from tuner.bench.hpsearch import BaselineSetup, baseline_of_study
     from tuner.experiment import get_experiment
     from tuner.overrides import apply_sets, parse_sets
 
@@ -320,11 +319,12 @@ def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:
         raise ConfigError("--suite hpsearch needs one --study NAME=FOLDER (a finished study) and "
                           "--experiment NAME with the study's --preset and --set")  # fmt: skip
     exp = apply_sets(get_experiment(args.experiment).with_preset(args.preset), parse_sets(args.set))
-    rows, summary = baseline_of_study(
-        folder, exp, study_name=name, max_trials=args.max_trials, device=_device(args.device),
-        gpus=1.0 if args.gpus is None else args.gpus, cpus_per_trial=args.cpus_per_trial,
-        data_dir=args.data_dir, storage=Path(args.out).resolve() / "hpsearch-tune", log=_log,
+    setup = BaselineSetup(
+        device=_device(args.device), gpus=1.0 if args.gpus is None else args.gpus,
+        cpus_per_trial=args.cpus_per_trial, storage=Path(args.out).resolve() / "hpsearch-tune",
+        max_trials=args.max_trials, data_dir=args.data_dir,
     )  # fmt: skip
+    rows, summary = baseline_of_study(folder, exp, setup, study_name=name, log=_log)
     record.set_rows([r.to_dict() for r in rows], **summary)
 
 

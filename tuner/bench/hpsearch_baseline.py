@@ -219,7 +219,7 @@ def dev_objective(metrics: dict[str, float]) -> float:
 
 
 def trainer_rows(encoded: Any, task_kind: str) -> list[dict[str, Any]]:
-    """``tuner.bench.trial.features`` rows, with float labels for regression (it casts them to int)."""
+    """``tuner.bench.trial.features`` rows, with float labels for regression (it casts to int)."""
     from tuner.bench.trial import features
 
     rows = features(encoded)
