@@ -216,7 +216,7 @@ def test_report_on_a_study_without_a_completed_trial(tmp_path: Path) -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
     from tuner.launch import parent_run
     from tuner.tracking import MlflowLogger, ensure_experiment
 

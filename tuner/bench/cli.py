@@ -311,7 +311,7 @@ def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:
     """A finished study's configs run the usual way (``Trainer.hyperparameter_search`` on Ray
     Tune, one trial per GPU): per-trial dev scores beside the study's, trials per GPU-hour."""
     from tuner.bench.hpsearch import BaselineSetup, baseline_of_study
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
     from tuner.overrides import apply_sets, parse_sets
 
     name, sep, folder = (args.study[0] if len(args.study) == 1 else "").partition("=")
