@@ -85,7 +85,8 @@ def load(args: argparse.Namespace, experiment: str) -> Study:
 
 
 def _is_family(name: str) -> bool:
-    from tuner.experiments.families import FAMILIES, get_family
+    from tuner.experiments import get_family
+    from tuner.experiments.families import FAMILIES
 
     try:
         get_family(name)  # fills the registry first
@@ -97,7 +98,8 @@ def _is_family(name: str) -> bool:
 def known_name(name: str) -> str:
     """``name`` when it is a registered experiment; else a ConfigError that lists the
     experiments and families (both are reports) and suggests the closest."""
-    from tuner.experiment import EXPERIMENTS, get_experiment
+    from tuner.experiment import EXPERIMENTS
+    from tuner.experiments import get_experiment
     from tuner.experiments.families import FAMILIES
 
     try:
@@ -149,7 +151,7 @@ def main(argv: list[str]) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    from tuner.experiments.families import get_family
+    from tuner.experiments import get_family
 
     if _is_family(args.experiment):
         experiment = args.experiment

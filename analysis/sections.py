@@ -119,7 +119,7 @@ def front_axis(study: Study) -> str:
     """The size the front trades dev score against: the study's own size objective where its
     search has one (E4 pins trainable parameters to the budget, so it is ``added_params``: what
     the frozen sources and fusion cost to store and serve), else ``trainable_params``."""
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
 
     try:
         objectives = get_experiment(study.experiment).objectives

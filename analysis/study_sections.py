@@ -131,7 +131,7 @@ def autopeft(study: Study, out: Path, score: str) -> list[str]:
 
 def study_sections() -> dict[str, Section]:
     """Experiment (or family) name -> its section; family members share the family's."""
-    from tuner.experiments.families import get_family
+    from tuner.experiments import get_family
 
     sections: dict[str, Section] = {"placement": placement, "glue_curve": glue_curve,
                                     "novelty": novelty, "autopeft": autopeft}  # fmt: skip

@@ -19,7 +19,7 @@ from analysis.synthetic import trial
 from analysis.trials import Study, load_mlflow, load_tune_folder, make_study
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
-from tuner.experiment import all_experiments, get_experiment
+from tuner.experiments import all_experiments, get_experiment
 from tuner.launch import parent_run
 from tuner.provenance import git_commit
 from tuner.tracking import MlflowLogger, ensure_experiment

@@ -18,16 +18,16 @@ from trainables.flops import (
     train_flops,
     trial_mfu,
 )
-from tuner.bench import main, markdown_table
-from tuner.bench_packing import (
+from tuner.bench.cli import main, markdown_table
+from tuner.bench.packing import (
     PackingRow,
     aggregate,
     best_gpus_per_trial,
     fused_lrs,
     with_speedups,
 )
-from tuner.bench_search import compare_studies
-from tuner.bench_trial import SETTINGS, TrialRow, TrialSetting, finish_rows, time_to_target
+from tuner.bench.search import compare_studies
+from tuner.bench.trial import SETTINGS, TrialRow, TrialSetting, finish_rows, time_to_target
 from tuner.cli import run_cli
 
 # --- flops ---------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tuner.bench import main
-from tuner.bench_hpsearch import BaselineTrial, compare, pair_trials
-from tuner.bench_search import TrialHistory, load_study
+from tuner.bench.cli import main
+from tuner.bench.hpsearch import compare, pair_trials
+from tuner.bench.hpsearch_baseline import BaselineTrial
+from tuner.bench.search import TrialHistory, load_study
 from tuner.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent

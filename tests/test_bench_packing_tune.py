@@ -18,9 +18,9 @@ import pytest
 from cluster.local import end_processes, processes_using
 from search_spaces.errors import ConfigError
 from search_spaces.shapes import MINILM_L6
-from tuner.bench import main
-from tuner.bench_packing import aggregate, level_row, most_overlapping, trial_config
-from tuner.bench_packing_tune import check_via, cpus_per_trial, trial_figures
+from tuner.bench.cli import main
+from tuner.bench.packing import aggregate, level_row, most_overlapping, trial_config
+from tuner.bench.packing_tune import check_via, cpus_per_trial, trial_figures
 from tuner.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -50,9 +50,9 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 # --- 1. --set KEY=VALUE KEY=VALUE -------------------------------------------------------------
 
 
-# every CLI with --set, and the arguments it requires besides
+# every CLI with --set (the module of its parser), and the arguments it requires besides
 SET_CLIS = {"tuner.run": [], "tuner.train": ["--task", "glue/sst2", "--method", "lora"],
-            "tuner.params": ["--method", "lora"], "tuner.bench": []}  # fmt: skip
+            "tuner.params": ["--method", "lora"], "tuner.bench.cli": []}  # fmt: skip
 
 
 @pytest.mark.parametrize("module", sorted(SET_CLIS))
@@ -216,7 +216,7 @@ def test_report_on_a_study_without_a_completed_trial(tmp_path: Path) -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
     from tuner.launch import parent_run
     from tuner.tracking import MlflowLogger, ensure_experiment
 

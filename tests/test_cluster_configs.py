@@ -120,7 +120,7 @@ def test_rayjob_structure(rayjob: dict) -> None:
 
 
 def test_rayjob_entrypoint_is_a_valid_study_command(rayjob: dict) -> None:
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
     from tuner.run import parser
 
     argv = shlex.split(rayjob["spec"]["entrypoint"])

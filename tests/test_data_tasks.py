@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from search_spaces.errors import ConfigError
-from trainables.data.loading import load_frames, resolve_task
+from trainables.data.loading import load_frames, resolve_task, task_for_folder
 from trainables.data.tasks import TASKS, Task, get_task
 
 # Row counts from /work/shared/data/MANIFEST.md. ag_news train is not in the mirror; CR and MPQA
@@ -154,7 +154,7 @@ def test_folder_of_parquet_and_csv(tmp_path: Path) -> None:
     _single(6, [0, 1, 2, 0, 1, 2]).to_parquet(tmp_path / "train.parquet")
     _single(3, [2, 1, 0]).to_csv(tmp_path / "test.csv", index=False)
     (tmp_path / "labels.json").write_text(json.dumps(["neg", "neutral", "pos"]))
-    task = Task.from_folder(tmp_path)
+    task = task_for_folder(tmp_path)
     assert (task.num_labels, task.label_names, task.metric) == (3, ("neg", "neutral", "pos"), "accuracy")  # fmt: skip
     assert task.splits == ("train", "test") and task.reported_split == "test"
     frames = load_frames(str(tmp_path))
@@ -173,7 +173,7 @@ def test_folder_pairs_with_float_labels_is_regression(tmp_path: Path) -> None:
 
 def test_folder_string_labels_become_ids(tmp_path: Path) -> None:
     _single(3, ["pos", "neg", "pos"]).to_csv(tmp_path / "train.csv", index=False)
-    task = Task.from_folder(tmp_path)
+    task = task_for_folder(tmp_path)
     assert task.label_names == ("neg", "pos")
     assert load_frames(task)["train"]["label"].tolist() == [1, 0, 1]
 
@@ -181,19 +181,19 @@ def test_folder_string_labels_become_ids(tmp_path: Path) -> None:
 def test_folder_wrong_columns_names_found_and_expected(tmp_path: Path) -> None:
     pd.DataFrame({"review": ["x"], "stars": [1]}).to_parquet(tmp_path / "train.parquet")
     with pytest.raises(ConfigError, match=r"columns \['review', 'stars'\] lack the expected \['text', 'label'\]"):  # fmt: skip
-        Task.from_folder(tmp_path)
+        task_for_folder(tmp_path)
 
 
 def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_task(str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="no train.parquet or train.csv"):
-        Task.from_folder(tmp_path)
+        task_for_folder(tmp_path)
     _single(2, [0, 1]).to_csv(tmp_path / "train.csv", index=False)
     _single(2, [0, 1]).to_parquet(tmp_path / "train.parquet")
     with pytest.raises(ConfigError, match="both"):
-        Task.from_folder(tmp_path)
+        task_for_folder(tmp_path)
     (tmp_path / "train.parquet").unlink()
     (tmp_path / "train.csv").write_text("text,label\nfine,1\nno label,\n")
     with pytest.raises(ConfigError, match="1 rows have no label"):
-        Task.from_folder(tmp_path)
+        task_for_folder(tmp_path)

@@ -7,7 +7,8 @@ from search_spaces.matching import Budget
 from search_spaces.spaces import method_config_from_params
 from trainables.backbones import load_backbone
 from trainables.data.loading import resolve_task
-from tuner.experiment import PRESETS, all_experiments
+from tuner.experiment import PRESETS
+from tuner.experiments import all_experiments
 from tuner.space import build_space, first_configs
 
 CASES = [(e.name, p) for e in all_experiments() for p in PRESETS]
@@ -60,7 +61,7 @@ def test_a_grid_study_runs_each_arm_at_its_own_rates_and_every_trial_of_it(name,
 def test_comparison_studies_choose_a_rate_per_arm_and_rerun_it_on_three_seeds():
     """Every study that compares arms tunes each arm's own learning rate (grid: lr_points >= 3,
     the others sample it per method) and re-runs each arm's best on >= 3 seeds."""
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
 
     efficiency = {"e5_efficiency"}  # a timing study: one rate per method, at its range's middle
     for exp in all_experiments():

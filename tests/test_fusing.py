@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
-from tuner.experiment import get_experiment
+from tuner.experiments import get_experiment
 from tuner.fusing import fuse_plan
 from tuner.run import main
 from tuner.space import build_space

@@ -12,7 +12,7 @@ import pytest
 
 from trainables.data.encoded import Encoded
 from trainables.prepared import PreparedData
-from tuner.experiment import get_experiment
+from tuner.experiments import get_experiment
 from tuner.launch import parent_run
 from tuner.mlflow_views import (
     KIND_TAG,

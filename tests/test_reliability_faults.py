@@ -16,7 +16,7 @@ import pytest
 from search_spaces.errors import ConfigError
 from trainables.faults import Fault, fault_for_trial, parse_fault
 from trainables.recipe import run_trial
-from tuner.experiment import get_experiment
+from tuner.experiments import get_experiment
 from tuner.overrides import apply_sets, parse_sets
 from tuner.space import build_space
 

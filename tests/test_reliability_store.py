@@ -95,7 +95,7 @@ def test_the_study_retrains_an_entry_that_failed_its_checksums(store, monkeypatc
 
     import tuner.prepare
     import tuner.sources
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
     from tuner.sources import ensure_source_adapters, needed_specs
 
     exp = get_experiment("e4_budget").with_preset("smoke")

@@ -54,7 +54,7 @@ def test_every_study_searcher_pickles_and_keeps_sampling_after_a_round_trip(tmp_
 
     import ray.cloudpickle
 
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
     from tuner.runner import build_searcher
     from tuner.space import build_space
 

@@ -4,7 +4,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search_spaces.errors import ConfigError
-from tuner.experiment import get_experiment
+from tuner.experiments import get_experiment
 from tuner.overrides import apply_sets, parse_sets
 from tuner.searcher import trial_state
 from tuner.tracking import numeric_metrics, run_name, trial_status
@@ -119,7 +119,7 @@ def test_the_seeds_phase_keeps_a_method_whose_trials_were_all_stopped():
 
 
 def test_the_seeds_phase_of_a_grid_runs_each_arms_own_best_rate_on_the_seeds_it_lacks():
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
     from tuner.launch import seeds_phase
 
     exp = get_experiment("e2_few_shot")  # grid arms (method, train_samples), seeds 0, 1, 2

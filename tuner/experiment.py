@@ -1,7 +1,8 @@
 """An experiment is a frozen dataclass; a preset is a short diff of it with reasons.
 
 Experiments register themselves (``tuner/experiments/e*.py``) with :func:`register`; the CLI and
-the tests iterate the registry.
+the tests iterate the registry through :func:`tuner.experiments.get_experiment` and
+:func:`tuner.experiments.all_experiments`, which import every experiment first.
 """
 
 from __future__ import annotations
@@ -140,15 +141,3 @@ EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 
 def register(experiment: Experiment) -> Experiment:
     return EXPERIMENTS.register(experiment.name, experiment)
-
-
-def get_experiment(name: str) -> Experiment:
-    import tuner.experiments  # noqa: F401  (fills the registry)
-
-    return EXPERIMENTS.get(name)
-
-
-def all_experiments() -> list[Experiment]:
-    import tuner.experiments  # noqa: F401
-
-    return [EXPERIMENTS.get(n) for n in EXPERIMENTS.names()]

@@ -15,7 +15,8 @@ import time
 
 from search_spaces.errors import ConfigError
 from tuner.cli import add_set_argument, run_cli
-from tuner.experiment import PRESETS, all_experiments, get_experiment
+from tuner.experiment import PRESETS
+from tuner.experiments import all_experiments, get_experiment
 from tuner.overrides import apply_sets, parse_sets
 
 

@@ -8,7 +8,6 @@ where the rows come from (local mirror, Hugging Face Hub or a user's folder) is
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from search_spaces.errors import ConfigError, one_of
@@ -120,15 +119,6 @@ class Task:
         if fixed.get("label_range") is not None:
             fixed["label_range"] = tuple(fixed["label_range"])
         return cls(**fixed)
-
-    @classmethod
-    def from_folder(cls, path: str | Path) -> Task:
-        """A task for a user's folder of ``train.*`` (+ optional ``validation.*``/``test.*``)
-        parquet or CSV files; see :func:`trainables.data.loading.read_folder`."""
-        # loading.py builds on this module, so it is imported here rather than at the top
-        from trainables.data.loading import task_for_folder
-
-        return task_for_folder(path)
 
 
 TASKS: Registry[Task] = Registry("task")

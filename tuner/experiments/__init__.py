@@ -1,5 +1,8 @@
-"""The registered experiments: importing this package registers each one (one file each)."""
+"""The registered experiments: importing this package registers each one (one file each), so the
+lookups that need the whole registry live here.
+"""
 
+from tuner.experiment import EXPERIMENTS, Experiment
 from tuner.experiments import (  # noqa: F401
     adalora,
     autopeft,
@@ -12,3 +15,22 @@ from tuner.experiments import (  # noqa: F401
     novelty,
     placement,
 )
+from tuner.experiments.families import FAMILIES
+
+
+def get_experiment(name: str) -> Experiment:
+    """The registered experiment ``name`` (an unknown name: ConfigError naming the closest)."""
+    return EXPERIMENTS.get(name)
+
+
+def all_experiments() -> list[Experiment]:
+    """Every registered experiment, in registration order."""
+    return [EXPERIMENTS.get(n) for n in EXPERIMENTS.names()]
+
+
+def get_family(name: str) -> tuple[str, ...]:
+    """The experiment names of the family ``name`` (``tuner/experiments/families.py``)."""
+    return FAMILIES.get(name)
+
+
+__all__ = ["all_experiments", "get_experiment", "get_family"]

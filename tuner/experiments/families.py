@@ -2,7 +2,8 @@
 
 A Tune study has one task, and a study's results folder is ``<experiment>-<preset>``, so each
 task is its own experiment (its own folder and MLflow experiment) and ``analysis.report FAMILY``
-combines the members it finds.
+combines the members it finds. Look a family up with :func:`tuner.experiments.get_family`
+(importing the package registers every family).
 """
 
 from __future__ import annotations
@@ -24,10 +25,4 @@ def task_suffix(task: str) -> str:
     return task.rsplit("/", 1)[-1].replace("-", "_")
 
 
-def get_family(name: str) -> tuple[str, ...]:
-    import tuner.experiments  # noqa: F401  (fills the registry)
-
-    return FAMILIES.get(name)
-
-
-__all__ = ["FAMILIES", "get_family", "register_family", "task_suffix"]
+__all__ = ["FAMILIES", "register_family", "task_suffix"]

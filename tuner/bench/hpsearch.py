@@ -5,7 +5,7 @@ one trial per GPU at a time (``{"gpu": 1}`` per trial; on CPU, ``gpus`` trials a
 Measured: each trial's final dev score (the task's metric on the study's dev split after the
 trial's last evaluation, the one at its last step), its wall seconds, and the search's trials
 completed per GPU-hour, ``completed / (wall_h * gpus)`` with ``wall`` from the first trial's start
-to the last trial's last report, as :func:`tuner.bench_search.search_row` measures a study. Each
+to the last trial's last report, as :func:`tuner.bench.search.search_row` measures a study. Each
 baseline trial is then paired with the study's trial of the same configuration.
 
 The same on both sides: the training rows (prepared as ``tuner.launch`` prepares them, then the
@@ -31,9 +31,7 @@ from search_spaces.errors import ConfigError
 from search_spaces.method_config import FUSION_METHODS
 from trainables.prepared import PreparedData
 from trainables.train_config import TrainConfig
-from tuner.bench_search import TrialHistory, load_study, search_row
-from tuner.experiment import Experiment
-from tuner.hpsearch_baseline import (
+from tuner.bench.hpsearch_baseline import (
     BOOKKEEPING_KEYS,
     CONFIG_KNOBS,
     BaselineRun,
@@ -42,6 +40,8 @@ from tuner.hpsearch_baseline import (
     connect,
     run_baseline,
 )
+from tuner.bench.search import TrialHistory, load_study, search_row
+from tuner.experiment import Experiment
 
 
 def study_trials(folder: str | Path) -> list[TrialHistory]:
@@ -189,32 +189,50 @@ def summary(run: BaselineRun, rows: list[PairRow], study: list[TrialHistory], *,
     }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class BaselineSetup:
+    """How the baseline runs a study's configs: the first ``max_trials`` (None: all) on ``gpus``
+    whole GPUs of ``device``, one trial each, ``cpus_per_trial`` CPUs each; the data from
+    ``data_dir`` (None: ``$PEFT_TUNE_DATA_DIR``), Tune's results under ``storage``."""
+
+    device: str
+    gpus: float
+    cpus_per_trial: float
+    storage: Path
+    max_trials: int | None = None
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        gpus, max_trials = self.gpus, self.max_trials
+        if gpus != int(gpus) or gpus < 1:
+            raise ConfigError(f"--gpus {gpus:g} must be a whole number >= 1: one trial per GPU")
+        if max_trials is not None and max_trials < 1:
+            raise ConfigError(f"--max-trials {max_trials} must be >= 1 (default: all the trials)")
+
+
 def baseline_of_study(
-    folder: str | Path, exp: Experiment, *, study_name: str, max_trials: int | None,
-    device: str, gpus: float, cpus_per_trial: float, data_dir: str | None, storage: Path, log: Log,
-) -> tuple[list[PairRow], dict[str, Any]]:  # fmt: skip
-    """The baseline of a finished study: its first ``max_trials`` configs (in the order the study
-    started them; all by default) run the usual way on ``gpus`` GPUs, paired with the study's
-    trials. Bad input raises ConfigError before Ray starts or data is prepared."""
+    folder: str | Path, exp: Experiment, setup: BaselineSetup, *, study_name: str, log: Log
+) -> tuple[list[PairRow], dict[str, Any]]:
+    """The baseline of a finished study: its first ``setup.max_trials`` configs (in the order the
+    study started them) run the usual way, paired with the study's trials. Bad input raises
+    ConfigError before Ray starts or data is prepared."""
     from tuner.study import Resources
 
-    cuda = device.startswith("cuda")
-    if gpus != int(gpus) or gpus < 1:
-        raise ConfigError(f"--gpus {gpus:g} must be a whole number >= 1: one trial per GPU")
-    if max_trials is not None and max_trials < 1:
-        raise ConfigError(f"--max-trials {max_trials} must be >= 1 (default: all the trials)")
-    resources = Resources(cpus_per_trial, 1.0 if cuda else 0.0)
+    cuda = setup.device.startswith("cuda")
+    resources = Resources(setup.cpus_per_trial, 1.0 if cuda else 0.0)
     study = study_trials(folder)
     recorded = check_same_data(exp, folder)
-    configs = [t.config for t in study[:max_trials]]
+    configs = [t.config for t in study[: setup.max_trials]]
     log(f"hpsearch: {len(configs)} of the study's {len(study)} configs; preparing {exp.task}")
-    data = prepare_study_data(exp, data_dir=data_dir)
-    cluster_gpus = connect(cpus_per_trial=cpus_per_trial)
-    if cuda and gpus > cluster_gpus:
-        raise ConfigError(f"--gpus {gpus:g} but the Ray cluster has {cluster_gpus:g} GPU(s)")
-    data = with_source_adapters(exp, data, configs, resources=resources, data_dir=data_dir,
+    data = prepare_study_data(exp, data_dir=setup.data_dir)
+    cluster_gpus = connect(cpus_per_trial=setup.cpus_per_trial)
+    if cuda and setup.gpus > cluster_gpus:
+        raise ConfigError(f"--gpus {setup.gpus:g} but the Ray cluster has {cluster_gpus:g} GPU(s)")
+    data = with_source_adapters(exp, data, configs, resources=resources, data_dir=setup.data_dir,
                                 tracking_uri=recorded["tracking_uri"], log=log)  # fmt: skip
-    run = run_baseline(configs, data, device=device, gpus=int(gpus), cpus_per_trial=cpus_per_trial,
-                       storage=storage, log=log)  # fmt: skip
+    run = run_baseline(configs, data, device=setup.device, gpus=int(setup.gpus),
+                       cpus_per_trial=setup.cpus_per_trial, storage=setup.storage,
+                       log=log)  # fmt: skip
     rows = pair_trials(run.trials, study)
-    return rows, summary(run, rows, study, study_name=study_name, cpus_per_trial=cpus_per_trial)
+    return rows, summary(run, rows, study, study_name=study_name,
+                         cpus_per_trial=setup.cpus_per_trial)  # fmt: skip

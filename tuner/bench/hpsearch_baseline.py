@@ -1,8 +1,8 @@
 """The usual way, run: a study's trial configurations through ``transformers.Trainer.
 hyperparameter_search(backend="ray")``, one trial per GPU, each trial's dev score and wall time
-read back from Ray Tune. :mod:`tuner.bench_hpsearch` pairs them with the study's own trials.
+read back from Ray Tune. :mod:`tuner.bench.hpsearch` pairs them with the study's own trials.
 
-What is the same on both sides and what is the usual way's own: see :mod:`tuner.bench_hpsearch`.
+What is the same on both sides and what is the usual way's own: see :mod:`tuner.bench.hpsearch`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from search_spaces.method_config import MethodConfig
 from trainables.model import PeftClassifier
 from trainables.prepared import PreparedData
 from trainables.train_config import TrainConfig
-from tuner.bench_search import load_study, per_gpu_hour
+from tuner.bench.search import load_study, per_gpu_hour
 
 Log = Callable[[str], None]
 # transformers 4.57.6 starts each Ray trial with ``ray.train.get_checkpoint()`` and reports with
@@ -219,8 +219,8 @@ def dev_objective(metrics: dict[str, float]) -> float:
 
 
 def trainer_rows(encoded: Any, task_kind: str) -> list[dict[str, Any]]:
-    """``bench_trial.features`` rows, with float labels for regression (it casts them to int)."""
-    from tuner.bench_trial import features
+    """``tuner.bench.trial.features`` rows, with float labels for regression (it casts to int)."""
+    from tuner.bench.trial import features
 
     rows = features(encoded)
     if task_kind == "regression":

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.errors import ConfigError
-from tuner.bench_packing import FUSED_SEEDS
-from tuner.cli import add_set_argument, run_cli
+from tuner.bench.packing import FUSED_SEEDS
+from tuner.cli import add_set_argument
 
 SUITES = ("trial", "packing", "search", "hpsearch")
 DEFAULT_TRIAL_SETTINGS = "trainer-bs32,ours-bs32,ours-bs128,ours-bs128-bf16w,trainer-bs128"
@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--settings", default=DEFAULT_TRIAL_SETTINGS,
-                   help="trial suite: comma-separated names of tuner.bench_trial.SETTINGS")  # fmt: skip
+                   help="trial suite: comma-separated names of tuner.bench.trial.SETTINGS")  # fmt: skip
     p.add_argument("--seeds", default="0", help="trial suite: comma-separated seeds per setting")
     p.add_argument("--levels", default="1,2,4,8,16", help="packing: concurrent trials per GPU")
     p.add_argument("--batch-size", type=int, default=32, help="packing: per trial")
@@ -189,7 +189,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def trial_suite(args: argparse.Namespace, record: Record) -> None:
-    from tuner.bench_trial import SETTINGS, TrialRow, Workload, finish_rows, run_setting
+    from tuner.bench.trial import SETTINGS, TrialRow, Workload, finish_rows, run_setting
 
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
     unknown = [n for n in names if n not in SETTINGS]
@@ -215,14 +215,15 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     from trainables.backbones import load_backbone
     from trainables.data.tokenize import cache_stats
     from trainables.flops import device_peak_flops
-    from tuner.bench_packing import (
+    from tuner.bench.packing import (
+        PackingSetup,
         best_gpus_per_trial,
         mps_daemon,
         run_level,
         save_data,
         with_speedups,
     )  # fmt: skip
-    from tuner.bench_packing_tune import check_via, measure_tune
+    from tuner.bench.packing_tune import check_via, measure_tune
 
     via = check_via(args.via)
     levels = _levels(args.levels)
@@ -260,28 +261,26 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
         _log(f"  aggregate {done[-1].aggregate_samples_per_s:,.0f} samples/s{wall}")
 
     with tempfile.TemporaryDirectory(prefix="peft-tune-packing-") as tmp:
+        setup = PackingSetup(backbone=args.backbone, device=device, batch_size=args.batch_size,
+                             shape=shape, peak_flops=device_peak_flops(device),
+                             workdir=Path(tmp))  # fmt: skip
         if via in ("tune", "pool"):
-            measure_tune(levels, data=data, backbone=args.backbone, device=device,
-                         batch_size=args.batch_size, lr=1e-3, shape=shape,
-                         peak_flops=device_peak_flops(device), mps=MPS_MODES[args.mps],
-                         workdir=Path(tmp), publish=publish, log=_log,
-                         pooled=via == "pool")  # fmt: skip
+            measure_tune(levels, setup, data=data, mps=MPS_MODES[args.mps], publish=publish,
+                         log=_log, pooled=via == "pool")  # fmt: skip
             return
         data_file = save_data(data, Path(tmp) / "data.pkl")
-        common = {"data_file": data_file, "workdir": Path(tmp), "backbone": args.backbone,
-                  "device": device, "batch_size": args.batch_size, "lr": 1e-3,
-                  "peak_flops": device_peak_flops(device), "shape": shape}  # fmt: skip
 
         def measure(mps: bool) -> None:
             under = " under MPS" if mps else ""
             if via == "fused":  # one trial alone as the baseline, then each level fused
                 _log(f"packing: 1 trial alone (the baseline){under}")
-                publish(run_level(1, mps=mps, **common))
+                publish(run_level(1, setup, data_file=data_file, mps=mps))
             for n in levels:
                 fuse = min(n, args.fused_per_process or n) if via == "fused" else 0
                 how = f", fused {fuse} per process" if fuse else ""
                 _log(f"packing: {n} trial(s){how}{under}")
-                publish(run_level(n, mps=mps, fuse=fuse, fused_seeds=args.fused_seeds, **common))
+                publish(run_level(n, setup, data_file=data_file, mps=mps, fuse=fuse,
+                                  fused_seeds=args.fused_seeds))  # fmt: skip
 
         if False in MPS_MODES[args.mps]:
             measure(mps=False)
@@ -294,7 +293,7 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
 
 
 def search_suite(args: argparse.Namespace, record: Record) -> None:
-    from tuner.bench_search import compare_studies
+    from tuner.bench.search import compare_studies
 
     studies = {}
     for item in args.study:
@@ -311,8 +310,8 @@ def search_suite(args: argparse.Namespace, record: Record) -> None:
 def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:
     """A finished study's configs run the usual way (``Trainer.hyperparameter_search`` on Ray
     Tune, one trial per GPU): per-trial dev scores beside the study's, trials per GPU-hour."""
-    from tuner.bench_hpsearch import baseline_of_study
-    from tuner.experiment import get_experiment
+    from tuner.bench.hpsearch import BaselineSetup, baseline_of_study
+    from tuner.experiments import get_experiment
     from tuner.overrides import apply_sets, parse_sets
 
     name, sep, folder = (args.study[0] if len(args.study) == 1 else "").partition("=")
@@ -320,11 +319,12 @@ def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:
         raise ConfigError("--suite hpsearch needs one --study NAME=FOLDER (a finished study) and "
                           "--experiment NAME with the study's --preset and --set")  # fmt: skip
     exp = apply_sets(get_experiment(args.experiment).with_preset(args.preset), parse_sets(args.set))
-    rows, summary = baseline_of_study(
-        folder, exp, study_name=name, max_trials=args.max_trials, device=_device(args.device),
-        gpus=1.0 if args.gpus is None else args.gpus, cpus_per_trial=args.cpus_per_trial,
-        data_dir=args.data_dir, storage=Path(args.out).resolve() / "hpsearch-tune", log=_log,
+    setup = BaselineSetup(
+        device=_device(args.device), gpus=1.0 if args.gpus is None else args.gpus,
+        cpus_per_trial=args.cpus_per_trial, storage=Path(args.out).resolve() / "hpsearch-tune",
+        max_trials=args.max_trials, data_dir=args.data_dir,
     )  # fmt: skip
+    rows, summary = baseline_of_study(folder, exp, setup, study_name=name, log=_log)
     record.set_rows([r.to_dict() for r in rows], **summary)
 
 
@@ -374,7 +374,3 @@ def _command(argv: list[str]) -> str:
 
 def _log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

@@ -15,7 +15,7 @@ has the study's seed (one data order: the K batches of a step are equally long);
 batches to the longest of them. The speed-up of every level is over one trial run alone as a
 process (the ``processes`` level 1).
 
-``python -m tuner.bench_packing worker ...`` is the worker's entry point; use ``tuner.bench``.
+``python -m tuner.bench.packing worker ...`` is the worker's entry point; use ``tuner.bench``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,21 @@ READY_TIMEOUT_S = 600.0
 POLL_S = 0.005
 FUSED_SEEDS = ("same", "distinct")  # fused bench trials: one data order, or one each
 NEAR_BEST = 0.9  # the default packing: fewest GPUs per trial reaching 90% of the best aggregate
+
+
+@dataclass(frozen=True)
+class PackingSetup:
+    """What every packed trial of a run shares: the backbone (its layer ``shape`` and the
+    device's ``peak_flops`` give the MFU), the device, the trial's batch size and learning rate,
+    and the folder for the run's files (workers' handshakes and results, Tune's storage, MPS)."""
+
+    backbone: str
+    device: str
+    batch_size: int
+    shape: Any
+    peak_flops: float | None
+    workdir: Path
+    lr: float = 1e-3  # the speed does not depend on it
 
 
 @dataclass(frozen=True)
@@ -107,35 +122,31 @@ def most_overlapping(trials: list[dict[str, Any]]) -> int:
 
 def run_level(
     n: int,
+    setup: PackingSetup,
     *,
     data_file: Path,
-    workdir: Path,
-    backbone: str,
-    device: str,
-    batch_size: int,
-    lr: float,
-    peak_flops: float | None,
-    shape: Any,
     mps: bool = False,
     fuse: int = 0,
     fused_seeds: str = "same",
 ) -> PackingRow:
-    """Start the workers of ``n`` trials, release them together, collect their results: ``n``
-    workers of one trial each, or (``fuse`` > 0) ``n / fuse`` workers of ``fuse`` fused trials."""
+    """Start the workers of ``n`` trials on the data pickled in ``data_file``, release them
+    together, collect their results: ``n`` workers of one trial each, or (``fuse`` > 0)
+    ``n / fuse`` workers of ``fuse`` fused trials."""
     if fuse and n % fuse:
         raise ValueError(f"{n} trials do not split into workers of {fuse} fused trials")
     workers = n // fuse if fuse else n
-    level = workdir / f"level-{n}{f'-fused{fuse}' if fuse else ''}{'-mps' if mps else ''}"
+    level = setup.workdir / f"level-{n}{f'-fused{fuse}' if fuse else ''}{'-mps' if mps else ''}"
     level.mkdir(parents=True, exist_ok=True)
     go = level / "go"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     procs = []
     for i in range(workers):
         seed = i * fuse if fuse and fused_seeds == "distinct" else 0
-        cmd = [sys.executable, "-m", "tuner.bench_packing", "worker", "--data", str(data_file),
-               "--backbone", backbone, "--device", device, "--batch-size", str(batch_size),
-               "--lr", str(lr), "--seed", str(seed), "--ready", str(level / f"ready-{i}"),
-               "--go", str(go), "--out", str(level / f"result-{i}.json"),
+        cmd = [sys.executable, "-m", "tuner.bench.packing", "worker", "--data", str(data_file),
+               "--backbone", setup.backbone, "--device", setup.device,
+               "--batch-size", str(setup.batch_size), "--lr", str(setup.lr), "--seed", str(seed),
+               "--ready", str(level / f"ready-{i}"), "--go", str(go),
+               "--out", str(level / f"result-{i}.json"),
                "--fuse", str(fuse), "--fused-seeds", fused_seeds]  # fmt: skip
         procs.append(subprocess.Popen(cmd, env=env))
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -148,7 +159,7 @@ def run_level(
         p.wait()
     results = [t for f in sorted(level.glob("result-*.json")) for t in json.loads(f.read_text())]
     return replace(
-        level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps,
+        level_row(n, results, shape=setup.shape, peak_flops=setup.peak_flops, mps=mps,
                   via="fused" if fuse else "processes"),
         processes=workers,
     )  # fmt: skip
@@ -306,7 +317,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuner.bench_packing")
+    p = argparse.ArgumentParser(prog="python -m tuner.bench.packing")
     sub = p.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="one packed trial (started by tuner.bench)")
     for name in ("--data", "--backbone", "--device", "--ready", "--go", "--out"):

@@ -1,6 +1,6 @@
 """The packing benchmark through Ray Tune (``python -m tuner.bench --suite packing --via tune``).
 
-The trials of :mod:`tuner.bench_packing`, run as a study runs them: per level ``n``, one Tune run
+The trials of :mod:`tuner.bench.packing`, run as a study runs them: per level ``n``, one Tune run
 of ``n`` identical trials of the product's trainable (:func:`trainables.trainable.tune_trial`)
 with ``{"cpu": 1, "gpu": 1/n}`` each and ``max_concurrent_trials=n``, on a loopback-only local
 Ray (:func:`tuner.runner.connect_ray`). The data are tokenised once by the parent and put in
@@ -30,13 +30,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from search_spaces.errors import ConfigError, one_of
-from tuner.bench_packing import PackingRow, level_row, mps_daemon, trial_config
+from tuner.bench.packing import PackingRow, PackingSetup, level_row, mps_daemon, trial_config
 
 VIA = ("processes", "fused", "tune", "pool")
 CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
@@ -55,16 +56,10 @@ def check_via(via: str) -> str:
 
 def measure_tune(
     levels: list[int],
+    setup: PackingSetup,
     *,
     data: Any,
-    backbone: str,
-    device: str,
-    batch_size: int,
-    lr: float,
-    shape: Any,
-    peak_flops: float | None,
     mps: tuple[bool, ...],
-    workdir: Path,
     publish: Callable[[PackingRow], None],
     log: Callable[[str], None],
     pooled: bool = False,
@@ -78,30 +73,33 @@ def measure_tune(
     from trainables.trainable import tune_trial
 
     check_via("pool" if pooled else "tune")
-    if Path(backbone).exists():  # Tune runs a trial in its own folder: a relative path breaks
-        backbone = str(Path(backbone).resolve())
-    config = {**trial_config(batch_size=batch_size, lr=lr), "backbone": backbone}
-    train_rows, train_tokens = len(data.train), int(data.train.lengths.sum())
+    # Tune runs a trial in its own folder: a relative path breaks
+    if Path(setup.backbone).exists():
+        setup = replace(setup, backbone=str(Path(setup.backbone).resolve()))
     for under_mps in mps:
         with contextlib.ExitStack() as stack:
-            if under_mps and not stack.enter_context(mps_daemon(workdir / "mps")):
+            if under_mps and not stack.enter_context(mps_daemon(setup.workdir / "mps")):
                 log("packing: no nvidia-cuda-mps-control here, MPS skipped")
                 continue
-            cpus = stack.enter_context(local_ray(device))
+            cpus = stack.enter_context(local_ray(setup.device))
             trainable = tune.with_parameters(tune_trial, data=data)  # one put per cluster
-            common = {"config": config, "device": device, "storage": workdir / "tune",
-                      "shape": shape, "peak_flops": peak_flops, "mps": under_mps,
-                      "train_rows": train_rows, "train_tokens": train_tokens}  # fmt: skip
             if pooled:
                 log("packing via tune: 1 trial alone (the baseline)")
-                publish(run_tune_level(1, trainable=trainable, cpus=cpus, **common))
+                publish(run_tune_level(1, setup, data=data, trainable=trainable, cpus=cpus,
+                                       mps=under_mps))  # fmt: skip
             for n in levels:
                 log(f"packing via {'pool' if pooled else 'tune'}: {n} trial(s)"
                     f"{' under MPS' if under_mps else ''}")  # fmt: skip
                 if pooled:
-                    publish(run_pool_level(n, data=data, cpus=cpus, **common))
+                    publish(run_pool_level(n, setup, data=data, cpus=cpus, mps=under_mps))
                 else:
-                    publish(run_tune_level(n, trainable=trainable, cpus=cpus, **common))
+                    publish(run_tune_level(n, setup, data=data, trainable=trainable, cpus=cpus,
+                                           mps=under_mps))  # fmt: skip
+
+
+def tune_config(setup: PackingSetup) -> dict[str, Any]:
+    """The packed trial as a Tune trial's config (:func:`tuner.bench.packing.trial_config`)."""
+    return {**trial_config(batch_size=setup.batch_size, lr=setup.lr), "backbone": setup.backbone}
 
 
 def cpus_per_trial(n: int, cluster_cpus: float) -> float:
@@ -112,38 +110,33 @@ def cpus_per_trial(n: int, cluster_cpus: float) -> float:
 
 def run_tune_level(
     n: int,
+    setup: PackingSetup,
     *,
+    data: Any,
     trainable: Any,
-    config: dict[str, Any],
-    device: str,
     cpus: float,
-    storage: Path,
-    shape: Any,
-    peak_flops: float | None,
     mps: bool,
-    train_rows: int,
-    train_tokens: int,
     via: str = "tune",
-    gpus: float | None = None,
 ) -> PackingRow:
-    """One Tune run of ``n`` identical trials, ``n`` at once, each with ``1/n`` of the GPU (or
-    ``gpus``, with ``cpus`` the cluster's CPUs left for them)."""
+    """One Tune run of ``n`` identical trials, ``n`` at once, each with ``1/n`` of the GPU (via
+    ``pool``: none, the pool holds it; ``cpus`` are the cluster's CPUs left for them). ``data``
+    is what the trials train on: its rows and tokens turn their reports into figures."""
     from ray import tune
 
     running = RunningTrials()
-    if gpus is None:
-        gpus = math.floor(1e4 / n) / 1e4 if device == "cuda" else 0  # Ray counts in 1e-4 units
+    # Ray counts in 1e-4 units; a pool's trials hold no GPU (the pool does)
+    gpus = math.floor(1e4 / n) / 1e4 if setup.device == "cuda" and via != "pool" else 0
     resources = {"cpu": cpus_per_trial(n, cpus), "gpu": gpus}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space=config,
+        param_space=tune_config(setup),
         tune_config=tune.TuneConfig(
             num_samples=n, max_concurrent_trials=n,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=f"{via}-{n}{'-mps' if mps else ''}", storage_path=str(storage), verbose=0,
-            callbacks=[running],
+            name=f"{via}-{n}{'-mps' if mps else ''}", storage_path=str(setup.workdir / "tune"),
+            verbose=0, callbacks=[running],
             failure_config=tune.FailureConfig(max_failures=0),  # a failed trial counts as failed
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -151,18 +144,19 @@ def run_tune_level(
     began = time.perf_counter()
     grid = tuner.fit()
     wall_s = time.perf_counter() - began
+    rows, tokens = len(data.train), int(data.train.lengths.sum())
     results = []
     for result in (grid[i] for i in range(len(grid))):
-        figures = None if result.error else trial_figures(result.metrics or {}, rows=train_rows,
-                                                          tokens=train_tokens)  # fmt: skip
+        figures = None if result.error else trial_figures(result.metrics or {}, rows=rows,
+                                                          tokens=tokens)  # fmt: skip
         if figures is not None:
             results.append(figures)
     results.sort(key=lambda r: r["start"])
-    return level_row(n, results, shape=shape, peak_flops=peak_flops, mps=mps, via=via,
-                     wall_s=wall_s, running_at_once=running.most)  # fmt: skip
+    return level_row(n, results, shape=setup.shape, peak_flops=setup.peak_flops, mps=mps,
+                     via=via, wall_s=wall_s, running_at_once=running.most)  # fmt: skip
 
 
-def run_pool_level(n: int, *, data: Any, cpus: float, device: str, **common: Any) -> PackingRow:
+def run_pool_level(n: int, setup: PackingSetup, *, data: Any, cpus: float, mps: bool) -> PackingRow:
     """One Tune run of ``n`` identical trials, ``n`` at once, trained in one fused pool of ``n``
     rows that holds the GPU (one CPU); the trials' own processes hold no GPU. The pool starts
     before the timed run (its actor up, nothing built) and ends with it."""
@@ -172,13 +166,13 @@ def run_pool_level(n: int, *, data: Any, cpus: float, device: str, **common: Any
     from trainables.fused_pool import start_pool
     from trainables.trainable import tune_pooled_trial
 
-    pool = start_pool(data, slots=n, rank=common["config"]["rank"],
-                      gpus=1 if device == "cuda" else 0)  # fmt: skip
+    pool = start_pool(data, slots=n, rank=tune_config(setup)["rank"],
+                      gpus=1 if setup.device == "cuda" else 0)  # fmt: skip
     try:
         ray.get(pool.status.remote())
         trainable = tune.with_parameters(tune_pooled_trial, pool=pool)
-        return run_tune_level(n, trainable=trainable, cpus=max(1.0, cpus - 1), device=device,
-                              via="pool", gpus=0, **common)  # fmt: skip
+        return run_tune_level(n, setup, data=data, trainable=trainable, cpus=max(1.0, cpus - 1),
+                              mps=mps, via="pool")  # fmt: skip
     finally:
         ray.kill(pool)
 
