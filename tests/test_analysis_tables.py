@@ -298,7 +298,7 @@ def test_the_setup_line_says_what_the_plan_ran():
     """No budget where arms keep their sizes; E2's per-arm training sizes; the rates per arm."""
     from analysis.sections import setup_line
     from analysis.trials import Study
-    from tuner.experiment import get_experiment
+    from tuner.experiments import get_experiment
 
     def line(name):
         plan = get_experiment(name).to_dict()

@@ -127,8 +127,11 @@ def stratified_order(labels: np.ndarray, *, seed: int, stratify: bool = True) ->
     """A seeded permutation of ``range(len(labels))`` whose every prefix is stratified.
 
     Rows of each class are shuffled with one seeded permutation per class; the i-th row of a
-    class of size n is then placed at (i + 0.5) / n (Webster), ties broken by class. Each prefix
-    of length k holds each class within about one row of ``k * n_class / N``.
+    class of size n is then placed at (i + o) / n (Webster's o = 0.5), where the J classes of one
+    size share the step: the j-th takes o = (j + 0.5) / J, so five singleton classes sit at 0.1,
+    0.3, ... 0.9 instead of all at 0.5 (which let a large class run ~(J - 1) / 2 rows ahead of its
+    quota). Each prefix of length k holds each class within two rows of ``k * n_class / N`` (worst
+    seen 1.67 over 60,000 random mixes of up to 8 classes; one row for two classes).
     """
     rng = np.random.default_rng(seed)
     if not stratify:
@@ -141,9 +144,13 @@ def stratified_order(labels: np.ndarray, *, seed: int, stratify: bool = True) ->
         return np.zeros(0, dtype=np.int64)
     rows = np.concatenate(pools)
     sizes = np.array([len(p) for p in pools])
+    offset = np.zeros(len(sizes))
+    for n in np.unique(sizes):  # classes of one size interleave within one Webster step
+        same = np.flatnonzero(sizes == n)
+        offset[same] = (np.arange(len(same)) + _WEBSTER_OFFSET) / len(same)
     cls = np.repeat(np.arange(len(pools)), sizes)
     rank = np.concatenate([np.arange(n) for n in sizes])
-    return rows[np.lexsort((cls, (rank + _WEBSTER_OFFSET) / sizes[cls]))]
+    return rows[np.lexsort((cls, (rank + offset[cls]) / sizes[cls]))]
 
 
 def few_shot(frame: pd.DataFrame, k: int, *, per_class: bool = False, seed: int) -> pd.DataFrame:
