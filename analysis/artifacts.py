@@ -85,16 +85,16 @@ def _read_weights(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _from_tune(folder: Path) -> dict[str, TrialArtifacts]:
-    from analysis.trials import _is_trial_dir, _read_json, _read_results, _trial_id
+    from analysis.trials import is_trial_dir, read_json, read_results, trial_id_of
 
     found = {}
     if not folder.is_dir():
         return found
-    for trial_dir in sorted(p for p in folder.iterdir() if _is_trial_dir(p)):
-        trial_id = _trial_id(trial_dir, _read_results(trial_dir / "result.json"))
+    for trial_dir in sorted(p for p in folder.iterdir() if is_trial_dir(p)):
+        trial_id = trial_id_of(trial_dir, read_results(trial_dir / "result.json"))
         checkpoints = sorted(trial_dir.glob(f"checkpoint_*/{WEIGHTS}"))
         weights = _read_weights(checkpoints[-1]) if checkpoints else None
-        found[trial_id] = TrialArtifacts(_read_json(trial_dir / "params.json") or {}, weights)
+        found[trial_id] = TrialArtifacts(read_json(trial_dir / "params.json") or {}, weights)
     return found
 
 

@@ -22,7 +22,7 @@ from analysis.tables import Table  # noqa: E402
 DPI = 120
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -69,7 +69,7 @@ def pareto_png(info: ParetoInfo, path: Path, *, title: str = "") -> Path:
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def few_shot_png(table: Table, path: Path, *, score: str = "test_score") -> Path:
@@ -87,7 +87,7 @@ def few_shot_png(table: Table, path: Path, *, score: str = "test_score") -> Path
     ax.set_xlabel("training examples")
     ax.set_ylabel(f"{score} (points)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmap_png(info: HeatMapInfo, path: Path) -> Path:
@@ -106,7 +106,7 @@ def heatmap_png(info: HeatMapInfo, path: Path) -> Path:
     ax.set_xlabel(info.x_label)
     ax.set_ylabel(info.y_label)
     fig.colorbar(image, ax=ax, label=f"{info.score} of the cell's best on dev (points)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plotly_available() -> bool:

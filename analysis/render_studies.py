@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.rank_maps import RankMap
-from analysis.render import _save, plt
+from analysis.render import plt, save_figure
 from analysis.tables import Table
 
 
@@ -23,7 +23,7 @@ def curve_png(table: Table, path: Path, *, x: str = "trainable_params", group: s
     ax.set_xlabel(x)
     ax.set_ylabel(f"{score} (points, ± 3 std)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def rank_heatmaps_png(maps: list[RankMap], path: Path) -> Path:
@@ -42,7 +42,7 @@ def rank_heatmaps_png(maps: list[RankMap], path: Path) -> Path:
         ax.set_title(f"{m.task} @ {budget} (n={m.n_trials})", fontsize=9)
         ax.set_xlabel("layer")
         fig.colorbar(image, ax=ax, label=f"final rank (init {m.init_rank})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = ["curve_png", "rank_heatmaps_png"]

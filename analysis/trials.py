@@ -165,7 +165,7 @@ def _mlflow_plan(client: Any, parent_run_id: str) -> dict[str, Any]:
             local = client.download_artifacts(parent_run_id, "experiment.json", dst_path=tmp)
         except Exception:  # a parent without the artifact: the study plan is simply unknown
             return {}
-        data = _read_json(Path(local)) or {}
+        data = read_json(Path(local)) or {}
     data.pop("provenance", None)
     return data
 
@@ -182,10 +182,10 @@ def load_tune_folder(path: str | Path) -> Study:
         raise ConfigError(f"results folder {str(folder)!r} does not exist")
     seeds = folder.with_name(folder.name + SEEDS_SUFFIX)
     phases = [folder, seeds] if seeds.is_dir() else [folder]
-    trial_dirs = [d for phase in phases for d in sorted(phase.iterdir()) if _is_trial_dir(d)]
+    trial_dirs = [d for phase in phases for d in sorted(phase.iterdir()) if is_trial_dir(d)]
     if not trial_dirs:
         raise ConfigError(f"results folder {str(folder)!r} holds no trial folders")
-    recorded = _read_json(folder / "experiment.json") or {}
+    recorded = read_json(folder / "experiment.json") or {}
     plan = dict(recorded.get("experiment", {}))
     name = plan.get("name") or folder.name.rsplit("-", 1)[0]
     states = {k: v for phase in phases for k, v in _tune_states(phase).items()}
@@ -199,14 +199,14 @@ def load_tune_folder(path: str | Path) -> Study:
 SEEDS_SUFFIX = "-seeds"  # tuner.launch names the seeds phase's Tune run "<study>-seeds"
 
 
-def _is_trial_dir(path: Path) -> bool:
+def is_trial_dir(path: Path) -> bool:
     return path.is_dir() and ((path / "params.json").exists() or (path / "result.json").exists())
 
 
 def _tune_record(trial_dir: Path, states: Mapping[str, str]) -> TrialRecord:
-    config = _read_json(trial_dir / "params.json") or {}
-    results = _read_results(trial_dir / "result.json")
-    trial_id = _trial_id(trial_dir, results)
+    config = read_json(trial_dir / "params.json") or {}
+    results = read_results(trial_dir / "result.json")
+    trial_id = trial_id_of(trial_dir, results)
     history, logged = [], 0
     for result in results:  # the MLflow logger's rule: an evaluation is logged once
         step = int(result.get(STEP_KEY, result.get("training_iteration", 0)))
@@ -228,7 +228,7 @@ def _tune_record(trial_dir: Path, states: Mapping[str, str]) -> TrialRecord:
 def _tune_states(folder: Path) -> dict[str, str]:
     """trial_id -> Tune's status (TERMINATED, ERROR, RUNNING...) from the newest experiment state."""
     files = sorted(folder.glob("experiment_state-*.json"))
-    data = _read_json(files[-1]) if files else None
+    data = read_json(files[-1]) if files else None
     states: dict[str, str] = {}
     for entry in (data or {}).get("trial_data", []):
         try:
@@ -239,7 +239,7 @@ def _tune_states(folder: Path) -> dict[str, str]:
     return states
 
 
-def _trial_id(trial_dir: Path, results: list[dict]) -> str:
+def trial_id_of(trial_dir: Path, results: list[dict]) -> str:
     for result in results:
         if result.get("trial_id"):
             return str(result["trial_id"])
@@ -253,7 +253,7 @@ def _has_error_file(trial_dir: Path) -> bool:
     return (trial_dir / "error.txt").exists() or (trial_dir / "error.pkl").exists()
 
 
-def _read_results(path: Path) -> list[dict]:
+def read_results(path: Path) -> list[dict]:
     if not path.exists():
         return []
     results = []
@@ -265,7 +265,7 @@ def _read_results(path: Path) -> list[dict]:
     return results
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

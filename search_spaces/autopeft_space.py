@@ -24,7 +24,7 @@ from search_spaces.errors import ConfigError, one_of
 from search_spaces.matching import ALPHA_PER_RANK, Budget
 from search_spaces.method_config import AUTOPEFT_MODULES, MethodConfig
 from search_spaces.shapes import BackboneShape
-from search_spaces.spaces import LR_RANGES, MethodSpace, _finish, _optuna_trial, trial_params
+from search_spaces.spaces import LR_RANGES, MethodSpace, finish_params, optuna_trial, trial_params
 
 # module type -> the MethodConfig field that sizes it
 SIZE_KNOBS = {
@@ -55,7 +55,7 @@ class AutoPeftSpace:
     budget: Budget | None = None
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        ot_trial = _optuna_trial(trial)
+        ot_trial = optuna_trial(trial)
         arms = (AUTOPEFT_ARM, *self.baselines)
         arm = arms[0] if len(arms) == 1 else ot_trial.suggest_categorical("arm", arms)
         if arm != AUTOPEFT_ARM:
@@ -84,7 +84,7 @@ class AutoPeftSpace:
             params.update(alpha=None, placement=None)
         if "prefix" not in modules:
             params["prefix_reparam"] = None
-        return _finish(ot_trial, params, LR_RANGES[AUTOPEFT_ARM], f"lr[{AUTOPEFT_ARM}]")
+        return finish_params(ot_trial, params, LR_RANGES[AUTOPEFT_ARM], f"lr[{AUTOPEFT_ARM}]")
 
     def describe(self) -> str:
         sizes = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in self.sizes.items())

@@ -159,13 +159,15 @@ def outside_budget(config: dict[str, Any]) -> bool:
     return constraints(config)[0] > 1e-12
 
 
-def _optuna_trial(trial: Any) -> Any:
+def optuna_trial(trial: Any) -> Any:
     """The Optuna trial under Ray's ``_OptunaTrialSuggestCaptor``, which would copy every
     suggested name into the trial's config; a plain Optuna trial is returned as it is."""
     return getattr(trial, "ot_trial", trial)
 
 
-def _finish(trial: Any, params: dict[str, Any], lr_range: tuple[float, float], name: str) -> dict:
+def finish_params(
+    trial: Any, params: dict[str, Any], lr_range: tuple[float, float], name: str
+) -> dict:
     """Sample ``lr`` and record the budget figures on the Optuna trial for constraint handling."""
     params["lr"] = trial.suggest_float(name, *lr_range, log=True)
     for key in ("budget_deviation", "tolerance"):
@@ -202,7 +204,7 @@ class BudgetSplitSpace:
     strata: dict[tuple[Any, ...], tuple[str, str]]  # leaf -> (method, LoRA-share bin)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        ot_trial = _optuna_trial(trial)
+        ot_trial = optuna_trial(trial)
         path: tuple[Any, ...] = ()
         while path not in self.leaves:
             lump, choices = self.tree[path]
@@ -211,7 +213,7 @@ class BudgetSplitSpace:
             path = (*path, value)
         params = dict(self.leaves[path])
         method = params["method"]
-        return _finish(ot_trial, params, self.lr_ranges[method], f"lr[{method}]")
+        return finish_params(ot_trial, params, self.lr_ranges[method], f"lr[{method}]")
 
     def startup_points(self, n: int, *, seed: int) -> list[dict[str, Any]]:
         """``n`` splits for the search's start-up, as Optuna parameters to enqueue (``lr`` left
@@ -325,7 +327,7 @@ class MethodSpace:
     lr_name: str = "lr"  # the Optuna name; per method inside a MethodsSpace
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        return _finish(_optuna_trial(trial), dict(self.params), self.lr_range, self.lr_name)
+        return finish_params(optuna_trial(trial), dict(self.params), self.lr_range, self.lr_name)
 
     def constraints_func(self, trial: Any) -> list[float]:
         return constraints(trial)
@@ -375,7 +377,7 @@ class MethodsSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         methods = tuple(self.spaces)
-        method = _optuna_trial(trial).suggest_categorical("method", methods)
+        method = optuna_trial(trial).suggest_categorical("method", methods)
         return self.spaces[method](trial)
 
     def constraints_func(self, trial: Any) -> list[float]:

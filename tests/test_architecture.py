@@ -153,3 +153,31 @@ def test_the_project_has_no_import_cycle(deferred):
     assert "tuner.bench.cli" in modules and "trainables.data.loading" in modules
     loops = cycles(import_graph(modules, deferred=deferred))
     assert not loops, "import cycles: " + "; ".join(" -> ".join(loop) for loop in loops)
+
+
+def private_imports(modules: dict[str, Path]) -> list[str]:
+    """``module: from other import _name`` for every private name one project module takes from
+    another (issue #22: a name another module needs is part of its owner's interface)."""
+    found = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in imports(tree, deferred=True):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] not in PACKAGES or node.module == name:
+                    continue
+                found += [f"{name}: from {node.module} import {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]  # fmt: skip
+    return found
+
+
+def test_no_module_imports_another_modules_private_name():
+    assert private_imports(project_modules()) == []
+
+
+def test_the_private_import_check_bites(tmp_path):
+    (tmp_path / "tuner").mkdir()
+    (tmp_path / "tuner" / "a.py").write_text("from tuner.b import _hidden, shown\n")
+    (tmp_path / "tuner" / "b.py").write_text("_hidden = shown = 1\n")
+    assert private_imports(project_modules(tmp_path, ("tuner",))) == [
+        "tuner.a: from tuner.b import _hidden"
+    ]

@@ -61,7 +61,7 @@ from trainables.inference import (
     synchronize,
     uses_bf16,
 )
-from trainables.loop import MIB, FitResult, _graphable, _lr_factor, _Plan
+from trainables.loop import MIB, FitPlan, FitResult, graphable, lr_factor
 from trainables.model import MASK_3D, PeftClassifier, encoder_mask, masked_mean
 from trainables.train_config import TrainConfig
 
@@ -444,7 +444,7 @@ class FusedStep:
     """
 
     def __init__(
-        self, model: FusedLoRA, first: TrainConfig, plan: _Plan, *, task_kind: str
+        self, model: FusedLoRA, first: TrainConfig, plan: FitPlan, *, task_kind: str
     ) -> None:
         k, device = model.trials, plan.device
         self.model = model
@@ -456,7 +456,7 @@ class FusedStep:
         self._precision = _autocast_precision(model, first.precision)
         self._slots = first.batch_size if self.pack else None
         self._task_kind = task_kind
-        self._graphed = _graphable(model, first, plan)
+        self._graphed = graphable(model, first, plan)
         self._device = device
         self._graphs = None
         if self._graphed:
@@ -520,7 +520,7 @@ def fit_fused(
     evaluation. ``train_samples_per_s`` is each trial's own (the run's aggregate / K)."""
     check_configs(configs, model.trials)
     first = configs[0]
-    plan = _Plan.of(first, len(train), task_kind=task_kind, metric=metric, device=device)
+    plan = FitPlan.of(first, len(train), task_kind=task_kind, metric=metric, device=device)
     if plan.cuda:
         torch.set_float32_matmul_precision("high")
         torch.cuda.reset_peak_memory_stats(plan.device)
@@ -531,7 +531,7 @@ def fit_fused(
     for row, config in enumerate(configs):
         stepper.set_row(row, config)
     base_lr = stepper.lr.clone()
-    factor = _lr_factor(first.warmup_steps(plan.total_steps), plan.total_steps)
+    factor = lr_factor(first.warmup_steps(plan.total_steps), plan.total_steps)
     torch.manual_seed(first.seed)  # dropout masks: one generator for the fused model
     trials = [_Trial() for _ in configs]
     step = epoch = 0
@@ -593,7 +593,7 @@ def fit_fused(
 
 
 def _record(
-    trial: _Trial, metrics: dict[str, float], plan: _Plan, step: int, wall_s: float
+    trial: _Trial, metrics: dict[str, float], plan: FitPlan, step: int, wall_s: float
 ) -> None:
     score = metrics["score"]
     trial.dev_metrics = metrics

@@ -54,7 +54,7 @@ from trainables.fused import (
     step_batch,
 )
 from trainables.inference import SDPA_BACKENDS, synchronize, uses_bf16
-from trainables.loop import _lr_factor, _Plan
+from trainables.loop import FitPlan, lr_factor
 from trainables.model import PeftClassifier
 from trainables.prepared import PreparedData, train_rows
 from trainables.recipe import final_metrics, split_config
@@ -89,7 +89,7 @@ class _Member:
     config: dict[str, Any]
     train: TrainConfig
     model: PeftClassifier
-    plan: _Plan
+    plan: FitPlan
     factor: Callable[[int], float]  # its learning-rate schedule: warm-up, then linear decay
     rows: np.ndarray  # its training rows of the pool's data (its subset, or all)
     row: int = -1  # its row of the fused model, once admitted
@@ -201,10 +201,10 @@ class FusedPool:
             assert self._template is not None
             check_configs([self._template[1], train], shared=POOL_SHARED_FIELDS)
             check_members([self._template[0], model], subset=True)
-            plan = _Plan.of(train, len(rows), task_kind=self.data.task_kind,
+            plan = FitPlan.of(train, len(rows), task_kind=self.data.task_kind,
                             metric=self.data.metric, device=self.device)  # fmt: skip
             self._tokens += 1
-            factor = _lr_factor(train.warmup_steps(plan.total_steps), plan.total_steps)
+            factor = lr_factor(train.warmup_steps(plan.total_steps), plan.total_steps)
             member = _Member(self._tokens, config, train, model, plan, factor, rows)
             self._members[member.token] = member
             self._pending.append(member)
@@ -328,7 +328,7 @@ class FusedPool:
         model = FusedLoRA([template] * self.slots).to(self.device)
         if uses_bf16(train.precision, torch.device(self.device)):
             model.backbone_to(torch.bfloat16)
-        plan = _Plan.of(train, len(self.data.train), task_kind=self.data.task_kind,
+        plan = FitPlan.of(train, len(self.data.train), task_kind=self.data.task_kind,
                         metric=self.data.metric, device=self.device)  # fmt: skip
         if plan.cuda:
             torch.set_float32_matmul_precision("high")

@@ -109,7 +109,7 @@ class _Progress:
     peak_mem_mib: float | None = None
     dev_metrics: dict[str, float] = field(default_factory=dict)
 
-    def done(self, plan: _Plan) -> bool:
+    def done(self, plan: FitPlan) -> bool:
         return self.step >= plan.total_steps
 
     def advance(self, batch: Batch) -> None:
@@ -121,7 +121,7 @@ class _Progress:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class FitPlan:
     """What is fixed before the first step: the recipe, the task and the step arithmetic."""
 
     config: TrainConfig
@@ -135,7 +135,7 @@ class _Plan:
     @classmethod
     def of(
         cls, config: TrainConfig, num_train: int, *, task_kind: str, metric: str, device: Any
-    ) -> _Plan:
+    ) -> FitPlan:
         spec = get_metric(metric)
         if task_kind not in TASK_KINDS:
             raise one_of("task_kind", task_kind, TASK_KINDS)
@@ -174,16 +174,16 @@ def fit(
     ``state`` (from :attr:`EvalReport.state`, with the model weights restored by the caller)
     continues a run exactly: same remaining batches, evaluation numbering and, on CPU, weights.
     """
-    plan = _Plan.of(config, len(train), task_kind=task_kind, metric=metric, device=device)
+    plan = FitPlan.of(config, len(train), task_kind=task_kind, metric=metric, device=device)
     if plan.cuda:
         torch.set_float32_matmul_precision("high")  # fp32 matmuls on tensor cores (TF32)
         torch.cuda.reset_peak_memory_stats(plan.device)
     model.to(plan.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    graphed = _graphable(model, config, plan)
+    graphed = graphable(model, config, plan)
     optimizer = _optimizer(params, config, cuda=plan.cuda, graphs=graphed)
     warmup = config.warmup_steps(plan.total_steps)
-    scheduler = LambdaLR(optimizer, _lr_factor(warmup, plan.total_steps))
+    scheduler = LambdaLR(optimizer, lr_factor(warmup, plan.total_steps))
     if state is None:
         torch.manual_seed(config.seed)  # dropout masks
         progress = _Progress()
@@ -283,7 +283,7 @@ def fit(
     return _result(status, progress, graphs)
 
 
-def _remaining_batches(train: Encoded, plan: _Plan, progress: _Progress) -> list[Batch]:
+def _remaining_batches(train: Encoded, plan: FitPlan, progress: _Progress) -> list[Batch]:
     config = plan.config
     return epoch_batches(
         train, batch_size=config.batch_size, seed=config.seed, epoch=progress.epoch,
@@ -294,7 +294,7 @@ def _remaining_batches(train: Encoded, plan: _Plan, progress: _Progress) -> list
 def _evaluate(
     model: nn.Module,
     dev: Encoded,
-    plan: _Plan,
+    plan: FitPlan,
     progress: _Progress,
     train_loss: float,
     wall_s: float,
@@ -332,7 +332,7 @@ def _evaluate(
     )
 
 
-def _graphable(model: nn.Module, config: TrainConfig, plan: _Plan) -> bool:
+def graphable(model: nn.Module, config: TrainConfig, plan: FitPlan) -> bool:
     """Whether training steps run from CUDA graphs: on CUDA, asked for, not compiled (compile
     brings its own), and the model has no per-step Python hooks (``model.graph_safe``)."""
     return (
@@ -362,7 +362,7 @@ def _optimizer(
     )
 
 
-def _lr_factor(warmup: int, total: int) -> Callable[[int], float]:
+def lr_factor(warmup: int, total: int) -> Callable[[int], float]:
     """Linear warm-up to 1 over ``warmup`` steps, then linear decay; no step runs at lr 0."""
 
     def factor(step: int) -> float:
@@ -374,7 +374,7 @@ def _lr_factor(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def _restore(
-    state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: LambdaLR, plan: _Plan
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: LambdaLR, plan: FitPlan
 ) -> _Progress:
     """Load a :func:`fit` loop state into the optimizer, scheduler and RNGs; return its progress."""
     if state.get("version") != STATE_VERSION:

@@ -156,7 +156,7 @@ def reconcile_runs(logger: Any, trials: list[Any]) -> list[LostRun]:
         if trial.status != "TERMINATED" or run_id is None:
             continue
         if logger.client.get_run(run_id).info.status == "RUNNING":
-            logger._finish(trial, error=False)
+            logger.finish_trial(trial, error=False)
     return lost
 
 

@@ -235,12 +235,12 @@ class MlflowLogger(Callback):
         self._logged_step[trial.trial_id] = step
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, error=False)
+        self.finish_trial(trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, error=True)
+        self.finish_trial(trial, error=True)
 
-    def _finish(self, trial: Any, *, error: bool) -> None:
+    def finish_trial(self, trial: Any, *, error: bool) -> None:
         run_id = self.run_id(trial)
         status = trial_status(trial.last_result, error=error)
         self.client.set_tag(run_id, "status", status)

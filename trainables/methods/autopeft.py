@@ -16,7 +16,7 @@ from torch import nn
 from search_spaces.accounting import autopeft_modules
 from search_spaces.method_config import MethodConfig
 from trainables.methods.adapters_common import init_adapters, lora_switches, reduction_factor
-from trainables.methods.bottleneck import _train, flattening_adjustment
+from trainables.methods.bottleneck import add_trainable_adapter, flattening_adjustment
 from trainables.methods.registry import BuildContext, register_method
 from trainables.model import MethodHooks
 
@@ -59,7 +59,7 @@ def build_autopeft(
     bert = init_adapters(bert)
     union = union_config(config, context.shape.num_layers, context.shape.hidden)
     hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert))
-    return _train(bert, union, hooks)
+    return add_trainable_adapter(bert, union, hooks)
 
 
 register_method(

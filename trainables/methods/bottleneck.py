@@ -27,7 +27,7 @@ from trainables.model import MethodHooks
 ADAPTER_NAME = "target"  # the one trainable adapters module of these methods
 
 
-def _train(
+def add_trainable_adapter(
     bert: nn.Module, adapter_config: object, hooks: MethodHooks
 ) -> tuple[nn.Module, MethodHooks]:
     bert.add_adapter(ADAPTER_NAME, config=adapter_config)
@@ -48,7 +48,7 @@ def build_bottleneck(
         reduction_factor=reduction_factor(context.shape.hidden, config.bottleneck),
         leave_out=leave_out(config, context.shape.num_layers),
     )
-    return _train(init_adapters(bert), adapter_config, MethodHooks())
+    return add_trainable_adapter(init_adapters(bert), adapter_config, MethodHooks())
 
 
 def prefix_config(config: MethodConfig, num_layers: int) -> PrefixTuningConfig:
@@ -82,7 +82,7 @@ def build_prefix(
     by a reparametrisation MLP during training (``prefix_reparam``)."""
     bert = init_adapters(bert)
     hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert))
-    return _train(bert, prefix_config(config, context.shape.num_layers), hooks)
+    return add_trainable_adapter(bert, prefix_config(config, context.shape.num_layers), hooks)
 
 
 def build_unipelt(
@@ -100,7 +100,7 @@ def build_unipelt(
     )
     bert = init_adapters(bert)
     hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert))
-    return _train(bert, union, hooks)
+    return add_trainable_adapter(bert, union, hooks)
 
 
 register_method(
