@@ -13,6 +13,7 @@ import pandas as pd
 
 from analysis.params import param_text, parse_param
 from analysis.selection import completed, with_seed
+from tuner.space import arm_rates
 
 # E1 is launched once per task (``--set task=...``); the study plan names these three.
 PLANNED_TASKS = {"e1_single_task": ("glue/sst2", "imdb", "newsgroups/bydate")}
@@ -92,7 +93,7 @@ def planned_arms(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
         if budget is not None and budget <= 0:
             break
         arms.append(dict(arm))
-        budget = None if budget is None else budget - (1 if "lr" in arm else points)
+        budget = None if budget is None else budget - len(arm_rates(arm, points))
     seeds = tuple(plan.get("seeds") or ())
     return [{**a, "seed": s} for a in arms for s in seeds] if len(seeds) > 1 else arms
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,7 @@ def cached_probe_scores(
 ) -> dict[str, float]:
     """:func:`probe_scores`, read from or written to the cache (one JSON file per key); the
     backbone's full weights are loaded (unless given as ``bert``) only when the cache misses."""
-    path = _cache_path(backbone, data)
-    return _cached(path, lambda b: probe_scores(b, data, device=device), backbone, bert)
+    return _probe(data, _Weights(backbone, bert), device)
 
 
 def cached_zero_shot_scores(
@@ -96,38 +96,55 @@ def cached_zero_shot_scores(
     """:func:`trainables.zero_shot.zero_shot_scores` of the frozen backbone's mean-pooled
     embeddings, cached like the probe (same key, its own file); ``{}`` for a task it does not
     apply to (:func:`trainables.zero_shot.applies`)."""
-    if not applies(data):
-        return {}
-    path = _cache_path(backbone, data).with_suffix(".zero_shot.json")
-    return _cached(path, lambda b: zero_shot_scores(embedder(b, device=device), data), backbone,
-                   bert)  # fmt: skip
+    return _zero_shot(data, _Weights(backbone, bert), device)
 
 
 def with_probe(data: PreparedData, backbone: str, *, sizes: tuple[int, ...] = ()) -> PreparedData:
     """``data`` carrying its head-only probe scores and, where it applies, its zero-shot cosine
     scores (``reference``), computed on the real backbone (cached), on the GPU where there is one.
     ``sizes``: the training subsets trials draw (``train_samples``); each gets a probe trained on
-    that many rows (seed 0's subset), so a 128-example trial is not held to a probe on 60,000."""
+    that many rows (seed 0's subset), so a 128-example trial is not held to a probe on 60,000.
+    The backbone's weights are loaded once, at the first cache miss, for every baseline."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    reference = {**cached_probe_scores(data, backbone=backbone, device=device),
-                 **cached_zero_shot_scores(data, backbone=backbone, device=device)}  # fmt: skip
-    probes_at = {int(k): cached_probe_scores(subsample(data, k, seed=0), backbone=backbone,
-                                             device=device)
+    weights = _Weights(backbone)
+    reference = {**_probe(data, weights, device), **_zero_shot(data, weights, device)}
+    probes_at = {int(k): _probe(subsample(data, k, seed=0), weights, device)
                  for k in sorted(set(sizes)) if k < len(data.train)}  # fmt: skip
     return dataclasses.replace(data, reference=reference, probes_at=probes_at)
 
 
+@dataclass
+class _Weights:
+    """The backbone's full weights, loaded at the first call (a driver holds a meta backbone:
+    shapes and tokenizer only), then kept for the next cache miss."""
+
+    backbone: str
+    bert: nn.Module | None = None
+
+    def __call__(self) -> nn.Module:
+        if self.bert is None:
+            self.bert = load_backbone(self.backbone).model
+        return self.bert
+
+
+def _probe(data: PreparedData, weights: _Weights, device: str) -> dict[str, float]:
+    path = _cache_path(weights.backbone, data)
+    return _cached(path, lambda b: probe_scores(b, data, device=device), weights)
+
+
+def _zero_shot(data: PreparedData, weights: _Weights, device: str) -> dict[str, float]:
+    if not applies(data):
+        return {}
+    path = _cache_path(weights.backbone, data).with_suffix(".zero_shot.json")
+    return _cached(path, lambda b: zero_shot_scores(embedder(b, device=device), data), weights)
+
+
 def _cached(
-    path: Path,
-    compute: Callable[[nn.Module], dict[str, float]],
-    backbone: str,
-    bert: nn.Module | None,
+    path: Path, compute: Callable[[nn.Module], dict[str, float]], weights: _Weights
 ) -> dict[str, float]:
     if path.exists():
         return json.loads(path.read_text())
-    if bert is None:  # the full weights: a driver holds a meta backbone (shapes, tokenizer)
-        bert = load_backbone(backbone).model
-    scores = compute(bert)
+    scores = compute(weights())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(scores))
