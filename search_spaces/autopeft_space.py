@@ -23,8 +23,9 @@ from search_spaces.accounting import count_params
 from search_spaces.errors import ConfigError, one_of
 from search_spaces.matching import ALPHA_PER_RANK, Budget
 from search_spaces.method_config import AUTOPEFT_MODULES, MethodConfig
+from search_spaces.params import LR_RANGES, finish_params, optuna_trial, trial_params
 from search_spaces.shapes import BackboneShape
-from search_spaces.spaces import LR_RANGES, MethodSpace, finish_params, optuna_trial, trial_params
+from search_spaces.spaces import MethodSpace
 
 # module type -> the MethodConfig field that sizes it
 SIZE_KNOBS = {

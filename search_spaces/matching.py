@@ -22,15 +22,12 @@ from typing import Any
 from search_spaces.accounting import ADAPTERS_LORA_METHODS, ParamCount, count_params
 from search_spaces.errors import ConfigError, one_of
 from search_spaces.method_config import LORA_METHODS, METHODS, MethodConfig
+from search_spaces.method_facts import METHOD_FACTS
 from search_spaces.shapes import BackboneShape
 
 ACCOUNTINGS = ("trainable", "added")
-# method -> the knob matched to a budget; None: the method has no size knob
-KNOBS: dict[str, str | None] = {
-    "full": None, "bitfit": None, "lora": "rank", "adalora": "rank", "houlsby": "bottleneck",
-    "pfeiffer": "bottleneck", "prefix": "prefix_length", "unipelt": "sizes",
-    "fusion": "fusion_layers", "lora_fusion": "rank", "lora_grow": "rank", "autopeft": None,
-}  # fmt: skip
+# method -> the knob matched to a budget; None: the method has no size knob (a fact of the method)
+KNOBS: dict[str, str | None] = {m: METHOD_FACTS.get(m).size_knob for m in METHODS}
 # adapters' LoRA (lora_fusion, unipelt) and AdaLoRA take one rank per module, no rank_pattern.
 ONE_RANK_METHODS = (*ADAPTERS_LORA_METHODS, "adalora", "lora_grow")
 # LoRA's scale alpha / r stays at MethodConfig's default 16 / 8 whatever rank is solved.

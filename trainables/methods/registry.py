@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from search_spaces.accounting import count_params
-from search_spaces.method_config import METHODS, MethodConfig
+from search_spaces.method_config import MethodConfig
+from search_spaces.method_facts import METHOD_FACTS, MethodFacts
 from search_spaces.registry import Registry
 from search_spaces.shapes import BackboneShape
 from trainables.backbones import Backbone
@@ -50,6 +51,11 @@ class MethodSpec:
     builder: Builder
     summary: str
 
+    @property
+    def facts(self) -> MethodFacts:
+        """The method's pure facts (accounting, learning rates, knobs, fusability)."""
+        return METHOD_FACTS.get(self.name)
+
 
 METHOD_REGISTRY: Registry[MethodSpec] = Registry("method")
 
@@ -57,10 +63,14 @@ METHOD_REGISTRY: Registry[MethodSpec] = Registry("method")
 def register_method(
     name: str, *, paper: str, library: str, builder: Builder, summary: str
 ) -> MethodSpec:
-    """Register a method; refuses names outside ``MethodConfig``'s vocabulary, papers without an
-    https link and unknown libraries, saying what is allowed."""
-    if name not in METHODS:
-        raise ValueError(f"method {name!r} is not in MethodConfig's METHODS: add it there first")
+    """Register a method's builder; refuses a method without registered facts
+    (``search_spaces/catalog.py``), papers without an https link and unknown libraries, saying
+    what is allowed."""
+    if name not in METHOD_FACTS:
+        raise ValueError(
+            f"method {name!r} has no facts: register them in search_spaces/catalog.py first "
+            f"(known: {', '.join(METHOD_FACTS.names())})"
+        )
     if not paper.startswith("https://"):
         raise ValueError(f"method {name!r}: paper={paper!r} must be an https link to the paper")
     if library not in LIBRARIES:

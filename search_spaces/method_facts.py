@@ -1,0 +1,83 @@
+"""What the search knows about a method without building it: one frozen :class:`MethodFacts` per
+method, registered with one :func:`register_facts` call that validates it.
+
+A method's facts are its exact accounting (``count``), its learning-rate range, the knobs it
+reads, the knob matched to a budget and whether it trains fused in a pool. The tables other
+modules read (``spaces.LR_RANGES``, ``spaces.KNOBS_USED``, ``matching.KNOBS``) are views of this
+registry; :mod:`search_spaces.catalog` holds the registrations, one per method, and fills the
+registry when imported (``search_spaces.accounting`` imports it, so every reader sees it full). The torch side
+(``trainables.methods.register_method``: builder, paper, library) refuses a method without facts,
+and ``tests/test_method_facts.py`` fails on a method without a row in docs/METHODS.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from search_spaces.formulas import ParamCount
+from search_spaces.method_config import METHODS, MethodConfig
+from search_spaces.registry import Registry
+from search_spaces.shapes import BackboneShape
+
+Counter = Callable[[MethodConfig, BackboneShape], ParamCount]
+# The knob names a budget may turn besides MethodConfig fields: unipelt's three sizes at once.
+COMPOSITE_KNOBS = ("sizes",)
+CONFIG_FIELDS = tuple(f.name for f in fields(MethodConfig))
+
+
+@dataclass(frozen=True)
+class MethodFacts:
+    """One method's facts. ``count`` gives the method's own parameters (head excluded: the
+    caller adds it); ``lr_range`` is searched log-uniformly and its geometric middle is the rate of
+    a config that sets none; ``knobs`` are the MethodConfig fields the method reads (the others
+    are None in a trial's params); ``size_knob`` is what a budget match turns (None: fixed size);
+    ``fusable``: trains as a row of one fused LoRA model (``--fuse``, the fused pool)."""
+
+    name: str
+    count: Counter
+    lr_range: tuple[float, float]
+    knobs: tuple[str, ...]
+    size_knob: str | None
+    fusable: bool
+
+
+METHOD_FACTS: Registry[MethodFacts] = Registry("method")
+
+
+def register_facts(facts: MethodFacts) -> MethodFacts:
+    """Register ``facts``; refuses a name outside MethodConfig's ``METHODS``, a counter that is
+    not callable, a range not ``0 < low < high``, unknown knobs and a non-bool ``fusable``."""
+    name = facts.name
+    if name not in METHODS:
+        raise ValueError(f"method {name!r} is not in MethodConfig's METHODS: add it there first")
+    if not callable(facts.count):
+        raise ValueError(f"method {name!r}: count={facts.count!r} is not callable")
+    lo, hi = facts.lr_range
+    if not 0 < lo < hi:
+        raise ValueError(f"method {name!r}: lr_range={facts.lr_range!r} must be 0 < low < high")
+    unknown = [k for k in facts.knobs if k not in CONFIG_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"method {name!r}: knob {unknown[0]!r} is not a MethodConfig field; one of: "
+            f"{', '.join(CONFIG_FIELDS)}"
+        )
+    size = facts.size_knob
+    if size is not None and size not in facts.knobs and size not in COMPOSITE_KNOBS:
+        raise ValueError(
+            f"method {name!r}: size_knob={size!r} is not among its knobs {facts.knobs} "
+            f"nor {COMPOSITE_KNOBS}"
+        )
+    if not isinstance(facts.fusable, bool):
+        raise ValueError(f"method {name!r}: fusable={facts.fusable!r} must be True or False")
+    return METHOD_FACTS.register(name, facts)
+
+
+def facts_of(method: str) -> MethodFacts:
+    """The facts of ``method``; an unknown name raises ``ConfigError`` listing the known ones."""
+    return METHOD_FACTS.get(method)
+
+
+__all__ = [
+    "COMPOSITE_KNOBS", "Counter", "METHOD_FACTS", "MethodFacts", "facts_of", "register_facts",
+]  # fmt: skip

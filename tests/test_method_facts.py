@@ -1,0 +1,137 @@
+"""A method's facts live in one place (issue #22): every method in ``MethodConfig``'s vocabulary
+has registered facts (accounting, learning-rate range, knobs, size knob, fusability), a builder
+and a row in docs/METHODS.md; the tables other modules read are views of the registry; and the
+registration refuses incomplete or malformed facts, saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from search_spaces.accounting import ParamCount, count_params
+from search_spaces.errors import ConfigError
+from search_spaces.matching import KNOBS
+from search_spaces.method_config import METHODS, MethodConfig
+from search_spaces.method_facts import METHOD_FACTS, MethodFacts, register_facts
+from search_spaces.registry import Registry
+from search_spaces.shapes import TINY_BERT
+from search_spaces.spaces import KNOBS_USED, LR_RANGES, default_lr
+from trainables.fused import FUSABLE_METHODS
+from trainables.methods import METHOD_REGISTRY, register_method
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "METHODS.md"
+BUILDS_SECTION = "## What each method builds"
+SOURCES = ("glue/sst2", "newsgroups/bydate")
+
+
+def docs_rows(text: str, section: str = BUILDS_SECTION) -> list[str]:
+    """The method names of the table under ``section`` (the first cell of each body row)."""
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ([a-z0-9_]+) \|", body, re.M)
+    return [r for r in rows if r != "method"]
+
+
+def missing_facts(
+    methods: tuple[str, ...], facts: Registry[MethodFacts], builders: list[str], rows: list[str]
+) -> list[str]:
+    """``method: what it lacks`` for each method of ``methods`` without facts, builder or docs
+    row, and for each fact, builder or row of a method outside ``methods``."""
+    problems = []
+    for method in methods:
+        for what, present in (("facts", method in facts), ("builder", method in builders),
+                              ("docs row", method in rows)):  # fmt: skip
+            if not present:
+                problems.append(f"{method}: no {what}")
+    for what, names in (("facts", facts.names()), ("builder", builders), ("docs row", rows)):
+        problems += [
+            f"{name}: {what} of an unknown method" for name in names if name not in methods
+        ]
+    return problems
+
+
+def test_every_method_has_facts_a_builder_and_a_docs_row():
+    rows = docs_rows(DOCS.read_text())
+    assert missing_facts(METHODS, METHOD_FACTS, METHOD_REGISTRY.names(), rows) == []
+    assert len(rows) == len(set(rows)), f"a method has two rows in {DOCS.name}: {rows}"
+
+
+def test_the_completeness_check_bites():
+    facts: Registry[MethodFacts] = Registry("method")
+    facts.register("lora", METHOD_FACTS.get("lora"))
+    problems = missing_facts(("lora", "bitfit"), facts, ["lora", "bitfit"], ["lora", "prefix"])
+    assert problems == [
+        "bitfit: no facts", "bitfit: no docs row", "prefix: docs row of an unknown method",
+    ]  # fmt: skip
+    text = f"intro\n{BUILDS_SECTION}\n\n| method | a |\n|---|---|\n| lora | x |\n\n## Next\n| full | y |"
+    assert docs_rows(text) == ["lora"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_fact_is_usable(method):
+    facts = METHOD_FACTS.get(method)
+    assert facts.name == method and METHOD_REGISTRY.get(method).facts is facts
+    sources = SOURCES if method in ("fusion", "lora_fusion") else ()
+    config = MethodConfig(method=method, sources=sources)
+    own = facts.count(config, TINY_BERT)
+    assert isinstance(own, ParamCount) and own.trainable_params > 0
+    assert count_params(config, TINY_BERT).trainable_params > own.trainable_params  # + the head
+    lo, hi = facts.lr_range
+    assert 0 < lo < default_lr(method) < hi
+    assert isinstance(facts.fusable, bool)
+    if facts.size_knob is not None:
+        assert facts.size_knob in (*facts.knobs, "sizes")
+
+
+def test_the_tables_are_views_of_the_registry():
+    for method in METHODS:
+        facts = METHOD_FACTS.get(method)
+        assert LR_RANGES[method] == facts.lr_range
+        assert KNOBS_USED[method] == facts.knobs
+        assert KNOBS[method] == facts.size_knob
+    assert list(LR_RANGES) == list(KNOBS_USED) == list(KNOBS) == list(METHODS)
+
+
+def test_fusability_agrees_with_the_fused_model():
+    # trainables/fused.py keeps its own FUSABLE_METHODS until it reads the registry
+    fusable = tuple(m for m in METHODS if METHOD_FACTS.get(m).fusable)
+    assert fusable == FUSABLE_METHODS == ("lora",)
+
+
+LORA = METHOD_FACTS.get("lora")
+
+
+@pytest.mark.parametrize(
+    ("facts", "message"),
+    [
+        (replace(LORA, name="lorra"), "'lorra' is not in MethodConfig's METHODS"),
+        (replace(LORA, count="rank * 2"), "count='rank * 2' is not callable"),
+        (replace(LORA, lr_range=(3e-3, 1e-4)), "must be 0 < low < high"),
+        (replace(LORA, lr_range=(0.0, 1e-3)), "must be 0 < low < high"),
+        (replace(LORA, knobs=("rank", "rnak")), "knob 'rnak' is not a MethodConfig field"),
+        (replace(LORA, size_knob="bottleneck"), "size_knob='bottleneck' is not among its knobs"),
+        (replace(LORA, fusable="yes"), "fusable='yes' must be True or False"),
+        (LORA, "'lora' is registered twice"),
+    ],
+    ids=["name", "count", "range-order", "range-zero", "knob", "size-knob", "fusable", "twice"],
+)
+def test_register_facts_refuses_bad_facts(facts, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        register_facts(facts)
+    assert METHOD_FACTS.get("lora") is LORA
+
+
+def test_a_builder_without_facts_is_refused():
+    spec = METHOD_REGISTRY.get("lora")
+    with pytest.raises(ValueError, match="'lorra' has no facts: register them in"):
+        register_method("lorra", paper=spec.paper, library=spec.library, builder=spec.builder,
+                        summary=spec.summary)  # fmt: skip
+    assert "lorra" not in METHOD_REGISTRY
+
+
+def test_an_unknown_method_is_named_with_the_known_ones():
+    with pytest.raises(ConfigError, match="method='lorra' is not one of: .*did you mean lora"):
+        METHOD_FACTS.get("lorra")
