@@ -18,7 +18,7 @@ from trainables.flops import (
     train_flops,
     trial_mfu,
 )
-from tuner.bench.cli import main, markdown_table
+from tuner.bench.cli import main
 from tuner.bench.packing import (
     PackingRow,
     aggregate,
@@ -26,6 +26,7 @@ from tuner.bench.packing import (
     fused_lrs,
     with_speedups,
 )
+from tuner.bench.record import markdown_table
 from tuner.bench.search import compare_studies
 from tuner.bench.trial import SETTINGS, TrialRow, TrialSetting, finish_rows, time_to_target
 from tuner.cli import run_cli

@@ -16,8 +16,6 @@ after every measurement, so an interrupted run keeps what it measured, and
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import shlex
 import sys
 import tempfile
@@ -26,48 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.errors import ConfigError
-from tuner.bench.packing import FUSED_SEEDS
+from tuner.bench.packing import (
+    FUSED_SEEDS,
+    PackingSetup,
+    best_gpus_per_trial,
+    mps_daemon,
+    run_level,
+    save_data,
+    with_speedups,
+)
+from tuner.bench.record import Record
 from tuner.cli import add_set_argument
 
 SUITES = ("trial", "packing", "search", "hpsearch")
 DEFAULT_TRIAL_SETTINGS = "trainer-bs32,ours-bs32,ours-bs128,ours-bs128-bf16w,trainer-bs128"
 MPS_MODES = {"no": (False,), "yes": (True,), "both": (False, True)}  # packing: levels measured
-Column = tuple[str, str, str]  # key, header, format spec ("" = str)
-TRIAL_COLUMNS: list[Column] = [
-    ("setting", "setting", ""), ("seed", "seed", "d"), ("batch_size", "batch", "d"),
-    ("lr", "lr", "g"),
-    ("train_samples_per_s", "train samples/s", ",.0f"), ("speedup", "speed-up", ".2f"),
-    ("time_to_target_s", "s to dev target", ".1f"), ("wall_s", "wall s", ".1f"),
-    ("dev_score", "dev", ".4f"), ("test_score", "test", ".4f"),
-    ("peak_mem_mib", "peak MiB", ",.0f"), ("mfu", "MFU", ".2%"),
-]  # fmt: skip
-MEANS_COLUMNS: list[Column] = [
-    ("setting", "setting", ""), ("seeds", "seeds", "d"),
-    ("train_samples_per_s", "train samples/s", ",.0f"), ("speedup", "speed-up", ".2f"),
-    ("dev_score", "dev", ".4f"), ("test_score", "test", ".4f"),
-    ("test_gap_points", "test vs baseline (points)", "+.2f"),
-]  # fmt: skip
-PACKING_COLUMNS: list[Column] = [
-    ("concurrent", "trials", "d"), ("gpus_per_trial", "gpus/trial", ".3g"), ("mps", "MPS", ""),
-    ("aggregate_samples_per_s", "aggregate samples/s", ",.0f"), ("speedup", "vs 1", ".2f"),
-    ("trial_samples_per_s", "per trial", ",.0f"), ("mfu", "GPU MFU", ".2%"),
-    ("peak_mem_mib", "peak MiB/trial", ",.0f"), ("dev_score", "dev", ".4f"), ("failed", "failed", "d"),
-    ("via", "via", ""),
-]  # fmt: skip
-SEARCH_COLUMNS: list[Column] = [
-    ("study", "study", ""), ("trials", "trials", "d"), ("completed", "completed", "d"),
-    ("stopped", "stopped", "d"), ("outside_budget", "outside budget", "d"),
-    ("wall_s", "wall s", ",.0f"), ("best_dev_score", "best dev", ".4f"),
-    ("time_to_near_best_s", "s to best-0.5pt", ",.0f"),
-    ("trials_per_gpu_hour", "completed/GPU-h", ",.1f"),
-    ("finished_per_gpu_hour", "completed+stopped/GPU-h", ",.1f"),
-]  # fmt: skip
-HPSEARCH_COLUMNS: list[Column] = [
-    ("trial_index", "trial", "d"), ("config", "config", ""), ("status", "Trainer", ""),
-    ("dev_score", "dev (Trainer)", ".4f"), ("wall_s", "wall s", ",.1f"),
-    ("study_trial", "study trial", ""), ("study_status", "study", ""),
-    ("study_dev_score", "dev (study)", ".4f"), ("dev_diff", "Trainer - study", "+.4f"),
-]  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -131,61 +102,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-class Record:
-    """The suite's document, rewritten to disk after each row."""
-
-    def __init__(self, out: Path, suite: str, command: str) -> None:
-        from tuner.provenance import provenance
-
-        self.path = out / f"bench-{suite}.json"
-        self.columns = {"trial": TRIAL_COLUMNS, "packing": PACKING_COLUMNS,
-                        "search": SEARCH_COLUMNS, "hpsearch": HPSEARCH_COLUMNS}[suite]  # fmt: skip
-        self.doc: dict[str, Any] = {
-            "suite": suite, "command": command,
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            **provenance(), "rows": [], "summary": {},
-        }  # fmt: skip
-
-    def set_rows(self, rows: list[dict[str, Any]], **summary: Any) -> None:
-        self.doc["rows"] = rows
-        self.doc["summary"].update(summary)
-        self.path.parent.mkdir(parents=True, exist_ok=True)  # not before a first row: bad input
-        self.path.write_text(json.dumps(self.doc, indent=2, default=str))
-        self.path.with_suffix(".md").write_text(self.markdown())
-
-    def markdown(self) -> str:
-        d = self.doc
-        head = f"`{d['command']}` on {d['device']}, {d['date'][:10]}, commit {d['git_commit'][:12]}"
-        items = {k: v for k, v in d["summary"].items() if k != "means"}
-        summary = "".join(f"\n- {k}: {_fmt(v, '')}" for k, v in items.items())
-        means = d["summary"].get("means")
-        if means:
-            rows = [{"setting": name, **m} for name, m in means.items()]
-            summary += "\n\nMeans over seeds:\n\n" + markdown_table(rows, MEANS_COLUMNS) + "\n"
-        return f"{head}\n\n{markdown_table(d['rows'], self.columns)}\n{summary}\n"
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
-    """A markdown table of ``rows`` (dicts) with ``columns``; missing values show as ``-``."""
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
-             "|" + "|".join("---" if not f else "---:" for _, _, f in columns) + "|"]  # fmt: skip
-    for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(k), f) for k, _, f in columns) + " |")
-    return "\n".join(lines)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and not spec:
-        return f"{value:.4g}"
-    try:
-        return format(value, spec)
-    except (TypeError, ValueError):
-        return str(value)
-
-
 # --- the suites ------------------------------------------------------------------------------------
+# Each suite imports what it runs when it runs: torch, transformers' Trainer, Ray Tune or MLflow
+# take seconds to tens of seconds to import, and `--help` or a bad option must answer at once
+# (this module alone imports in 0.3 s).
 
 
 def trial_suite(args: argparse.Namespace, record: Record) -> None:
@@ -215,15 +135,41 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     from trainables.backbones import load_backbone
     from trainables.data.tokenize import cache_stats
     from trainables.flops import device_peak_flops
-    from tuner.bench.packing import (
-        PackingSetup,
-        best_gpus_per_trial,
-        mps_daemon,
-        run_level,
-        save_data,
-        with_speedups,
-    )  # fmt: skip
-    from tuner.bench.packing_tune import check_via, measure_tune
+    from tuner.bench.packing_tune import measure_tune
+
+    via, levels = packing_options(args)
+    device = _device(args.device)
+    before = cache_stats()
+    data = _prepare(args)  # tokenised once (per split) for every trial of every level
+    after = cache_stats()
+    work = {"tokenisations": after.misses - before.misses,
+            "tokenisation_cache_hits": after.hits - before.hits}  # fmt: skip
+    shape = load_backbone(args.backbone, meta=True).shape
+    publish = PackingPublisher(record, via, work, _data_summary(data))
+    with tempfile.TemporaryDirectory(prefix="peft-tune-packing-") as tmp:
+        setup = PackingSetup(backbone=args.backbone, device=device, batch_size=args.batch_size,
+                             shape=shape, peak_flops=device_peak_flops(device),
+                             workdir=Path(tmp))  # fmt: skip
+        if via in ("tune", "pool"):
+            measure_tune(levels, setup, data=data, mps=MPS_MODES[args.mps], publish=publish,
+                         log=_log, pooled=via == "pool")  # fmt: skip
+            return
+        data_file = save_data(data, Path(tmp) / "data.pkl")
+        for mps in MPS_MODES[args.mps]:  # without MPS first, as the modes list them
+            if not mps:
+                measure_levels(args, levels, setup, data_file, via=via, mps=False, publish=publish)
+                continue
+            with mps_daemon(Path(tmp) / "mps") as started:
+                if started:
+                    measure_levels(args, levels, setup, data_file, via=via, mps=True,
+                                   publish=publish)  # fmt: skip
+                else:
+                    _log("packing: no nvidia-cuda-mps-control here, MPS skipped")
+
+
+def packing_options(args: argparse.Namespace) -> tuple[str, list[int]]:
+    """``--via`` and ``--levels`` of the packing suite, checked with the fused options."""
+    from tuner.bench.packing_tune import check_via
 
     via = check_via(args.via)
     levels = _levels(args.levels)
@@ -234,18 +180,46 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
     if per < 0 or any(n > per and n % per for n in levels if per):
         raise ConfigError(f"--fused-per-process={per} must be >= 0 and divide every level "
                           f"above it: --levels {args.levels}")  # fmt: skip
-    device = _device(args.device)
-    before = cache_stats()
-    data = _prepare(args)  # tokenised once (per split) for every trial of every level
-    after = cache_stats()
-    work = {"tokenisations": after.misses - before.misses,
-            "tokenisation_cache_hits": after.hits - before.hits}  # fmt: skip
-    shape = load_backbone(args.backbone, meta=True).shape
-    rows: list[Any] = []
+    return via, levels
 
-    def publish(row: Any) -> None:
-        rows.append(row)
-        done = with_speedups(rows)
+
+def measure_levels(
+    args: argparse.Namespace,
+    levels: list[int],
+    setup: PackingSetup,
+    data_file: Path,
+    *,
+    via: str,
+    mps: bool,
+    publish: PackingPublisher,
+) -> None:
+    """Each level as processes the bench starts (``--via processes`` or ``fused``)."""
+    under = " under MPS" if mps else ""
+    if via == "fused":  # one trial alone as the baseline, then each level fused
+        _log(f"packing: 1 trial alone (the baseline){under}")
+        publish(run_level(1, setup, data_file=data_file, mps=mps))
+    for n in levels:
+        fuse = min(n, args.fused_per_process or n) if via == "fused" else 0
+        how = f", fused {fuse} per process" if fuse else ""
+        _log(f"packing: {n} trial(s){how}{under}")
+        publish(run_level(n, setup, data_file=data_file, mps=mps, fuse=fuse,
+                          fused_seeds=args.fused_seeds))  # fmt: skip
+
+
+class PackingPublisher:
+    """Takes each measured packing row: the record is rewritten with every row so far, their
+    speed-ups and the summary (``work``: tokenisation counts; ``data``: the data's size)."""
+
+    def __init__(
+        self, record: Record, via: str, work: dict[str, Any], data: dict[str, Any]
+    ) -> None:
+        self.record, self.via, self.work, self.data = record, via, work, data
+        self.rows: list[Any] = []
+
+    def __call__(self, row: Any) -> None:
+        via = self.via
+        self.rows.append(row)
+        done = with_speedups(self.rows)
         # keyed by level (+ "-mps"), + "-tune" for the baseline of --via pool
         walls = {f"{r.concurrent}{'-mps' if r.mps else ''}{'' if r.via == via else '-' + r.via}":
                  (r.wall_s, r.wall_samples_per_s)
@@ -253,43 +227,12 @@ def packing_suite(args: argparse.Namespace, record: Record) -> None:
         tune_wall = {"tune_wall_s": {k: round(s, 1) for k, (s, _) in walls.items()},
                      "tune_wall_samples_per_s": {k: round(v) for k, (_, v) in walls.items()}
                      } if walls else {}  # fmt: skip
-        record.set_rows([r.to_dict() for r in done], **work, via=via,
-                        best_gpus_per_trial=best_gpus_per_trial(
-                            [r for r in done if not r.mps and r.via not in ("fused", "pool")]),
-                        **tune_wall, **_data_summary(data))  # fmt: skip
+        self.record.set_rows([r.to_dict() for r in done], **self.work, via=via,
+                             best_gpus_per_trial=best_gpus_per_trial(
+                                 [r for r in done if not r.mps and r.via not in ("fused", "pool")]),
+                             **tune_wall, **self.data)  # fmt: skip
         wall = f", whole Tune run {row.wall_s:,.1f} s" if row.wall_s is not None else ""
         _log(f"  aggregate {done[-1].aggregate_samples_per_s:,.0f} samples/s{wall}")
-
-    with tempfile.TemporaryDirectory(prefix="peft-tune-packing-") as tmp:
-        setup = PackingSetup(backbone=args.backbone, device=device, batch_size=args.batch_size,
-                             shape=shape, peak_flops=device_peak_flops(device),
-                             workdir=Path(tmp))  # fmt: skip
-        if via in ("tune", "pool"):
-            measure_tune(levels, setup, data=data, mps=MPS_MODES[args.mps], publish=publish,
-                         log=_log, pooled=via == "pool")  # fmt: skip
-            return
-        data_file = save_data(data, Path(tmp) / "data.pkl")
-
-        def measure(mps: bool) -> None:
-            under = " under MPS" if mps else ""
-            if via == "fused":  # one trial alone as the baseline, then each level fused
-                _log(f"packing: 1 trial alone (the baseline){under}")
-                publish(run_level(1, setup, data_file=data_file, mps=mps))
-            for n in levels:
-                fuse = min(n, args.fused_per_process or n) if via == "fused" else 0
-                how = f", fused {fuse} per process" if fuse else ""
-                _log(f"packing: {n} trial(s){how}{under}")
-                publish(run_level(n, setup, data_file=data_file, mps=mps, fuse=fuse,
-                                  fused_seeds=args.fused_seeds))  # fmt: skip
-
-        if False in MPS_MODES[args.mps]:
-            measure(mps=False)
-        if True in MPS_MODES[args.mps]:
-            with mps_daemon(Path(tmp) / "mps") as started:
-                if started:
-                    measure(mps=True)
-                else:
-                    _log("packing: no nvidia-cuda-mps-control here, MPS skipped")
 
 
 def search_suite(args: argparse.Namespace, record: Record) -> None:

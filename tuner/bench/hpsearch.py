@@ -29,6 +29,7 @@ from typing import Any
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import FUSION_METHODS
+from trainables.backbones import load_backbone
 from trainables.prepared import PreparedData
 from trainables.train_config import TrainConfig
 from tuner.bench.hpsearch_baseline import (
@@ -42,6 +43,10 @@ from tuner.bench.hpsearch_baseline import (
 )
 from tuner.bench.search import TrialHistory, load_study, search_row
 from tuner.experiment import Experiment
+from tuner.prepare import prepare
+from tuner.sources import ensure_source_adapters
+from tuner.study import Resources
+from tuner.tracking import trial_status
 
 
 def study_trials(folder: str | Path) -> list[TrialHistory]:
@@ -77,9 +82,6 @@ def check_same_data(exp: Experiment, folder: str | Path) -> dict[str, Any]:
 def prepare_study_data(exp: Experiment, *, data_dir: str | None) -> PreparedData:
     """The study's data as ``tuner.launch`` prepares it (its extra test sets aside: the baseline
     scores the dev split only)."""
-    from trainables.backbones import load_backbone
-    from tuner.prepare import prepare
-
     train = TrainConfig.from_dict(dict(exp.train))
     return prepare(exp.task, tokenizer=load_backbone(exp.backbone, meta=True).tokenizer,
                    max_length=train.max_length, train_samples=exp.train_samples,
@@ -92,8 +94,6 @@ def with_source_adapters(
 ) -> PreparedData:  # fmt: skip
     """``data`` with the source adapters the fusion configs use, from the store the study used
     (``tuner.sources.ensure_source_adapters``; a missing one is trained as the study would)."""
-    from tuner.sources import ensure_source_adapters
-
     bottlenecks = tuple(sorted({int(c["bottleneck"]) for c in configs
                                 if c.get("method") in FUSION_METHODS}))  # fmt: skip
     data, _ = ensure_source_adapters(exp, data, bottlenecks=bottlenecks, resources=resources,
@@ -139,8 +139,6 @@ class PairRow:
 
 def pair_trials(baseline: list[BaselineTrial], study: list[TrialHistory]) -> list[PairRow]:
     """Each baseline trial with the first unpaired study trial of the same config."""
-    from tuner.tracking import trial_status
-
     unpaired: dict[str, list[TrialHistory]] = {}
     for history in study:
         unpaired.setdefault(comparable(history.config), []).append(history)
@@ -216,8 +214,6 @@ def baseline_of_study(
     """The baseline of a finished study: its first ``setup.max_trials`` configs (in the order the
     study started them) run the usual way, paired with the study's trials. Bad input raises
     ConfigError before Ray starts or data is prepared."""
-    from tuner.study import Resources
-
     cuda = setup.device.startswith("cuda")
     resources = Resources(setup.cpus_per_trial, 1.0 if cuda else 0.0)
     study = study_trials(folder)

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from trainables.flops import train_flops
+
 READY_TIMEOUT_S = 600.0
 POLL_S = 0.005
 FUSED_SEEDS = ("same", "distinct")  # fused bench trials: one data order, or one each
@@ -186,8 +188,6 @@ def level_row(
 ) -> PackingRow:
     """The row of ``n`` packed trials from the results of those that finished (start, train_s,
     samples, tokens, peak_mem_mib, dev_score each); the missing ones count as failed."""
-    from trainables.flops import train_flops
-
     agg, per_trial = aggregate(results)
     window = _window(results)
     flops = sum(
@@ -273,6 +273,8 @@ def mps_daemon(folder: Path) -> Iterator[bool]:
 def worker(args: argparse.Namespace) -> int:
     """One worker: one trial trained by ``fit``, or ``args.fuse`` trials fused into one model;
     writes a JSON list, one entry per trial."""
+    # torch and the model stack load in the worker only: the bench's parent process imports this
+    # module for its options and never touches CUDA, so every worker gets the GPU to itself
     import torch
 
     from trainables.backbones import load_backbone

@@ -34,10 +34,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
 from ray.tune import Callback
 
 from search_spaces.errors import ConfigError, one_of
+from trainables.fused_pool import start_pool
+from trainables.trainable import tune_pooled_trial, tune_trial
 from tuner.bench.packing import PackingRow, PackingSetup, level_row, mps_daemon, trial_config
+from tuner.runner import connect_ray
 
 VIA = ("processes", "fused", "tune", "pool")
 CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
@@ -68,10 +73,6 @@ def measure_tune(
     starts), each setting on its own local Ray; ``publish`` gets each row as it is measured.
     ``pooled``: one trial alone as usual (the baseline), then each level's trials in a fused
     pool of ``n`` rows that holds the GPU (:mod:`trainables.fused_pool`)."""
-    from ray import tune
-
-    from trainables.trainable import tune_trial
-
     check_via("pool" if pooled else "tune")
     # Tune runs a trial in its own folder: a relative path breaks
     if Path(setup.backbone).exists():
@@ -121,8 +122,6 @@ def run_tune_level(
     """One Tune run of ``n`` identical trials, ``n`` at once, each with ``1/n`` of the GPU (via
     ``pool``: none, the pool holds it; ``cpus`` are the cluster's CPUs left for them). ``data``
     is what the trials train on: its rows and tokens turn their reports into figures."""
-    from ray import tune
-
     running = RunningTrials()
     # Ray counts in 1e-4 units; a pool's trials hold no GPU (the pool does)
     gpus = math.floor(1e4 / n) / 1e4 if setup.device == "cuda" and via != "pool" else 0
@@ -160,12 +159,6 @@ def run_pool_level(n: int, setup: PackingSetup, *, data: Any, cpus: float, mps: 
     """One Tune run of ``n`` identical trials, ``n`` at once, trained in one fused pool of ``n``
     rows that holds the GPU (one CPU); the trials' own processes hold no GPU. The pool starts
     before the timed run (its actor up, nothing built) and ends with it."""
-    import ray
-    from ray import tune
-
-    from trainables.fused_pool import start_pool
-    from trainables.trainable import tune_pooled_trial
-
     pool = start_pool(data, slots=n, rank=tune_config(setup)["rank"],
                       gpus=1 if setup.device == "cuda" else 0)  # fmt: skip
     try:
@@ -219,10 +212,6 @@ def local_ray(device: str) -> Iterator[float]:
     """A loopback-only local Ray for the block (:func:`tuner.runner.connect_ray`) that sees one
     GPU on CUDA (the first visible: packing is about one GPU) and none on CPU; shut down at the
     block's end. Yields the cluster's CPUs."""
-    import ray
-
-    from tuner.runner import connect_ray
-
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process; --via tune starts its own")
     with _env(CUDA_VISIBLE, _visible_devices(device)):  # the raylet and its workers inherit it

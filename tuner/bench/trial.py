@@ -9,16 +9,32 @@ to reach it, the speed-up over the baseline). Settings are data: a dict of named
 
 from __future__ import annotations
 
+import gc
 import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
 from search_spaces.errors import ConfigError
 from search_spaces.registry import Registry
+from trainables.backbones import BACKBONES, TINY_SEED, bert_config, load_backbone
 from trainables.flops import device_peak_flops, mfu
+from trainables.loop import evaluate, fit
+from trainables.methods import build_model
 from trainables.prepared import PreparedData
+from trainables.recipe import split_config
 
 RUNNERS = ("ours", "trainer")
 BASELINE = "trainer-bs32"  # the issue's reference: the usual way at the default batch size
@@ -117,10 +133,6 @@ class TrialRow:
 def run_setting(setting: TrialSetting, work: Workload) -> TrialRow:
     """Train ``setting`` on ``work``; CUDA memory is released afterwards, and what the run left
     allocated is recorded (``extra["retained_mib"]``: a later row's peak would include it)."""
-    import gc
-
-    import torch
-
     cuda = work.device.startswith("cuda")
     before = torch.cuda.memory_allocated() if cuda else 0
     try:
@@ -135,13 +147,6 @@ def run_setting(setting: TrialSetting, work: Workload) -> TrialRow:
 
 
 def run_ours(setting: TrialSetting, work: Workload) -> TrialRow:
-    import torch
-
-    from trainables.backbones import load_backbone
-    from trainables.loop import evaluate, fit
-    from trainables.methods import build_model
-    from trainables.recipe import split_config
-
     data = work.data
     config = {"method": "lora", "rank": work.rank, "alpha": work.alpha, "epochs": work.epochs,
               "batch_size": setting.batch_size, "lr": setting.lr, "seed": work.seed,
@@ -185,8 +190,6 @@ def store_frozen_in_bf16(model: Any) -> int:
     """Cast every frozen floating-point parameter to bf16 in place; returns how many. Under bf16
     autocast the frozen weights are re-cast at every forward otherwise (autocast caches only
     casts of weights that require grad)."""
-    import torch
-
     cast = 0
     for param in model.parameters():
         if not param.requires_grad and param.dtype.is_floating_point:
@@ -198,12 +201,6 @@ def store_frozen_in_bf16(model: Any) -> int:
 def run_trainer(setting: TrialSetting, work: Workload) -> TrialRow:
     """The usual way, as the Hugging Face and peft docs show it: a sequence-classification model,
     ``get_peft_model``, ``Trainer`` with ``DataCollatorWithPadding``, bf16 on CUDA."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
-
-    from trainables.backbones import load_backbone
-
     data, cuda = work.data, work.device.startswith("cuda")
     torch.manual_seed(work.seed)
     model = get_peft_model(
@@ -211,30 +208,9 @@ def run_trainer(setting: TrialSetting, work: Workload) -> TrialRow:
         LoraConfig(task_type="SEQ_CLS", r=work.rank, lora_alpha=work.alpha, lora_dropout=0.0,
                    target_modules=["query", "value"]),
     )  # fmt: skip
-    tokenizer = load_backbone(work.backbone, meta=True).tokenizer
-    steps = math.ceil(work.epochs * math.ceil(len(data.train) / setting.batch_size))
     clock = _Clock()
-
-    class Clock(TrainerCallback):  # Trainer wants a TrainerCallback subclass
-        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
-            clock.begin()
-
-        def on_evaluate(self, *args: Any, metrics: dict | None = None, **kwargs: Any) -> None:
-            clock.evaluated(metrics or {})
-
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=setting.batch_size,
-            per_device_eval_batch_size=128, learning_rate=setting.lr, num_train_epochs=work.epochs,
-            warmup_ratio=0.06, weight_decay=0.01, bf16=cuda, eval_strategy="steps",
-            eval_steps=max(1, steps // EVALS), save_strategy="no", report_to="none",
-            seed=work.seed, use_cpu=not cuda, disable_tqdm=True,
-        )  # fmt: skip
-        trainer = Trainer(
-            model=model, args=args, train_dataset=features(data.train),
-            eval_dataset=features(data.dev), data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=_accuracy, callbacks=[Clock()],
-        )  # fmt: skip
+        trainer = usual_trainer(setting, work, model, clock, output_dir=tmp)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         output = trainer.train()
@@ -258,6 +234,42 @@ def run_trainer(setting: TrialSetting, work: Workload) -> TrialRow:
         extra={"trainer_samples_per_s": output.metrics.get("train_samples_per_second"),
                "steps": output.global_step},
     )  # fmt: skip
+
+
+def usual_trainer(
+    setting: TrialSetting, work: Workload, model: Any, clock: _Clock, *, output_dir: str
+) -> Trainer:
+    """The docs' ``Trainer`` for ``model``: ``DataCollatorWithPadding``, warm-up 6 %, weight decay
+    0.01, bf16 on CUDA, ``EVALS`` dev evaluations timed by ``clock``."""
+    data, cuda = work.data, work.device.startswith("cuda")
+    tokenizer = load_backbone(work.backbone, meta=True).tokenizer
+    steps = math.ceil(work.epochs * math.ceil(len(data.train) / setting.batch_size))
+    args = TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=setting.batch_size,
+        per_device_eval_batch_size=128, learning_rate=setting.lr, num_train_epochs=work.epochs,
+        warmup_ratio=0.06, weight_decay=0.01, bf16=cuda, eval_strategy="steps",
+        eval_steps=max(1, steps // EVALS), save_strategy="no", report_to="none",
+        seed=work.seed, use_cpu=not cuda, disable_tqdm=True,
+    )  # fmt: skip
+    return Trainer(
+        model=model, args=args, train_dataset=features(data.train),
+        eval_dataset=features(data.dev), data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_accuracy, callbacks=[_ClockCallback(clock)],
+    )  # fmt: skip
+
+
+class _ClockCallback(TrainerCallback):
+    """Trainer's training start and evaluations, told to a :class:`_Clock` (Trainer takes
+    ``TrainerCallback`` subclasses)."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.clock = clock
+
+    def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+        self.clock.begin()
+
+    def on_evaluate(self, *args: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+        self.clock.evaluated(metrics or {})
 
 
 class _Clock:
@@ -302,11 +314,6 @@ def features(encoded: Any) -> list[dict[str, Any]]:
 def hf_classifier(backbone: str, num_labels: int) -> Any:
     """``AutoModelForSequenceClassification`` of a registered backbone or folder; the random test
     backbones are built from their shape with the same seed as ``load_backbone``."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
-
-    from trainables.backbones import BACKBONES, TINY_SEED, bert_config
-
     if backbone not in BACKBONES:
         return AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=num_labels)
     spec = BACKBONES.get(backbone)
