@@ -213,39 +213,9 @@ def subtract_host(
     entering packages the host satisfies, until nothing more can be left out. Raises
     :class:`ConfigError` when a package the host needs was not resolved (pip evaluates markers
     for the running Python, not the host's) and the host does not have it either."""
-    by_name = {r.name: r for r in resolved}
     on_host: set[str] = set()
     while True:
-        needs: dict[str, list[tuple[str, Requirement]]] = defaultdict(list)
-        for name, reqs in _user_requirements(requirements).items():
-            needs[name] += [("--requirement", r) for r in reqs]
-        reached, missing = set(), []
-        stack = [(r.name, frozenset(r.extras)) for r in resolved if r.requested]
-        seen = set()
-        while stack:
-            name, extras = stack.pop()
-            if (name, extras) in seen:
-                continue
-            seen.add((name, extras))
-            reached.add(name)
-            if name in on_host:
-                continue
-            for text in by_name[name].requires:
-                req = Requirement(text)
-                if not _applies(req, env, extras):
-                    continue
-                dep = canonicalize_name(req.name)
-                needs[dep].append((f"{name} {by_name[name].version}", req))
-                if dep in by_name:
-                    stack.append((dep, frozenset(req.extras)))
-                elif not (dep in host and req.specifier.contains(host[dep], prereleases=True)):
-                    missing.append(f"{dep} (needed by {name}: {text})")
-        if missing:
-            raise ConfigError(
-                f"pip did not resolve {', '.join(sorted(set(missing)))} for Python "
-                f"{env['python_version']}: run cluster.bundle with Python {env['python_version']} "
-                "or add it with --requirement"
-            )
+        reached, needs = _walk(resolved, host, env, requirements, on_host)
         fits = {
             name for name in reached - on_host if name in host
             and all(req.specifier.contains(host[name], prereleases=True) for _, req in needs[name])
@@ -265,6 +235,53 @@ def subtract_host(
         unneeded=sorted(r.name for r in resolved if r.name not in reached),
         over_host=over_host,
     )
+
+
+Needs = dict[str, list[tuple[str, Requirement]]]  # package -> (who needs it, the requirement)
+
+
+def _walk(
+    resolved: list[Resolved],
+    host: dict[str, Version],
+    env: dict[str, str],
+    requirements: tuple[str, ...],
+    on_host: set[str],
+) -> tuple[set[str], Needs]:
+    """One walk of the requirement graph from the requested packages under the host's markers,
+    not entering the packages in ``on_host``: the packages reached and who needs each. Raises
+    :class:`ConfigError` for a needed package that neither pip resolved nor the host has."""
+    by_name = {r.name: r for r in resolved}
+    needs: Needs = defaultdict(list)
+    for name, reqs in _user_requirements(requirements).items():
+        needs[name] += [("--requirement", r) for r in reqs]
+    reached, missing = set(), []
+    stack = [(r.name, frozenset(r.extras)) for r in resolved if r.requested]
+    seen = set()
+    while stack:
+        name, extras = stack.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        reached.add(name)
+        if name in on_host:
+            continue
+        for text in by_name[name].requires:
+            req = Requirement(text)
+            if not _applies(req, env, extras):
+                continue
+            dep = canonicalize_name(req.name)
+            needs[dep].append((f"{name} {by_name[name].version}", req))
+            if dep in by_name:
+                stack.append((dep, frozenset(req.extras)))
+            elif not (dep in host and req.specifier.contains(host[dep], prereleases=True)):
+                missing.append(f"{dep} (needed by {name}: {text})")
+    if missing:
+        raise ConfigError(
+            f"pip did not resolve {', '.join(sorted(set(missing)))} for Python "
+            f"{env['python_version']}: run cluster.bundle with Python {env['python_version']} "
+            "or add it with --requirement"
+        )
+    return reached, needs
 
 
 def download(
