@@ -25,14 +25,21 @@ from trainables.methods import METHOD_REGISTRY, register_method
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "METHODS.md"
 BUILDS_SECTION = "## What each method builds"
+DEFAULTS_SECTION = "## MiniLM-L6 at the default options"
 SOURCES = ("glue/sst2", "newsgroups/bydate")
+
+
+def table_rows(text: str, section: str) -> list[list[str]]:
+    """The cells of each body row of the table under ``section`` (up to the next ``## ``)."""
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in body.splitlines() if line.startswith("| ")]  # fmt: skip
+    return [r for r in rows if r[0] != "method"]
 
 
 def docs_rows(text: str, section: str = BUILDS_SECTION) -> list[str]:
     """The method names of the table under ``section`` (the first cell of each body row)."""
-    body = text.split(section, 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| ([a-z0-9_]+) \|", body, re.M)
-    return [r for r in rows if r != "method"]
+    return [row[0] for row in table_rows(text, section)]
 
 
 def missing_facts(
@@ -57,6 +64,15 @@ def test_every_method_has_facts_a_builder_and_a_docs_row():
     rows = docs_rows(DOCS.read_text())
     assert missing_facts(METHODS, METHOD_FACTS, METHOD_REGISTRY.names(), rows) == []
     assert len(rows) == len(set(rows)), f"a method has two rows in {DOCS.name}: {rows}"
+
+
+def test_the_docs_give_each_methods_library_and_paper_as_registered():
+    rows = table_rows(DOCS.read_text(), DEFAULTS_SECTION)
+    documented = {row[0]: (row[4], row[5]) for row in rows}
+    registered = {
+        m: (METHOD_REGISTRY.get(m).library, METHOD_REGISTRY.get(m).paper) for m in METHODS
+    }
+    assert documented == registered
 
 
 def test_the_completeness_check_bites():
