@@ -32,7 +32,8 @@ class MethodFacts:
     caller adds it); ``lr_range`` is searched log-uniformly and its geometric middle is the rate of
     a config that sets none; ``knobs`` are the MethodConfig fields the method reads (the others
     are None in a trial's params); ``size_knob`` is what a budget match turns (None: fixed size);
-    ``fusable``: trains as a row of one fused LoRA model (``--fuse``, the fused pool)."""
+    ``fusable``: trains as a row of one fused LoRA model (``--fuse``, the fused pool). Built
+    facts are valid: a bad range, knob, size knob or counter raises ``ValueError`` naming it."""
 
     name: str
     count: Counter
@@ -41,43 +42,43 @@ class MethodFacts:
     size_knob: str | None
     fusable: bool
 
+    def __post_init__(self) -> None:
+        name = self.name
+        if not callable(self.count):
+            raise ValueError(f"method {name!r}: count={self.count!r} is not callable")
+        lo, hi = self.lr_range
+        if not 0 < lo < hi:
+            raise ValueError(f"method {name!r}: lr_range={self.lr_range!r} must be 0 < low < high")
+        unknown = [k for k in self.knobs if k not in CONFIG_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"method {name!r}: knob {unknown[0]!r} is not a MethodConfig field; one of: "
+                f"{', '.join(CONFIG_FIELDS)}"
+            )
+        size = self.size_knob
+        if size is not None and size not in self.knobs and size not in COMPOSITE_KNOBS:
+            raise ValueError(
+                f"method {name!r}: size_knob={size!r} is not among its knobs {self.knobs} "
+                f"nor {COMPOSITE_KNOBS}"
+            )
+        if not isinstance(self.fusable, bool):
+            raise ValueError(f"method {name!r}: fusable={self.fusable!r} must be True or False")
+
 
 METHOD_FACTS: Registry[MethodFacts] = Registry("method")
 
 
 def register_facts(facts: MethodFacts) -> MethodFacts:
-    """Register ``facts``; refuses a name outside MethodConfig's ``METHODS``, a counter that is
-    not callable, a range not ``0 < low < high``, unknown knobs and a non-bool ``fusable``."""
-    name = facts.name
-    if name not in METHODS:
-        raise ValueError(f"method {name!r} is not in MethodConfig's METHODS: add it there first")
-    if not callable(facts.count):
-        raise ValueError(f"method {name!r}: count={facts.count!r} is not callable")
-    lo, hi = facts.lr_range
-    if not 0 < lo < hi:
-        raise ValueError(f"method {name!r}: lr_range={facts.lr_range!r} must be 0 < low < high")
-    unknown = [k for k in facts.knobs if k not in CONFIG_FIELDS]
-    if unknown:
+    """Register ``facts`` (validated when built); refuses a name outside MethodConfig's
+    ``METHODS`` and a method registered twice."""
+    if facts.name not in METHODS:
         raise ValueError(
-            f"method {name!r}: knob {unknown[0]!r} is not a MethodConfig field; one of: "
-            f"{', '.join(CONFIG_FIELDS)}"
+            f"method {facts.name!r} is not in MethodConfig's METHODS: add it there first"
         )
-    size = facts.size_knob
-    if size is not None and size not in facts.knobs and size not in COMPOSITE_KNOBS:
-        raise ValueError(
-            f"method {name!r}: size_knob={size!r} is not among its knobs {facts.knobs} "
-            f"nor {COMPOSITE_KNOBS}"
-        )
-    if not isinstance(facts.fusable, bool):
-        raise ValueError(f"method {name!r}: fusable={facts.fusable!r} must be True or False")
-    return METHOD_FACTS.register(name, facts)
-
-
-def facts_of(method: str) -> MethodFacts:
-    """The facts of ``method``; an unknown name raises ``ConfigError`` listing the known ones."""
-    return METHOD_FACTS.get(method)
+    return METHOD_FACTS.register(facts.name, facts)
 
 
 __all__ = [
-    "COMPOSITE_KNOBS", "Counter", "METHOD_FACTS", "MethodFacts", "facts_of", "register_facts",
+    "COMPOSITE_KNOBS", "CONFIG_FIELDS", "Counter", "METHOD_FACTS", "MethodFacts",
+    "register_facts",
 ]  # fmt: skip

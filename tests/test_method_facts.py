@@ -16,7 +16,13 @@ from search_spaces.accounting import ParamCount, count_params
 from search_spaces.errors import ConfigError
 from search_spaces.matching import KNOBS
 from search_spaces.method_config import METHODS, MethodConfig
-from search_spaces.method_facts import METHOD_FACTS, MethodFacts, register_facts
+from search_spaces.method_facts import (
+    COMPOSITE_KNOBS,
+    CONFIG_FIELDS,
+    METHOD_FACTS,
+    MethodFacts,
+    register_facts,
+)
 from search_spaces.registry import Registry
 from search_spaces.shapes import TINY_BERT
 from search_spaces.spaces import KNOBS_USED, LR_RANGES, default_lr
@@ -109,6 +115,9 @@ def test_the_tables_are_views_of_the_registry():
         assert KNOBS_USED[method] == facts.knobs
         assert KNOBS[method] == facts.size_knob
     assert list(LR_RANGES) == list(KNOBS_USED) == list(KNOBS) == list(METHODS)
+    assert sorted(COMPOSITE_KNOBS) == sorted(
+        {k for k in KNOBS.values() if k is not None} - set(CONFIG_FIELDS)
+    )
 
 
 def test_fusability_agrees_with_the_fused_model():
@@ -121,23 +130,34 @@ LORA = METHOD_FACTS.get("lora")
 
 
 @pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"count": "rank * 2"}, "count='rank * 2' is not callable"),
+        ({"lr_range": (3e-3, 1e-4)}, "must be 0 < low < high"),
+        ({"lr_range": (0.0, 1e-3)}, "must be 0 < low < high"),
+        ({"knobs": ("rank", "rnak")}, "knob 'rnak' is not a MethodConfig field"),
+        ({"size_knob": "bottleneck"}, "size_knob='bottleneck' is not among its knobs"),
+        ({"fusable": "yes"}, "fusable='yes' must be True or False"),
+    ],
+    ids=["count", "range-order", "range-zero", "knob", "size-knob", "fusable"],
+)
+def test_facts_are_validated_when_built(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        replace(LORA, **changes)
+
+
+@pytest.mark.parametrize(
     ("facts", "message"),
     [
         (replace(LORA, name="lorra"), "'lorra' is not in MethodConfig's METHODS"),
-        (replace(LORA, count="rank * 2"), "count='rank * 2' is not callable"),
-        (replace(LORA, lr_range=(3e-3, 1e-4)), "must be 0 < low < high"),
-        (replace(LORA, lr_range=(0.0, 1e-3)), "must be 0 < low < high"),
-        (replace(LORA, knobs=("rank", "rnak")), "knob 'rnak' is not a MethodConfig field"),
-        (replace(LORA, size_knob="bottleneck"), "size_knob='bottleneck' is not among its knobs"),
-        (replace(LORA, fusable="yes"), "fusable='yes' must be True or False"),
         (LORA, "'lora' is registered twice"),
     ],
-    ids=["name", "count", "range-order", "range-zero", "knob", "size-knob", "fusable", "twice"],
+    ids=["name", "twice"],
 )
-def test_register_facts_refuses_bad_facts(facts, message):
+def test_register_facts_refuses_unknown_and_twice_registered_methods(facts, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         register_facts(facts)
-    assert METHOD_FACTS.get("lora") is LORA
+    assert METHOD_FACTS.get("lora") is LORA and "lorra" not in METHOD_FACTS
 
 
 def test_a_builder_without_facts_is_refused():
