@@ -52,6 +52,7 @@ register_facts(
         knobs=("layers",),  # the top-k layers fine-tuned; None = every weight
         size_knob=None,
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -68,6 +69,7 @@ register_facts(
         knobs=(),
         size_knob=None,
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -87,7 +89,8 @@ register_facts(
         lr_range=(1e-4, 3e-3),  # LoRA on RoBERTa-base: 4e-4 .. 5e-4 (Hu et al., 2022)
         knobs=_LORA,
         size_knob="rank",
-        fusable=True,
+        fusable=True,  # the fused model and pool train LoRA rows (trainables/fused.py)
+        per_layer_ranks=True,  # peft's rank_pattern
     )
 )
 
@@ -113,6 +116,7 @@ register_facts(
         knobs=("rank", "adalora_scale", "placement", "layers", "init_rank", "budget_rank"),
         size_knob="rank",
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -131,6 +135,7 @@ register_facts(
         knobs=("bottleneck", "layers"),
         size_knob="bottleneck",
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -143,6 +148,7 @@ register_facts(
         knobs=("bottleneck", "layers"),
         size_knob="bottleneck",
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -161,6 +167,7 @@ register_facts(
         knobs=("prefix_length", "prefix_reparam", "layers"),
         size_knob="prefix_length",
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -192,6 +199,7 @@ register_facts(
         knobs=(*_LORA, "bottleneck", "prefix_length", "prefix_reparam"),
         size_knob="sizes",
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -220,6 +228,7 @@ register_facts(
         knobs=(*_FUSION, "fusion_init", "source_similarity"),
         size_knob="fusion_layers",
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -241,6 +250,7 @@ register_facts(
         knobs=(*_LORA, *_FUSION, "fusion_init", "source_similarity", "lora_placement_rule"),
         size_knob="rank",
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -264,6 +274,7 @@ register_facts(
         knobs=(*_LORA[:4], "start_rank", "grow_step", "grow_patience"),
         size_knob="rank",
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 
@@ -297,6 +308,7 @@ register_facts(
         knobs=("layer_modules", *_AUTOPEFT_SIZES, "rank", "alpha", "placement"),
         size_knob=None,
         fusable=False,
+        per_layer_ranks=False,
     )
 )
 

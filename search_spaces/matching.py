@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from search_spaces.accounting import ADAPTERS_LORA_METHODS, ParamCount, count_params
+from search_spaces.accounting import ParamCount, count_params
 from search_spaces.errors import ConfigError, one_of
 from search_spaces.method_config import LORA_METHODS, METHODS, MethodConfig
 from search_spaces.method_facts import METHOD_FACTS
@@ -28,8 +28,9 @@ from search_spaces.shapes import BackboneShape
 ACCOUNTINGS = ("trainable", "added")
 # method -> the knob matched to a budget; None: the method has no size knob (a fact of the method)
 KNOBS: dict[str, str | None] = {m: METHOD_FACTS.get(m).size_knob for m in METHODS}
-# adapters' LoRA (lora_fusion, unipelt) and AdaLoRA take one rank per module, no rank_pattern.
-ONE_RANK_METHODS = (*ADAPTERS_LORA_METHODS, "adalora", "lora_grow")
+# LoRA methods with one rank per module, no rank_pattern (adapters' LoRA of lora_fusion and
+# unipelt, AdaLoRA, lora_grow): their budget match narrows the layers instead.
+ONE_RANK_METHODS = tuple(m for m in LORA_METHODS if not METHOD_FACTS.get(m).per_layer_ranks)
 # LoRA's scale alpha / r stays at MethodConfig's default 16 / 8 whatever rank is solved.
 ALPHA_PER_RANK = MethodConfig.alpha / MethodConfig.rank
 # AdaLoRA starts every module at 1.5x its target average rank (peft's defaults: 12 for 8).

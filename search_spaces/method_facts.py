@@ -2,8 +2,9 @@
 method, registered with one :func:`register_facts` call that validates it.
 
 A method's facts are its exact accounting (``count``), its learning-rate range, the knobs it
-reads, the knob matched to a budget and whether it trains fused in a pool. The tables other
-modules read (``spaces.LR_RANGES``, ``spaces.KNOBS_USED``, ``matching.KNOBS``) are views of this
+reads, the knob matched to a budget, whether it trains fused in a pool and whether it takes
+per-layer ranks. The tables other modules read (``spaces.LR_RANGES``, ``spaces.KNOBS_USED``,
+``matching.KNOBS``, ``matching.ONE_RANK_METHODS``) are views of this
 registry; :mod:`search_spaces.catalog` holds the registrations, one per method, and fills the
 registry when imported (``search_spaces.accounting`` imports it, so every reader sees it full). The torch side
 (``trainables.methods.register_method``: builder, paper, library) refuses a method without facts,
@@ -32,7 +33,9 @@ class MethodFacts:
     caller adds it); ``lr_range`` is searched log-uniformly and its geometric middle is the rate of
     a config that sets none; ``knobs`` are the MethodConfig fields the method reads (the others
     are None in a trial's params); ``size_knob`` is what a budget match turns (None: fixed size);
-    ``fusable``: trains as a row of one fused LoRA model (``--fuse``, the fused pool). Built
+    ``fusable``: trains as a row of one fused LoRA model (``--fuse``, the fused pool);
+    ``per_layer_ranks``: takes a different rank per layer (``layer_ranks``, peft's
+    ``rank_pattern``), so a budget match may spread rank units over the layers. Built
     facts are valid: a bad range, knob, size knob or counter raises ``ValueError`` naming it."""
 
     name: str
@@ -41,6 +44,7 @@ class MethodFacts:
     knobs: tuple[str, ...]
     size_knob: str | None
     fusable: bool
+    per_layer_ranks: bool
 
     def __post_init__(self) -> None:
         name = self.name
@@ -61,8 +65,15 @@ class MethodFacts:
                 f"method {name!r}: size_knob={size!r} is not among its knobs {self.knobs} "
                 f"nor {COMPOSITE_KNOBS}"
             )
-        if not isinstance(self.fusable, bool):
-            raise ValueError(f"method {name!r}: fusable={self.fusable!r} must be True or False")
+        for flag in ("fusable", "per_layer_ranks"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(
+                    f"method {name!r}: {flag}={getattr(self, flag)!r} must be True or False"
+                )
+        if self.per_layer_ranks and "layer_ranks" not in self.knobs:
+            raise ValueError(
+                f"method {name!r}: per_layer_ranks=True needs layer_ranks in its knobs"
+            )
 
 
 METHOD_FACTS: Registry[MethodFacts] = Registry("method")

@@ -14,8 +14,8 @@ import pytest
 
 from search_spaces.accounting import ParamCount, count_params
 from search_spaces.errors import ConfigError
-from search_spaces.matching import KNOBS
-from search_spaces.method_config import METHODS, MethodConfig
+from search_spaces.matching import KNOBS, ONE_RANK_METHODS
+from search_spaces.method_config import LORA_METHODS, METHODS, MethodConfig
 from search_spaces.method_facts import (
     COMPOSITE_KNOBS,
     CONFIG_FIELDS,
@@ -120,6 +120,19 @@ def test_the_tables_are_views_of_the_registry():
     )
 
 
+@pytest.mark.parametrize("method", [m for m in METHODS if "layer_ranks" in KNOBS_USED[m]])
+def test_per_layer_ranks_is_what_the_accounting_accepts(method):
+    sources = SOURCES if method in ("fusion", "lora_fusion") else ()
+    mixed = (2, 4) * (TINY_BERT.num_layers // 2)
+    config = MethodConfig(method=method, sources=sources, layer_ranks=mixed, rank=4)
+    if METHOD_FACTS.get(method).per_layer_ranks:
+        assert count_params(config, TINY_BERT).trainable_params > 0
+    else:
+        with pytest.raises(ConfigError, match="layer_ranks="):
+            count_params(config, TINY_BERT)
+    assert (method in ONE_RANK_METHODS) == (method in LORA_METHODS and method != "lora")
+
+
 def test_fusability_agrees_with_the_fused_model():
     # trainables/fused.py keeps its own FUSABLE_METHODS until it reads the registry
     fusable = tuple(m for m in METHODS if METHOD_FACTS.get(m).fusable)
@@ -138,8 +151,19 @@ LORA = METHOD_FACTS.get("lora")
         ({"knobs": ("rank", "rnak")}, "knob 'rnak' is not a MethodConfig field"),
         ({"size_knob": "bottleneck"}, "size_knob='bottleneck' is not among its knobs"),
         ({"fusable": "yes"}, "fusable='yes' must be True or False"),
+        ({"per_layer_ranks": 1}, "per_layer_ranks=1 must be True or False"),
+        ({"knobs": ("rank",)}, "per_layer_ranks=True needs layer_ranks in its knobs"),
     ],
-    ids=["count", "range-order", "range-zero", "knob", "size-knob", "fusable"],
+    ids=[
+        "count",
+        "range-order",
+        "range-zero",
+        "knob",
+        "size-knob",
+        "fusable",
+        "ranks",
+        "ranks-knob",
+    ],
 )
 def test_facts_are_validated_when_built(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
