@@ -138,9 +138,10 @@ def run_ours(setting: TrialSetting, work: Workload) -> TrialRow:
     import torch
 
     from trainables.backbones import load_backbone
-    from trainables.loop import evaluate, fit
+    from trainables.inference import evaluate
     from trainables.methods import build_model
     from trainables.recipe import split_config
+    from trainables.training.loop import fit
 
     data = work.data
     config = {"method": "lora", "rank": work.rank, "alpha": work.alpha, "epochs": work.epochs,
