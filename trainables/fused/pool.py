@@ -377,7 +377,7 @@ def start_pool(
 ) -> Any:
     """The pool as a Ray actor (threaded: each trial's poll waits in its own thread) holding
     ``gpus`` of a GPU (0: trains on the host), for :func:`trainables.trainable.tune_pooled_trial`."""
-    import ray  # here, not at the top: the pool itself runs without Ray (tests, tuner.train)
+    import ray  # here, not at the top: the pool itself runs without Ray (the tests build one)
 
     actor = ray.remote(FusedPool).options(
         num_cpus=1, num_gpus=gpus, max_concurrency=max(16, 4 * slots)
