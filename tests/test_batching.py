@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainables.batching import (
+from trainables.data.encoded import Encoded
+from trainables.training.batching import (
     CHUNK_BATCHES,
     PAD_ID,
     PAD_MULTIPLE,
@@ -17,7 +18,6 @@ from trainables.batching import (
     epoch_plan,
     eval_plan,
 )
-from trainables.data.encoded import Encoded
 
 
 def random_encoded(n: int, *, seed: int = 0, pairs: bool = True, max_len: int = 60) -> Encoded:

@@ -1,8 +1,8 @@
-"""Fused LoRA trials (trainables/fused.py): K trials trained as one model get what each gets alone.
+"""Fused LoRA trials (trainables/fused/): K trials trained as one model get what each gets alone.
 
 The trials differ in rank, alpha and the knobs each may set (lr, weight decay, clipping, seed);
 dropout is off so that the only difference left is float rounding. The reference is the
-product's own loop (``trainables.loop.fit``) on each trial alone.
+product's own loop (``trainables.training.loop.fit``) on each trial alone.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from trainables.fused import (
     fused_batches,
     fused_losses,
 )
-from trainables.loop import fit
 from trainables.methods import build_model
 from trainables.train_config import TrainConfig
+from trainables.training.loop import fit
 
 BASE = TrainConfig(lr=3e-3, batch_size=32, epochs=2, evals=2, eval_batch_size=64, warmup_ratio=0.1)
 # 384 rows / 32 = 12 full batches; TRAIN_ODD (390 rows) ends each epoch on a short batch of 6

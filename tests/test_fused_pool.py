@@ -18,10 +18,10 @@ from tests.test_fused import no_dropout, trainable
 from tests.test_loop import DEV, TRAIN
 from trainables.backbones import load_backbone
 from trainables.fused_pool import WEIGHTS_KEY, FusedPool
-from trainables.loop import FitResult, fit
 from trainables.methods import build_model
 from trainables.prepared import PreparedData, train_rows
 from trainables.recipe import split_config
+from trainables.training.loop import FitResult, fit
 
 DATA = PreparedData(task="synthetic", task_kind="classification", metric="accuracy",
                     num_labels=2, train=TRAIN, dev=DEV, test=DEV)  # fmt: skip

@@ -1,4 +1,4 @@
-"""CUDA graphs of the training step (trainables/graphs.py): the same run as eager, faster; a
+"""CUDA graphs of the training step (trainables/training/graphs.py): the same run as eager, faster; a
 failed capture falls back to eager; graphed states resume anywhere. The graph tests need a GPU."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from transformers import BertConfig, BertModel
 
 from tests.test_loop import DEV, FAST, TRAIN, VOCAB, TinyClassifier, run
 from tests.test_methods_contract import METHOD_NAMES, build, config_for
-from trainables.loop import _portable, fit
+from trainables.training.loop import fit
+from trainables.training.state import portable
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -50,7 +51,7 @@ def test_portable_state_turns_tensor_learning_rates_into_floats():
     group = {"params": [param], "lr": torch.tensor(0.5)}
     optimizer = torch.optim.AdamW([group], lr=0.5, foreach=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
-    opt_state, sched_state = _portable(optimizer.state_dict()), _portable(scheduler.state_dict())
+    opt_state, sched_state = portable(optimizer.state_dict()), portable(scheduler.state_dict())
     assert (
         opt_state["param_groups"][0]["lr"] == 0.25
         and type(opt_state["param_groups"][0]["lr"]) is float

@@ -14,8 +14,9 @@ from transformers import BertConfig, BertModel
 
 from search_spaces.errors import ConfigError
 from trainables.data.encoded import Encoded
-from trainables.loop import FitResult, evaluate, fit, measure_latency, predict
+from trainables.inference import evaluate, measure_latency, predict
 from trainables.train_config import TrainConfig
+from trainables.training.loop import FitResult, fit
 
 VOCAB = 40
 MARKER = 7  # class 1 rows carry this token; the regression label is its share of the row

@@ -1,4 +1,4 @@
-"""Sequence packing for fused steps (trainables/packed.py): every sentence lands whole in its
+"""Sequence packing for fused steps (trainables/training/packed.py): every sentence lands whole in its
 trial's rows, attention and pooling stay within it, and a packed step equals a padded one."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from tests.test_fused import BASE, TRAIN_ODD, member, no_dropout
 from tests.test_loop import synthetic
-from trainables import packed
 from trainables.data.encoded import Encoded
 from trainables.fused import IGNORE_INDEX, FusedLoRA, fused_batches, fused_losses
+from trainables.training import packed
 
 
 def test_rows_bucket_is_a_power_of_two_or_three_quarters_of_one():

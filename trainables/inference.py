@@ -20,9 +20,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from search_spaces.errors import one_of
-from trainables.batching import collate, eval_plan
 from trainables.data.encoded import Encoded
 from trainables.metrics import compute, top_class_share
+from trainables.training.batching import collate, eval_plan
 
 TASK_KINDS = ("classification", "regression")
 # cuDNN attention (first choice for bf16 on Hopper) builds a plan for every new shape, and dynamic

@@ -7,7 +7,6 @@ resume from comes in as a folder.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
@@ -24,12 +23,15 @@ from search_spaces.method_config import MethodConfig
 from search_spaces.spaces import default_lr
 from trainables.backbones import load_backbone
 from trainables.faults import inject_fault
-from trainables.flops import trial_mfu
-from trainables.loop import evaluate, fit, measure_latency
+from trainables.fused import FusedLoRA, check_configs, fit_fused
 from trainables.methods import build_model
+from trainables.metrics import get_metric
 from trainables.prepared import PreparedData, subsample
 from trainables.source_store import check_intact
 from trainables.train_config import TrainConfig
+from trainables.training.loop import fit
+from trainables.training.progress import EvalReport
+from trainables.training.report import TrialReporter, result_report
 
 Report = Callable[[dict[str, Any], Path | None], None]
 WEIGHTS = "method.safetensors"
@@ -85,55 +87,21 @@ def run_trial(
         source_adapters=sources,
         total_steps=train_config.total_steps(len(data.train)),
     ).to(device)
-    state = None
-    if resume_from is not None:
-        model.load_method_weights(resume_from / WEIGHTS)
-        if (resume_from / METHOD_STATE).exists():
-            model.load_method_extra_state(torch.load(resume_from / METHOD_STATE, weights_only=True))
-        state = torch.load(resume_from / LOOP_STATE, weights_only=True)
-    counts = {"trainable_params": model.trainable_params(), "added_params": model.added_params()}
+    state = None if resume_from is None else load_checkpoint(model, resume_from)
     last: dict[str, Any] = {}
-    started = time.perf_counter()
+    reporter = TrialReporter(model, train_config, mode=get_metric(data.metric).mode, device=device)
     # where a trial's time goes besides training: model build (backbone, method, source adapters)
-    setup_s = started - entered
-    best = {"best_dev_score": float("-inf"), "time_to_best_s": 0.0}
+    setup_s = reporter.started - entered
 
-    def on_eval(ev: Any) -> bool:
-        metrics = {
-            **counts,
-            "setup_s": setup_s,
-            "evaluation": ev.evaluation,
-            "fidelity": ev.evaluation / train_config.evals,
-            "step": ev.step,
-            "epoch": ev.epoch,
-            "train_loss": ev.train_loss,
-            "dev_loss": ev.dev_loss,
-            "dev_score": ev.dev_score,
-            **{f"dev_{k}": v for k, v in ev.dev_metrics.items() if k != "score"},
-            "train_samples_per_s": ev.train_samples_per_s,
-            "graphed_steps": ev.graphed_steps,  # 0: every step eager (CPU, or not graph-safe)
-            "mfu": trial_mfu(model, ev, device),  # None on CPU: no known peak
-            "wall_s": time.perf_counter() - started,
-            "status": "running",
-        }
-        if ev.dev_score > best["best_dev_score"]:  # every task metric is maximised
-            best.update(best_dev_score=ev.dev_score, time_to_best_s=metrics["wall_s"])
-        metrics.update(best)
+    def on_eval(ev: EvalReport) -> bool:
+        metrics = reporter.evaluation(ev, setup_s=setup_s, graphed_steps=ev.graphed_steps)
         if resume_from is None:
             inject_fault(config.get("fault"), ev.evaluation)
-        if ev.evaluation == train_config.evals:
-            final_started = time.perf_counter()
-            metrics.update(final_metrics(model, data, train_config, device))
-            metrics["final_s"] = time.perf_counter() - final_started  # test split, latency
-            metrics["status"] = "completed"
+        if reporter.last(ev):
+            reporter.finish(metrics, data)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            model.save_method_weights(folder / WEIGHTS)
-            torch.save(ev.state(), folder / LOOP_STATE)
-            if extra := model.method_extra_state():
-                torch.save(extra, folder / METHOD_STATE)
-            (folder / "method_config.json").write_text(_json(method_config.to_dict()))
-            report(metrics, folder)
+            save_checkpoint(model, method_config, ev, Path(tmp))
+            report(metrics, Path(tmp))
         last.clear()
         last.update(metrics)
         return False
@@ -143,9 +111,27 @@ def run_trial(
         task_kind=data.task_kind, metric=data.metric, on_eval=on_eval, state=state, device=device,
     )  # fmt: skip
     if result.status == "oom":
-        last.update({**counts, "status": "oom", "peak_mem_mib": result.peak_mem_mib})
+        last.update({**reporter.counts, "status": "oom", "peak_mem_mib": result.peak_mem_mib})
         report(last, None)
     return last
+
+
+def save_checkpoint(model: Any, method: MethodConfig, ev: EvalReport, folder: Path) -> None:
+    """What a trial resumes from into ``folder``: the method's weights (and extra state), the
+    loop state after evaluation ``ev``, and the method config (for a reader)."""
+    model.save_method_weights(folder / WEIGHTS)
+    torch.save(ev.state(), folder / LOOP_STATE)
+    if extra := model.method_extra_state():
+        torch.save(extra, folder / METHOD_STATE)
+    (folder / "method_config.json").write_text(_json(method.to_dict()))
+
+
+def load_checkpoint(model: Any, folder: Path) -> dict[str, Any]:
+    """Load a :func:`save_checkpoint` folder's weights into ``model``; its loop state."""
+    model.load_method_weights(folder / WEIGHTS)
+    if (folder / METHOD_STATE).exists():
+        model.load_method_extra_state(torch.load(folder / METHOD_STATE, weights_only=True))
+    return torch.load(folder / LOOP_STATE, weights_only=True)
 
 
 def run_fused(
@@ -154,8 +140,6 @@ def run_fused(
     """Train LoRA ``configs`` as one fused model (:mod:`trainables.fused`); each trial's final
     metrics, as :func:`run_trial` reports them at its last evaluation. The training subset
     (``train_samples``) is drawn with the first trial's seed, the data every fused trial shares."""
-    from trainables.fused import FusedLoRA, check_configs, fit_fused
-
     splits = [split_config(c, num_labels=data.num_labels) for c in configs]
     check_configs([t for _, t in splits])  # before building any model
     first = splits[0][1]
@@ -170,42 +154,10 @@ def run_fused(
         FusedLoRA(members), data.train, data.dev, [t for _, t in splits],
         task_kind=data.task_kind, metric=data.metric, device=device,
     )  # fmt: skip
-    out = []
-    for model, result, (_, train_config) in zip(members, results, splits, strict=True):
-        out.append({
-            "trainable_params": model.trainable_params(), "added_params": model.added_params(),
-            "dev_score": result.dev_metrics["score"], "best_dev_score": result.best_dev_score,
-            "train_samples_per_s": result.train_samples_per_s, "wall_s": result.wall_s,
-            "status": result.status, **final_metrics(model, data, train_config, device),
-        })  # fmt: skip
-    return out
-
-
-def final_metrics(
-    model: Any, data: PreparedData, config: TrainConfig, device: str
-) -> dict[str, float]:
-    """Test-split scores (the reported split), extra evaluation sets and inference latency;
-    ``trained_at``, the wall clock (``time.time()``) as training and its last dev evaluation
-    ended, dates the trial: its training began at ``trained_at - wall_s`` (tuner.bench)."""
-    kwargs = {"task_kind": data.task_kind, "metric": data.metric,
-              "batch_size": config.eval_batch_size, "device": device}  # fmt: skip
-    out: dict[str, float] = {"trained_at": time.time()}
-    test_loss, test = evaluate(model, data.test, **kwargs)
-    out["test_score"] = test["score"]
-    out.update({f"test_{k}": v for k, v in test.items() if k != "score"})
-    for name, split in data.extra_tests.items():
-        _, scores = evaluate(model, split, **kwargs)
-        out[f"shift_{name}_score"] = scores["score"]
-    out.update(data.baselines())  # did it learn? the majority class's score beside the trial's
-    out.update(model.method_metrics())  # AdaLoRA's final ranks, fusion entropy, grown ranks
-    out["latency_ms"] = measure_latency(model, data.dev, device=device)
-    if model.config.method == "lora":  # merged LoRA: the same function, no added latency
-        merged = copy.deepcopy(model)
-        merged.merge()
-        out["latency_merged_ms"] = measure_latency(merged, data.dev, device=device)
-    if torch.cuda.is_available() and device.startswith("cuda"):
-        out["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+    return [
+        result_report(model, result, data, train_config, device)
+        for model, result, (_, train_config) in zip(members, results, splits, strict=True)
+    ]
 
 
 def _json(obj: Any) -> str:

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from trainables.backbones import load_backbone
-from trainables.batching import collate, eval_plan
 from trainables.data.loading import load_frames, resolve_task
 from trainables.data.splits import few_shot, task_splits
 from trainables.data.tokenize import default_cache_dir, encode
 from trainables.model import masked_mean
+from trainables.training.batching import collate, eval_plan
 
 SAMPLES = 128  # examples per task: enough to rank a handful of sources (CPU: ~3 s on MiniLM)
 MAX_LENGTH = 64

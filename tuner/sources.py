@@ -43,9 +43,9 @@ def needed_specs(
 def train_source_adapter(spec: SourceSpec, data: PreparedData, store_root: str) -> dict[str, Any]:
     """Train one source adapter and put it in the store (runs inside a Ray task)."""
     from trainables.backbones import load_backbone
-    from trainables.loop import fit
     from trainables.methods import build_model, save_source_adapter
     from trainables.recipe import split_config
+    from trainables.training.loop import fit
 
     config = {
         "method": spec.method,

@@ -279,9 +279,9 @@ def worker(args: argparse.Namespace) -> int:
 
     from trainables.backbones import load_backbone
     from trainables.fused import FusedLoRA, fit_fused
-    from trainables.loop import fit
     from trainables.methods import build_model
     from trainables.recipe import split_config
+    from trainables.training.loop import fit
 
     with open(args.data, "rb") as handle:
         data = pickle.load(handle)

@@ -31,10 +31,11 @@ from search_spaces.errors import ConfigError
 from search_spaces.registry import Registry
 from trainables.backbones import BACKBONES, TINY_SEED, bert_config, load_backbone
 from trainables.flops import device_peak_flops, mfu
-from trainables.loop import evaluate, fit
+from trainables.inference import evaluate
 from trainables.methods import build_model
 from trainables.prepared import PreparedData
 from trainables.recipe import split_config
+from trainables.training.loop import fit
 
 RUNNERS = ("ours", "trainer")
 BASELINE = "trainer-bs32"  # the reference: the usual way at the default batch size

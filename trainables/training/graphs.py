@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainables.batching import Batch
+from trainables.training.batching import Batch
 
 
 @dataclass(frozen=True)

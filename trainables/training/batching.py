@@ -31,7 +31,7 @@ class Batch:
     """Padded tensors of one batch. ``num_tokens`` counts real (non-pad) tokens."""
 
     input_ids: torch.Tensor  # int64 [B, T]
-    # int64 [B, T], 1 = real token; a packed batch holds segments here (trainables/packed.py)
+    # int64 [B, T], 1 = real token; a packed batch holds segments here (trainables/training/packed.py)
     attention_mask: torch.Tensor
     token_type_ids: torch.Tensor | None  # int64 [B, T]
     labels: torch.Tensor  # int64 [B] (classification) or float32 [B] (regression)

@@ -6,7 +6,7 @@ in 64 x 64 tiles, so one sentence a row leaves most of each tile empty, and atte
 third of the GPU time of a step of 8 fused trials (docs/BENCHMARKS.md). Packed, 3-4 sentences
 share one tile.
 
-A packed batch is a :class:`~trainables.batching.Batch` whose ``attention_mask`` holds each
+A packed batch is a :class:`~trainables.training.batching.Batch` whose ``attention_mask`` holds each
 token's *segment*: 0 for padding, else the 1-based number of its sentence within its row.
 Rows are trial-major (trial k owns rows ``k*R .. (k+1)*R``); ``labels`` holds ``slots``
 entries a trial (``[K * slots]``), trial k's in the order its sentences appear scanning its rows
@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainables.batching import PAD_ID, PAD_MULTIPLE, Batch
 from trainables.data.encoded import Encoded
+from trainables.training.batching import PAD_ID, PAD_MULTIPLE, Batch
 
 WIDTH = 64  # tokens a packed row holds: one tile of the memory-efficient attention kernel
 

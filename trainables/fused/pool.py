@@ -1,0 +1,389 @@
+"""A pool of fused LoRA rows that a study's trials join and leave: Tune's concurrent trials on one
+GPU trained as one fused model (:mod:`trainables.fused`).
+
+Why: a trial of the embedded backbone is bound by kernel latency, so eight trials run as eight
+processes on one GPU share it badly (2.9x one trial through Ray Tune's fractional GPUs,
+docs/BENCHMARKS.md), where eight fused trials run 6-7x. A study runs each configuration as its
+own Tune trial (its own searcher suggestion, ASHA decision, MLflow run); with a pool, such a
+trial's process does not train: it hands its configuration to the pool (one Ray actor that holds
+the GPU, :func:`trainables.trainable.tune_pooled_trial`) and relays the pool's evaluation reports
+to Tune. The pool trains every trial it holds as one row of one :class:`FusedLoRA`, one fused step
+at a time, each trial at its own step of its own schedule, data order and training subset.
+
+Each trial gets what it would get trained alone by :func:`trainables.training.loop.fit` (up to float
+rounding and dropout draws, as for fused trials): its rows are disjoint from the others', and a
+row that takes a new trial starts over (weights, AdamW moments and step count, learning rate,
+weight decay, clipping). An idle row gets no data and a zero learning rate.
+
+A trial leaves when it completes, or when its Tune process ends (stopped by the scheduler, or
+failed: ``tune_pooled_trial`` leaves in a ``finally``); one that has not polled for
+:data:`LEASE_S` seconds (its process killed) is dropped at the next step. An empty pool waits up
+to :data:`GATHER_S` seconds for its rows to fill before its first step, so that the trials Tune
+starts together train in step. A fused evaluation runs the rows that are due, together; a
+trial's final test evaluation runs on its own copy of the model, with the trained row written
+back. Pool trials checkpoint their weights once, at the end: a trial restarted by Tune starts
+over. Each trial plans, tallies and reports with the training core (:mod:`trainables.training`:
+its own :class:`~trainables.training.plan.FitPlan`, ``Progress`` and ``TrialReporter``), the
+fused rows step by :class:`~trainables.fused.step.FusedStep`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.attention import sdpa_kernel
+
+from search_spaces.errors import ConfigError
+from trainables.fused.batches import pinned, step_batch
+from trainables.fused.model import FusedLoRA, check_members
+from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights
+from trainables.fused.step import FusedStep, evaluate_fused
+from trainables.fused.train import check_configs
+from trainables.inference import SDPA_BACKENDS, uses_bf16
+from trainables.model import PeftClassifier
+from trainables.prepared import PreparedData, train_rows
+from trainables.recipe import split_config
+from trainables.train_config import TrainConfig
+from trainables.training.plan import FitPlan
+from trainables.training.progress import TrainClock
+from trainables.training.report import TrialReporter
+
+# What a pool's trials share: the fused step's shapes and precision (each has its own schedule)
+POOL_SHARED_FIELDS = ("batch_size", "eval_batch_size", "max_length", "precision", "compile",
+                      "cuda_graphs")  # fmt: skip
+WEIGHTS_KEY = "method_weights"  # a final report's trained weights (safetensors bytes)
+GATHER_S = 5.0  # an empty pool waits this long for more trials to fill its rows
+LEASE_S = 30.0  # a trial that has not polled for this long is gone (Tune stopped it, or it died)
+IDLE = np.zeros(0, dtype=np.int64)  # an idle row's part of a step: no rows of data
+
+
+class FusedPool:
+    """``slots`` rows of one fused LoRA model on ``device``, trained by a background thread for
+    whichever trials have joined. Thread-safe: Ray runs it as a threaded actor.
+
+    The first trial to join fixes what the others must share (backbone, task, the training
+    fields of :data:`POOL_SHARED_FIELDS`); ``rank`` is the largest LoRA rank a trial may have
+    (smaller ones are zero-padded), ``placement`` the linears the rows cover, on every layer
+    (None: the first trial's placement and layers); a trial may have LoRA on fewer of them.
+    """
+
+    def __init__(
+        self,
+        data: PreparedData,
+        *,
+        slots: int,
+        rank: int = 16,
+        placement: str | None = None,
+        device: str | None = None,
+        lease_s: float = LEASE_S,
+        gather_s: float = GATHER_S,
+        build: Build = build_member,
+    ) -> None:
+        if slots < 1 or rank < 1:
+            raise ConfigError(f"a fused pool needs slots >= 1 and rank >= 1, not {slots}, {rank}")
+        self.data = data
+        self.slots = slots
+        self.rank = rank
+        self.placement = placement
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.lease_s = lease_s
+        self.gather_s = gather_s
+        self._build = build
+        self._lock = threading.Condition()
+        self._pending: list[PoolTrial] = []
+        self._members: dict[int, PoolTrial] = {}  # by token: admitted or pending, until polled out
+        self._rows: list[PoolTrial | None] = [None] * slots
+        self._tokens = 0
+        # built as the first trial joins, from its config at the pool's rank and placement: the
+        # model every row starts as (a trial's LoRA on fewer linears leaves the others zero),
+        # and its training config
+        self._template: tuple[PeftClassifier, TrainConfig] | None = None
+        # held while a trial's model is built and while a step runs: a build (seeded, on the
+        # host generator) and a step's dropout draws never interleave
+        self._rng = threading.Lock()
+        self._error: BaseException | None = None
+        self._loss_sums = torch.zeros(slots)  # each row's training loss since its last eval
+        self._stepper: FusedStep | None = None
+        self._closed = False
+        self.steps = 0  # fused steps run
+        self._thread = threading.Thread(target=self._run, name="fused-pool", daemon=True)
+        self._thread.start()
+
+    # --- what trials call ------------------------------------------------------------------------
+
+    def join(self, config: dict[str, Any]) -> int:
+        """Queue a trial (its flat config, as :func:`trainables.recipe.run_trial` takes it);
+        returns its token. Refuses, with the reason, a trial that cannot fuse with the pool's."""
+        method, train = split_config(config, num_labels=self.data.num_labels)
+        rank = max((method.rank, *(method.layer_ranks or ())))
+        if method.method != "lora" or rank > self.rank:
+            raise ConfigError(f"the fused pool takes LoRA trials of rank <= {self.rank}, not "
+                              f"method={method.method!r} rank={rank}")  # fmt: skip
+        backbone = str(config.get("backbone", "minilm-l6"))
+        with self._rng:
+            model = self._build(method, train, backbone)
+            if self._template is None:
+                rows_method = method.replace(rank=self.rank, layer_ranks=None)
+                if self.placement is not None:
+                    rows_method = rows_method.replace(placement=self.placement, layers=None)
+                self._template = (self._build(rows_method, train, backbone), train)
+        rows = train_rows(self.data, config.get("train_samples"), seed=train.seed)
+        with self._lock:
+            self._raise_error()
+            assert self._template is not None
+            check_configs([self._template[1], train], shared=POOL_SHARED_FIELDS)
+            check_members([self._template[0], model], subset=True)
+            plan = FitPlan.of(train, len(rows), task_kind=self.data.task_kind,
+                            metric=self.data.metric, device=self.device)  # fmt: skip
+            self._tokens += 1
+            member = PoolTrial(self._tokens, config, train, model, plan, plan.schedule(), rows)
+            self._members[member.token] = member
+            self._pending.append(member)
+            self._lock.notify_all()
+        return member.token
+
+    def poll(self, token: int, wait_s: float = 1.0) -> list[dict[str, Any]]:
+        """The trial's evaluation reports since its last poll (waiting up to ``wait_s`` for one);
+        the last has ``status="completed"``. Polling keeps the trial in the pool."""
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            while True:
+                self._raise_error()
+                member = self._members.get(token)
+                if member is None:
+                    raise ConfigError(f"trial {token} is not in the fused pool (dropped after "
+                                      f"{self.lease_s:g} s without a poll)")  # fmt: skip
+                member.polled = float("inf")  # waiting here: alive
+                left = deadline - time.monotonic()
+                if member.reports or left <= 0:
+                    member.polled = time.monotonic()
+                    reports, member.reports = member.reports, []
+                    if member.done:
+                        del self._members[token]
+                    return reports
+                self._lock.wait(left)
+
+    def leave(self, token: int) -> None:
+        """The trial is gone: free its row at the next step."""
+        with self._lock:
+            member = self._members.pop(token, None)
+            if member is not None:
+                member.polled = float("-inf")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join()
+
+    def status(self) -> dict[str, Any]:
+        """How many trials are training, waiting for a row, and the fused steps run so far."""
+        with self._lock:
+            training = sum(m is not None for m in self._rows)
+            return {"training": training, "waiting": len(self._pending), "steps": self.steps,
+                    "slots": self.slots}  # fmt: skip
+
+    # --- the training thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            with sdpa_kernel(SDPA_BACKENDS):
+                self._train()
+        except BaseException as error:  # noqa: BLE001 - handed to every trial that polls
+            with self._lock:
+                self._error = error
+                self._lock.notify_all()
+
+    def _train(self) -> None:
+        model: FusedLoRA | None = None
+        stepper: FusedStep | None = None
+        clock = TrainClock(torch.device(self.device))
+        while True:
+            with self._lock:
+                while not self._closed and self._idle():
+                    self._lock.wait(0.1)
+                if self._closed:
+                    return
+                admit, leaving = self._changes()
+            if model is None:
+                model, stepper = self._build_fused()
+                self._stepper = stepper
+            assert stepper is not None
+            if admit or leaving:
+                self._charge(clock)
+                for member in leaving:
+                    self._rows[member.row] = None
+                for member in admit:
+                    self._admit(member, model, stepper)
+            if not any(self._rows):
+                continue
+            self._step(stepper)
+            due = [m for m in self._rows if m is not None and m.progress.step in m.plan.eval_steps]
+            if due:
+                self._charge(clock)
+                self._evaluate(model, due)
+                model.train()
+                clock.restart()
+
+    def _idle(self) -> bool:
+        """Nothing to train, or (under the lock) an empty pool still gathering its first trials:
+        it starts once its rows are full or ``gather_s`` after the first joined, so that trials
+        Tune starts together train together (one evaluation for all, no ramp)."""
+        if any(self._rows):
+            return False
+        if not self._pending:
+            return True
+        gathering = time.monotonic() - self._pending[0].joined < self.gather_s
+        return len(self._pending) < self.slots and gathering
+
+    def _changes(self) -> tuple[list[PoolTrial], list[PoolTrial]]:
+        """(trials to admit, trials leaving), under the lock: silent ones leave (done ones left
+        at their last evaluation); the queue's first take the free rows."""
+        now = time.monotonic()
+        leaving = [m for m in self._rows if m is not None and now - m.polled > self.lease_s]
+        for member in leaving:
+            self._members.pop(member.token, None)
+        self._pending = [m for m in self._pending
+                         if m.token in self._members and now - m.polled <= self.lease_s]  # fmt: skip
+        free = sum(m is None for m in self._rows) + len(leaving)
+        admit, self._pending = self._pending[:free], self._pending[free:]
+        return admit, leaving
+
+    def _build_fused(self) -> tuple[FusedLoRA, FusedStep]:
+        """The fused model, its rows copies of the template (each overwritten as a trial is
+        admitted), on the device; bf16 backbone on GPUs, as :func:`fit_fused` runs."""
+        assert self._template is not None
+        template, train = self._template
+        with self._rng:
+            torch.manual_seed(train.seed)  # dropout masks: one generator for the fused model
+        model = FusedLoRA([template] * self.slots).to(self.device)
+        if uses_bf16(train.precision, torch.device(self.device)):
+            model.backbone_to(torch.bfloat16)
+        plan = FitPlan.of(train, len(self.data.train), task_kind=self.data.task_kind,
+                        metric=self.data.metric, device=self.device)  # fmt: skip
+        if plan.cuda:
+            torch.set_float32_matmul_precision("high")
+        stepper = FusedStep(model, train, plan, task_kind=self.data.task_kind)
+        with torch.no_grad():
+            stepper.lr.zero_()
+        self._loss_sums = self._loss_sums.to(self.device)
+        model.train()
+        return model, stepper
+
+    def _admit(self, member: PoolTrial, model: FusedLoRA, stepper: FusedStep) -> None:
+        member.row = self._rows.index(None)
+        self._rows[member.row] = member
+        model.load_row(member.row, member.model)
+        stepper.set_row(member.row, member.train)
+        self._loss_sums[member.row] = 0.0
+        member.started = time.perf_counter()
+        member.reporter = TrialReporter(member.model, member.train, mode=member.plan.mode,
+                                        device=self.device, started=member.started)  # fmt: skip
+
+    def _step(self, stepper: FusedStep) -> None:
+        parts = [IDLE if m is None else m.next_rows(self.data) for m in self._rows]
+        batch, counts = step_batch(self.data.train, parts, pack=stepper.pack,
+                                   slots=self._template_batch())  # fmt: skip
+        lrs = torch.tensor([0.0 if m is None else m.train.lr * m.factor(m.progress.step)
+                            for m in self._rows])  # fmt: skip
+        if self.device.startswith("cuda"):  # pinned: copies that do not wait for the GPU
+            batch, lrs = pinned(batch), lrs.pin_memory()
+        stepper.lr.copy_(lrs, non_blocking=True)
+        with self._rng:
+            self._loss_sums += stepper(batch)
+        self.steps += 1
+        for m, (samples, tokens, padded) in zip(self._rows, counts, strict=True):
+            if m is not None:
+                m.progress.advance(samples, tokens, padded)
+                m.loss_steps += 1
+
+    def _template_batch(self) -> int:
+        assert self._template is not None
+        return self._template[1].batch_size
+
+    def _charge(self, clock: TrainClock) -> None:
+        """The training segment that ends now to every trial training in it."""
+        start, end = clock.lap()
+        for m in self._rows:
+            if m is not None:
+                m.progress.train_s += end - max(start, m.started)
+
+    def _evaluate(self, model: FusedLoRA, due: list[PoolTrial]) -> None:
+        train = due[0].train
+        results = evaluate_fused(
+            model, self.data.dev, task_kind=self.data.task_kind, metric=self.data.metric,
+            batch_size=train.eval_batch_size, device=self.device, precision=train.precision,
+            rows=[m.row for m in due],
+        )  # fmt: skip
+        losses = self._loss_sums.tolist()
+        for member, (dev_loss, metrics) in zip(due, results, strict=True):
+            train_loss = losses[member.row] / max(1, member.loss_steps)
+            self._loss_sums[member.row] = 0.0
+            report = self._report(model, member, train_loss, dev_loss, metrics)
+            with self._lock:
+                if member.done:
+                    self._rows[member.row] = None  # free for the next trial
+                member.reports.append(report)
+                self._lock.notify_all()
+
+    def _report(
+        self,
+        model: FusedLoRA,
+        m: PoolTrial,
+        train_loss: float,
+        dev_loss: float,
+        metrics: dict[str, float],
+    ) -> dict[str, Any]:
+        """The evaluation's report, as :func:`trainables.recipe.run_trial` reports one; at the
+        trial's last, with its final metrics and trained weights (its row written back)."""
+        assert m.reporter is not None
+        progress = m.progress
+        progress.wall_s = time.perf_counter() - m.started
+        progress.record(metrics, m.plan, progress.wall_s)
+        m.loss_steps = 0
+        ev = progress.report(m.plan, train_loss=train_loss, dev_loss=dev_loss)
+        stepper = self._stepper
+        report = m.reporter.evaluation(
+            ev, tokens_seen=progress.tokens_seen, fused_slots=self.slots,
+            cuda_graphs=stepper.captured if stepper else 0,
+        )  # fmt: skip
+        if not m.reporter.last(ev):
+            return report
+        model.store_row(m.row, m.model)
+        m.model.to(self.device)
+        m.reporter.finish(report, self.data)
+        m.model.to("cpu")
+        report[WEIGHTS_KEY] = method_weights(m.model)
+        m.done = True
+        return report
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the fused pool's training failed: {self._error!r}")
+
+
+def start_pool(
+    data: PreparedData,
+    *,
+    slots: int,
+    rank: int = 16,
+    placement: str | None = None,
+    gpus: float = 1.0,
+    lease_s: float = LEASE_S,
+) -> Any:
+    """The pool as a Ray actor (threaded: each trial's poll waits in its own thread) holding
+    ``gpus`` of a GPU (0: trains on the host), for :func:`trainables.trainable.tune_pooled_trial`."""
+    import ray  # here, not at the top: the pool itself runs without Ray (the tests build one)
+
+    actor = ray.remote(FusedPool).options(
+        num_cpus=1, num_gpus=gpus, max_concurrency=max(16, 4 * slots)
+    )
+    return actor.remote(data, slots=slots, rank=rank, placement=placement,
+                        device="cuda" if gpus else "cpu", lease_s=lease_s)  # fmt: skip
+
+
+__all__ = ["GATHER_S", "LEASE_S", "WEIGHTS_KEY", "FusedPool", "build_member", "start_pool"]

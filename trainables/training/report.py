@@ -1,0 +1,134 @@
+"""A trial's reports: the metrics dict each evaluation sends to Tune (and MLflow), the last with
+the test split, shift sets and latency, under one set of keys whether the trial trained alone
+(:func:`trainables.recipe.run_trial`), fused in-process (:func:`trainables.recipe.run_fused`) or
+in a fused pool (:mod:`trainables.fused.pool`).
+
+``best_dev_score`` follows the plan's best-score rule (:func:`.plan.improves`, in the metric's
+``mode``); ``wall_s`` and ``time_to_best_s`` count from the reporter's ``started``: the trial's
+start in this process (a resumed trial's best is the best since it resumed).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+from trainables.flops import trial_mfu
+from trainables.inference import evaluate, measure_latency
+from trainables.prepared import PreparedData
+from trainables.train_config import TrainConfig
+from trainables.training.plan import improves
+from trainables.training.progress import EvalReport, FitResult
+
+
+def param_counts(model: Any) -> dict[str, int]:
+    """The trial's parameter counts, which every report carries."""
+    return {"trainable_params": model.trainable_params(), "added_params": model.added_params()}
+
+
+class TrialReporter:
+    """Builds one trial's reports from its evaluations (:class:`EvalReport`): ``model`` is the
+    trial's (a ``PeftClassifier``), trained with ``config`` for a ``mode`` metric on ``device``."""
+
+    def __init__(
+        self,
+        model: Any,
+        config: TrainConfig,
+        *,
+        mode: str,
+        device: str,
+        started: float | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.mode = mode
+        self.device = device
+        self.started = time.perf_counter() if started is None else started
+        self.counts = param_counts(model)
+        self.best: float | None = None
+        self.time_to_best_s = 0.0
+
+    def evaluation(self, ev: EvalReport, **extra: Any) -> dict[str, Any]:
+        """The report of ``ev`` (status ``running``), with ``extra`` keys (the caller's own)."""
+        metrics = {
+            **self.counts,
+            "evaluation": ev.evaluation,
+            "fidelity": ev.evaluation / self.config.evals,
+            "step": ev.step,
+            "epoch": ev.epoch,
+            "train_loss": ev.train_loss,
+            "dev_loss": ev.dev_loss,
+            "dev_score": ev.dev_score,
+            **{f"dev_{k}": v for k, v in ev.dev_metrics.items() if k != "score"},
+            "train_samples_per_s": ev.train_samples_per_s,
+            "mfu": trial_mfu(self.model, ev, self.device),  # None on CPU: no known peak
+            "wall_s": time.perf_counter() - self.started,
+            "status": "running",
+            **extra,
+        }
+        if improves(self.best, ev.dev_score, mode=self.mode):
+            self.best, self.time_to_best_s = ev.dev_score, metrics["wall_s"]
+        metrics.update(best_dev_score=self.best, time_to_best_s=self.time_to_best_s)
+        return metrics
+
+    def last(self, ev: EvalReport) -> bool:
+        """Whether ``ev`` is the trial's last evaluation."""
+        return ev.evaluation == self.config.evals
+
+    def finish(self, metrics: dict[str, Any], data: PreparedData) -> dict[str, Any]:
+        """``metrics`` of the last evaluation completed: :func:`final_metrics`, the seconds they
+        took (``final_s``), status ``completed``."""
+        started = time.perf_counter()
+        metrics.update(final_metrics(self.model, data, self.config, self.device))
+        metrics["final_s"] = time.perf_counter() - started  # test split, latency
+        metrics["status"] = "completed"
+        return metrics
+
+
+def result_report(
+    model: Any, result: FitResult, data: PreparedData, config: TrainConfig, device: str
+) -> dict[str, Any]:
+    """A trial's final metrics from how its run ended (:class:`FitResult`), as its last
+    evaluation report carries them."""
+    return {
+        **param_counts(model),
+        "dev_score": result.dev_metrics["score"],
+        "best_dev_score": result.best_dev_score,
+        "train_samples_per_s": result.train_samples_per_s,
+        "wall_s": result.wall_s,
+        "status": result.status,
+        **final_metrics(model, data, config, device),
+    }
+
+
+def final_metrics(
+    model: Any, data: PreparedData, config: TrainConfig, device: str
+) -> dict[str, float]:
+    """Test-split scores (the reported split), extra evaluation sets and inference latency;
+    ``trained_at``, the wall clock (``time.time()``) as training and its last dev evaluation
+    ended, dates the trial: its training began at ``trained_at - wall_s`` (tuner.bench)."""
+    kwargs = {"task_kind": data.task_kind, "metric": data.metric,
+              "batch_size": config.eval_batch_size, "device": device}  # fmt: skip
+    out: dict[str, float] = {"trained_at": time.time()}
+    test_loss, test = evaluate(model, data.test, **kwargs)
+    out["test_score"] = test["score"]
+    out.update({f"test_{k}": v for k, v in test.items() if k != "score"})
+    for name, split in data.extra_tests.items():
+        _, scores = evaluate(model, split, **kwargs)
+        out[f"shift_{name}_score"] = scores["score"]
+    out.update(data.baselines())  # did it learn? the majority class's score beside the trial's
+    out.update(model.method_metrics())  # AdaLoRA's final ranks, fusion entropy, grown ranks
+    out["latency_ms"] = measure_latency(model, data.dev, device=device)
+    if model.config.method == "lora":  # merged LoRA: the same function, no added latency
+        merged = copy.deepcopy(model)
+        merged.merge()
+        out["latency_merged_ms"] = measure_latency(merged, data.dev, device=device)
+    if torch.cuda.is_available() and device.startswith("cuda"):
+        out["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+__all__ = ["TrialReporter", "final_metrics", "param_counts", "result_report"]

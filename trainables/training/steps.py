@@ -1,0 +1,128 @@
+"""The training step, graphed or eager: one builder for a model trained alone and for the fused
+model of K trials (:class:`trainables.fused.step.FusedStep`).
+
+A *body* runs forward, backward, clipping and the optimizer step on a device batch and returns the
+detached loss (a scalar alone, one a trial fused). :class:`TrainStep` replays it from one CUDA
+graph per batch shape where the plan allows (:mod:`.graphs`), else runs it eagerly and clears the
+gradients; either way the caller sees the same numbers, faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from search_spaces.errors import ConfigError
+from trainables.inference import autocast, task_loss
+from trainables.train_config import TrainConfig
+from trainables.training.batching import Batch
+from trainables.training.graphs import StepGraphs, capturable_optimizer
+
+Body = Callable[[Batch], torch.Tensor]
+
+
+class TrainStep:
+    """Training steps of ``body`` on host batches: replayed from CUDA graphs when ``graphed``
+    (batches of ``batch_size`` rows; None: of any size), else eager, followed by ``hook(index)``
+    (AdaLoRA's rank reallocation: while the gradients exist) and the gradients cleared."""
+
+    def __init__(
+        self,
+        body: Body,
+        optimizer: torch.optim.Optimizer,
+        params: list[nn.Parameter],
+        *,
+        graphed: bool,
+        batch_size: int | None,
+        device: torch.device,
+        hook: Callable[[int], None] | None = None,
+    ) -> None:
+        self._body = body
+        self._optimizer = optimizer
+        self._device = device
+        self._hook = hook
+        self.graphs = None
+        if graphed:
+            self.graphs = StepGraphs(body, optimizer, params, batch_size=batch_size, device=device)
+
+    def __call__(self, batch: Batch, index: int = 0) -> torch.Tensor:
+        """Step ``index`` (0-based) on ``batch``; the loss on the device, valid until the next
+        step (consume it, e.g. add it to an accumulator, before calling again)."""
+        if self.graphs is not None:
+            return self.graphs.step(batch)
+        loss = self._body(batch.to(self._device))
+        if self._hook is not None:
+            self._hook(index)
+        self._optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    @property
+    def captured(self) -> int:
+        """Batch shapes whose step runs from a CUDA graph."""
+        return 0 if self.graphs is None else self.graphs.captured
+
+    @property
+    def off_reason(self) -> str | None:
+        """Why graphs were turned off (a step that waits for the host); None while on, or eager."""
+        return None if self.graphs is None else self.graphs.off_reason
+
+    @property
+    def replays(self) -> int:
+        """Steps that ran from a graph."""
+        return 0 if self.graphs is None else self.graphs.replays
+
+
+def model_body(
+    model: nn.Module,
+    forward: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    config: TrainConfig,
+    *,
+    task_kind: str,
+    device: torch.device,
+    graphed: bool,
+) -> Body:
+    """The step body of one model (``forward``: it, or its compiled form): the task loss plus the
+    model's ``regularization_loss()`` where it has one (AdaLoRA's orthogonality penalty, dynamic
+    fusion's identity pull: trained on, not reported), backward, clipping, the optimizer step."""
+    regularization = getattr(model, "regularization_loss", None)
+
+    def body(batch: Batch) -> torch.Tensor:
+        with autocast(config.precision, device, cache=not graphed):
+            logits = forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        loss = task_loss(logits, batch.labels, task_kind)
+        extra = regularization() if regularization is not None else None
+        (loss if extra is None else loss + extra).backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
+        optimizer.step()
+        return loss.detach()
+
+    return body
+
+
+def adamw(
+    trainable: list[nn.Parameter], config: TrainConfig, *, cuda: bool, graphs: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over ``trainable``; biases and LayerNorm weights (the 1-d ones, as in nanoGPT) get no
+    weight decay. ``graphs``: the capturable form a CUDA graph can step."""
+    if not trainable:
+        raise ConfigError("the model has no trainable parameters")
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if graphs:
+        return capturable_optimizer(groups, config.lr, trainable[0].device)
+    # fused: one kernel for the whole update on CUDA; foreach: batched ops on CPU (fused and
+    # foreach are mutually exclusive)
+    return torch.optim.AdamW(
+        groups, lr=config.lr, fused=cuda or None, foreach=None if cuda else True
+    )
+
+
+__all__ = ["Body", "TrainStep", "adamw", "model_body"]
