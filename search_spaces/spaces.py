@@ -80,8 +80,16 @@ _AUTOPEFT_SIZES = ("bottleneck", "parallel_bottleneck", "prefix_length", "prefix
 KNOBS_USED: dict[str, tuple[str, ...]] = {
     "full": ("layers",),  # the top-k layers fine-tuned; None = every weight
     "bitfit": (),
-    "lora": _LORA,
-    "adalora": ("rank", "adalora_scale", "placement", "layers", "init_rank", "budget_rank"),
+    "lora": (*_LORA, "quantize"),  # quantize: QUANTIZABLE_METHODS (method_config.py)
+    "adalora": (
+        "rank",
+        "adalora_scale",
+        "placement",
+        "layers",
+        "init_rank",
+        "budget_rank",
+        "quantize",
+    ),
     "houlsby": ("bottleneck", "layers"),
     "pfeiffer": ("bottleneck", "layers"),
     "prefix": ("prefix_length", "prefix_reparam", "layers"),
