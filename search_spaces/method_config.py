@@ -256,6 +256,8 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
         if optional:
             return None
+        if kind == "str" and isinstance(value, str) and value:
+            return value.lower()  # a word a str field may hold: quantize=none
         raise ConfigError(f"{key}={value!r} must not be empty")
     try:
         if kind.startswith("tuple[int"):

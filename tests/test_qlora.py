@@ -48,6 +48,8 @@ def test_quantize_is_a_validated_method_key_that_round_trips():
     config = MethodConfig.from_dict({"method": "adalora", "quantize": "nf4"})
     assert config.quantize == "nf4" and MethodConfig(method="lora").quantize == "none"
     assert MethodConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    for word in ("none", "None"):  # the --set word for "as loaded", not an empty value
+        assert MethodConfig.from_dict({"method": "lora", "quantize": word}).quantize == "none"
     with pytest.raises(ConfigError, match=r"quantize='int4' is not one of: none, nf4"):
         MethodConfig(method="lora", quantize="int4")
     with pytest.raises(
