@@ -4,8 +4,9 @@ the trial), its memory arithmetic matches the built model, and the qlora study's
 accuracy table, memory table and rank maps.
 
 Three tiers: plain CPU tests (no bitsandbytes needed); CPU tests of the real 4-bit model where
-bitsandbytes is importable (0.50 has a CPU path for NF4, which the product refuses: slow, and
-absent from older bitsandbytes; here it lets a CPU check the structure); ``gpu`` tests on CUDA.
+bitsandbytes is importable (0.50 has a CPU path for NF4, which the product refuses: it cannot
+train after an evaluation, nor quantise tiny-bert, and older releases lack it; here it lets a CPU
+check structure, counts, bytes and one backward step); ``gpu`` tests on CUDA.
 """
 
 from __future__ import annotations
