@@ -117,7 +117,8 @@ def qlora(study: Study, out: Path, score: str) -> list[str]:
              "### Memory: base / adapter (MiB), peak GPU memory, speed", "",
              "`base_mib`: the frozen backbone as held (4-bit weights with their quantisation "
              "state; embeddings, biases and LayerNorms fp32), `adapter_mib`: the method's weights "
-             "(fp32, head included), both measured on the trial's model; `peak_mem_mib`: CUDA "
+             "(fp32, head included; AdaLoRA stores its initial rank, pruned values as zeros), both "
+             "measured on the trial's model; `peak_mem_mib`: CUDA "
              "peak over training and the final evaluations (empty on CPU); `slowdown`: the twin's "
              "training samples/s over the arm's.", "",
              md.frame(memory, formats=QLORA_FORMATS), "",
