@@ -13,6 +13,7 @@ from analysis.arms import arm_front, arm_table
 from analysis.artifacts import load_artifacts
 from analysis.autopeft import autopeft_frame, autopeft_front, baseline_table
 from analysis.novelty import novelty_deltas, novelty_frame, novelty_table, placement_records
+from analysis.qlora import TARGET_POINTS, accuracy_table, memory_table, with_quantize
 from analysis.rank_maps import growth_table, rank_maps
 from analysis.render_studies import curve_png, rank_heatmaps_png
 from analysis.tables import method_task_table
@@ -101,6 +102,41 @@ def adalora(study: Study, out: Path, score: str) -> list[str]:
     return lines
 
 
+QLORA_FORMATS = {**ARM_FORMATS, "delta": "+.2f", "trainable_params": ",.0f", "base_mib": ".2f",
+                 "adapter_mib": ".3f", "peak_mem_mib": ",.0f", "slowdown": ".2f"}  # fmt: skip
+
+
+def qlora(study: Study, out: Path, score: str) -> list[str]:
+    table = accuracy_table(study.trials, score=score)
+    memory = memory_table(study.trials)
+    lines = ["## LoRA vs AdaLoRA on a full-precision and a 4-bit (NF4) base, two budgets", "",
+             f"Per arm, of the configuration chosen on dev: mean ± std of {score} (points) over "
+             f"seeds; `delta`: the 4-bit arm minus its full-precision twin (points); the target is "
+             f"|delta| <= {TARGET_POINTS}.", "",
+             md.frame(table.data, formats=QLORA_FORMATS), "", md.table_notes(table), "",
+             "### Memory: base / adapter (MiB), peak GPU memory, speed", "",
+             "`base_mib`: the frozen backbone as held (4-bit weights with their quantisation "
+             "state; embeddings, biases and LayerNorms fp32), `adapter_mib`: the method's weights "
+             "(fp32, head included; AdaLoRA stores its initial rank, pruned values as zeros), both "
+             "measured on the trial's model; `peak_mem_mib`: CUDA "
+             "peak over training and the final evaluations (empty on CPU); `slowdown`: the twin's "
+             "training samples/s over the arm's.", "",
+             md.frame(memory, formats=QLORA_FORMATS), "",
+             "### AdaLoRA's final rank per layer and module, per base", ""]  # fmt: skip
+    artifacts = load_artifacts(study)
+    trials = with_quantize(study.trials)
+    maps = [replace(m, task=f"{m.task} ({q})") for q in ("none", "nf4")
+            for m in rank_maps(trials[trials["quantize"] == q], artifacts)]  # fmt: skip
+    if not maps:
+        return [*lines, "_No completed AdaLoRA trial with ranks (metrics or saved weights)._"]
+    lines += ["Mean over seeds of the non-zero singular values each adapted linear kept.", "",
+              _figure(rank_heatmaps_png(maps, out / "qlora_ranks.png"), "AdaLoRA ranks")]  # fmt: skip
+    for m in maps:
+        lines += ["", f"{m.task} at {m.budget_params or '?'} (init rank {m.init_rank}):", "",
+                  md.frame(m.values.reset_index())]  # fmt: skip
+    return lines
+
+
 def novelty(study: Study, out: Path, score: str) -> list[str]:
     frame = novelty_frame(study.trials, load_artifacts(study))
     table = novelty_table(frame, score=score)
@@ -135,11 +171,12 @@ def study_sections() -> dict[str, Section]:
 
     sections: dict[str, Section] = {"placement": placement, "glue_curve": glue_curve,
                                     "novelty": novelty, "autopeft": autopeft}  # fmt: skip
-    for family, section in (("glue_methods", glue_methods), ("adalora", adalora)):
+    for family, section in (("glue_methods", glue_methods), ("adalora", adalora),
+                            ("qlora", qlora)):  # fmt: skip
         sections[family] = section
         sections.update(dict.fromkeys(get_family(family), section))
     return sections
 
 
-__all__ = ["adalora", "autopeft", "glue_curve", "glue_methods", "novelty", "placement",
+__all__ = ["adalora", "autopeft", "glue_curve", "glue_methods", "novelty", "placement", "qlora",
            "study_sections"]  # fmt: skip

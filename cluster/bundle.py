@@ -12,6 +12,10 @@ task data from the local mirror (``--data``). The files go, whole, into part fol
 wheel is 84 MB) is cut into pieces that fill a part each. Nothing is written to ``--out`` until
 every part is complete.
 
+QLoRA's 4-bit base (``--set quantize=nf4``) needs bitsandbytes, an optional extra of the project
+(pyproject ``qlora``): ``--requirement '.[qlora]'`` instead of ``--requirement .`` carries its wheel
+(43 MB, cut into pieces like any wheel larger than a part).
+
 On the host, run every folder's ``install.sh`` (in any order, in one go or one per transfer): each
 copies its files into the stage (``$PEFT_TUNE_BUNDLE_DIR``, default /tmp/peft-tune-bundle); the one
 that completes the set checks every checksum, joins the pieces, installs the wheels with ``pip install --no-index
@@ -295,7 +299,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cluster.bundle", description=__doc__.split("\n")[0])
     p.add_argument("--requirement", action="append", default=[], metavar="REQ",
                    help="what the host needs, with everything it depends on: a pip requirement "
-                        "(repeat), e.g. '.' (this project's dependencies) or 'optuna>=4'")  # fmt: skip
+                        "(repeat), e.g. '.' (this project's dependencies), '.[qlora]' (with "
+                        "bitsandbytes, for quantize=nf4) or 'optuna>=4'")  # fmt: skip
     p.add_argument("--host-freeze", metavar="FILE",
                    help="`python -m pip list --format=freeze` run on the host. A package in it is "
                         "left out when the host's version satisfies every requirement on it from "

@@ -87,7 +87,7 @@ register_facts(
         name="lora",
         count=_lora,
         lr_range=(1e-4, 3e-3),  # LoRA on RoBERTa-base: 4e-4 .. 5e-4 (Hu et al., 2022)
-        knobs=_LORA,
+        knobs=(*_LORA, "quantize"),  # quantize: QUANTIZABLE_METHODS (method_config.py)
         size_knob="rank",
         fusable=True,  # the fused model and pool train LoRA rows (trainables/fused.py)
         per_layer_ranks=True,  # peft's rank_pattern
@@ -113,7 +113,15 @@ register_facts(
         name="adalora",
         count=_adalora,
         lr_range=(3e-4, 3e-3),  # the authors' GLUE scripts: 5e-4 .. 2.2e-3 (Zhang et al., 2023)
-        knobs=("rank", "adalora_scale", "placement", "layers", "init_rank", "budget_rank"),
+        knobs=(
+            "rank",
+            "adalora_scale",
+            "placement",
+            "layers",
+            "init_rank",
+            "budget_rank",
+            "quantize",
+        ),
         size_knob="rank",
         fusable=False,
         per_layer_ranks=False,

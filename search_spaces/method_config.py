@@ -41,6 +41,12 @@ ADALORA_SCALE = 10.0
 # The rank an AdaLoRA budget counts: the final (target) rank, the paper's convention, or the
 # initial rank its tensors are allocated at (what the optimiser updates).
 BUDGET_RANKS = ("final", "initial")
+# How the frozen backbone's encoder linears are held: as loaded (fp32), or in 4-bit NormalFloat
+# with double quantisation and bf16 compute (QLoRA, Dettmers et al. 2023, arXiv 2305.14314;
+# bitsandbytes, CUDA only: trainables/quantize.py). Only methods that leave those linears frozen
+# and wrap them through peft's bitsandbytes layers can take it.
+QUANTIZE = ("none", "nf4")
+QUANTIZABLE_METHODS = ("lora", "adalora")
 HEADS = ("mean", "cls")  # mean pooling + linear, or [CLS] through the (trainable) pooler + linear
 FUSIONS = ("static", "dynamic")
 T = TypeVar("T")
@@ -90,6 +96,9 @@ class MethodConfig:
     # Sizes per module type: bottleneck (serial), parallel_bottleneck, prefix_length, rank.
     layer_modules: tuple[str, ...] | None = None
     parallel_bottleneck: int = 24
+    # the frozen backbone's encoder linears in 4 bits (QUANTIZE); head, pooler, embeddings and
+    # every trainable module stay in full precision
+    quantize: str = "none"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -129,6 +138,7 @@ class MethodConfig:
                 "for lora_grow"
             )
         _check_novelty(self)
+        _check_quantize(self)
         if self.layer_modules is not None:
             bad = [m for m in self.layer_modules if m not in AUTOPEFT_MODULES]
             if bad:
@@ -198,6 +208,22 @@ def _check_novelty(config: MethodConfig) -> None:
         raise ConfigError(f"source_similarity={similarity!r} must hold cosines in [-1, 1]")
 
 
+def _check_quantize(config: MethodConfig) -> None:
+    check_quantize(config.method, config.quantize)
+
+
+def check_quantize(method: str, quantize: str) -> None:
+    """``quantize`` is one of :data:`QUANTIZE`, and ``method`` can take it (a command checks this
+    before it loads anything)."""
+    if quantize not in QUANTIZE:
+        raise one_of("quantize", quantize, QUANTIZE)
+    if quantize != "none" and method not in QUANTIZABLE_METHODS:
+        raise ConfigError(
+            f"quantize={quantize!r} needs a method that keeps the backbone's linears frozen and "
+            f"wraps them through peft ({', '.join(QUANTIZABLE_METHODS)}), got method={method!r}"
+        )
+
+
 def _check_layers(name: str, layers: tuple[int, ...] | None) -> None:
     if layers is None:
         return
@@ -230,6 +256,8 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
         if optional:
             return None
+        if kind == "str" and isinstance(value, str) and value:
+            return value.lower()  # a word a str field may hold: quantize=none
         raise ConfigError(f"{key}={value!r} must not be empty")
     try:
         if kind.startswith("tuple[int"):

@@ -21,8 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from search_spaces.errors import ConfigError
+from search_spaces.memory import MIB
 from search_spaces.method_config import MethodConfig
 from search_spaces.shapes import BackboneShape
+from trainables.quantize import logical_numel, stored_bytes
 
 CONFIG_KEY = "method_config"  # safetensors metadata key holding the MethodConfig as JSON
 # transformers 4.x's BertModel expands a [B, 1, T] mask to the same additive mask as a [B, T] one,
@@ -121,17 +123,36 @@ class PeftClassifier(nn.Module):
 
     # --- accounting ------------------------------------------------------------------------------
 
+    # Counts are of elements as the model uses them: a 4-bit packed weight (quantize=nf4) counts
+    # its original shape, never its bytes, so a quantised model counts as the unquantised one.
+
     def trainable_params(self) -> int:
         """What the optimiser updates: parameters with ``requires_grad``, head included."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return sum(logical_numel(p) for p in self.parameters() if p.requires_grad)
 
     def added_params(self) -> int:
         """Parameters beyond the backbone's, as served (prefix tuning: its flattened prefix)."""
-        built = sum(p.numel() for p in self.parameters() if id(p) not in self._backbone_ids)
+        built = sum(logical_numel(p) for p in self.parameters() if id(p) not in self._backbone_ids)
         return built + self._hooks.stored_adjustment()
 
     def backbone_params(self) -> int:
-        return sum(p.numel() for p in self.parameters() if id(p) in self._backbone_ids)
+        return sum(logical_numel(p) for p in self.parameters() if id(p) in self._backbone_ids)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held by the frozen base (the backbone's own parameters: 4-bit weights with their
+        quantisation state) and by the method's weights (:meth:`method_state`), as measured on
+        the model; ``search_spaces.memory`` predicts both from the shape."""
+        params = list(self.parameters())
+        base = [p for p in params if id(p) in self._backbone_ids]
+        method = [p for p in params if p.requires_grad or id(p) not in self._backbone_ids]
+        return {
+            "base_bytes": sum(stored_bytes(p) for p in base),
+            "adapter_bytes": sum(stored_bytes(p) for p in method),
+        }
+
+    def memory_metrics(self) -> dict[str, float]:
+        """:meth:`memory_bytes` in MiB, as trial metrics: ``base_mib``, ``adapter_mib``."""
+        return {k.replace("_bytes", "_mib"): v / MIB for k, v in self.memory_bytes().items()}
 
     def describe(self) -> str:
         """One line: method, knobs that matter, backbone shape and both parameter figures."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 
 from search_spaces.errors import ConfigError
 from tuner.cli import add_set_argument, run_cli
-from tuner.experiment import PRESETS
+from tuner.experiment import PRESETS, Experiment
 from tuner.experiments import all_experiments, get_experiment
 from tuner.overrides import apply_sets, parse_sets
 
@@ -83,12 +84,42 @@ def main(argv: list[str]) -> int:
         print_dry_run(exp, configs, as_json=args.json)
         return 0
 
+    refuse_unrunnable_quantize(exp, args)
     from tuner.launch import launch  # noqa: PLC0415
 
     started = time.time()
     launch(exp, space, preset=args.preset, args=args)
     print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
     return 0
+
+
+def study_quantize(exp: Experiment) -> set[str]:
+    """The ``quantize`` values the study's trials may run with: each arm's own, else the study's
+    fixed one (``--set quantize=...``)."""
+    fixed = exp.search.fixed.get("quantize", "none")
+    arms = exp.search.configs
+    return {arm.get("quantize", fixed) for arm in arms} if arms else {fixed}
+
+
+def refuse_unrunnable_quantize(exp: Experiment, args: argparse.Namespace) -> None:
+    """A study with quantised trials that cannot run is refused before any data is prepared or
+    Ray starts: with ``--fuse`` (its rows share one unquantised backbone), with no GPU per trial,
+    or, on a local Ray cluster (no ``RAY_ADDRESS``), on a host without CUDA. A study submitted to a
+    cluster is checked by each trial (``trainables.quantize.quantize_backbone``)."""
+    quantized = sorted(study_quantize(exp) - {"none"})
+    if not quantized:
+        return
+    if args.fuse is not None:
+        raise ConfigError(f"--fuse trains unquantised LoRA rows only; {exp.name} has "
+                          f"quantize={quantized[0]!r} trials: drop --fuse")  # fmt: skip
+    if args.gpus_per_trial is not None and args.gpus_per_trial <= 0:
+        raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial} runs {exp.name}'s "
+                          f"quantize={quantized[0]!r} trials on CPU; bitsandbytes 4-bit needs a GPU")  # fmt: skip
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    from trainables.quantize import require_cuda  # noqa: PLC0415 (torch)
+
+    require_cuda(quantized[0], where="this host (the study's local Ray cluster)")
 
 
 def list_experiments(*, as_json: bool) -> int:
@@ -103,7 +134,7 @@ def list_experiments(*, as_json: bool) -> int:
 
 
 KNOBS = ("method", "rank", "placement", "layer_ranks", "bottleneck", "target_bottleneck", "fusion",
-         "fusion_layers", "sources", "prefix_length", "lr")  # fmt: skip
+         "fusion_layers", "sources", "prefix_length", "quantize", "lr")  # fmt: skip
 
 
 def _fmt(value: object) -> str:
@@ -115,7 +146,9 @@ def print_dry_run(exp: object, configs: list[dict], *, as_json: bool) -> None:
         print(json.dumps(configs, indent=2, default=str))
         return
     for i, c in enumerate(configs, 1):
-        knobs = " ".join(f"{k}={_fmt(c[k])}" for k in KNOBS if c.get(k) not in (None, "", 0))
+        knobs = " ".join(
+            f"{k}={_fmt(c[k])}" for k in KNOBS if c.get(k) not in (None, "", 0, "none")
+        )
         dev = c.get("budget_deviation")
         dev_txt = f" deviation={dev:+.2%}" if isinstance(dev, float) else ""
         print(f"{i:2d}. trainable={c.get('trainable_params', 0):,} added={c.get('added_params', 0):,}"

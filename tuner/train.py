@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from search_spaces.errors import ConfigError
-from search_spaces.method_config import FUSION_METHODS
+from search_spaces.method_config import FUSION_METHODS, check_quantize
 from trainables.backbone_registry import backbone_source
 from tuner.cli import add_set_argument, parse_sets, run_cli
 
@@ -60,6 +60,23 @@ def trial_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
+def refuse_unrunnable_quantize(config: dict[str, Any], *, fuse: bool) -> None:
+    """A quantised configuration that cannot run here is refused now, before any data or model
+    is loaded: a bad value or method, ``--fuse`` (its rows share one unquantised backbone), or a
+    host without CUDA (bitsandbytes 4-bit)."""
+    quantize = config.get("quantize", "none")
+    check_quantize(config["method"], quantize)
+    if quantize == "none":
+        return
+    if fuse:
+        raise ConfigError(
+            f"--fuse trains unquantised LoRA rows only; drop --fuse or quantize={quantize!r}"
+        )
+    from trainables.quantize import require_cuda  # torch: only for a quantised config
+
+    require_cuda(quantize)
+
+
 def fused_configs(config: dict[str, Any], fuse: str) -> list[dict[str, Any]]:
     """``config`` once per value of ``--fuse KEY=V1,V2,...``."""
     key, sep, values = fuse.partition("=")
@@ -74,6 +91,7 @@ def fused_configs(config: dict[str, Any], fuse: str) -> list[dict[str, Any]]:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     config = trial_config(args)
+    refuse_unrunnable_quantize(config, fuse=bool(args.fuse))
     configs = fused_configs(config, args.fuse) if args.fuse else [config]
     from trainables.backbones import load_backbone
     from trainables.recipe import run_trial, split_config

@@ -86,6 +86,12 @@ def build_adalora(
         lora_dropout=0.0,
     )
     model = get_peft_model(bert, peft_config)
+    # On a 4-bit base (quantize=nf4) peft 0.21 casts each adapter tensor to the base's compute
+    # dtype and back, and re-registers ``ranknum`` (the rank the update is divided by) as a new,
+    # trainable Parameter: the optimiser would move AdaLoRA's scale. Frozen, as on a fp32 base.
+    for name, param in model.named_parameters():
+        if ".ranknum." in name:
+            param.requires_grad_(False)
     return model, MethodHooks(
         merge=model.merge_adapter,
         step=model.base_model.update_and_allocate,

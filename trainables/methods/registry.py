@@ -22,6 +22,7 @@ from search_spaces.registry import Registry
 from search_spaces.shapes import BackboneShape
 from trainables.backbones import Backbone
 from trainables.model import MethodHooks, PeftClassifier
+from trainables.quantize import quantize_backbone
 
 LIBRARIES = ("torch", "peft", "adapters")
 # AdaLoRA needs its schedule length at build time; a loop that knows better passes total_steps.
@@ -98,6 +99,7 @@ def build_model(
     bert = backbone.model
     if config.head == "mean":
         bert.pooler = None  # unused by mean pooling: no dead parameters in the counts
+    quantize_backbone(bert, config.quantize)  # QLoRA: before the ids, so 4-bit weights are backbone
     backbone_ids = frozenset(
         id(p) for n, p in bert.named_parameters() if not n.startswith("pooler.")
     )

@@ -121,6 +121,7 @@ def final_metrics(
         out[f"shift_{name}_score"] = scores["score"]
     out.update(data.baselines())  # did it learn? the majority class's score beside the trial's
     out.update(model.method_metrics())  # AdaLoRA's final ranks, fusion entropy, grown ranks
+    out.update(model.memory_metrics())  # base_mib, adapter_mib: the QLoRA memory table (#24)
     out["latency_ms"] = measure_latency(model, data.dev, device=device)
     if model.config.method == "lora":  # merged LoRA: the same function, no added latency
         merged = copy.deepcopy(model)

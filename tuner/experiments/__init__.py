@@ -14,6 +14,7 @@ from tuner.experiments import (  # noqa: F401
     glue_methods,
     novelty,
     placement,
+    qlora,
 )
 from tuner.experiments.families import FAMILIES
 
