@@ -152,6 +152,7 @@ def start(plan: FusePlan, data: Any, *, cluster_gpus: float, name: str) -> Pools
     or one on a CPU where the cluster has none, and the router named ``name``. Waits until every
     pool runs: a cluster without room for one fails here, naming what a pool needs."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from trainables.fused_pool import FusedPool
 
@@ -172,8 +173,10 @@ def start(plan: FusePlan, data: Any, *, cluster_gpus: float, name: str) -> Pools
             f"{len(actors)} fused pools ({POOL_CPUS:g} CPU and {gpus} GPU each) did not all start "
             f"within {POOL_START_S:g} s: the cluster lacks room for them (`ray status`)"
         ) from None
-    router = ray.remote(PoolRouter).options(num_cpus=0, name=name).remote(
-        actors, gpu_ids, slots=plan.slots)  # fmt: skip
+    # on the driver's node: a GPU node that goes away must not take the router with it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    router = ray.remote(PoolRouter).options(num_cpus=0, name=name, scheduling_strategy=here)
+    router = router.remote(actors, gpu_ids, slots=plan.slots)
     return Pools(plan, actors, tuple(tuple(ids) for ids in gpu_ids), router, name)
 
 
@@ -216,9 +219,12 @@ def gone(name: str) -> str | None:
         router = ray.get_actor(name)
     except ValueError:
         return None
-    if ray.get(router.alive.remote(), timeout=60):
-        return None
-    return str(ray.get(router.describe_gone.remote(), timeout=60))
+    try:
+        if ray.get(router.alive.remote(), timeout=60):
+            return None
+        return str(ray.get(router.describe_gone.remote(), timeout=60))
+    except ray.exceptions.RayActorError:
+        return "the router that places trials on them is gone"
 
 
 __all__ = ["CLIENT_CPUS", "FusePlan", "PoolRouter", "Pools", "PoolsGone", "choose_pool",
