@@ -170,12 +170,54 @@ def test_two_pools_one_per_gpu_survive_a_dead_one_and_stop_when_none_is_left(two
     # the last pool dies: trials fail as known errors and the study stops, its other trials unrun
     ray.kill(pools.actors[1], no_restart=True)
     results = run_study(pools, tmp_path, "after", [1e-3, 2e-3], max_failures=0, num_samples=20)
-    errors = [str(r.error) for r in results if r.error is not None]
-    assert errors and all("PoolLost" in e for e in errors)
-    assert len(errors) < len(results) < 40  # stopped: no more trials were started
-    assert not [r for r in results if (r.metrics or {}).get("evaluation")]  # none trained
+    # each trial failed with PoolLost, or was stopped with the study before its failure was
+    # processed, or never ran: none trained, and the study did not start all 40
+    assert all("PoolLost" in str(r.error) for r in results if r.error is not None)
+    assert not [r for r in results if (r.metrics or {}).get("evaluation")]
+    assert len(results) < 40
+    gone = ray.get(pools.router.state.remote())["gone"]
+    assert gone[1] == "fused pool 1 is gone (ActorDiedError)"  # a trial found it dead
     with pytest.raises(SystemExit) as stopped:
         StudyTrials(trainable=None, concurrent=4, pools=pools).check_pools()
     line = str(stopped.value)
     assert line.startswith("error: every fused pool is gone (pool 0 (GPU 0): fused pool 0 is gone")
     assert "pool 1 (GPU 1): fused pool 1 is gone" in line and "\n" not in line
+
+
+@pytest.fixture
+def study_env(monkeypatch, tmp_path, data_dir):
+    """What the study's Ray workers inherit (set before the local Ray starts)."""
+    monkeypatch.setenv("PEFT_TUNE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("PEFT_TUNE_CACHE_DIR", str(tmp_path / "tokens"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+@pytest.mark.slow
+def test_the_study_command_puts_one_pool_on_each_gpu(study_env, two_gpu_ray, tmp_path, capfd):
+    """`python -m tuner.run placement --fuse 2` on a cluster of two GPUs, in process: two pools,
+    trials in both, every trial completed, one MLflow parent run with a child per trial."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner.cli import run_cli
+    from tuner.run import main
+
+    results = tmp_path / "results"
+    assert run_cli(main, ["placement", "--preset", "smoke", "--fuse", "2",
+                          "--storage", str(results)]) == 0  # fmt: skip
+    err = capfd.readouterr().err
+    line = "fused pools: 2 x 2 rows of LoRA rank 8, one per GPU (ids {}), every linear"
+    assert line.format("0, 1") in err or line.format("1, 0") in err  # pool i's GPU, in order
+    assert "up to 4 at once" in err
+    summary = json.loads((results / "placement-smoke" / "summary.json").read_text())
+    assert summary["status_counts"] == {"completed": 5}
+    pools = set()
+    for folder in (results / "placement-smoke").glob("trial_*"):
+        reports = [json.loads(line) for line in (folder / "result.json").open()]
+        assert [r["evaluation"] for r in reports] == [1, 2]
+        pools |= {r["fused_pool"] for r in reports}
+    assert pools == {0, 1}
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("placement").experiment_id])
+    assert [r.data.tags.get("role") for r in runs].count("study") == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 5 and all(c.data.metrics["fused_pool"] in (0, 1) for c in children)
