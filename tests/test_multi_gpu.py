@@ -221,3 +221,15 @@ def test_the_study_command_puts_one_pool_on_each_gpu(study_env, two_gpu_ray, tmp
     assert [r.data.tags.get("role") for r in runs].count("study") == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(children) == 5 and all(c.data.metrics["fused_pool"] in (0, 1) for c in children)
+
+
+def test_a_pickled_stopper_keeps_its_router_name_and_checks_afresh():
+    import pickle
+
+    from tuner.fusing import PoolsGone
+
+    stopper = PoolsGone("peft-tune-pools/placement-full", every_s=2.0)
+    stopper._gone, stopper._checked = True, 1e9  # what a stopped run held
+    again = pickle.loads(pickle.dumps(stopper))
+    assert (again.name, again.every_s, again._gone, again._checked) == (
+        "peft-tune-pools/placement-full", 2.0, False, float("-inf"))  # fmt: skip

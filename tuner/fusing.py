@@ -199,6 +199,12 @@ class PoolsGone(Stopper):
         self._checked = float("-inf")
         self._gone = False
 
+    def __getstate__(self) -> dict[str, Any]:  # a resumed study checks afresh, on its own clock
+        return {"name": self.name, "every_s": self.every_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
