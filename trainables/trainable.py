@@ -43,9 +43,9 @@ def tune_pooled_trial(config: dict[str, Any], *, pool: Any) -> None:
 def tune_placed_trial(config: dict[str, Any], *, router: Any) -> None:
     """Run one trial in the pool the study's router places it on (:class:`tuner.fusing.PoolRouter`:
     one pool per GPU, the least loaded alive), as :func:`tune_pooled_trial` does; each report
-    names the pool (``fused_pool``). A pool found gone before the trial reported is marked so and
-    the trial placed again; one lost after fails the trial (:class:`PoolLost`: Tune retries it,
-    on a pool alive). With no pool alive the trial fails at once."""
+    names the pool (``fused_pool``). A pool found gone as the trial joins is marked so and the
+    trial placed again; one lost after fails the trial (:class:`PoolLost`: Tune retries it, on a
+    pool alive). With no pool alive the trial fails at once."""
     import ray
 
     while True:
@@ -60,6 +60,9 @@ def tune_placed_trial(config: dict[str, Any], *, router: Any) -> None:
         except PoolLost as lost:
             router.lost.remote(index, str(lost))  # calls from one caller run in order
             router.release.remote(index)
+        except BaseException:  # refused (cannot fuse), or stopped: its place is free again
+            router.release.remote(index)
+            raise
     try:
         relay(pool, token, name=name, tags={"fused_pool": index})
     except PoolLost as lost:
