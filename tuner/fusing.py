@@ -1,35 +1,47 @@
-"""``python -m tuner.run NAME --fuse K``: a study's LoRA trials trained as the rows of one fused
-pool that holds one GPU (:mod:`trainables.fused_pool`), K at a time.
+"""``python -m tuner.run NAME --fuse K``: a study's LoRA trials trained as the rows of fused pools
+(:mod:`trainables.fused_pool`), one pool per GPU of the cluster, K rows each.
 
 Each configuration stays its own Tune trial (its searcher suggestion, scheduler decision, MLflow
-run, checkpoint); its process only relays the pool's reports, so it holds a quarter of a CPU and
+run, checkpoint); its process only relays a pool's reports, so it holds a quarter of a CPU and
 no GPU. Checked before anything starts: every configuration the search would try first is LoRA
 with the mean head. The rows' rank is the largest rank those configurations have; a study whose
 configurations put LoRA on different linears gets rows over every linear (``placement="all"``).
+
+Placement: a :class:`PoolRouter` actor puts each trial on the least loaded pool alive
+(:func:`choose_pool`). A pool whose actor dies (its GPU fell off the bus, its node went away) or
+whose training failed is marked gone by the trial that finds it so; that trial fails as a known
+error (:class:`trainables.trainable.PoolLost`, retried by Tune per the study's failure config),
+and new trials go to the pools alive. With none alive, :class:`PoolsGone` stops the study.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ray.tune.stopper import Stopper
+
 from search_spaces.errors import ConfigError
-from trainables.recipe import split_config
 from tuner.experiment import Experiment
 
 SAMPLED = 200  # configurations read up front (a grid's arms are all of them)
 CLIENT_CPUS = 0.25  # a pooled trial's process: it relays reports and writes one checkpoint
+POOL_CPUS = 1.0  # a pool's process: its training thread feeds the GPU
+POOL_START_S = 600.0  # an autoscaling cluster may take minutes to add the node a pool needs
 
 
 @dataclass(frozen=True)
 class FusePlan:
-    slots: int  # trials trained at once, as rows of the one fused model
+    slots: int  # trials trained at once, as rows of one fused model (per pool)
     rank: int  # the rows' LoRA rank: no trial may have a larger one
     placement: str | None  # the rows' linears: None for the first trial's, "all" for every one
 
 
 def fuse_plan(exp: Experiment, space: Any, slots: int, *, num_labels: int) -> FusePlan:
     """The pool ``--fuse slots`` needs for ``exp``, or a one-line refusal naming why not."""
+    from trainables.recipe import split_config
     from tuner.space import first_configs
 
     if slots < 1:
@@ -47,9 +59,179 @@ def fuse_plan(exp: Experiment, space: Any, slots: int, *, num_labels: int) -> Fu
     return FusePlan(slots, rank, None if len(spots) == 1 else "all")
 
 
-def start(plan: FusePlan, data: Any, *, cluster_gpus: float) -> Any:
-    """The pool's Ray actor, on one GPU where the cluster has one (else on a CPU)."""
-    from trainables.fused_pool import start_pool
+def pool_count(cluster_gpus: float) -> int:
+    """One pool per whole GPU of the cluster; one on a CPU where it has none."""
+    return max(1, int(cluster_gpus + 1e-9))
 
-    return start_pool(data, slots=plan.slots, rank=plan.rank, placement=plan.placement,
-                      gpus=1 if cluster_gpus >= 1 else 0)  # fmt: skip
+
+def choose_pool(loads: Sequence[int | None], *, slots: int) -> int | None:
+    """The pool a new trial joins: of the pools alive (``loads[i]`` trials placed and not yet
+    gone; ``None`` for a pool that is gone), the least loaded, the lowest index among equals;
+    ``None`` when none is alive. Pools have ``slots`` rows each, so the least loaded has a free
+    row whenever any has; when none has, the trial waits in its queue for one."""
+    if slots < 1:
+        raise ConfigError(f"a fused pool has slots >= 1, not {slots=}")
+    alive = [(load, index) for index, load in enumerate(loads) if load is not None]
+    return min(alive)[1] if alive else None
+
+
+class PoolRouter:
+    """The study's pools and where its trials are: a Ray actor whose calls run one at a time, so
+    each placement sees the ones before it (:func:`trainables.trainable.tune_placed_trial`)."""
+
+    def __init__(self, pools: Sequence[Any], gpu_ids: Sequence[Sequence[Any]], *,
+                 slots: int) -> None:  # fmt: skip
+        if len(pools) != len(gpu_ids) or not pools:
+            raise ConfigError(f"a router needs one GPU id list per pool: {len(pools)} pools, "
+                              f"{len(gpu_ids)} lists")  # fmt: skip
+        self.pools = list(pools)
+        self.gpu_ids = [tuple(ids) for ids in gpu_ids]
+        self.slots = slots
+        self.loads = [0] * len(pools)  # trials placed and not yet released
+        self.placed = [0] * len(pools)  # trials ever placed
+        self.gone: dict[int, str] = {}  # pool -> why it is gone
+
+    def place(self) -> tuple[int, Any] | None:
+        """(pool index, pool actor) for a new trial, or ``None`` when every pool is gone."""
+        loads = [None if i in self.gone else n for i, n in enumerate(self.loads)]
+        index = choose_pool(loads, slots=self.slots)
+        if index is None:
+            return None
+        self.loads[index] += 1
+        self.placed[index] += 1
+        return index, self.pools[index]
+
+    def release(self, index: int) -> None:
+        self.loads[index] = max(0, self.loads[index] - 1)
+
+    def lost(self, index: int, reason: str) -> None:
+        self.gone.setdefault(index, reason)  # the first trial to find it gone says why
+
+    def alive(self) -> int:
+        return len(self.pools) - len(self.gone)
+
+    def state(self) -> dict[str, Any]:
+        return {"loads": list(self.loads), "placed": list(self.placed), "gone": dict(self.gone),
+                "gpu_ids": list(self.gpu_ids)}  # fmt: skip
+
+    def describe_gone(self) -> str:
+        return "; ".join(f"pool {i} (GPU {','.join(map(str, self.gpu_ids[i])) or 'none'}): {why}"
+                         for i, why in sorted(self.gone.items()))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Pools:
+    """A study's fused pools: their actors, the GPU ids Ray gave each (empty on a CPU), and the
+    router that places trials on them (a named actor: :class:`PoolsGone` finds it by name)."""
+
+    plan: FusePlan
+    actors: tuple[Any, ...]
+    gpu_ids: tuple[tuple[Any, ...], ...]
+    router: Any
+    name: str
+
+    def describe(self) -> str:
+        lines = ", every linear" if self.plan.placement else ""
+        if len(self.actors) == 1:
+            where = "one GPU" if self.gpu_ids[0] else "a CPU"
+            return f"fused pool: {self.plan.slots} rows of LoRA rank {self.plan.rank} on {where}{lines}"
+        ids = ", ".join(",".join(map(str, ids)) for ids in self.gpu_ids)
+        return (f"fused pools: {len(self.actors)} x {self.plan.slots} rows of LoRA rank "
+                f"{self.plan.rank}, one per GPU (ids {ids}){lines}")  # fmt: skip
+
+
+def gpu_ids_of(actor_self: Any) -> tuple[Any, ...]:
+    """Run inside a pool actor (``__ray_call__``): the GPU ids Ray gave it."""
+    import ray
+
+    return tuple(ray.get_gpu_ids())
+
+
+def start(plan: FusePlan, data: Any, *, cluster_gpus: float, name: str) -> Pools:
+    """One pool actor per GPU of the cluster (each asks Ray for one GPU, so each gets its own),
+    or one on a CPU where the cluster has none, and the router named ``name``. Waits until every
+    pool runs: a cluster without room for one fails here, naming what a pool needs."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from trainables.fused_pool import FusedPool
+
+    gpus = 1 if cluster_gpus >= 1 else 0
+    shared = ray.put(data)  # one copy in the object store for every pool
+    remote = ray.remote(FusedPool).options(num_cpus=POOL_CPUS, num_gpus=gpus,
+                                           max_concurrency=max(16, 4 * plan.slots))  # fmt: skip
+    # device=None: the pool picks CUDA where its process sees one (its own GPU), else the CPU
+    actors = tuple(remote.remote(shared, slots=plan.slots, rank=plan.rank,
+                                 placement=plan.placement, device=None)
+                   for _ in range(pool_count(cluster_gpus)))  # fmt: skip
+    try:
+        gpu_ids = ray.get([a.__ray_call__.remote(gpu_ids_of) for a in actors],
+                          timeout=POOL_START_S)  # fmt: skip
+    except ray.exceptions.GetTimeoutError:
+        stop(actors)
+        raise RuntimeError(
+            f"{len(actors)} fused pools ({POOL_CPUS:g} CPU and {gpus} GPU each) did not all start "
+            f"within {POOL_START_S:g} s: the cluster lacks room for them (`ray status`)"
+        ) from None
+    # on the driver's node: a GPU node that goes away must not take the router with it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    router = ray.remote(PoolRouter).options(num_cpus=0, name=name, scheduling_strategy=here)
+    router = router.remote(actors, gpu_ids, slots=plan.slots)
+    return Pools(plan, actors, tuple(tuple(ids) for ids in gpu_ids), router, name)
+
+
+def stop(actors: Sequence[Any]) -> None:
+    """End actors now (a finished study's pools hold their GPUs until then)."""
+    import ray
+
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+
+
+class PoolsGone(Stopper):
+    """Stops a study once every pool is gone (checked every ``every_s`` seconds). Holds the
+    router's name, not its handle: Tune pickles the stopper, and a resumed study's router is a
+    new actor under the same name."""
+
+    def __init__(self, name: str, every_s: float = 5.0) -> None:
+        self.name = name
+        self.every_s = every_s
+        self._checked = float("-inf")
+        self._gone = False
+
+    def __getstate__(self) -> dict[str, Any]:  # a resumed study checks afresh, on its own clock
+        return {"name": self.name, "every_s": self.every_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if self._gone or time.monotonic() - self._checked < self.every_s:
+            return self._gone
+        self._checked = time.monotonic()
+        self._gone = gone(self.name) is not None
+        return self._gone
+
+
+def gone(name: str) -> str | None:
+    """Why every pool of the router ``name`` is gone, or ``None`` while one is alive (or no such
+    router runs: nothing to say about pools it does not know)."""
+    import ray
+
+    try:
+        router = ray.get_actor(name)
+    except ValueError:
+        return None
+    try:
+        if ray.get(router.alive.remote(), timeout=60):
+            return None
+        return str(ray.get(router.describe_gone.remote(), timeout=60))
+    except ray.exceptions.RayActorError:
+        return "the router that places trials on them is gone"
+
+
+__all__ = ["CLIENT_CPUS", "FusePlan", "PoolRouter", "Pools", "PoolsGone", "choose_pool",
+           "fuse_plan", "gone", "pool_count", "start", "stop"]  # fmt: skip

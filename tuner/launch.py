@@ -28,43 +28,18 @@ from tuner.tracking import connect, ensure_experiment
 
 @closes_parent  # a study that raises leaves no RUNNING parent run
 def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace) -> dict:
-    import ray
-    from ray import tune
-
-    from trainables.backbones import load_backbone
     from trainables.data.tokenize import cache_stats
-    from trainables.probe import with_probe
-    from trainables.trainable import tune_trial
-    from tuner.prepare import prepare
-    from tuner.runner import build_scheduler, build_searcher, connect_ray, print_summary
+    from tuner.runner import connect_ray, print_summary
     from tuner.sources import ensure_source_adapters
-    from tuner.space import train_sizes
 
     paths = study_paths(exp, preset, args.storage, args.tracking_uri)
     files = StudyFiles(paths.storage, paths.name)
     train = check_inputs(exp, args, files)
-    fuse = None
-    if getattr(args, "fuse", None) is not None:
-        from trainables.data.loading import resolve_task
-        from tuner.fusing import fuse_plan
-
-        fuse = fuse_plan(exp, space, args.fuse, num_labels=resolve_task(exp.task).num_labels)
+    fuse = plan_fuse(exp, space, args)
     client = connect(paths.tracking_uri)  # before anything is logged: a bad URI is one line
 
     tokens_before = cache_stats()
-    log(f"preparing data for {exp.task} ({exp.backbone}, max_length={train.max_length})")
-    backbone = load_backbone(exp.backbone, meta=True)
-    data = prepare(
-        exp.task, tokenizer=backbone.tokenizer, max_length=train.max_length,
-        train_samples=exp.train_samples, data_dir=args.data_dir, extra_tests=exp.extra_tests,
-    )  # fmt: skip
-    log(f"train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,} examples")
-    # did it learn? the frozen baselines, once (cached), also per training subset an arm draws
-    data = with_probe(data, exp.backbone, sizes=train_sizes(space))
-    log("frozen-backbone baselines (head-only probe; zero-shot cosine for sentence pairs): "
-        + ", ".join(f"{k}={v:.4f}" for k, v in data.reference.items()))  # fmt: skip
-    train.eval_steps(train.total_steps(len(data.train)))  # more evals than steps: not per trial
-
+    data = prepare_data(exp, space, train, args)
     cluster_gpus = connect_ray(cpus_per_trial=args.cpus_per_trial or 1.0)
     resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial, cluster_gpus=cluster_gpus)
     if not args.resume:  # recorded before the source adapters: a study killed there resumes
@@ -79,34 +54,12 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     experiment_id = ensure_experiment(client, exp.name)
     parent_id = parent_run(client, experiment_id, exp, preset, files, resume=args.resume)
     describe_study(client, experiment_id, parent_id, exp, preset, data=data)
-    trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, data=data),
-        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
-    )
-    concurrent = resources.concurrent_trials(ray.cluster_resources())
-    if fuse is not None:
-        from trainables.trainable import tune_pooled_trial
-        from tuner.fusing import CLIENT_CPUS, start
-
-        pool = start(fuse, data, cluster_gpus=cluster_gpus)
-        trainable = tune.with_resources(tune.with_parameters(tune_pooled_trial, pool=pool),
-                                        {"cpu": CLIENT_CPUS, "gpu": 0})  # fmt: skip
-        concurrent = fuse.slots
-        log(f"fused pool: {fuse.slots} rows of LoRA rank {fuse.rank} on "
-            f"{'one GPU' if cluster_gpus >= 1 else 'a CPU'}"
-            f"{', every linear' if fuse.placement else ''}")  # fmt: skip
-    phase = Phase(name=paths.name, space=space, num_samples=exp.num_samples,
-                  searcher=build_searcher(exp, space, seed=0),
-                  scheduler=build_scheduler(exp, max_t=train.evals))  # fmt: skip
-    logger = _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset)
-    summary = run_phase(phase, trainable, paths, logger, exp, resume=args.resume,
-                        concurrent=concurrent)  # fmt: skip
-    if len(exp.seeds) > 1:
-        seeds = seeds_phase(exp, summary, name=f"{paths.name}-seeds")
-        logger = _mlflow_logger(paths.tracking_uri, experiment_id, parent_id, exp, preset,
-                                phase="seeds")  # fmt: skip
-        summary["seeds"] = run_phase(seeds, trainable, paths, logger, exp, resume=args.resume,
-                                     concurrent=concurrent)  # fmt: skip
+    trials = study_trials(data, resources, fuse, cluster_gpus=cluster_gpus, name=paths.name)
+    try:
+        summary = search_and_seeds(exp, space, train, trials, paths, (experiment_id, parent_id),
+                                   preset=preset, resume=args.resume)  # fmt: skip
+    finally:
+        trials.close()
     summary["work"] = work_done(summary, work, tokens_before, cache_stats())
     log("work: " + ", ".join(f"{k}={v}" for k, v in summary["work"].items()))
     record_outcome(client, experiment_id, parent_id, exp, preset, summary,
@@ -118,6 +71,112 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
            f" once `mlflow ui --backend-store-uri {paths.tracking_uri}` runs"))  # fmt: skip
     files.write_json("summary.json", summary)
     print_summary(summary)
+    return summary
+
+
+def plan_fuse(exp: Experiment, space: Any, args: argparse.Namespace) -> Any:
+    """The fused pools ``--fuse K`` asks for (:func:`tuner.fusing.fuse_plan`), else None."""
+    if getattr(args, "fuse", None) is None:
+        return None
+    from trainables.data.loading import resolve_task
+    from tuner.fusing import fuse_plan
+
+    return fuse_plan(exp, space, args.fuse, num_labels=resolve_task(exp.task).num_labels)
+
+
+def prepare_data(exp: Experiment, space: Any, train: TrainConfig, args: argparse.Namespace) -> Any:
+    """The study's data, tokenised once on the driver, with its frozen-backbone baselines."""
+    from trainables.backbones import load_backbone
+    from trainables.probe import with_probe
+    from tuner.prepare import prepare
+    from tuner.space import train_sizes
+
+    log(f"preparing data for {exp.task} ({exp.backbone}, max_length={train.max_length})")
+    backbone = load_backbone(exp.backbone, meta=True)
+    data = prepare(
+        exp.task, tokenizer=backbone.tokenizer, max_length=train.max_length,
+        train_samples=exp.train_samples, data_dir=args.data_dir, extra_tests=exp.extra_tests,
+    )  # fmt: skip
+    log(f"train={len(data.train):,} dev={len(data.dev):,} test={len(data.test):,} examples")
+    # did it learn? the frozen baselines, once (cached), also per training subset an arm draws
+    data = with_probe(data, exp.backbone, sizes=train_sizes(space))
+    log("frozen-backbone baselines (head-only probe; zero-shot cosine for sentence pairs): "
+        + ", ".join(f"{k}={v:.4f}" for k, v in data.reference.items()))  # fmt: skip
+    train.eval_steps(train.total_steps(len(data.train)))  # more evals than steps: not per trial
+    return data
+
+
+@dataclass(frozen=True)
+class StudyTrials:
+    """What Tune runs per trial, how many at once, and with ``--fuse`` the pools behind it."""
+
+    trainable: Any
+    concurrent: int
+    pools: Any = None  # tuner.fusing.Pools
+
+    def stopper(self) -> Any:
+        from tuner.fusing import PoolsGone
+
+        return None if self.pools is None else PoolsGone(self.pools.name)
+
+    def check_pools(self) -> None:
+        """After a phase: a study whose pools are all gone stops here, with one line."""
+        from tuner.fusing import gone
+
+        why = None if self.pools is None else gone(self.pools.name)
+        if why is not None:
+            raise SystemExit(f"error: every fused pool is gone ({why}): the study stopped; "
+                             "--resume continues it once the GPUs are back")  # fmt: skip
+
+    def close(self) -> None:
+        if self.pools is not None:
+            from tuner.fusing import stop
+
+            stop([*self.pools.actors, self.pools.router])
+
+
+def study_trials(data: Any, resources: Resources, fuse: Any, *, cluster_gpus: float,
+                 name: str) -> StudyTrials:  # fmt: skip
+    """Each trial trained in its own Ray actor with ``resources``; with ``fuse``, in one of the
+    fused pools, one per GPU of the cluster, that a router places it on."""
+    import ray
+    from ray import tune
+
+    if fuse is None:
+        from trainables.trainable import tune_trial
+
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trial, data=data),
+            {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+        )
+        return StudyTrials(trainable, resources.concurrent_trials(ray.cluster_resources()))
+    from trainables.trainable import tune_placed_trial
+    from tuner.fusing import CLIENT_CPUS, start
+
+    pools = start(fuse, data, cluster_gpus=cluster_gpus, name=f"peft-tune-pools/{name}")
+    log(pools.describe())
+    trainable = tune.with_resources(tune.with_parameters(tune_placed_trial, router=pools.router),
+                                    {"cpu": CLIENT_CPUS, "gpu": 0})  # fmt: skip
+    return StudyTrials(trainable, fuse.slots * len(pools.actors), pools)
+
+
+def search_and_seeds(exp: Experiment, space: Any, train: TrainConfig, trials: StudyTrials,
+                     paths: Any, run: tuple[str, str], *, preset: str, resume: bool) -> dict:  # fmt: skip
+    """The search (Tune, searcher, scheduler), then the seeds phase where ``exp`` has seeds;
+    ``run`` is the MLflow (experiment id, parent run id) the trials log under."""
+    from tuner.runner import build_scheduler, build_searcher
+
+    phase = Phase(name=paths.name, space=space, num_samples=exp.num_samples,
+                  searcher=build_searcher(exp, space, seed=0),
+                  scheduler=build_scheduler(exp, max_t=train.evals))  # fmt: skip
+    logger = _mlflow_logger(paths.tracking_uri, *run, exp, preset)
+    summary = run_phase(phase, trials, paths, logger, exp, resume=resume)
+    trials.check_pools()
+    if len(exp.seeds) > 1:
+        seeds = seeds_phase(exp, summary, name=f"{paths.name}-seeds")
+        logger = _mlflow_logger(paths.tracking_uri, *run, exp, preset, phase="seeds")
+        summary["seeds"] = run_phase(seeds, trials, paths, logger, exp, resume=resume)
+        trials.check_pools()
     return summary
 
 
@@ -181,34 +240,34 @@ class Phase:
     scheduler: Any = None  # None: every trial runs to the end
 
 
-def run_phase(phase: Phase, trainable: Any, paths: Any, logger: Any, exp: Experiment, *,
-              resume: bool, concurrent: int | None = None) -> dict:  # fmt: skip
+def run_phase(phase: Phase, trials: StudyTrials, paths: Any, logger: Any, exp: Experiment, *,
+              resume: bool) -> dict:  # fmt: skip
     from ray import tune
 
     from tuner.runner import ConsoleProgress, summarise
 
     if resume and StudyFiles(paths.storage, phase.name).exists("tuner.pkl"):
-        tuner = tune.Tuner.restore(f"{paths.storage}/{phase.name}", trainable,
+        tuner = tune.Tuner.restore(f"{paths.storage}/{phase.name}", trials.trainable,
                                    resume_unfinished=True, resume_errored=True)  # fmt: skip
     else:
         tuner = tune.Tuner(
-            trainable,
+            trials.trainable,
             tune_config=tune.TuneConfig(
                 search_alg=phase.searcher, scheduler=phase.scheduler,
-                num_samples=phase.num_samples, max_concurrent_trials=concurrent,
+                num_samples=phase.num_samples, max_concurrent_trials=trials.concurrent,
                 # a finished trial's actor runs the next one: no new process, imports or CUDA
                 # context per trial (start-up was ~10 s against 13-24 s of training on an H100)
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=phase.name, storage_path=paths.storage, verbose=0,
+                name=phase.name, storage_path=paths.storage, verbose=0, stop=trials.stopper(),
                 callbacks=[logger, ConsoleProgress(total=phase.num_samples)],
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )  # fmt: skip
-    log(f"{phase.name}: {phase.num_samples} trials, up to {concurrent or 'Tune decides'} at once; "
+    log(f"{phase.name}: {phase.num_samples} trials, up to {trials.concurrent} at once; "
         f"results in {paths.storage}/{phase.name}, MLflow at {paths.tracking_uri}")  # fmt: skip
     return summarise(tuner.fit(), exp)
 
