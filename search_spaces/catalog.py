@@ -323,4 +323,8 @@ register_facts(
 if set(METHOD_FACTS.names()) != set(METHODS):
     raise ImportError(f"methods without facts: {sorted(set(METHODS) - set(METHOD_FACTS.names()))}")
 
-__all__: list[str] = []  # importing the module registers; read the facts from METHOD_FACTS
+FUSABLE_METHODS = tuple(name for name in METHOD_FACTS if METHOD_FACTS.get(name).fusable)
+"""Methods whose trials train as rows of one fused model (trainables.fused): read by the fused
+model, the pool, ``tuner.train --fuse`` and ``tuner.run --fuse``."""
+
+__all__ = ["FUSABLE_METHODS"]  # importing the module registers; read the facts from METHOD_FACTS

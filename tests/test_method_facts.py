@@ -134,7 +134,7 @@ def test_per_layer_ranks_is_what_the_accounting_accepts(method):
 
 
 def test_fusability_agrees_with_the_fused_model():
-    # trainables/fused.py keeps its own FUSABLE_METHODS until it reads the registry
+    # the fused model, the pool and both --fuse commands read the registry; rows exist for LoRA only
     fusable = tuple(m for m in METHODS if METHOD_FACTS.get(m).fusable)
     assert fusable == FUSABLE_METHODS == ("lora",)
 

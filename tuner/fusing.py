@@ -23,6 +23,7 @@ from typing import Any
 
 from ray.tune.stopper import Stopper
 
+from search_spaces.catalog import FUSABLE_METHODS
 from search_spaces.errors import ConfigError
 from tuner.experiment import Experiment
 
@@ -49,7 +50,7 @@ def fuse_plan(exp: Experiment, space: Any, slots: int, *, num_labels: int) -> Fu
     configs = first_configs(exp, space, n=min(exp.num_samples, SAMPLED))
     methods = [split_config(c, num_labels=num_labels)[0] for c in configs]
     for m in methods:
-        if m.method != "lora" or m.head != "mean":
+        if m.method not in FUSABLE_METHODS or m.head != "mean":
             raise ConfigError(
                 f"--fuse trains LoRA trials with the mean head; {exp.name} tries "
                 f"method={m.method!r} head={m.head!r}: run it without --fuse"

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from search_spaces.catalog import FUSABLE_METHODS
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import FUSION_METHODS, check_quantize
 from trainables.backbone_registry import backbone_source
@@ -83,8 +84,9 @@ def fused_configs(config: dict[str, Any], fuse: str) -> list[dict[str, Any]]:
     choices = [v.strip() for v in values.split(",") if v.strip()]
     if not sep or not key.strip() or len(choices) < 2:
         raise ConfigError(f"--fuse {fuse!r} must be KEY=V1,V2,... with two values or more")
-    if config.get("method") != "lora":
-        raise ConfigError(f"--fuse trains method='lora' only, not method={config.get('method')!r}")
+    if config.get("method") not in FUSABLE_METHODS:
+        raise ConfigError(f"--fuse trains method in {list(FUSABLE_METHODS)} only, "
+                          f"not method={config.get('method')!r}")  # fmt: skip
     return [{**config, key.strip(): value} for value in choices]
 
 

@@ -17,11 +17,10 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from search_spaces.catalog import FUSABLE_METHODS
 from search_spaces.errors import ConfigError
 from trainables.model import PeftClassifier, encoder_mask, masked_mean
 from trainables.training import packed
-
-FUSABLE_METHODS = ("lora",)
 
 
 class _FusedLoRALinear(nn.Module):

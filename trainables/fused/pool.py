@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.nn.attention import sdpa_kernel
 
+from search_spaces.catalog import FUSABLE_METHODS
 from search_spaces.errors import ConfigError
 from trainables.fused.batches import pinned, step_batch
 from trainables.fused.model import FusedLoRA, check_members
@@ -120,7 +121,7 @@ class FusedPool:
         returns its token. Refuses, with the reason, a trial that cannot fuse with the pool's."""
         method, train = split_config(config, num_labels=self.data.num_labels)
         rank = max((method.rank, *(method.layer_ranks or ())))
-        if method.method != "lora" or rank > self.rank:
+        if method.method not in FUSABLE_METHODS or rank > self.rank:
             raise ConfigError(f"the fused pool takes LoRA trials of rank <= {self.rank}, not "
                               f"method={method.method!r} rank={rank}")  # fmt: skip
         backbone = str(config.get("backbone", "minilm-l6"))
