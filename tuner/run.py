@@ -39,8 +39,8 @@ def parser() -> argparse.ArgumentParser:
         "--fuse",
         type=int,
         metavar="K",
-        help="train K LoRA trials at once as rows of one fused model that holds one GPU "
-        "(LoRA-only studies; docs/TRAINING.md)",
+        help="train K LoRA trials at once as rows of one fused model per GPU of the cluster "
+        "(LoRA-only studies; docs/TRAINING.md, docs/CLUSTER.md)",
     )
     p.add_argument("--storage", help="results folder or pyarrow.fs URI shared by all nodes")
     p.add_argument("--tracking-uri", help="MLflow URI: a folder, sqlite:///..., http://...")
