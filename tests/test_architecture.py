@@ -181,3 +181,33 @@ def test_the_private_import_check_bites(tmp_path):
     assert private_imports(project_modules(tmp_path, ("tuner",))) == [
         "tuner.a: from tuner.b import _hidden"
     ]
+
+
+MAX_MODULE_LINES = 400  # issue #22: a module a reader can hold; STYLE.md aims at ~300
+MAX_FUNCTION_LINES = 60  # a function that fits on a screen
+
+
+def sizes(root: Path) -> Iterator[tuple[str, int, int]]:
+    """``(what, lines, limit)`` for every module of the packages and every function in them."""
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            text = path.read_text()
+            name = str(path.relative_to(root))
+            yield name, len(text.splitlines()), MAX_MODULE_LINES
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    yield f"{name}:{node.name}", lines, MAX_FUNCTION_LINES
+
+
+def test_no_module_over_400_lines_and_no_function_over_60():
+    over = [f"{what} ({lines} > {limit})" for what, lines, limit in sizes(ROOT) if lines > limit]
+    assert not over, "split these: " + ", ".join(over)
+
+
+def test_the_size_check_bites(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "tuner").mkdir()
+    (tmp_path / "tuner" / "long.py").write_text(f"def long():\n{body}\n")
+    found = {what: lines for what, lines, limit in sizes(tmp_path) if lines > limit}
+    assert found == {"tuner/long.py:long": MAX_FUNCTION_LINES + 1}
