@@ -32,28 +32,44 @@ _ARMS = adalora_arms(BUDGETS)  # each at LR_POINTS rates of its own method's ran
 _SMOKE_ARMS = adalora_arms(SMOKE_BUDGETS)
 
 
-def adalora_study(task: str) -> Experiment:
+def budget_grid_study(
+    *, name: str, summary: str, task: str, arms: tuple[dict, ...], smoke_arms: tuple[dict, ...]
+) -> Experiment:
+    """A grid of budget-matched arms (``arms`` at ``BUDGETS``, ``smoke_arms`` at ``SMOKE_BUDGETS``),
+    each at LR_POINTS rates of its own method's range, then 3 seeds: the AdaLoRA and QLoRA studies."""
     return register(Experiment(
-        name=f"adalora_{task_suffix(task)}",
-        summary=f"LoRA vs AdaLoRA vs rank growth on plateau on {task} at a small and a large "
-                "budget; AdaLoRA's final ranks per layer as a heat map (study 004).",
+        name=name,
+        summary=summary,
         task=task,
-        search=Search(kind="grid", budget_params=BUDGETS["large"], tolerance=0.05, configs=_ARMS,
+        search=Search(kind="grid", budget_params=BUDGETS["large"], tolerance=0.05, configs=arms,
                       lr_points=LR_POINTS),
-        num_samples=len(_ARMS) * LR_POINTS,
+        num_samples=len(arms) * LR_POINTS,
         seeds=SEEDS,
-        grace_period=8,  # no early stop: AdaLoRA prunes late and rank growth needs every plateau
+        # no early stop: AdaLoRA prunes late, rank growth needs every plateau, QLoRA's memory is
+        # measured on every arm
+        grace_period=8,
         train={"epochs": 3.0, "evals": 8, "max_length": 128},
         presets={
-            "smoke": {**SMOKE, "num_samples": len(_SMOKE_ARMS), "seeds": (0,),
-                      "search": {"budget_params": SMOKE_BUDGETS["large"], "configs": _SMOKE_ARMS,
+            "smoke": {**SMOKE, "num_samples": len(smoke_arms), "seeds": (0,),
+                      "search": {"budget_params": SMOKE_BUDGETS["large"], "configs": smoke_arms,
                                  "lr_points": 1},
                       "train": {**SMOKE["train"], "evals": 3}},
-            "demo": {"num_samples": len(_ARMS), "train_samples": 3_000, "seeds": (0,),
-                     "search": {"configs": _ARMS, "lr_points": 1},
+            "demo": {"num_samples": len(arms), "train_samples": 3_000, "seeds": (0,),
+                     "search": {"configs": arms, "lr_points": 1},
                      "train": {"epochs": 2.0, "evals": 6, "max_length": 64}},
         },
     ))  # fmt: skip
+
+
+def adalora_study(task: str) -> Experiment:
+    return budget_grid_study(
+        name=f"adalora_{task_suffix(task)}",
+        summary=f"LoRA vs AdaLoRA vs rank growth on plateau on {task} at a small and a large "
+        "budget; AdaLoRA's final ranks per layer as a heat map (study 004).",
+        task=task,
+        arms=_ARMS,
+        smoke_arms=_SMOKE_ARMS,
+    )
 
 
 ADALORA = tuple(adalora_study(task) for task in ADALORA_TASKS)

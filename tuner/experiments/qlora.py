@@ -14,9 +14,8 @@ before any data is prepared (tuner/run.py), smoke included: a smoke run of only 
 arms would test nothing this study adds.
 """
 
-from tuner.experiment import Experiment, Search, register
-from tuner.experiments._presets import LR_POINTS, SEEDS, SMOKE
-from tuner.experiments.adalora import BUDGETS, SMOKE_BUDGETS
+from tuner.experiment import Experiment
+from tuner.experiments.adalora import BUDGETS, SMOKE_BUDGETS, budget_grid_study
 from tuner.experiments.families import register_family, task_suffix
 
 QLORA_TASKS = ("glue/sst2", "glue/cola")
@@ -35,27 +34,14 @@ _SMOKE_ARMS = qlora_arms(SMOKE_BUDGETS)
 
 
 def qlora_study(task: str) -> Experiment:
-    return register(Experiment(
+    return budget_grid_study(
         name=f"qlora_{task_suffix(task)}",
         summary=f"LoRA vs AdaLoRA, full-precision vs 4-bit NF4 base (QLoRA) on {task} at a small "
-                "and a large budget: scores, base/adapter MiB, peak GPU memory (study 004; CUDA).",
+        "and a large budget: scores, base/adapter MiB, peak GPU memory (study 004; CUDA).",
         task=task,
-        search=Search(kind="grid", budget_params=BUDGETS["large"], tolerance=0.05, configs=_ARMS,
-                      lr_points=LR_POINTS),
-        num_samples=len(_ARMS) * LR_POINTS,
-        seeds=SEEDS,
-        grace_period=8,  # no early stop: AdaLoRA prunes late, and every arm's memory is measured
-        train={"epochs": 3.0, "evals": 8, "max_length": 128},
-        presets={
-            "smoke": {**SMOKE, "num_samples": len(_SMOKE_ARMS), "seeds": (0,),
-                      "search": {"budget_params": SMOKE_BUDGETS["large"], "configs": _SMOKE_ARMS,
-                                 "lr_points": 1},
-                      "train": {**SMOKE["train"], "evals": 3}},
-            "demo": {"num_samples": len(_ARMS), "train_samples": 3_000, "seeds": (0,),
-                     "search": {"configs": _ARMS, "lr_points": 1},
-                     "train": {"epochs": 2.0, "evals": 6, "max_length": 64}},
-        },
-    ))  # fmt: skip
+        arms=_ARMS,
+        smoke_arms=_SMOKE_ARMS,
+    )
 
 
 QLORA = tuple(qlora_study(task) for task in QLORA_TASKS)
