@@ -13,6 +13,7 @@ from trainables.data.encoded import Encoded
 from trainables.fused.batches import IGNORE_INDEX
 from trainables.fused.model import FusedLoRA
 from trainables.fused.optim import RowAdamW, clip_rows_
+from trainables.fused.rows import FusedRows
 from trainables.inference import autocast, predict, score
 from trainables.model import MASK_3D
 from trainables.train_config import TrainConfig
@@ -37,7 +38,7 @@ class FusedStep:
         k, device = model.trials, plan.device
         self.model = model
         self.lr = torch.zeros(k, device=device)
-        self.pack = MASK_3D
+        self.pack = MASK_3D and getattr(model, "packs", True)
         self._max_norm = torch.zeros(k, device=device)
         self._decay = torch.zeros_like(model.theta)
         self._optimizer = RowAdamW(model.theta, lr=self.lr, decay=self._decay)
@@ -80,7 +81,8 @@ class FusedStep:
             logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids,
                                 slots=self._slots)  # fmt: skip
         losses = fused_losses(logits, batch.labels, self._task_kind)
-        losses.sum().backward()
+        extra = getattr(self.model, "row_regularization", lambda: None)()
+        (losses.sum() if extra is None else losses.sum() + extra.sum()).backward()
         theta = self.model.theta
         clip_rows_(cast(torch.Tensor, theta.grad), self._max_norm)
         self._optimizer.step()
@@ -106,7 +108,7 @@ def fused_losses(logits: torch.Tensor, labels: torch.Tensor, task_kind: str) -> 
 
 
 def evaluate_fused(
-    model: FusedLoRA,
+    model: FusedLoRA | FusedRows,
     data: Encoded,
     *,
     task_kind: str,
@@ -128,7 +130,7 @@ class _EveryTrial(nn.Module):
     """``model`` on one batch for all its trials (or ``rows``): ``[B, T]`` in,
     ``[B, K, num_labels]`` out."""
 
-    def __init__(self, model: FusedLoRA, rows: list[int] | None = None) -> None:
+    def __init__(self, model: FusedLoRA | FusedRows, rows: list[int] | None = None) -> None:
         super().__init__()
         self.model = model
         self.rows = rows

@@ -12,6 +12,7 @@ from search_spaces.errors import ConfigError
 from trainables.data.encoded import Encoded
 from trainables.fused.batches import Counts, fused_batches
 from trainables.fused.model import FusedLoRA
+from trainables.fused.rows import FusedRows
 from trainables.fused.step import FusedStep, evaluate_fused
 from trainables.inference import SDPA_BACKENDS, uses_bf16
 from trainables.train_config import TrainConfig
@@ -29,7 +30,7 @@ OnFusedEval = Callable[[int, list[tuple[float, dict[str, float]]]], None]
 
 
 def fit_fused(
-    model: FusedLoRA,
+    model: FusedLoRA | FusedRows,
     train: Encoded,
     dev: Encoded,
     configs: Sequence[TrainConfig],
@@ -63,7 +64,7 @@ def fit_fused(
 
 
 def _train(
-    model: FusedLoRA,
+    model: FusedLoRA | FusedRows,
     stepper: FusedStep,
     plan: FitPlan,
     train: Encoded,

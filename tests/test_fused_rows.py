@@ -1,0 +1,169 @@
+"""Fused rows of every row method (trainables/fused/rows.py): K trials of BitFit, bottleneck
+adapters, AdapterFusion and LoRA+AdapterFusion trained as one model get what each gets alone.
+
+As tests/test_fused.py: dropout off, the trials differ in seed, learning rate, weight decay and
+clipping, and in the sizes that pad (search_spaces/row_groups.py); the reference is the loop
+(``trainables.training.loop.fit``) on each trial alone, weight by weight on CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from search_spaces.errors import ConfigError
+from search_spaces.method_config import MethodConfig
+from search_spaces.row_groups import count_groups, group_template, row_signature
+from tests.test_fused import BASE, no_dropout, trainable
+from tests.test_loop import DEV, TRAIN
+from trainables.backbones import load_backbone
+from trainables.fused import FusedRows, fit_fused
+from trainables.methods import build_model, save_source_adapter
+from trainables.training.loop import fit
+
+SOURCES = ("glue/sst2", "imdb")
+CONFIGS = [BASE, BASE.replace(lr=1e-3, seed=5, weight_decay=0.1),
+           BASE.replace(lr=5e-3, seed=9, grad_clip=0.0)]  # fmt: skip
+# per method: three trials of one row signature, of other sizes where the method pads
+CASES = {
+    "bitfit": [{}, {}, {}],
+    "pfeiffer": [{"bottleneck": 8}, {"bottleneck": 4}, {"bottleneck": 6}],
+    "houlsby": [{"bottleneck": 8, "layers": (1,)}, {"bottleneck": 2, "layers": (1,)},
+                {"bottleneck": 5, "layers": (1,)}],
+    "fusion-static": [{"fusion": "static", "target_bottleneck": 8},
+                      {"fusion": "static", "target_bottleneck": 4},
+                      {"fusion": "static", "target_bottleneck": 6}],
+    "fusion-dynamic": [{"fusion": "dynamic", "fusion_layers": (1,)}] * 3,
+    "lora_fusion": [{"fusion": "static", "rank": 4, "alpha": 8},
+                    {"fusion": "static", "rank": 2, "alpha": 8, "layers": (0,)},
+                    {"fusion": "static", "rank": 3, "alpha": 3, "layer_ranks": (0, 3)}],
+    "lora_fusion-target": [{"rank": 4, "target_bottleneck": 6, "fusion_layers": (0,)},
+                           {"rank": 8, "target_bottleneck": 8, "fusion_layers": (0,)},
+                           {"rank": 2, "target_bottleneck": 2, "fusion_layers": (0,)}],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    """Two frozen Pfeiffer source adapters (bottleneck 8) of the tests' random tiny backbone."""
+    folder = tmp_path_factory.mktemp("sources")
+    out = {}
+    for i, task in enumerate(SOURCES):
+        donor = member(MethodConfig(method="pfeiffer", bottleneck=8), seed=10 + i)
+        with torch.no_grad():
+            for param in donor.parameters():
+                if param.requires_grad:
+                    param.add_(torch.randn_like(param) * 0.1 * (i + 1))
+        out[task] = save_source_adapter(donor, task, folder / task.replace("/", "_"))
+    return out
+
+
+def member(config: MethodConfig, *, seed: int, sources=None):
+    torch.manual_seed(0)  # the same random tiny backbone for every member
+    backbone = load_backbone("tiny-bert")
+    torch.manual_seed(seed)  # the member's own trainable initialisation
+    return no_dropout(build_model(config, backbone, source_adapters=sources))
+
+
+def configs_of(case: str) -> list[MethodConfig]:
+    method = case.split("-")[0]
+    extra = {"sources": SOURCES, "bottleneck": 8} if "fusion" in method else {}
+    return [MethodConfig(method=method, **extra, **knobs) for knobs in CASES[case]]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_rows_train_as_each_alone(case, sources):
+    methods = configs_of(case)
+
+    def build() -> list:
+        return [member(m, seed=c.seed, sources=sources) for m, c in zip(methods, CONFIGS,
+                                                                       strict=True)]  # fmt: skip
+
+    # the references are built afresh, not deep-copied: a copy's regulariser (dynamic fusion's
+    # identity pull, a closure over the built model's tensors) would still pull the original's
+    alone = [(m, fit(m, TRAIN, DEV, c, task_kind="classification", metric="accuracy",
+                     device="cpu")) for m, c in zip(build(), CONFIGS, strict=True)]  # fmt: skip
+    models = build()
+    template = member(group_template(methods), seed=0, sources=sources)
+    fused = no_dropout(FusedRows(models, template=template))
+    results = fit_fused(fused, TRAIN, DEV, CONFIGS, task_kind="classification",
+                        metric="accuracy", device="cpu")  # fmt: skip
+    for k, ((reference, ref_result), result) in enumerate(zip(alone, results, strict=True)):
+        assert_same_weights(trainable(models[k]), trainable(reference))  # written back
+        assert result.best_dev_score == ref_result.best_dev_score
+        assert result.dev_metrics == pytest.approx(ref_result.dev_metrics, abs=1e-6)
+        assert result.steps == ref_result.steps
+    sums = {float(sum(v.sum() for v in trainable(m).values())) for m in models}
+    assert len(sums) == 3  # the trials really differ
+
+
+def assert_same_weights(ours: dict, theirs: dict) -> None:
+    """test_fused.py's tolerance (2e-5 absolute, 1e-4 relative) on all but 1 % of the elements,
+    and 5e-4 on those: a ReLU adapter unit near its kink turns rounding into visible drift (Adam
+    normalises its tiny gradients): the same trial trained alone twice, its start scaled by
+    1 + 1e-7, drifts by 1.4e-4 on one unit of its down projection."""
+    assert ours.keys() == theirs.keys()
+    off, total = 0, 0
+    for name in ours:
+        if ".adapter_fusion_layer." in name and name.endswith(".key.bias"):
+            # shifts every fused adapter's score alike, which the softmax ignores: its gradient
+            # is rounding noise, which Adam scales to steps of about lr, alone as fused
+            continue
+        torch.testing.assert_close(ours[name], theirs[name], atol=5e-4, rtol=1e-4, msg=name)
+        off += int((~torch.isclose(ours[name], theirs[name], atol=2e-5, rtol=1e-4)).sum())
+        total += ours[name].numel()
+    assert off <= 0.01 * total, f"{off} of {total} elements beyond 2e-5"
+
+
+def test_padded_entries_stay_zero(sources):
+    methods = configs_of("pfeiffer")
+    models = [member(m, seed=i) for i, m in enumerate(methods)]
+    fused = no_dropout(FusedRows(models, template=member(group_template(methods), seed=0)))
+    fit_fused(fused, TRAIN, DEV, CONFIGS, task_kind="classification", metric="accuracy",
+              device="cpu")  # fmt: skip
+    real = fused.scale != 0
+    assert not fused.theta.detach()[~real].any()  # padding: zero after training
+    assert fused.theta.detach()[real].ne(0).float().mean() > 0.5  # trained where it is real
+    assert int(real[1].sum()) == models[1].trainable_params()
+
+
+def test_what_cannot_be_rows_is_refused(sources):
+    pfeiffer = member(MethodConfig(method="pfeiffer", bottleneck=8), seed=1)
+    houlsby = member(MethodConfig(method="houlsby", bottleneck=8), seed=1)
+    with pytest.raises(ConfigError, match="differs from the template's beyond the sizes"):
+        FusedRows([pfeiffer, houlsby])
+    wide = member(MethodConfig(method="pfeiffer", bottleneck=16), seed=1)
+    with pytest.raises(ConfigError, match=r"does not fit the template's \(8, "):
+        FusedRows([pfeiffer, wide])
+    grow = member(MethodConfig(method="lora_grow", rank=4), seed=1)
+    with pytest.raises(ConfigError, match="cannot be fused; fusable: lora"):
+        FusedRows([grow])
+    other = member(MethodConfig(method="pfeiffer", bottleneck=8), seed=2)
+    with torch.no_grad():
+        other.encoder.embeddings.word_embeddings.weight.add_(1.0)
+    with pytest.raises(ConfigError, match="frozen .*word_embeddings.* differs"):
+        FusedRows([pfeiffer, other])
+    fusion = [member(MethodConfig(method="fusion", sources=s, bottleneck=8), seed=1,
+                     sources=sources) for s in (SOURCES, SOURCES[:1])]  # fmt: skip
+    with pytest.raises(ConfigError, match="method='fusion' differs"):
+        FusedRows(fusion)
+
+
+def test_row_signatures_group_what_pads():
+    pfeiffer = [MethodConfig(method="pfeiffer", bottleneck=b) for b in (8, 16)]
+    assert row_signature(pfeiffer[0]) == row_signature(pfeiffer[1])
+    assert group_template(pfeiffer).bottleneck == 16
+    fusion = MethodConfig(method="fusion", sources=SOURCES, target_bottleneck=4)
+    assert row_signature(fusion) == row_signature(fusion.replace(target_bottleneck=9))
+    assert row_signature(fusion) != row_signature(fusion.replace(target_bottleneck=0))
+    assert row_signature(fusion) != row_signature(fusion.replace(bottleneck=16))  # the sources'
+    lora = [
+        MethodConfig(method="lora", rank=r, placement=p) for r, p in ((4, "ffn"), (8, "attn_qv"))
+    ]
+    assert group_template(lora).placement == "all" and group_template(lora).rank == 8
+    mixed = [*pfeiffer, fusion, fusion.replace(fusion="static"), *lora]
+    assert count_groups(mixed) == {"fusion": 2, "lora": 1, "pfeiffer": 1}
+    with pytest.raises(ConfigError, match="method='prefix' cannot be fused"):
+        row_signature(MethodConfig(method="prefix"))

@@ -1,0 +1,256 @@
+"""K trials of any row method (:data:`search_spaces.row_groups.ROW_METHODS`) as one model: one
+frozen backbone and frozen source adapters, each trial's trainable tensors a row of ``theta``.
+
+The forward runs the template trial's own module once per row under ``torch.func.vmap`` over
+``torch.func.functional_call``: each row's trainable tensors are views of its row of ``theta``
+(times its row of :attr:`scale`), every frozen tensor is the template's, shared, unbatched. A
+trial smaller than the template (a lower LoRA rank, a narrower adapter) fills the corner of each
+slot; its :attr:`scale` is zero over the rest, so the padded entries are zero in the forward, get
+zero gradient and stay zero (which knobs pad exactly: :mod:`search_spaces.row_groups`). LoRA's
+``alpha / rank`` is a row's scale over its B factors (the template's own scale set to 1), as in
+:class:`~trainables.fused.model.FusedLoRA`.
+
+Differences from :class:`~trainables.fused.model.FusedLoRA`: no packed batches (``slots``), and
+the backbone stays fp32 under autocast, as a trial alone runs it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from search_spaces.errors import ConfigError
+from search_spaces.row_groups import row_signature
+from trainables.fused.model import _Slot
+from trainables.model import PeftClassifier
+
+REGULARIZATION = 0.01  # dynamic fusion's identity pull (trainables.methods.fusion.identity_pull)
+
+
+class FusedRows(nn.Module):
+    """K trials (``members``, built by ``build_model``) as rows of one model built from
+    ``template`` (default: the first member), whose trainable tensors are at least as large as
+    every member's. Interface of :class:`~trainables.fused.model.FusedLoRA`."""
+
+    decay_mask: torch.Tensor
+    scale: torch.Tensor
+    packs = False  # takes padded batches only (no ``slots``)
+
+    def __init__(
+        self, members: Sequence[PeftClassifier], *, template: PeftClassifier | None = None
+    ) -> None:
+        super().__init__()
+        template = members[0] if template is None else template
+        check_rows(template, members)
+        self.members = list(members)  # a plain list: not registered as submodules
+        self.trials = k = len(members)
+        self.net = copy.deepcopy(template)
+        trained = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        self._names = [n for n, _ in trained]
+        self._slots = [_Slot(p.numel(), tuple(p.shape), p.ndim >= 2) for _, p in trained]
+        _unit_lora_scales(self.net)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        device = trained[0][1].device
+        self.theta = nn.Parameter(torch.zeros(k, sum(s.size for s in self._slots), device=device))
+        self.register_buffer("decay_mask", torch.cat([
+            torch.full((s.size,), float(s.decay), device=device) for s in self._slots]))  # fmt: skip
+        self.register_buffer("scale", torch.zeros_like(self.theta))
+        self._pulled = _pulled_slots(template, self._names)
+        with torch.no_grad():
+            for row, member in enumerate(members):
+                self.load_row(row, member)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        slots: int | None = None,
+        rows: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[K, B, num_labels]`` of a padded batch whose rows ``k*B..(k+1)*B`` are trial
+        ``k``'s; ``rows``: of those trials only (``K = len(rows)``)."""
+        if slots is not None:
+            raise ConfigError("FusedRows takes padded batches, not packed ones (slots=None)")
+        weights = self._weights(rows)
+        k = len(weights)
+        chunks = weights.split([s.size for s in self._slots], dim=1)
+        stacked = {n: c.view(k, *s.shape) for n, c, s in zip(self._names, chunks, self._slots,
+                                                              strict=True)}  # fmt: skip
+
+        def one(params: dict[str, torch.Tensor], *inputs: Any) -> torch.Tensor:
+            return functional_call(self.net, params, inputs, strict=False)
+
+        inputs = [t.view(k, -1, t.shape[-1]) for t in (input_ids, attention_mask)]
+        if token_type_ids is None:
+            return vmap(one, in_dims=(0, 0, 0), randomness="different")(stacked, *inputs)
+        types = token_type_ids.view(k, -1, token_type_ids.shape[-1])
+        return vmap(one, randomness="different")(stacked, *inputs, types)
+
+    def row_regularization(self) -> torch.Tensor | None:
+        """Each row's extra loss ``[K]`` (dynamic fusion's pull of its value matrices towards the
+        identity, as the trial alone adds it), or None when its method has none."""
+        if not self._pulled:
+            return None
+        weights = self._weights(None)
+        offsets = torch.tensor([0, *(s.size for s in self._slots)]).cumsum(0).tolist()
+        total = torch.zeros(self.trials, device=weights.device)
+        for i in self._pulled:
+            shape = self._slots[i].shape
+            value = weights[:, offsets[i] : offsets[i + 1]].view(-1, *shape)
+            eye = torch.eye(shape[0], device=value.device, dtype=value.dtype)
+            total = total + REGULARIZATION * (eye - value).pow(2).sum(dim=(1, 2))
+        return total
+
+    def backbone_to(self, dtype: torch.dtype) -> None:
+        """Kept fp32: the rows run under autocast, as a trial alone runs."""
+
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def autocast_precision(self, precision: str) -> str:
+        return precision
+
+    def write_back(self) -> None:
+        """Copy each trial's trained row into its member."""
+        for row, member in enumerate(self.members):
+            self.store_row(row, member)
+
+    def load_row(self, row: int, member: PeftClassifier) -> None:
+        """Make row ``row`` ``member``'s: its trainable tensors, its LoRA scales, its mask."""
+        check_rows(self.net, [member], copied=True)
+        with torch.no_grad():
+            self.theta[row].zero_()
+            self.scale[row].zero_()
+            scales = self.scale.detach()[row].split([s.size for s in self._slots])
+            for (part, value), (i, _) in zip(self._pairs(row, member), _indexed(self, member),
+                                             strict=True):  # fmt: skip
+                part.copy_(value)
+                corner = scales[i].view(self._slots[i].shape)[_corner(value)]
+                corner.fill_(_lora_scale(member, self._names[i]))
+
+    def store_row(self, row: int, member: PeftClassifier) -> None:
+        """Copy row ``row``'s trained weights into ``member`` (the trial that row holds)."""
+        with torch.no_grad():
+            for part, value in self._pairs(row, member):
+                value.copy_(part)
+
+    def _weights(self, rows: list[int] | None) -> torch.Tensor:
+        theta = self.theta if rows is None else self.theta[rows]
+        return theta * (self.scale if rows is None else self.scale[rows])
+
+    def _pairs(self, row: int, member: PeftClassifier) -> Iterator[tuple[torch.Tensor, Any]]:
+        """(corner of the slot in row ``row``, the member's tensor) for each trainable tensor."""
+        chunks = self.theta.detach()[row].split([s.size for s in self._slots])
+        for i, value in _indexed(self, member):
+            yield chunks[i].view(self._slots[i].shape)[_corner(value)], value
+
+
+def check_rows(template: nn.Module, members: Sequence[nn.Module], *, copied: bool = False) -> None:
+    """Refuse members that cannot be rows of a model built from ``template``, naming why:
+    another row signature (:func:`search_spaces.row_groups.row_signature`), per-step hooks, a
+    trainable tensor the template lacks or holds smaller, other frozen weights. ``copied``: the
+    template is the fused model's own copy (its LoRA scales already set to 1)."""
+    if not members:
+        raise ConfigError("fusing needs at least one trial")
+    ours = row_signature(_config(template))
+    frozen = {n: p for n, p in template.named_parameters() if not p.requires_grad or copied}
+    slots = {n: p.shape for n, p in template.named_parameters() if p.requires_grad or copied}
+    for k, member in enumerate(members):
+        config = _config(member)
+        if config.head != "mean" or config.quantize != "none":
+            raise ConfigError(f"trial {k}: head={config.head!r} quantize={config.quantize!r} "
+                              "cannot be fused; fusable: head='mean', quantize='none'")  # fmt: skip
+        if row_signature(config) != ours:
+            raise ConfigError(f"trial {k}: method={config.method!r} differs from the template's "
+                              "beyond the sizes that pad (search_spaces.row_groups)")  # fmt: skip
+        hooks = member._hooks  # noqa: SLF001 - the fused model runs the member's forward
+        if hooks.step or hooks.plateau or hooks.host_tensors:
+            raise ConfigError(f"trial {k}: its method runs per-step hooks, which rows do not")
+        for name, p in member.named_parameters():
+            if p.requires_grad:
+                _check_slot(k, name, p.shape, slots)
+            elif name in frozen and not torch.equal(frozen[name].detach().cpu(), p.detach().cpu()):
+                raise ConfigError(f"trial {k}: its frozen {name} differs from the template's "
+                                  "(another backbone, or other source adapters)")  # fmt: skip
+
+
+def _check_slot(k: int, name: str, shape: torch.Size, slots: dict[str, torch.Size]) -> None:
+    if name not in slots:
+        raise ConfigError(f"trial {k}: trains {name}, which the template lacks")
+    if len(shape) != len(slots[name]) or any(
+        a > b for a, b in zip(shape, slots[name], strict=True)
+    ):
+        raise ConfigError(f"trial {k}: {name} of shape {tuple(shape)} does not fit the "
+                          f"template's {tuple(slots[name])}")  # fmt: skip
+
+
+def _config(model: nn.Module) -> Any:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "method"):
+        raise ConfigError(f"{type(model).__name__} is not a method's model (build_model)")
+    return config
+
+
+def _indexed(fused: FusedRows, member: nn.Module) -> Iterator[tuple[int, torch.Tensor]]:
+    """(slot index, the member's trainable tensor) in the member's order."""
+    index = {n: i for i, n in enumerate(fused._names)}  # noqa: SLF001
+    for name, p in member.named_parameters():
+        if p.requires_grad:
+            yield index[name], p.detach()
+
+
+def _corner(value: torch.Tensor) -> tuple[slice, ...]:
+    return tuple(slice(0, n) for n in value.shape)
+
+
+def _lora_owner(model: nn.Module, name: str) -> tuple[Any, str | None] | None:
+    """(the module holding the LoRA scale of B factor ``name``, peft's adapter key or None)."""
+    if ".lora_B." in name:  # peft: <linear>.lora_B.<adapter>.weight, linear.scaling[adapter]
+        owner, _, rest = name.partition(".lora_B.")
+        return model.get_submodule(owner), rest.split(".")[0]
+    if name.endswith(".lora_B"):  # adapters: <lora module>.lora_B, lora.scaling
+        return model.get_submodule(name.rpartition(".")[0]), None
+    return None
+
+
+def _lora_scale(model: nn.Module, name: str) -> float:
+    """The member's scale on tensor ``name``: its alpha / rank on a LoRA B factor, else 1."""
+    found = _lora_owner(model, name)
+    if found is None:
+        return 1.0
+    owner, key = found
+    return float(owner.scaling if key is None else owner.scaling[key])
+
+
+def _unit_lora_scales(model: nn.Module) -> None:
+    """Set every LoRA scale of the fused model's copy to 1: the rows carry their own."""
+    for name, p in model.named_parameters():
+        found = _lora_owner(model, name) if p.requires_grad else None
+        if found is None:
+            continue
+        owner, key = found
+        if key is None:
+            owner.scaling = 1.0
+        else:
+            owner.scaling[key] = 1.0
+
+
+def _pulled_slots(template: nn.Module, names: list[str]) -> list[int]:
+    """The slots that dynamic fusion pulls towards the identity: its fusion layers' values."""
+    config = _config(template)
+    if config.method not in ("fusion", "lora_fusion") or config.fusion != "dynamic":
+        return []
+    return [i for i, n in enumerate(names)
+            if ".adapter_fusion_layer." in n and n.endswith(".value.weight")]  # fmt: skip
+
+
+__all__ = ["FusedRows", "check_rows"]
