@@ -29,13 +29,13 @@ BASE = {"method": "lora", "batch_size": 32, "epochs": 2, "evals": 2, "eval_batch
         "warmup_ratio": 0.1, "backbone": "tiny-bert"}  # fmt: skip
 
 
-def build(method, train, backbone):
-    """The tests' trial model: one random tiny backbone for all, the trial's own LoRA and head
+def build(method, train, backbone, *, sources=None):
+    """The tests' trial model: one random tiny backbone for all, the trial's own method and head
     (its seed), dropout off (the one difference left from a trial alone is float rounding)."""
     torch.manual_seed(0)
     tiny = load_backbone(backbone)
     torch.manual_seed(train.seed)
-    return no_dropout(build_model(method, tiny))
+    return no_dropout(build_model(method, tiny, source_adapters=sources))
 
 
 def poll_to_end(pool: FusedPool, token: int) -> list[dict]:
@@ -45,10 +45,13 @@ def poll_to_end(pool: FusedPool, token: int) -> list[dict]:
     return reports
 
 
-def alone(config: dict, rows: np.ndarray) -> tuple[dict[str, torch.Tensor], FitResult]:
+def alone(
+    config: dict, rows: np.ndarray, data: PreparedData = DATA
+) -> tuple[dict[str, torch.Tensor], FitResult]:
     """The trial trained by itself by the loop, on its rows."""
     method, train = split_config(config, num_labels=2)
-    model = build(method, train, config["backbone"])
+    sources = data.adapters_for(method.bottleneck) if method.sources else None
+    model = build(method, train, config["backbone"], sources=sources)
     result = fit(model, TRAIN.select(rows), DEV, train, task_kind="classification",
                  metric="accuracy", device="cpu")  # fmt: skip
     return trainable(model), result
@@ -123,7 +126,7 @@ def test_a_silent_trial_is_dropped_and_its_row_taken():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"method": "bitfit"}, "takes LoRA trials"),
+        ({"method": "prefix"}, "method='prefix' cannot be fused"),
         ({"rank": 16}, "rank <= 8"),
         ({"layer_ranks": (16, 4)}, "rank=16"),
         ({"batch_size": 16}, "batch_size=16"),

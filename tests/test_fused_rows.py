@@ -8,19 +8,28 @@ clipping, and in the sizes that pad (search_spaces/row_groups.py); the reference
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
 from search_spaces.row_groups import count_groups, group_template, row_signature
 from tests.test_fused import BASE, no_dropout, trainable
+from tests.test_fused_pool import BASE as POOL_BASE
+from tests.test_fused_pool import DATA as POOL_DATA
+from tests.test_fused_pool import alone, poll_to_end
+from tests.test_fused_pool import build as pool_build
 from tests.test_loop import DEV, TRAIN
 from trainables.backbones import load_backbone
 from trainables.fused import FusedRows, fit_fused
+from trainables.fused.pool_group import RowLimits
+from trainables.fused_pool import WEIGHTS_KEY, FusedPool
 from trainables.methods import build_model, save_source_adapter
+from trainables.prepared import train_rows
 from trainables.training.loop import fit
 
 SOURCES = ("glue/sst2", "imdb")
@@ -167,3 +176,44 @@ def test_row_signatures_group_what_pads():
     assert count_groups(mixed) == {"fusion": 2, "lora": 1, "pfeiffer": 1}
     with pytest.raises(ConfigError, match="method='prefix' cannot be fused"):
         row_signature(MethodConfig(method="prefix"))
+
+
+def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
+    data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
+    fusion = {**POOL_BASE, "method": "fusion", "fusion": "static", "sources": SOURCES,
+              "bottleneck": 8}  # fmt: skip
+    configs = [
+        {**POOL_BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1},
+        {**fusion, "target_bottleneck": 4, "lr": 2e-3, "seed": 2, "weight_decay": 0.1},
+        {**fusion, "target_bottleneck": 8, "lr": 4e-3, "seed": 3},
+        {**POOL_BASE, "rank": 8, "alpha": 8, "lr": 1e-3, "seed": 4, "train_samples": 200},
+    ]  # fmt: skip
+    limits = RowLimits(rank=8, target_bottleneck=8)
+    pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
+    try:
+        runs = [poll_to_end(pool, t) for t in [pool.join(c) for c in configs]]
+        status = pool.status()
+    finally:
+        pool.close()
+    assert (status["groups"], status["rows"], status["training"]) == (2, 4, 0)
+    for config, reports in zip(configs, runs, strict=True):
+        rows = train_rows(data, config.get("train_samples"), seed=config["seed"])
+        reference, result = alone(config, rows, data)
+        weights = load(reports[-1][WEIGHTS_KEY])  # with the frozen sources a fusion trial saves
+        assert_same_weights({n: weights[n] for n in reference}, reference)
+        assert reports[-1]["best_dev_score"] == result.best_dev_score
+        assert reports[-1]["step"] == result.steps
+
+
+def test_a_pool_refuses_a_trial_larger_than_its_rows(sources):
+    data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
+    pool = FusedPool(data, slots=2, limits=RowLimits(rank=8, bottleneck=8), device="cpu",
+                     build=pool_build)  # fmt: skip
+    try:
+        with pytest.raises(ConfigError, match="bottleneck <= 8, not bottleneck=16"):
+            pool.join({**POOL_BASE, "method": "pfeiffer", "bottleneck": 16, "seed": 1})
+        pool.join({**POOL_BASE, "method": "pfeiffer", "bottleneck": 8, "seed": 1})
+        with pytest.raises(ConfigError, match="lora_grow.*cannot be fused"):
+            pool.join({**POOL_BASE, "method": "lora_grow", "rank": 4, "seed": 2})
+    finally:
+        pool.close()

@@ -37,14 +37,14 @@ import numpy as np
 import torch
 from torch.nn.attention import sdpa_kernel
 
-from search_spaces.catalog import FUSABLE_METHODS
 from search_spaces.errors import ConfigError
+from search_spaces.row_groups import row_signature
 from trainables.fused.batches import pinned, step_batch
-from trainables.fused.model import FusedLoRA, check_members
+from trainables.fused.pool_group import PoolGroup, RowLimits, build_group, check_fits
 from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights
-from trainables.fused.step import FusedStep, evaluate_fused
+from trainables.fused.step import evaluate_fused
 from trainables.fused.train import check_configs
-from trainables.inference import SDPA_BACKENDS, uses_bf16
+from trainables.inference import SDPA_BACKENDS
 from trainables.model import PeftClassifier
 from trainables.prepared import PreparedData, train_rows
 from trainables.recipe import split_config
@@ -63,13 +63,16 @@ IDLE = np.zeros(0, dtype=np.int64)  # an idle row's part of a step: no rows of d
 
 
 class FusedPool:
-    """``slots`` rows of one fused LoRA model on ``device``, trained by a background thread for
+    """Fused groups of ``slots`` rows each on ``device``, trained by a background thread for
     whichever trials have joined. Thread-safe: Ray runs it as a threaded actor.
 
-    The first trial to join fixes what the others must share (backbone, task, the training
-    fields of :data:`POOL_SHARED_FIELDS`); ``rank`` is the largest LoRA rank a trial may have
-    (smaller ones are zero-padded), ``placement`` the linears the rows cover, on every layer
-    (None: the first trial's placement and layers); a trial may have LoRA on fewer of them.
+    A trial trains in the group of its row signature
+    (:func:`search_spaces.row_groups.row_signature`), made as its first trial joins; the groups
+    step in turn. The first trial to join fixes what every trial must share (the training
+    fields of :data:`POOL_SHARED_FIELDS`); ``limits`` are the largest sizes a trial may have
+    (smaller ones are zero-padded: :class:`~.pool_group.RowLimits`). ``rank`` and ``placement``
+    set those of ``limits`` (plain LoRA rows over ``placement`` on every layer; None: the first
+    LoRA trial's).
     """
 
     def __init__(
@@ -79,17 +82,19 @@ class FusedPool:
         slots: int,
         rank: int = 16,
         placement: str | None = None,
+        limits: RowLimits | None = None,
         device: str | None = None,
         lease_s: float = LEASE_S,
         gather_s: float = GATHER_S,
         build: Build = build_member,
     ) -> None:
-        if slots < 1 or rank < 1:
-            raise ConfigError(f"a fused pool needs slots >= 1 and rank >= 1, not {slots}, {rank}")
+        limits = limits or RowLimits(rank=rank, placement=placement)
+        if slots < 1 or limits.rank < 1:
+            raise ConfigError(f"a fused pool needs slots >= 1 and rank >= 1, not {slots}, "
+                              f"{limits.rank}")  # fmt: skip
         self.data = data
         self.slots = slots
-        self.rank = rank
-        self.placement = placement
+        self.limits = limits
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.lease_s = lease_s
         self.gather_s = gather_s
@@ -97,20 +102,17 @@ class FusedPool:
         self._lock = threading.Condition()
         self._pending: list[PoolTrial] = []
         self._members: dict[int, PoolTrial] = {}  # by token: admitted or pending, until polled out
-        self._rows: list[PoolTrial | None] = [None] * slots
         self._tokens = 0
-        # built as the first trial joins, from its config at the pool's rank and placement: the
-        # model every row starts as (a trial's LoRA on fewer linears leaves the others zero),
-        # and its training config
-        self._template: tuple[PeftClassifier, TrainConfig] | None = None
+        # per row signature, built as its first trial joins, from its config at the pool's
+        # limits: the model every row of its group starts as, and its training config
+        self._templates: dict[tuple[Any, ...], tuple[PeftClassifier, TrainConfig]] = {}
+        self._groups: dict[tuple[Any, ...], PoolGroup] = {}  # built by the training thread
         # held while a trial's model is built and while a step runs: a build (seeded, on the
         # host generator) and a step's dropout draws never interleave
         self._rng = threading.Lock()
         self._error: BaseException | None = None
-        self._loss_sums = torch.zeros(slots)  # each row's training loss since its last eval
-        self._stepper: FusedStep | None = None
         self._closed = False
-        self.steps = 0  # fused steps run
+        self.steps = 0  # fused steps run (one per group stepped)
         self._thread = threading.Thread(target=self._run, name="fused-pool", daemon=True)
         self._thread.start()
 
@@ -120,28 +122,27 @@ class FusedPool:
         """Queue a trial (its flat config, as :func:`trainables.recipe.run_trial` takes it);
         returns its token. Refuses, with the reason, a trial that cannot fuse with the pool's."""
         method, train = split_config(config, num_labels=self.data.num_labels)
-        rank = max((method.rank, *(method.layer_ranks or ())))
-        if method.method not in FUSABLE_METHODS or rank > self.rank:
-            raise ConfigError(f"the fused pool takes LoRA trials of rank <= {self.rank}, not "
-                              f"method={method.method!r} rank={rank}")  # fmt: skip
+        signature = row_signature(method)  # refuses a method rows cannot hold
+        self.limits.refuse(method)
         backbone = str(config.get("backbone", "minilm-l6"))
+        sources = self.data.adapters_for(method.bottleneck) if method.sources else None
         with self._rng:
-            model = self._build(method, train, backbone)
-            if self._template is None:
-                rows_method = method.replace(rank=self.rank, layer_ranks=None)
-                if self.placement is not None:
-                    rows_method = rows_method.replace(placement=self.placement, layers=None)
-                self._template = (self._build(rows_method, train, backbone), train)
+            model = self._build(method, train, backbone, sources=sources)
+            if signature not in self._templates:
+                template = self._build(self.limits.template(method), train, backbone,
+                                       sources=sources)  # fmt: skip
+                self._templates[signature] = (template, train)
         rows = train_rows(self.data, config.get("train_samples"), seed=train.seed)
         with self._lock:
             self._raise_error()
-            assert self._template is not None
-            check_configs([self._template[1], train], shared=POOL_SHARED_FIELDS)
-            check_members([self._template[0], model], subset=True)
+            first = next(iter(self._templates.values()))[1]
+            check_configs([first, train], shared=POOL_SHARED_FIELDS)
+            check_fits(self._templates[signature][0], model)
             plan = FitPlan.of(train, len(rows), task_kind=self.data.task_kind,
-                            metric=self.data.metric, device=self.device)  # fmt: skip
+                              metric=self.data.metric, device=self.device)  # fmt: skip
             self._tokens += 1
-            member = PoolTrial(self._tokens, config, train, model, plan, plan.schedule(), rows)
+            member = PoolTrial(self._tokens, config, train, model, plan, plan.schedule(), rows,
+                               signature=signature)  # fmt: skip
             self._members[member.token] = member
             self._pending.append(member)
             self._lock.notify_all()
@@ -182,11 +183,14 @@ class FusedPool:
         self._thread.join()
 
     def status(self) -> dict[str, Any]:
-        """How many trials are training, waiting for a row, and the fused steps run so far."""
+        """How many trials are training, waiting for a row, the fused steps run so far, and the
+        fused groups (one per row signature met) and their rows."""
         with self._lock:
-            training = sum(m is not None for m in self._rows)
+            training = sum(m is not None for g in self._groups.values() for m in g.rows)
             return {"training": training, "waiting": len(self._pending), "steps": self.steps,
-                    "slots": self.slots}  # fmt: skip
+                    "slots": self.slots, "groups": len(self._templates),
+                    "rows": self.slots * len(self._groups),
+                    "group_methods": sorted(g.label for g in self._groups.values())}  # fmt: skip
 
     # --- the training thread ---------------------------------------------------------------------
 
@@ -200,8 +204,6 @@ class FusedPool:
                 self._lock.notify_all()
 
     def _train(self) -> None:
-        model: FusedLoRA | None = None
-        stepper: FusedStep | None = None
         clock = TrainClock(torch.device(self.device))
         while True:
             with self._lock:
@@ -210,31 +212,32 @@ class FusedPool:
                 if self._closed:
                     return
                 admit, leaving = self._changes()
-            if model is None:
-                model, stepper = self._build_fused()
-                self._stepper = stepper
-            assert stepper is not None
             if admit or leaving:
                 self._charge(clock)
                 for member in leaving:
-                    self._rows[member.row] = None
+                    self._groups[member.signature].rows[member.row] = None
                 for member in admit:
-                    self._admit(member, model, stepper)
-            if not any(self._rows):
-                continue
-            self._step(stepper)
-            due = [m for m in self._rows if m is not None and m.progress.step in m.plan.eval_steps]
-            if due:
-                self._charge(clock)
-                self._evaluate(model, due)
-                model.train()
-                clock.restart()
+                    self._admit(member, self._group(member.signature))
+            for group in list(self._groups.values()):
+                if not any(group.rows):
+                    continue
+                self._step(group)
+                due = [m for m in group.rows
+                       if m is not None and m.progress.step in m.plan.eval_steps]  # fmt: skip
+                if due:
+                    self._charge(clock)
+                    self._evaluate(group, due)
+                    group.model.train()
+                    clock.restart()
+
+    def _training(self) -> list[PoolTrial]:
+        return [m for g in self._groups.values() for m in g.rows if m is not None]
 
     def _idle(self) -> bool:
         """Nothing to train, or (under the lock) an empty pool still gathering its first trials:
-        it starts once its rows are full or ``gather_s`` after the first joined, so that trials
-        Tune starts together train together (one evaluation for all, no ramp)."""
-        if any(self._rows):
+        it starts once ``slots`` trials wait or ``gather_s`` after the first joined, so that
+        trials Tune starts together train together (one evaluation for all, no ramp)."""
+        if self._training():
             return False
         if not self._pending:
             return True
@@ -243,97 +246,91 @@ class FusedPool:
 
     def _changes(self) -> tuple[list[PoolTrial], list[PoolTrial]]:
         """(trials to admit, trials leaving), under the lock: silent ones leave (done ones left
-        at their last evaluation); the queue's first take the free rows."""
+        at their last evaluation); the queue's first take the free rows of their groups."""
         now = time.monotonic()
-        leaving = [m for m in self._rows if m is not None and now - m.polled > self.lease_s]
+        leaving = [m for m in self._training() if now - m.polled > self.lease_s]
         for member in leaving:
             self._members.pop(member.token, None)
         self._pending = [m for m in self._pending
                          if m.token in self._members and now - m.polled <= self.lease_s]  # fmt: skip
-        free = sum(m is None for m in self._rows) + len(leaving)
-        admit, self._pending = self._pending[:free], self._pending[free:]
+        free = {sig: g.free() for sig, g in self._groups.items()}
+        for member in leaving:
+            free[member.signature] += 1
+        admit, waiting = [], []
+        for member in self._pending:
+            left = free.get(member.signature, self.slots)
+            (admit if left > 0 else waiting).append(member)
+            free[member.signature] = left - 1 if left > 0 else left
+        self._pending = waiting
         return admit, leaving
 
-    def _build_fused(self) -> tuple[FusedLoRA, FusedStep]:
-        """The fused model, its rows copies of the template (each overwritten as a trial is
-        admitted), on the device; bf16 backbone on GPUs, as :func:`fit_fused` runs."""
-        assert self._template is not None
-        template, train = self._template
-        with self._rng:
-            torch.manual_seed(train.seed)  # dropout masks: one generator for the fused model
-        model = FusedLoRA([template] * self.slots).to(self.device)
-        if uses_bf16(train.precision, torch.device(self.device)):
-            model.backbone_to(torch.bfloat16)
-        plan = FitPlan.of(train, len(self.data.train), task_kind=self.data.task_kind,
-                        metric=self.data.metric, device=self.device)  # fmt: skip
-        if plan.cuda:
-            torch.set_float32_matmul_precision("high")
-        stepper = FusedStep(model, train, plan, task_kind=self.data.task_kind)
-        with torch.no_grad():
-            stepper.lr.zero_()
-        self._loss_sums = self._loss_sums.to(self.device)
-        model.train()
-        return model, stepper
+    def _group(self, signature: tuple[Any, ...]) -> PoolGroup:
+        """The signature's group, built on first use from its template."""
+        if signature not in self._groups:
+            template, train = self._templates[signature]
+            with self._rng:
+                group = build_group(template, train, self.data, slots=self.slots,
+                                    device=self.device)  # fmt: skip
+            with self._lock:
+                self._groups[signature] = group
+        return self._groups[signature]
 
-    def _admit(self, member: PoolTrial, model: FusedLoRA, stepper: FusedStep) -> None:
-        member.row = self._rows.index(None)
-        self._rows[member.row] = member
-        model.load_row(member.row, member.model)
-        stepper.set_row(member.row, member.train)
-        self._loss_sums[member.row] = 0.0
+    def _admit(self, member: PoolTrial, group: PoolGroup) -> None:
+        member.row = group.rows.index(None)
+        group.rows[member.row] = member
+        group.model.load_row(member.row, member.model)
+        group.stepper.set_row(member.row, member.train)
+        group.loss_sums[member.row] = 0.0
+        group.trials += 1
         member.started = time.perf_counter()
         member.reporter = TrialReporter(member.model, member.train, mode=member.plan.mode,
                                         device=self.device, started=member.started)  # fmt: skip
 
-    def _step(self, stepper: FusedStep) -> None:
-        parts = [IDLE if m is None else m.next_rows(self.data) for m in self._rows]
+    def _step(self, group: PoolGroup) -> None:
+        stepper = group.stepper
+        parts = [IDLE if m is None else m.next_rows(self.data) for m in group.rows]
         batch, counts = step_batch(self.data.train, parts, pack=stepper.pack,
-                                   slots=self._template_batch())  # fmt: skip
+                                   slots=group.train.batch_size)  # fmt: skip
         lrs = torch.tensor([0.0 if m is None else m.train.lr * m.factor(m.progress.step)
-                            for m in self._rows])  # fmt: skip
+                            for m in group.rows])  # fmt: skip
         if self.device.startswith("cuda"):  # pinned: copies that do not wait for the GPU
             batch, lrs = pinned(batch), lrs.pin_memory()
         stepper.lr.copy_(lrs, non_blocking=True)
         with self._rng:
-            self._loss_sums += stepper(batch)
+            group.loss_sums += stepper(batch)
         self.steps += 1
-        for m, (samples, tokens, padded) in zip(self._rows, counts, strict=True):
+        for m, (samples, tokens, padded) in zip(group.rows, counts, strict=True):
             if m is not None:
                 m.progress.advance(samples, tokens, padded)
                 m.loss_steps += 1
 
-    def _template_batch(self) -> int:
-        assert self._template is not None
-        return self._template[1].batch_size
-
     def _charge(self, clock: TrainClock) -> None:
         """The training segment that ends now to every trial training in it."""
         start, end = clock.lap()
-        for m in self._rows:
-            if m is not None:
-                m.progress.train_s += end - max(start, m.started)
+        for m in self._training():
+            m.progress.train_s += end - max(start, m.started)
 
-    def _evaluate(self, model: FusedLoRA, due: list[PoolTrial]) -> None:
+    def _evaluate(self, group: PoolGroup, due: list[PoolTrial]) -> None:
         train = due[0].train
         results = evaluate_fused(
-            model, self.data.dev, task_kind=self.data.task_kind, metric=self.data.metric,
+            group.model, self.data.dev, task_kind=self.data.task_kind, metric=self.data.metric,
             batch_size=train.eval_batch_size, device=self.device, precision=train.precision,
             rows=[m.row for m in due],
         )  # fmt: skip
-        losses = self._loss_sums.tolist()
+        losses = group.loss_sums.tolist()
         for member, (dev_loss, metrics) in zip(due, results, strict=True):
             train_loss = losses[member.row] / max(1, member.loss_steps)
-            self._loss_sums[member.row] = 0.0
-            report = self._report(model, member, train_loss, dev_loss, metrics)
+            group.loss_sums[member.row] = 0.0
+            report = self._report(group, member, train_loss, dev_loss, metrics)
             with self._lock:
                 if member.done:
-                    self._rows[member.row] = None  # free for the next trial
+                    group.rows[member.row] = None  # free for the next trial
                 member.reports.append(report)
                 self._lock.notify_all()
 
     def _report(
         self,
-        model: FusedLoRA,
+        group: PoolGroup,
         m: PoolTrial,
         train_loss: float,
         dev_loss: float,
@@ -347,14 +344,13 @@ class FusedPool:
         progress.record(metrics, m.plan, progress.wall_s)
         m.loss_steps = 0
         ev = progress.report(m.plan, train_loss=train_loss, dev_loss=dev_loss)
-        stepper = self._stepper
         report = m.reporter.evaluation(
             ev, tokens_seen=progress.tokens_seen, fused_slots=self.slots,
-            cuda_graphs=stepper.captured if stepper else 0,
+            cuda_graphs=group.stepper.captured,
         )  # fmt: skip
         if not m.reporter.last(ev):
             return report
-        model.store_row(m.row, m.model)
+        group.model.store_row(m.row, m.model)
         m.model.to(self.device)
         m.reporter.finish(report, self.data)
         m.model.to("cpu")

@@ -26,15 +26,22 @@ from trainables.training.plan import FitPlan
 from trainables.training.progress import Progress
 from trainables.training.report import TrialReporter
 
-Build = Callable[[MethodConfig, TrainConfig, str], PeftClassifier]
+Build = Callable[..., PeftClassifier]  # (method, train, backbone, *, sources) -> the model
 
 
-def build_member(method: MethodConfig, train: TrainConfig, backbone: str) -> PeftClassifier:
+def build_member(
+    method: MethodConfig,
+    train: TrainConfig,
+    backbone: str,
+    *,
+    sources: dict[str, Path] | None = None,
+) -> PeftClassifier:
     """A trial's model, initialised as :func:`trainables.recipe.run_trial` initialises it (on
-    the host, from the seeded host generator), leaving every generator as it found it."""
+    the host, from the seeded host generator; fusion methods over the ``sources`` adapters),
+    leaving every generator as it found it."""
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(train.seed)
-        return build_model(method, load_backbone(backbone))
+        return build_model(method, load_backbone(backbone), source_adapters=sources)
 
 
 @dataclass(eq=False)
@@ -49,7 +56,8 @@ class PoolTrial:
     plan: FitPlan
     factor: Callable[[int], float]  # its learning-rate schedule: warm-up, then linear decay
     rows: np.ndarray  # its training rows of the pool's data (its subset, or all)
-    row: int = -1  # its row of the fused model, once admitted
+    signature: tuple[Any, ...] = ()  # its row signature: which fused group it trains in
+    row: int = -1  # its row of its group's fused model, once admitted
     progress: Progress = field(default_factory=Progress)
     reporter: TrialReporter | None = None  # from its admission on
     batches: list[np.ndarray] = field(default_factory=list)

@@ -1,0 +1,118 @@
+"""One fused group of a pool (:mod:`trainables.fused.pool`): the trials of one row signature
+(:func:`search_spaces.row_groups.row_signature`) as the rows of one fused model, its template
+and its step. Plain LoRA rows are a :class:`~trainables.fused.model.FusedLoRA` (hand-written
+batched LoRA linears, packed batches, CUDA graphs); the other row methods a
+:class:`~trainables.fused.rows.FusedRows`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from search_spaces.errors import ConfigError
+from search_spaces.method_config import MethodConfig
+from search_spaces.row_groups import PADDED, max_rank
+from trainables.fused.model import FusedLoRA, check_members
+from trainables.fused.pool_trial import PoolTrial
+from trainables.fused.rows import FusedRows, check_rows
+from trainables.fused.step import FusedStep
+from trainables.inference import uses_bf16
+from trainables.model import PeftClassifier
+from trainables.prepared import PreparedData
+from trainables.train_config import TrainConfig
+from trainables.training.plan import FitPlan
+
+
+@dataclass(frozen=True)
+class RowLimits:
+    """The largest sizes a pool's rows hold (smaller trials pad into them): LoRA ``rank``,
+    ``bottleneck`` of a trainable bottleneck adapter and ``target_bottleneck`` (None: the first
+    trial's of its group), and plain LoRA's ``placement`` (None: the first trial's)."""
+
+    rank: int = 16
+    bottleneck: int | None = None
+    target_bottleneck: int | None = None
+    placement: str | None = None
+
+    def template(self, method: MethodConfig) -> MethodConfig:
+        """The method config of the template of ``method``'s group, raised to these limits."""
+        padded = PADDED[method.method]
+        changes: dict[str, Any] = {}
+        if "rank" in padded:
+            changes.update(rank=self.rank, layer_ranks=None)
+            if method.method != "lora" or self.placement is not None:
+                changes["layers"] = None
+            if method.method == "lora" and self.placement is not None:
+                changes["placement"] = self.placement
+        for name in ("bottleneck", "target_bottleneck"):
+            limit = getattr(self, name)
+            if name in padded and limit is not None and getattr(method, name) > 0:
+                changes[name] = limit
+        return method.replace(**changes)
+
+    def refuse(self, method: MethodConfig) -> None:
+        """Refuse, naming the size, a trial larger than these limits."""
+        rank = max_rank(method)
+        if "rank" in PADDED[method.method] and rank > self.rank:
+            raise ConfigError(f"the fused pool takes LoRA trials of rank <= {self.rank}, not "
+                              f"method={method.method!r} rank={rank}")  # fmt: skip
+        for name in ("bottleneck", "target_bottleneck"):
+            limit, value = getattr(self, name), getattr(method, name)
+            if name in PADDED[method.method] and limit is not None and value > limit:
+                raise ConfigError(f"the fused pool takes {name} <= {limit}, not {name}={value}")
+
+
+def check_fits(template: PeftClassifier, member: PeftClassifier) -> None:
+    """Refuse ``member`` if it cannot be a row of ``template``'s group, naming why."""
+    if template.config.method == "lora":
+        check_members([template, member], subset=True)
+    else:
+        check_rows(template, [member])
+
+
+@dataclass(eq=False)
+class PoolGroup:
+    """A group's fused model of ``slots`` rows, its step and the trials in its rows."""
+
+    template: PeftClassifier
+    train: TrainConfig
+    model: FusedLoRA | FusedRows
+    stepper: FusedStep
+    rows: list[PoolTrial | None]
+    loss_sums: torch.Tensor  # each row's training loss since its last eval
+    trials: int = 0  # trials ever admitted
+    label: str = field(default="")
+
+    def free(self) -> int:
+        return sum(m is None for m in self.rows)
+
+
+def build_group(
+    template: PeftClassifier, train: TrainConfig, data: PreparedData, *, slots: int, device: str
+) -> PoolGroup:
+    """A group's fused model, its rows copies of ``template`` (each overwritten as a trial is
+    admitted), on the device; plain LoRA's backbone bf16 on GPUs, as :func:`fit_fused` runs."""
+    torch.manual_seed(train.seed)  # dropout masks: one generator for the fused model
+    if template.config.method == "lora":
+        model: FusedLoRA | FusedRows = FusedLoRA([template] * slots)
+    else:
+        model = FusedRows([template] * slots, template=template)
+    model = model.to(device)
+    if uses_bf16(train.precision, torch.device(device)):
+        model.backbone_to(torch.bfloat16)
+    plan = FitPlan.of(train, len(data.train), task_kind=data.task_kind, metric=data.metric,
+                      device=device)  # fmt: skip
+    if plan.cuda:
+        torch.set_float32_matmul_precision("high")
+    stepper = FusedStep(model, train, plan, task_kind=data.task_kind)
+    with torch.no_grad():
+        stepper.lr.zero_()
+    model.train()
+    config = template.config
+    return PoolGroup(template, train, model, stepper, [None] * slots,
+                     torch.zeros(slots, device=device), label=config.method)  # fmt: skip
+
+
+__all__ = ["PoolGroup", "RowLimits", "build_group", "check_fits"]
