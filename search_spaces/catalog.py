@@ -68,7 +68,7 @@ register_facts(
         lr_range=(1e-4, 3e-3),  # BitFit searched 1e-4 .. 1e-3 (Ben Zaken et al., 2022)
         knobs=(),
         size_knob=None,
-        fusable=False,
+        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )
 )
@@ -89,7 +89,7 @@ register_facts(
         lr_range=(1e-4, 3e-3),  # LoRA on RoBERTa-base: 4e-4 .. 5e-4 (Hu et al., 2022)
         knobs=(*_LORA, "quantize"),  # quantize: QUANTIZABLE_METHODS (method_config.py)
         size_knob="rank",
-        fusable=True,  # the fused model and pool train LoRA rows (trainables/fused.py)
+        fusable=True,  # rows of FusedLoRA (trainables/fused/model.py)
         per_layer_ranks=True,  # peft's rank_pattern
     )
 )
@@ -142,7 +142,7 @@ register_facts(
         lr_range=(3e-5, 3e-3),  # Houlsby et al. (2019) searched 3e-5, 3e-4, 3e-3
         knobs=("bottleneck", "layers"),
         size_knob="bottleneck",
-        fusable=False,
+        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )
 )
@@ -155,7 +155,7 @@ register_facts(
         lr_range=(3e-5, 3e-3),  # as Houlsby
         knobs=("bottleneck", "layers"),
         size_knob="bottleneck",
-        fusable=False,
+        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )
 )
@@ -174,7 +174,7 @@ register_facts(
         lr_range=(1e-4, 1e-2),  # prefixes want large rates (P-tuning v2: up to 1e-2)
         knobs=("prefix_length", "prefix_reparam", "layers"),
         size_knob="prefix_length",
-        fusable=False,
+        fusable=False,  # adapters' prefix code makes host tensors per call: no vmap
         per_layer_ranks=False,
     )
 )
@@ -235,7 +235,7 @@ register_facts(
         lr_range=(2e-5, 1e-3),  # AdapterFusion trained fusion at 5e-5 (Pfeiffer et al., 2021)
         knobs=(*_FUSION, "fusion_init", "source_similarity"),
         size_knob="fusion_layers",
-        fusable=False,
+        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )
 )
@@ -257,7 +257,7 @@ register_facts(
         lr_range=(5e-5, 2e-3),  # between fusion's and LoRA's
         knobs=(*_LORA, *_FUSION, "fusion_init", "source_similarity", "lora_placement_rule"),
         size_knob="rank",
-        fusable=False,
+        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )
 )

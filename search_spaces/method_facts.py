@@ -33,7 +33,8 @@ class MethodFacts:
     caller adds it); ``lr_range`` is searched log-uniformly and its geometric middle is the rate of
     a config that sets none; ``knobs`` are the MethodConfig fields the method reads (the others
     are None in a trial's params); ``size_knob`` is what a budget match turns (None: fixed size);
-    ``fusable``: trains as a row of one fused LoRA model (``--fuse``, the fused pool);
+    ``fusable``: trains as a row of a fused model (``--fuse``, the fused pool; which sizes
+    pad in a fused group: :mod:`search_spaces.row_groups`);
     ``per_layer_ranks``: takes a different rank per layer (``layer_ranks``, peft's
     ``rank_pattern``), so a budget match may spread rank units over the layers. Built
     facts are valid: a bad range, knob, size knob or counter raises ``ValueError`` naming it."""

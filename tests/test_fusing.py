@@ -1,4 +1,4 @@
-"""``tuner.run NAME --fuse K`` (tuner/fusing.py): LoRA studies trained in one fused pool. The plan
+"""``tuner.run NAME --fuse K`` (tuner/fusing.py): studies trained in one fused pool. The plan
 and the refusals in process; then (-m slow) the placement study's smoke preset as a real process
 on a local Ray, its trials through the pool, recorded as any study's are."""
 
@@ -38,16 +38,28 @@ def test_a_study_of_one_placement_keeps_it():
     assert fuse_plan(exp, build_space(exp), 2, num_labels=2).placement is None
 
 
-def test_a_study_that_tries_other_methods_is_refused():
-    exp = get_experiment("e4_budget").with_preset("smoke")
-    with pytest.raises(ConfigError, match="--fuse trains LoRA trials .* run it without --fuse"):
+def test_a_study_that_tries_unfusable_methods_is_refused():
+    exp = get_experiment("adalora_sst2").with_preset("smoke")
+    with pytest.raises(
+        ConfigError,
+        match="--fuse trains trials of bitfit, .* tries method=.adalora.* run it without --fuse",
+    ):
         fuse_plan(exp, build_space(exp), 4, num_labels=2)
+
+
+def test_a_study_of_lora_and_fusion_gets_one_group_per_row_signature():
+    exp = get_experiment("e4_budget").with_preset("smoke")
+    plan = fuse_plan(exp, build_space(exp), 2, num_labels=3)
+    groups = dict(plan.groups)
+    assert set(groups) <= {"lora", "fusion", "lora_fusion"} and groups.get("lora", 1) == 1
+    assert sum(groups.values()) <= exp.num_samples and plan.rank >= 1
+    assert plan.describe_groups().startswith(f"{sum(groups.values())} fused group")
 
 
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["e4_budget", "--fuse", "4"], "run it without --fuse"),  # it tries fusion methods
+        (["adalora_sst2", "--fuse", "4"], "run it without --fuse"),  # it tries AdaLoRA
         (["placement", "--fuse", "0"], "--fuse=0 must be >= 1"),
         (["placement", "--fuse", "2", "--gpus-per-trial", "0.5"], "exclude each other"),
     ],

@@ -60,7 +60,7 @@ def _run(task: Path, capsys, *extra: str) -> str:
     [
         (["--fuse", "lr=1e-3"], "two values or more"),
         (["--fuse", "lr"], "KEY=V1,V2"),
-        (["--method", "bitfit", "--fuse", "lr=1e-3,2e-3"], "method='bitfit'"),
+        (["--method", "prefix", "--fuse", "lr=1e-3,2e-3"], "method='prefix'"),
         (["--fuse", "batch_size=16,32"], "batch_size"),
     ],
 )

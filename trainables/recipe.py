@@ -20,10 +20,11 @@ import torch
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
+from search_spaces.row_groups import group_template
 from search_spaces.spaces import default_lr
 from trainables.backbones import load_backbone
 from trainables.faults import inject_fault
-from trainables.fused import FusedLoRA, check_configs, fit_fused
+from trainables.fused import FusedLoRA, FusedRows, check_configs, fit_fused
 from trainables.methods import build_model
 from trainables.metrics import get_metric
 from trainables.prepared import PreparedData, subsample
@@ -137,26 +138,36 @@ def load_checkpoint(model: Any, folder: Path) -> dict[str, Any]:
 def run_fused(
     configs: list[dict[str, Any]], data: PreparedData, *, device: str | None = None
 ) -> list[dict[str, Any]]:
-    """Train LoRA ``configs`` as one fused model (:mod:`trainables.fused`); each trial's final
-    metrics, as :func:`run_trial` reports them at its last evaluation. The training subset
-    (``train_samples``) is drawn with the first trial's seed, the data every fused trial shares."""
+    """Train ``configs`` as one fused model (:mod:`trainables.fused`: plain LoRA as
+    :class:`FusedLoRA`, the other fusable methods as :class:`FusedRows` over a template of the
+    largest sizes); each trial's final metrics, as :func:`run_trial` reports them at its last
+    evaluation. The training subset (``train_samples``) is drawn with the first trial's seed,
+    the data every fused trial shares."""
     splits = [split_config(c, num_labels=data.num_labels) for c in configs]
     check_configs([t for _, t in splits])  # before building any model
     first = splits[0][1]
     data = subsample(data, configs[0].get("train_samples"), seed=first.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    members = []
-    for config, (method_config, train_config) in zip(configs, splits, strict=True):
-        torch.manual_seed(train_config.seed)  # each trial's initialisation, as run_trial draws it
-        backbone = load_backbone(config.get("backbone", "minilm-l6"))
-        members.append(build_model(method_config, backbone).to(device))
+    backbone = str(configs[0].get("backbone", "minilm-l6"))
+
+    def build(method: MethodConfig, seed: int) -> Any:
+        torch.manual_seed(seed)  # each trial's initialisation, as run_trial draws it
+        sources = data.adapters_for(method.bottleneck) if method.sources else None
+        return build_model(method, load_backbone(backbone), source_adapters=sources).to(device)
+
+    members = [build(m, t.seed) for m, t in splits]
+    methods = [m for m, _ in splits]
+    if all(m.method == "lora" for m in methods):
+        model: FusedLoRA | FusedRows = FusedLoRA(members)
+    else:
+        model = FusedRows(members, template=build(group_template(methods), first.seed))
     results = fit_fused(
-        FusedLoRA(members), data.train, data.dev, [t for _, t in splits],
+        model, data.train, data.dev, [t for _, t in splits],
         task_kind=data.task_kind, metric=data.metric, device=device,
     )  # fmt: skip
     return [
-        result_report(model, result, data, train_config, device)
-        for model, result, (_, train_config) in zip(members, results, splits, strict=True)
+        result_report(member, result, data, train_config, device)
+        for member, result, (_, train_config) in zip(members, results, splits, strict=True)
     ]
 
 

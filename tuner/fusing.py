@@ -1,11 +1,13 @@
-"""``python -m tuner.run NAME --fuse K``: a study's LoRA trials trained as the rows of fused pools
-(:mod:`trainables.fused_pool`), one pool per GPU of the cluster, K rows each.
+"""``python -m tuner.run NAME --fuse K``: a study's trials trained as the rows of fused pools
+(:mod:`trainables.fused_pool`), one pool per GPU of the cluster, K rows per fused group (one
+group per row signature: :mod:`search_spaces.row_groups`).
 
 Each configuration stays its own Tune trial (its searcher suggestion, scheduler decision, MLflow
 run, checkpoint); its process only relays a pool's reports, so it holds a quarter of a CPU and
-no GPU. Checked before anything starts: every configuration the search would try first is LoRA
-with the mean head. The rows' rank is the largest rank those configurations have; a study whose
-configurations put LoRA on different linears gets rows over every linear (``placement="all"``).
+no GPU. Checked before anything starts: every configuration the search would try first is of a
+fusable method with the mean head. The rows' sizes are the largest those configurations have
+(LoRA rank, bottleneck, target adapter); a study whose plain LoRA configurations sit on
+different linears gets LoRA rows over every linear (``placement="all"``).
 
 Placement: a :class:`PoolRouter` actor puts each trial on the least loaded pool alive
 (:func:`choose_pool`). A pool whose actor dies (its GPU fell off the bus, its node went away) or
@@ -25,6 +27,7 @@ from ray.tune.stopper import Stopper
 
 from search_spaces.catalog import FUSABLE_METHODS
 from search_spaces.errors import ConfigError
+from search_spaces.row_groups import PADDED, count_groups, max_rank
 from tuner.experiment import Experiment
 
 SAMPLED = 200  # configurations read up front (a grid's arms are all of them)
@@ -35,9 +38,26 @@ POOL_START_S = 600.0  # an autoscaling cluster may take minutes to add the node 
 
 @dataclass(frozen=True)
 class FusePlan:
-    slots: int  # trials trained at once, as rows of one fused model (per pool)
+    slots: int  # trials trained at once per fused group, as rows of one fused model
     rank: int  # the rows' LoRA rank: no trial may have a larger one
-    placement: str | None  # the rows' linears: None for the first trial's, "all" for every one
+    placement: (
+        str | None
+    )  # plain LoRA rows' linears: None for the first trial's, "all" for every one
+    bottleneck: int | None = None  # the largest trainable bottleneck adapter (houlsby, pfeiffer)
+    target_bottleneck: int | None = None  # the largest target adapter of a fusion trial
+    groups: tuple[tuple[str, int], ...] = ()  # fused groups (row signatures) per method, up front
+
+    def limits(self) -> Any:
+        from trainables.fused.pool_group import RowLimits
+
+        return RowLimits(rank=self.rank, bottleneck=self.bottleneck,
+                         target_bottleneck=self.target_bottleneck, placement=self.placement)  # fmt: skip
+
+    def describe_groups(self) -> str:
+        """``N fused groups (method n, ...)``: what the configurations read up front need."""
+        total = sum(n for _, n in self.groups)
+        each = ", ".join(f"{m} {n}" for m, n in self.groups)
+        return f"{total} fused group{'s' * (total != 1)} ({each}) of {self.slots} rows each"
 
 
 def fuse_plan(exp: Experiment, space: Any, slots: int, *, num_labels: int) -> FusePlan:
@@ -52,12 +72,18 @@ def fuse_plan(exp: Experiment, space: Any, slots: int, *, num_labels: int) -> Fu
     for m in methods:
         if m.method not in FUSABLE_METHODS or m.head != "mean":
             raise ConfigError(
-                f"--fuse trains LoRA trials with the mean head; {exp.name} tries "
-                f"method={m.method!r} head={m.head!r}: run it without --fuse"
+                f"--fuse trains trials of {', '.join(FUSABLE_METHODS)} with the mean head; "
+                f"{exp.name} tries method={m.method!r} head={m.head!r}: run it without --fuse"
             )
-    rank = max(max((m.rank, *(m.layer_ranks or ()))) for m in methods)
-    spots = {(m.placement, m.layers) for m in methods}
-    return FusePlan(slots, rank, None if len(spots) == 1 else "all")
+    ranked = [max_rank(m) for m in methods if "rank" in PADDED[m.method]]
+    lora = {(m.placement, m.layers) for m in methods if m.method == "lora"}
+    adapters = [m.bottleneck for m in methods if m.method in ("houlsby", "pfeiffer")]
+    targets = [m.target_bottleneck for m in methods if m.target_bottleneck]
+    return FusePlan(
+        slots, max(ranked, default=8), "all" if len(lora) > 1 else None,
+        max(adapters, default=None), max(targets, default=None),
+        tuple(count_groups(methods).items()),
+    )  # fmt: skip
 
 
 def pool_count(cluster_gpus: float) -> int:
@@ -132,13 +158,21 @@ class Pools:
     name: str
 
     def describe(self) -> str:
-        lines = ", every linear" if self.plan.placement else ""
+        plan = self.plan
+        lines = ", every linear" if plan.placement else ""
+        if [m for m, _ in plan.groups] in ([], ["lora"]):
+            rows = f"{plan.slots} rows of LoRA rank {plan.rank}"
+        else:  # the sizes rows pad to, then how many groups the first configurations need
+            sizes = ", ".join(f"{name} {value}" for name, value in (
+                ("LoRA rank", plan.rank), ("bottleneck", plan.bottleneck),
+                ("target_bottleneck", plan.target_bottleneck)) if value)  # fmt: skip
+            rows = f"{plan.describe_groups()}, up to {sizes}"
         if len(self.actors) == 1:
             where = "one GPU" if self.gpu_ids[0] else "a CPU"
-            return f"fused pool: {self.plan.slots} rows of LoRA rank {self.plan.rank} on {where}{lines}"
+            return f"fused pool: {rows} on {where}{lines}"
         ids = ", ".join(",".join(map(str, ids)) for ids in self.gpu_ids)
-        return (f"fused pools: {len(self.actors)} x {self.plan.slots} rows of LoRA rank "
-                f"{self.plan.rank}, one per GPU (ids {ids}){lines}")  # fmt: skip
+        return (f"fused pools: {len(self.actors)} x {rows}, one per GPU "
+                f"(ids {ids}){lines}")  # fmt: skip
 
 
 def gpu_ids_of(actor_self: Any) -> tuple[Any, ...]:
@@ -162,8 +196,7 @@ def start(plan: FusePlan, data: Any, *, cluster_gpus: float, name: str) -> Pools
     remote = ray.remote(FusedPool).options(num_cpus=POOL_CPUS, num_gpus=gpus,
                                            max_concurrency=max(16, 4 * plan.slots))  # fmt: skip
     # device=None: the pool picks CUDA where its process sees one (its own GPU), else the CPU
-    actors = tuple(remote.remote(shared, slots=plan.slots, rank=plan.rank,
-                                 placement=plan.placement, device=None)
+    actors = tuple(remote.remote(shared, slots=plan.slots, limits=plan.limits(), device=None)
                    for _ in range(pool_count(cluster_gpus)))  # fmt: skip
     try:
         gpu_ids = ray.get([a.__ray_call__.remote(gpu_ids_of) for a in actors],

@@ -39,8 +39,9 @@ def parser() -> argparse.ArgumentParser:
         "--fuse",
         type=int,
         metavar="K",
-        help="train K LoRA trials at once as rows of one fused model per GPU of the cluster "
-        "(LoRA-only studies; docs/TRAINING.md, docs/CLUSTER.md)",
+        help="train K trials at once as rows of one fused model per fused group (trials of one "
+        "row signature), one pool of groups per GPU of the cluster (studies of fusable methods: "
+        "lora, bitfit, houlsby, pfeiffer, fusion, lora_fusion; docs/TRAINING.md, docs/CLUSTER.md)",
     )
     p.add_argument("--storage", help="results folder or pyarrow.fs URI shared by all nodes")
     p.add_argument("--tracking-uri", help="MLflow URI: a folder, sqlite:///..., http://...")

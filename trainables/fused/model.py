@@ -1,5 +1,6 @@
 """The fused model: K LoRA trials of one frozen backbone as one module (HFTA's horizontal fusion,
 made exact by LoRA's frozen backbone; :mod:`trainables.fused` says why and what stays equal).
+Plain LoRA only; the other fusable methods are rows of :class:`~trainables.fused.rows.FusedRows`.
 
 Every trainable number of trial ``k`` lives in row ``k`` of one parameter ``theta [K, P]``; a
 trial of a smaller rank than another at one linear is zero-padded there (the padded rows and
@@ -220,10 +221,11 @@ def check_members(members: Sequence[PeftClassifier], *, subset: bool = False) ->
     names = _lora_names(first)
     for k, member in enumerate(members):
         config = member.config
-        if config.method not in FUSABLE_METHODS or config.head != "mean":
+        if config.method != "lora" or config.head != "mean":
             raise ConfigError(
-                f"trial {k}: method={config.method!r} head={config.head!r} cannot be fused; "
-                f"fusable: method in {list(FUSABLE_METHODS)} with head='mean'"
+                f"trial {k}: method={config.method!r} head={config.head!r} cannot be fused as "
+                f"LoRA rows; fusable: method='lora' with head='mean' here, the other methods of "
+                f"{list(FUSABLE_METHODS)} as FusedRows"
             )
         if config.num_labels != first.config.num_labels or member.shape != first.shape:
             raise ConfigError(f"trial {k}: another task or backbone than trial 0's")
