@@ -217,3 +217,10 @@ def test_a_pool_refuses_a_trial_larger_than_its_rows(sources):
             pool.join({**POOL_BASE, "method": "lora_grow", "rank": 4, "seed": 2})
     finally:
         pool.close()
+
+
+def test_every_fusable_method_has_padding_rules():
+    from search_spaces.catalog import FUSABLE_METHODS
+    from search_spaces.row_groups import PADDED
+
+    assert set(FUSABLE_METHODS) == set(PADDED)

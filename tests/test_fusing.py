@@ -102,3 +102,28 @@ def test_a_fused_study_records_every_trial_as_a_study_does(tmp_path, data_dir):
     runs = client.search_runs([client.get_experiment_by_name("placement").experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(children) == 5 and all(c.data.tags["status"] == "completed" for c in children)
+
+
+@pytest.mark.slow
+def test_a_study_of_lora_and_fusion_trials_runs_fused(tmp_path, data_dir):
+    """e4_budget (LoRA, AdapterFusion and LoRA+AdapterFusion trials) through one pool of fused
+    groups on a CPU, its seeds phase too."""
+    env = {**os.environ, "PEFT_TUNE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
+           "PEFT_TUNE_CACHE_DIR": str(tmp_path / "tokens")}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.run", "e4_budget", "--preset", "smoke", "--fuse", "2",
+         "--storage", str(results)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "fused group" in proc.stderr and "of 2 rows each" in proc.stderr
+    summary = json.loads((results / "e4_budget-smoke" / "summary.json").read_text())
+    assert sum(summary["status_counts"].values()) == 4 and summary["status_counts"]["completed"]
+    methods = set()
+    for folder in (results / "e4_budget-smoke").glob("trial_*"):
+        reports = [json.loads(line) for line in (folder / "result.json").open()]
+        assert reports[-1]["fused_slots"] == 2
+        methods.add(reports[-1]["config"]["method"])
+    assert {"fusion", "lora_fusion"} <= methods  # AdapterFusion trials trained as rows
