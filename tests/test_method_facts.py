@@ -134,9 +134,14 @@ def test_per_layer_ranks_is_what_the_accounting_accepts(method):
 
 
 def test_fusability_agrees_with_the_fused_model():
-    # the fused model, the pool and both --fuse commands read the registry; rows exist for LoRA only
+    # the fused models, the pool and both --fuse commands read the registry; every fusable method
+    # has padding rules (search_spaces/row_groups.py), tested as rows in tests/test_fused_rows.py
+    from search_spaces.row_groups import PADDED
+
     fusable = tuple(m for m in METHODS if METHOD_FACTS.get(m).fusable)
-    assert fusable == FUSABLE_METHODS == ("lora",)
+    assert sorted(fusable) == sorted(FUSABLE_METHODS)
+    assert set(fusable) == set(PADDED) == {"lora", "bitfit", "houlsby", "pfeiffer", "fusion",
+                                           "lora_fusion"}  # fmt: skip
 
 
 LORA = METHOD_FACTS.get("lora")

@@ -1,4 +1,4 @@
-"""Fused LoRA trials: K LoRA trials of one backbone trained as one model, in one process.
+"""Fused trials: K trials of one backbone trained as one model, in one process.
 
 Why: a graphed step of the embedded MiniLM at batch 32 costs ~2.5 ms of GPU time, most of it the
 latency of ~700 kernels each too small to fill the GPU, so K trials run as K processes share the
@@ -27,15 +27,29 @@ element-wise kernels run in bf16 where a trial alone keeps them in fp32 around b
 Those kernels are most of the step's memory traffic; the trials' rows (``theta``), heads,
 losses and optimizer stay fp32.
 
-What fuses: plain LoRA (``method="lora"``, mean-pooling head) trials of one backbone and task,
-with the same adapted linears (ranks and alpha may differ) and the same :data:`~.train.SHARED_FIELDS` of
-the training config; ``lr``, ``weight_decay``, ``grad_clip`` and ``seed`` may differ. A fused
-run trains every trial to the end (no early stop per trial) and does not checkpoint.
+What fuses (``FUSABLE_METHODS``; which sizes pad: :mod:`search_spaces.row_groups`), trials of one
+backbone and task with the mean-pooling head and the same :data:`~.train.SHARED_FIELDS` of the
+training config (``lr``, ``weight_decay``, ``grad_clip`` and ``seed`` may differ):
 
-The parts, as HFTA splits them: :mod:`.model` (the fused layers and model), :mod:`.optim` (AdamW
+* plain LoRA (``method="lora"``) as :class:`~.model.FusedLoRA`: the same adapted linears (ranks and
+  alpha may differ), hand-written batched LoRA linears, packed batches, CUDA graphs, a bf16
+  backbone on GPUs;
+* BitFit, bottleneck adapters (``houlsby``, ``pfeiffer``), AdapterFusion (``fusion``) and
+  LoRA+AdapterFusion (``lora_fusion``) as :class:`~.rows.FusedRows`: the template trial's model
+  run per row under ``torch.func.vmap``, its frozen backbone and source adapters shared; trials of
+  one row signature (:func:`search_spaces.row_groups.row_signature`), smaller sizes zero-padded.
+
+What does not: prefix tuning and UniPELT (adapters' prefix code makes host tensors and caches
+state inside the call, which vmap refuses), AdaLoRA, rank growth and fusion-entropy placement
+(per-step or per-evaluation hooks), full fine-tuning, the ``cls`` head, quantised backbones. A
+fused run trains every trial to the end (no early stop per trial) and does not checkpoint.
+
+The parts, as HFTA splits them: :mod:`.model` (the fused LoRA layers and model), :mod:`.rows`
+(rows of any other fusable method), :mod:`.optim` (AdamW
 and clipping per row), :mod:`.batches` (a fused step's batch), :mod:`.step` (the step, graphed or
 eager by the training core, and the fused evaluation), :mod:`.train` (:func:`fit_fused`, K trials
-in one process) and :mod:`.pool` (trials that join and leave a pool of rows, under Ray Tune).
+in one process) and :mod:`.pool` (trials that join and leave a pool of fused groups, under Ray
+Tune; :mod:`.pool_group` one group).
 The plan of evaluations, the best-score rule, the step builder and the reports are the training
 core's (:mod:`trainables.training`).
 """

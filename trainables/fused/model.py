@@ -45,7 +45,7 @@ class _FusedLoRALinear(nn.Module):
 
 
 @dataclass(frozen=True)
-class _Slot:
+class Slot:
     """Where one tensor of a trial lives in a row of ``theta``, and its shape there."""
 
     size: int
@@ -75,7 +75,7 @@ class FusedLoRA(nn.Module):
         self.bert = copy.deepcopy(_bert_of(first))
         self.dropout = copy.deepcopy(first.dropout)  # the head's, as the members have it
         names = _lora_names(first)
-        slots: list[_Slot] = []
+        slots: list[Slot] = []
         self._lora: list[_FusedLoRALinear] = []
         for name in names:
             layers = [_bert_of(m).get_submodule(name) for m in members]
@@ -85,11 +85,11 @@ class FusedLoRA(nn.Module):
             parent, _, child = name.rpartition(".")
             setattr(self.bert.get_submodule(parent), child, fused)
             self._lora.append(fused)
-            slots += [_Slot(base.in_features * rank, (base.in_features, rank), True),
-                      _Slot(rank * base.out_features, (rank, base.out_features), True)]  # fmt: skip
+            slots += [Slot(base.in_features * rank, (base.in_features, rank), True),
+                      Slot(rank * base.out_features, (rank, base.out_features), True)]  # fmt: skip
         hidden = first.shape.hidden
-        slots += [_Slot(hidden * self.num_labels, (hidden, self.num_labels), True),
-                  _Slot(self.num_labels, (1, self.num_labels), False)]  # fmt: skip
+        slots += [Slot(hidden * self.num_labels, (hidden, self.num_labels), True),
+                  Slot(self.num_labels, (1, self.num_labels), False)]  # fmt: skip
         for p in self.bert.parameters():
             p.requires_grad_(False)
         self._slots = slots
@@ -273,4 +273,4 @@ def _member_tensors(member: PeftClassifier, names: list[str]) -> list[torch.Tens
     return [*out, head.weight.detach().T, head.bias.detach()[None, :]]
 
 
-__all__ = ["FUSABLE_METHODS", "FusedLoRA", "check_members"]
+__all__ = ["FUSABLE_METHODS", "FusedLoRA", "Slot", "check_members"]

@@ -1,5 +1,5 @@
-"""A pool of fused LoRA rows that a study's trials join and leave: Tune's concurrent trials on one
-GPU trained as one fused model (:mod:`trainables.fused`).
+"""A pool of fused rows that a study's trials join and leave: Tune's concurrent trials on one GPU
+trained as fused models (:mod:`trainables.fused`), one fused group per row signature.
 
 Why: a trial of the embedded backbone is bound by kernel latency, so eight trials run as eight
 processes on one GPU share it badly (2.9x one trial through Ray Tune's fractional GPUs,
@@ -7,8 +7,16 @@ docs/BENCHMARKS.md), where eight fused trials run 6-7x. A study runs each config
 own Tune trial (its own searcher suggestion, ASHA decision, MLflow run); with a pool, such a
 trial's process does not train: it hands its configuration to the pool (one Ray actor that holds
 the GPU, :func:`trainables.trainable.tune_pooled_trial`) and relays the pool's evaluation reports
-to Tune. The pool trains every trial it holds as one row of one :class:`FusedLoRA`, one fused step
-at a time, each trial at its own step of its own schedule, data order and training subset.
+to Tune. The pool trains every trial it holds as one row of its group's fused model, one fused
+step at a time, each trial at its own step of its own schedule, data order and training subset.
+
+Groups: trials of one row signature (:func:`search_spaces.row_groups.row_signature`: the knobs
+that padding cannot make exact) share a group, ``slots`` rows of one fused model built from a
+template raised to the pool's :class:`~.pool_group.RowLimits` (plain LoRA: a
+:class:`~trainables.fused.model.FusedLoRA`; bitfit, houlsby, pfeiffer, fusion, lora_fusion: a
+:class:`~trainables.fused.rows.FusedRows`); a group is made as its first trial joins and the
+groups step in turn. Not pooled: prefix tuning, UniPELT, AdaLoRA, rank growth, fusion-entropy
+placement, full fine-tuning, the cls head, quantised backbones (refused at join, naming why).
 
 Each trial gets what it would get trained alone by :func:`trainables.training.loop.fit` (up to float
 rounding and dropout draws, as for fused trials): its rows are disjoint from the others', and a

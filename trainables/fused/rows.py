@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 
 from search_spaces.errors import ConfigError
 from search_spaces.row_groups import row_signature
-from trainables.fused.model import _Slot
+from trainables.fused.model import Slot
 from trainables.model import PeftClassifier
 
 REGULARIZATION = 0.01  # dynamic fusion's identity pull (trainables.methods.fusion.identity_pull)
@@ -52,7 +52,7 @@ class FusedRows(nn.Module):
         self.net = copy.deepcopy(template)
         trained = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
         self._names = [n for n, _ in trained]
-        self._slots = [_Slot(p.numel(), tuple(p.shape), p.ndim >= 2) for _, p in trained]
+        self._slots = [Slot(p.numel(), tuple(p.shape), p.ndim >= 2) for _, p in trained]
         _unit_lora_scales(self.net)
         for p in self.net.parameters():
             p.requires_grad_(False)
