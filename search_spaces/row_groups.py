@@ -17,11 +17,16 @@ Why each knob pads exactly:
   padded unit has zero down weights, zero down bias and zero up weights, so it adds nothing.
 * ``lora_fusion``'s LoRA ``rank`` / ``layer_ranks`` / ``layers``: as plain LoRA (adapters' LoRA
   adds ``scale * x A^T B^T`` to the linear; zero factors add zero).
+* ``sources`` of ``fusion`` / ``lora_fusion`` with ``fusion_init="uniform"``: the template fuses the
+  union of its group's sources; a row's fusion attention gives the sources it lacks a score of
+  ``-inf`` (weight exactly 0), and its parameter-free uniform layers average its own sources only
+  (:class:`trainables.fused.rows.FusedRows`). The fusion's parameters do not depend on how many
+  adapters it fuses.
 
 What never pads: the method, head, labels, a bottleneck adapter's layers (adapters runs the
-layer's original LayerNorm twice around an adapter: a zero adapter is not an absent one), fusion
-sources, type, layers and the presence of a target adapter (the number of fused adapters and the
-fusion's parameters), ``lora_fusion``'s LoRA placement (other linears of adapters' LoRA).
+layer's original LayerNorm twice around an adapter: a zero adapter is not an absent one), the
+sources' bottleneck, the fusion type and layers, the presence of a target adapter, sources under
+a similarity prior, ``lora_fusion``'s LoRA placement (other linears of adapters' LoRA).
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ PADDED: dict[str, tuple[str, ...]] = {
     "bitfit": (),
     "pfeiffer": ("bottleneck",),
     "houlsby": ("bottleneck",),
-    "fusion": ("target_bottleneck",),
-    "lora_fusion": ("rank", "alpha", "layer_ranks", "layers", "target_bottleneck"),
+    "fusion": ("target_bottleneck", "sources"),
+    "lora_fusion": ("rank", "alpha", "layer_ranks", "layers", "target_bottleneck", "sources"),
 }
 ROW_METHODS = tuple(PADDED)  # the methods a fused model can hold
 # knobs that never change what a trial computes (training-only, or read by other methods)
@@ -64,6 +69,8 @@ def row_signature(config: MethodConfig) -> tuple[Any, ...]:
         value = getattr(config, f.name)
         if f.name == "target_bottleneck" and f.name in padded:
             value = value > 0
+        elif f.name == "sources" and config.fusion_init != "uniform":
+            pass  # a similarity prior is per source: no union
         elif f.name in padded:
             value = None
         out.append((f.name, value))
@@ -90,7 +97,14 @@ def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
     for name in ("bottleneck", "target_bottleneck"):
         if name in padded:
             changes[name] = max(getattr(c, name) for c in configs)
+    if "sources" in padded and first.fusion_init == "uniform":
+        changes["sources"] = union_sources(configs)
     return first.replace(**changes)
+
+
+def union_sources(configs: Iterable[MethodConfig]) -> tuple[str, ...]:
+    """Every source the configs fuse, sorted: the sources of their groups' templates."""
+    return tuple(sorted({s for c in configs for s in c.sources}))
 
 
 def count_groups(configs: Iterable[MethodConfig]) -> dict[str, int]:
@@ -101,4 +115,7 @@ def count_groups(configs: Iterable[MethodConfig]) -> dict[str, int]:
     return {method: len(signatures) for method, signatures in sorted(seen.items())}
 
 
-__all__ = ["PADDED", "ROW_METHODS", "count_groups", "group_template", "max_rank", "row_signature"]
+__all__ = [
+    "PADDED", "ROW_METHODS", "count_groups", "group_template", "max_rank", "row_signature",
+    "union_sources",
+]  # fmt: skip

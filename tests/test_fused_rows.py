@@ -51,6 +51,14 @@ CASES = {
     "lora_fusion-target": [{"rank": 4, "target_bottleneck": 6, "fusion_layers": (0,)},
                            {"rank": 8, "target_bottleneck": 8, "fusion_layers": (0,)},
                            {"rank": 2, "target_bottleneck": 2, "fusion_layers": (0,)}],
+    # the union of the sources: a row's attention gives the sources it lacks weight 0, and its
+    # uniform layers (layer 0 here) average its own; another order of the same sources too
+    "fusion-union": [{"fusion": "static", "fusion_layers": (1,), "sources": ("glue/sst2",)},
+                     {"fusion": "static", "fusion_layers": (1,), "sources": ("imdb",)},
+                     {"fusion": "static", "fusion_layers": (1,), "sources": ("imdb", "glue/sst2")}],
+    "lora_fusion-union": [{"rank": 4, "sources": ("imdb",), "target_bottleneck": 4},
+                          {"rank": 2, "sources": SOURCES, "target_bottleneck": 8},
+                          {"rank": 8, "sources": ("glue/sst2",), "target_bottleneck": 2}],
 }  # fmt: skip
 
 
@@ -79,7 +87,7 @@ def member(config: MethodConfig, *, seed: int, sources=None):
 def configs_of(case: str) -> list[MethodConfig]:
     method = case.split("-")[0]
     extra = {"sources": SOURCES, "bottleneck": 8} if "fusion" in method else {}
-    return [MethodConfig(method=method, **extra, **knobs) for knobs in CASES[case]]
+    return [MethodConfig(method=method, **{**extra, **knobs}) for knobs in CASES[case]]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -154,10 +162,15 @@ def test_what_cannot_be_rows_is_refused(sources):
         other.encoder.embeddings.word_embeddings.weight.add_(1.0)
     with pytest.raises(ConfigError, match="frozen .*word_embeddings.* differs"):
         FusedRows([pfeiffer, other])
+    # a template fuses its group's union of sources: a trial with another source does not fit
     fusion = [member(MethodConfig(method="fusion", sources=s, bottleneck=8), seed=1,
-                     sources=sources) for s in (SOURCES, SOURCES[:1])]  # fmt: skip
-    with pytest.raises(ConfigError, match="method='fusion' differs"):
+                     sources=sources) for s in (SOURCES[:1], SOURCES)]  # fmt: skip
+    with pytest.raises(ConfigError, match="frozen .*src_imdb.* differs"):
         FusedRows(fusion)
+    static = member(MethodConfig(method="fusion", sources=SOURCES, bottleneck=8, fusion="static"),
+                     seed=1, sources=sources)  # fmt: skip
+    with pytest.raises(ConfigError, match="method='fusion' differs from the template's"):
+        FusedRows([fusion[1], static])
 
 
 def test_row_signatures_group_what_pads():
@@ -168,6 +181,13 @@ def test_row_signatures_group_what_pads():
     assert row_signature(fusion) == row_signature(fusion.replace(target_bottleneck=9))
     assert row_signature(fusion) != row_signature(fusion.replace(target_bottleneck=0))
     assert row_signature(fusion) != row_signature(fusion.replace(bottleneck=16))  # the sources'
+    assert row_signature(fusion) == row_signature(fusion.replace(sources=("imdb",)))  # union
+    prior = fusion.replace(
+        method="lora_fusion", fusion_init="similarity", source_similarity=(0.5, 0.2)
+    )
+    assert row_signature(prior) != row_signature(prior.replace(sources=SOURCES[::-1]))
+    assert group_template([fusion, fusion.replace(sources=("newsgroups/bydate",))]).sources == (
+        "glue/sst2", "imdb", "newsgroups/bydate")  # fmt: skip
     lora = [
         MethodConfig(method="lora", rank=r, placement=p) for r, p in ((4, "ffn"), (8, "attn_qv"))
     ]
@@ -185,10 +205,10 @@ def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
     configs = [
         {**POOL_BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1},
         {**fusion, "target_bottleneck": 4, "lr": 2e-3, "seed": 2, "weight_decay": 0.1},
-        {**fusion, "target_bottleneck": 8, "lr": 4e-3, "seed": 3},
+        {**fusion, "target_bottleneck": 8, "lr": 4e-3, "seed": 3, "sources": ("imdb",)},
         {**POOL_BASE, "rank": 8, "alpha": 8, "lr": 1e-3, "seed": 4, "train_samples": 200},
     ]  # fmt: skip
-    limits = RowLimits(rank=8, target_bottleneck=8)
+    limits = RowLimits(rank=8, target_bottleneck=8, sources=SOURCES)
     pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
     try:
         runs = [poll_to_end(pool, t) for t in [pool.join(c) for c in configs]]
@@ -207,9 +227,11 @@ def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
 
 def test_a_pool_refuses_a_trial_larger_than_its_rows(sources):
     data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
-    pool = FusedPool(data, slots=2, limits=RowLimits(rank=8, bottleneck=8), device="cpu",
-                     build=pool_build)  # fmt: skip
+    limits = RowLimits(rank=8, bottleneck=8, sources=("glue/sst2",))
+    pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
     try:
+        with pytest.raises(ConfigError, match="rows fuse sources glue/sst2, not 'imdb'"):
+            pool.join({**POOL_BASE, "method": "fusion", "sources": SOURCES, "bottleneck": 8})
         with pytest.raises(ConfigError, match="bottleneck <= 8, not bottleneck=16"):
             pool.join({**POOL_BASE, "method": "pfeiffer", "bottleneck": 16, "seed": 1})
         pool.join({**POOL_BASE, "method": "pfeiffer", "bottleneck": 8, "seed": 1})

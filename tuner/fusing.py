@@ -27,7 +27,7 @@ from ray.tune.stopper import Stopper
 
 from search_spaces.catalog import FUSABLE_METHODS
 from search_spaces.errors import ConfigError
-from search_spaces.row_groups import PADDED, count_groups, max_rank
+from search_spaces.row_groups import PADDED, count_groups, max_rank, union_sources
 from tuner.experiment import Experiment
 
 SAMPLED = 200  # configurations read up front (a grid's arms are all of them)
@@ -46,12 +46,14 @@ class FusePlan:
     bottleneck: int | None = None  # the largest trainable bottleneck adapter (houlsby, pfeiffer)
     target_bottleneck: int | None = None  # the largest target adapter of a fusion trial
     groups: tuple[tuple[str, int], ...] = ()  # fused groups (row signatures) per method, up front
+    sources: tuple[str, ...] | None = None  # every fusion source the rows may fuse (their union)
 
     def limits(self) -> Any:
         from trainables.fused.pool_group import RowLimits
 
         return RowLimits(rank=self.rank, bottleneck=self.bottleneck,
-                         target_bottleneck=self.target_bottleneck, placement=self.placement)  # fmt: skip
+                         target_bottleneck=self.target_bottleneck, placement=self.placement,
+                         sources=self.sources)  # fmt: skip
 
     def describe_groups(self) -> str:
         """``N fused groups (method n, ...)``: what the configurations read up front need."""
@@ -79,10 +81,11 @@ def fuse_plan(exp: Experiment, space: Any, slots: int, *, num_labels: int) -> Fu
     lora = {(m.placement, m.layers) for m in methods if m.method == "lora"}
     adapters = [m.bottleneck for m in methods if m.method in ("houlsby", "pfeiffer")]
     targets = [m.target_bottleneck for m in methods if m.target_bottleneck]
+    sources = union_sources(m for m in methods if "sources" in PADDED[m.method])
     return FusePlan(
         slots, max(ranked, default=8), "all" if len(lora) > 1 else None,
         max(adapters, default=None), max(targets, default=None),
-        tuple(count_groups(methods).items()),
+        tuple(count_groups(methods).items()), sources or None,
     )  # fmt: skip
 
 

@@ -29,12 +29,14 @@ from trainables.training.plan import FitPlan
 class RowLimits:
     """The largest sizes a pool's rows hold (smaller trials pad into them): LoRA ``rank``,
     ``bottleneck`` of a trainable bottleneck adapter and ``target_bottleneck`` (None: the first
-    trial's of its group), and plain LoRA's ``placement`` (None: the first trial's)."""
+    trial's of its group), plain LoRA's ``placement`` (None: the first trial's), and the fusion
+    ``sources`` a row may fuse (None: the first trial's of its group)."""
 
     rank: int = 16
     bottleneck: int | None = None
     target_bottleneck: int | None = None
     placement: str | None = None
+    sources: tuple[str, ...] | None = None
 
     def template(self, method: MethodConfig) -> MethodConfig:
         """The method config of the template of ``method``'s group, raised to these limits."""
@@ -50,6 +52,8 @@ class RowLimits:
             limit = getattr(self, name)
             if name in padded and limit is not None and getattr(method, name) > 0:
                 changes[name] = limit
+        if "sources" in padded and self.sources and method.fusion_init == "uniform":
+            changes["sources"] = self.sources
         return method.replace(**changes)
 
     def refuse(self, method: MethodConfig) -> None:
@@ -62,6 +66,11 @@ class RowLimits:
             limit, value = getattr(self, name), getattr(method, name)
             if name in PADDED[method.method] and limit is not None and value > limit:
                 raise ConfigError(f"the fused pool takes {name} <= {limit}, not {name}={value}")
+        if "sources" in PADDED[method.method] and self.sources is not None:
+            extra = sorted(set(method.sources) - set(self.sources))
+            if extra:
+                raise ConfigError(f"the fused pool's rows fuse sources {','.join(self.sources)}, "
+                                  f"not {extra[0]!r}")  # fmt: skip
 
 
 def check_fits(template: PeftClassifier, member: PeftClassifier) -> None:

@@ -27,6 +27,7 @@ from torch.func import functional_call, vmap
 from search_spaces.errors import ConfigError
 from search_spaces.row_groups import row_signature
 from trainables.fused.model import Slot
+from trainables.fused.rows_fusion import fusion_name, mask_fusion, presence, rename
 from trainables.model import PeftClassifier
 
 REGULARIZATION = 0.01  # dynamic fusion's identity pull (trainables.methods.fusion.identity_pull)
@@ -39,6 +40,7 @@ class FusedRows(nn.Module):
 
     decay_mask: torch.Tensor
     scale: torch.Tensor
+    present: torch.Tensor
     packs = False  # takes padded batches only (no ``slots``)
 
     def __init__(
@@ -54,6 +56,8 @@ class FusedRows(nn.Module):
         self._names = [n for n, _ in trained]
         self._slots = [Slot(p.numel(), tuple(p.shape), p.ndim >= 2) for _, p in trained]
         _unit_lora_scales(self.net)
+        self._fusion = fusion_name(self.net)
+        self._masks = mask_fusion(self.net, self._fusion)  # a row fuses its own sources only
         for p in self.net.parameters():
             p.requires_grad_(False)
         device = trained[0][1].device
@@ -61,6 +65,8 @@ class FusedRows(nn.Module):
         self.register_buffer("decay_mask", torch.cat([
             torch.full((s.size,), float(s.decay), device=device) for s in self._slots]))  # fmt: skip
         self.register_buffer("scale", torch.zeros_like(self.theta))
+        adapters = len(presence(self._fusion, self._fusion))
+        self.register_buffer("present", torch.zeros(k, adapters, device=device))
         self._pulled = _pulled_slots(template, self._names)
         with torch.no_grad():
             for row, member in enumerate(members):
@@ -84,6 +90,8 @@ class FusedRows(nn.Module):
         chunks = weights.split([s.size for s in self._slots], dim=1)
         stacked = {n: c.view(k, *s.shape) for n, c, s in zip(self._names, chunks, self._slots,
                                                               strict=True)}  # fmt: skip
+        present = self.present if rows is None else self.present[rows]
+        stacked.update({name: present for name in self._masks})
 
         def one(params: dict[str, torch.Tensor], *inputs: Any) -> torch.Tensor:
             return functional_call(self.net, params, inputs, strict=False)
@@ -130,6 +138,7 @@ class FusedRows(nn.Module):
         with torch.no_grad():
             self.theta[row].zero_()
             self.scale[row].zero_()
+            self.present[row] = presence(self._fusion, fusion_name(member))
             scales = self.scale.detach()[row].split([s.size for s in self._slots])
             for (part, value), (i, _) in zip(self._pairs(row, member), _indexed(self, member),
                                              strict=True):  # fmt: skip
@@ -161,7 +170,7 @@ def check_rows(template: nn.Module, members: Sequence[nn.Module], *, copied: boo
     template is the fused model's own copy (its LoRA scales already set to 1)."""
     if not members:
         raise ConfigError("fusing needs at least one trial")
-    ours = row_signature(_config(template))
+    ours, fusion = row_signature(_config(template)), fusion_name(template)
     frozen = {n: p for n, p in template.named_parameters() if not p.requires_grad or copied}
     slots = {n: p.shape for n, p in template.named_parameters() if p.requires_grad or copied}
     for k, member in enumerate(members):
@@ -175,10 +184,13 @@ def check_rows(template: nn.Module, members: Sequence[nn.Module], *, copied: boo
         hooks = member._hooks  # noqa: SLF001 - the fused model runs the member's forward
         if hooks.step or hooks.plateau or hooks.host_tensors:
             raise ConfigError(f"trial {k}: its method runs per-step hooks, which rows do not")
+        theirs = fusion_name(member)
         for name, p in member.named_parameters():
+            name = rename(name, theirs, fusion)
             if p.requires_grad:
                 _check_slot(k, name, p.shape, slots)
-            elif name in frozen and not torch.equal(frozen[name].detach().cpu(), p.detach().cpu()):
+            elif name not in frozen or not torch.equal(frozen[name].detach().cpu(),
+                                                       p.detach().cpu()):  # fmt: skip
                 raise ConfigError(f"trial {k}: its frozen {name} differs from the template's "
                                   "(another backbone, or other source adapters)")  # fmt: skip
 
@@ -203,9 +215,10 @@ def _config(model: nn.Module) -> Any:
 def _indexed(fused: FusedRows, member: nn.Module) -> Iterator[tuple[int, torch.Tensor]]:
     """(slot index, the member's trainable tensor) in the member's order."""
     index = {n: i for i, n in enumerate(fused._names)}  # noqa: SLF001
+    theirs = fusion_name(member)
     for name, p in member.named_parameters():
         if p.requires_grad:
-            yield index[name], p.detach()
+            yield index[rename(name, theirs, fused._fusion)], p.detach()  # noqa: SLF001
 
 
 def _corner(value: torch.Tensor) -> tuple[slice, ...]:
