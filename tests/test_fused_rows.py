@@ -205,7 +205,9 @@ def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
     configs = [
         {**POOL_BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1},
         {**fusion, "target_bottleneck": 4, "lr": 2e-3, "seed": 2, "weight_decay": 0.1},
-        {**fusion, "target_bottleneck": 8, "lr": 4e-3, "seed": 3, "sources": ("imdb",)},
+        # ends first (its 200-row subset): the other fusion trial trains on in a half-idle group
+        {**fusion, "target_bottleneck": 8, "lr": 4e-3, "seed": 3, "sources": ("imdb",),
+         "train_samples": 200},
         {**POOL_BASE, "rank": 8, "alpha": 8, "lr": 1e-3, "seed": 4, "train_samples": 200},
     ]  # fmt: skip
     limits = RowLimits(rank=8, target_bottleneck=8, sources=SOURCES)

@@ -10,13 +10,10 @@ the GPU, :func:`trainables.trainable.tune_pooled_trial`) and relays the pool's e
 to Tune. The pool trains every trial it holds as one row of its group's fused model, one fused
 step at a time, each trial at its own step of its own schedule, data order and training subset.
 
-Groups: trials of one row signature (:func:`search_spaces.row_groups.row_signature`: the knobs
-that padding cannot make exact) share a group, ``slots`` rows of one fused model built from a
-template raised to the pool's :class:`~.pool_group.RowLimits` (plain LoRA: a
-:class:`~trainables.fused.model.FusedLoRA`; bitfit, houlsby, pfeiffer, fusion, lora_fusion: a
-:class:`~trainables.fused.rows.FusedRows`); a group is made as its first trial joins and the
-groups step in turn. Not pooled: prefix tuning, UniPELT, AdaLoRA, rank growth, fusion-entropy
-placement, full fine-tuning, the cls head, quantised backbones (refused at join, naming why).
+Groups (:mod:`.pool_group`): trials of one row signature (:mod:`search_spaces.row_groups`) share
+``slots`` rows of one fused model (plain LoRA: ``FusedLoRA``; bitfit, houlsby, pfeiffer, fusion,
+lora_fusion: ``FusedRows``), made as its first trial joins; the groups step in turn. Prefix
+tuning, UniPELT, AdaLoRA, rank growth and the rest are refused at join, naming why.
 
 Each trial gets what it would get trained alone by :func:`trainables.training.loop.fit` (up to float
 rounding and dropout draws, as for fused trials): its rows are disjoint from the others', and a
@@ -26,7 +23,7 @@ weight decay, clipping). An idle row gets no data and a zero learning rate.
 A trial leaves when it completes, or when its Tune process ends (stopped by the scheduler, or
 failed: ``tune_pooled_trial`` leaves in a ``finally``); one that has not polled for
 :data:`LEASE_S` seconds (its process killed) is dropped at the next step. An empty pool waits up
-to :data:`GATHER_S` seconds for its rows to fill before its first step, so that the trials Tune
+to :data:`GATHER_S` seconds for ``slots`` trials before its first step, so that the trials Tune
 starts together train in step. A fused evaluation runs the rows that are due, together; a
 trial's final test evaluation runs on its own copy of the model, with the trained row written
 back. Pool trials checkpoint their weights once, at the end: a trial restarted by Tune starts
@@ -50,6 +47,7 @@ from search_spaces.row_groups import row_signature
 from trainables.fused.batches import pinned, step_batch
 from trainables.fused.pool_group import PoolGroup, RowLimits, build_group, check_fits
 from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights
+from trainables.fused.rows import FusedRows
 from trainables.fused.step import evaluate_fused
 from trainables.fused.train import check_configs
 from trainables.inference import SDPA_BACKENDS
@@ -74,13 +72,9 @@ class FusedPool:
     """Fused groups of ``slots`` rows each on ``device``, trained by a background thread for
     whichever trials have joined. Thread-safe: Ray runs it as a threaded actor.
 
-    A trial trains in the group of its row signature
-    (:func:`search_spaces.row_groups.row_signature`), made as its first trial joins; the groups
-    step in turn. The first trial to join fixes what every trial must share (the training
+    A trial trains in its row signature's group. The first trial fixes what all share (the
     fields of :data:`POOL_SHARED_FIELDS`); ``limits`` are the largest sizes a trial may have
-    (smaller ones are zero-padded: :class:`~.pool_group.RowLimits`). ``rank`` and ``placement``
-    set those of ``limits`` (plain LoRA rows over ``placement`` on every layer; None: the first
-    LoRA trial's).
+    (:class:`~.pool_group.RowLimits`; without it, ``rank`` and ``placement`` set them).
     """
 
     def __init__(
@@ -191,8 +185,7 @@ class FusedPool:
         self._thread.join()
 
     def status(self) -> dict[str, Any]:
-        """How many trials are training, waiting for a row, the fused steps run so far, and the
-        fused groups (one per row signature met) and their rows."""
+        """Trials training and waiting, fused steps run, groups (signatures met) and rows built."""
         with self._lock:
             training = sum(m is not None for g in self._groups.values() for m in g.rows)
             return {"training": training, "waiting": len(self._pending), "steps": self.steps,
@@ -295,8 +288,14 @@ class FusedPool:
                                         device=self.device, started=member.started)  # fmt: skip
 
     def _step(self, group: PoolGroup) -> None:
+        """One fused step of ``group``: of its trials' rows only, for eager FusedRows steps; else
+        of every row (an idle one on dummy data at lr 0: a graphed step keeps its shape)."""
         stepper = group.stepper
-        parts = [IDLE if m is None else m.next_rows(self.data) for m in group.rows]
+        sparse = isinstance(group.model, FusedRows) and not stepper.graphed
+        rows = [i for i, m in enumerate(group.rows) if m is not None or not sparse]
+        stepper.rows = rows if sparse else None
+        parts = [IDLE if group.rows[i] is None else group.rows[i].next_rows(self.data)
+                 for i in rows]  # fmt: skip
         batch, counts = step_batch(self.data.train, parts, pack=stepper.pack,
                                    slots=group.train.batch_size)  # fmt: skip
         lrs = torch.tensor([0.0 if m is None else m.train.lr * m.factor(m.progress.step)
@@ -305,9 +304,14 @@ class FusedPool:
             batch, lrs = pinned(batch), lrs.pin_memory()
         stepper.lr.copy_(lrs, non_blocking=True)
         with self._rng:
-            group.loss_sums += stepper(batch)
+            losses = stepper(batch)
+        if sparse:
+            group.loss_sums[rows] += losses
+        else:
+            group.loss_sums += losses
         self.steps += 1
-        for m, (samples, tokens, padded) in zip(group.rows, counts, strict=True):
+        for i, (samples, tokens, padded) in zip(rows, counts, strict=True):
+            m = group.rows[i]
             if m is not None:
                 m.progress.advance(samples, tokens, padded)
                 m.loss_steps += 1

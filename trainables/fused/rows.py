@@ -42,6 +42,8 @@ class FusedRows(nn.Module):
     scale: torch.Tensor
     present: torch.Tensor
     packs = False  # takes padded batches only (no ``slots``)
+    # steps run eager: capture of the vmapped adapters forward in a CUDA graph is untested
+    graph_safe = False
 
     def __init__(
         self, members: Sequence[PeftClassifier], *, template: PeftClassifier | None = None
@@ -102,14 +104,14 @@ class FusedRows(nn.Module):
         types = token_type_ids.view(k, -1, token_type_ids.shape[-1])
         return vmap(one, randomness="different")(stacked, *inputs, types)
 
-    def row_regularization(self) -> torch.Tensor | None:
-        """Each row's extra loss ``[K]`` (dynamic fusion's pull of its value matrices towards the
-        identity, as the trial alone adds it), or None when its method has none."""
+    def row_regularization(self, rows: list[int] | None = None) -> torch.Tensor | None:
+        """Each row's (or each of ``rows``') extra loss ``[K]`` (dynamic fusion's pull of its value
+        matrices towards the identity, as the trial alone adds it), or None when it has none."""
         if not self._pulled:
             return None
-        weights = self._weights(None)
+        weights = self._weights(rows)
         offsets = torch.tensor([0, *(s.size for s in self._slots)]).cumsum(0).tolist()
-        total = torch.zeros(self.trials, device=weights.device)
+        total = torch.zeros(len(weights), device=weights.device)
         for i in self._pulled:
             shape = self._slots[i].shape
             value = weights[:, offsets[i] : offsets[i + 1]].view(-1, *shape)

@@ -30,6 +30,8 @@ class FusedStep:
     0 does not move), weight decay and clipping are set by :meth:`set_row`; a row set again
     starts over (its AdamW state zeroed), as a new trial's. ``pack``: batches are packed rows
     (:mod:`trainables.training.packed`), which take a 3-d attention mask (transformers 4).
+    ``rows``: the rows the next steps' batches hold (None: all), for eager steps only: the others
+    get no forward, zero gradients and (at a zero learning rate) no update.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class FusedStep:
         self.model = model
         self.lr = torch.zeros(k, device=device)
         self.pack = MASK_3D and getattr(model, "packs", True)
+        self.rows: list[int] | None = None
         self._max_norm = torch.zeros(k, device=device)
         self._decay = torch.zeros_like(model.theta)
         self._optimizer = RowAdamW(model.theta, lr=self.lr, decay=self._decay)
@@ -67,6 +70,10 @@ class FusedStep:
         return self._step(batch)
 
     @property
+    def graphed(self) -> bool:
+        return self._graphed
+
+    @property
     def captured(self) -> int:
         """Batch shapes whose step runs from a CUDA graph."""
         return self._step.captured
@@ -79,9 +86,9 @@ class FusedStep:
     def _body(self, batch: Batch) -> torch.Tensor:
         with autocast(self._precision, self._device, cache=not self._graphed):
             logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                                slots=self._slots)  # fmt: skip
+                                slots=self._slots, rows=self.rows)  # fmt: skip
         losses = fused_losses(logits, batch.labels, self._task_kind)
-        extra = getattr(self.model, "row_regularization", lambda: None)()
+        extra = getattr(self.model, "row_regularization", lambda rows: None)(self.rows)
         (losses.sum() if extra is None else losses.sum() + extra.sum()).backward()
         theta = self.model.theta
         clip_rows_(cast(torch.Tensor, theta.grad), self._max_norm)
