@@ -50,6 +50,14 @@ def test_fuse_trains_one_trial_per_value_as_one_model(tiny_task, capsys):
     assert ranks[0]["trainable_params"] < ranks[1]["trainable_params"]
 
 
+def test_fuse_sweeps_a_bottleneck_adapter_as_rows(tiny_task, capsys):
+    argv = [a if a != "lora" else "pfeiffer" for a in _argv(tiny_task, "--fuse", "bottleneck=4,8")]
+    assert main(argv) == 0
+    finals = json.loads(capsys.readouterr().out)
+    assert [f["status"] for f in finals] == ["completed"] * 2
+    assert finals[0]["trainable_params"] < finals[1]["trainable_params"]  # padded into one model
+
+
 def _run(task: Path, capsys, *extra: str) -> str:
     assert main(_argv(task, *extra)) == 0
     return capsys.readouterr().out
