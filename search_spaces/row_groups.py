@@ -13,8 +13,10 @@ Why each knob pads exactly:
 * LoRA ``rank`` / ``layer_ranks`` / ``layers`` / ``placement`` (plain LoRA): a smaller rank is zero
   rows of A and columns of B; a linear without LoRA is both factors zero. ``alpha`` is a per-row
   scale on B (the template's own scale set to 1).
-* ``bottleneck`` (houlsby, pfeiffer) and ``target_bottleneck`` (its size, not its presence): a
-  padded unit has zero down weights, zero down bias and zero up weights, so it adds nothing.
+* ``bottleneck`` (houlsby, pfeiffer) and ``target_bottleneck``: a padded unit has zero down
+  weights, zero down bias and zero up weights, so it adds nothing. A trial without a target adapter
+  (uniform fusion init) is a row whose fusion gives the template's target adapter weight 0, as a
+  source it lacks (below).
 * ``lora_fusion``'s LoRA ``rank`` / ``layer_ranks`` / ``layers``: as plain LoRA (adapters' LoRA
   adds ``scale * x A^T B^T`` to the linear; zero factors add zero).
 * ``sources`` of ``fusion`` / ``lora_fusion`` with ``fusion_init="uniform"``: the template fuses the
@@ -22,11 +24,16 @@ Why each knob pads exactly:
   ``-inf`` (weight exactly 0), and its parameter-free uniform layers average its own sources only
   (:class:`trainables.fused.rows.FusedRows`). The fusion's parameters do not depend on how many
   adapters it fuses.
+* ``fusion_layers`` of static fusion (uniform init): a layer where the trial has no learned fusion
+  is a template fusion layer with query and key zero: every score 0, so the weights are uniform
+  over the row's adapters, which is the trial's parameter-free uniform layer. (Dynamic fusion's
+  value matrix would have to be the identity there, not zero: its layers do not pad.)
 
 What never pads: the method, head, labels, a bottleneck adapter's layers (adapters runs the
 layer's original LayerNorm twice around an adapter: a zero adapter is not an absent one), the
-sources' bottleneck, the fusion type and layers, the presence of a target adapter, sources under
-a similarity prior, ``lora_fusion``'s LoRA placement (other linears of adapters' LoRA).
+sources' bottleneck, the fusion type, dynamic fusion's layers, and under a similarity prior the
+sources, fusion layers and the presence of a target adapter; ``lora_fusion``'s LoRA placement
+(other linears of adapters' LoRA).
 """
 
 from __future__ import annotations
@@ -44,8 +51,16 @@ PADDED: dict[str, tuple[str, ...]] = {
     "bitfit": (),
     "pfeiffer": ("bottleneck",),
     "houlsby": ("bottleneck",),
-    "fusion": ("target_bottleneck", "sources"),
-    "lora_fusion": ("rank", "alpha", "layer_ranks", "layers", "target_bottleneck", "sources"),
+    "fusion": ("target_bottleneck", "sources", "fusion_layers"),
+    "lora_fusion": (
+        "rank",
+        "alpha",
+        "layer_ranks",
+        "layers",
+        "target_bottleneck",
+        "sources",
+        "fusion_layers",
+    ),
 }
 ROW_METHODS = tuple(PADDED)  # the methods a fused model can hold
 # knobs that never change what a trial computes (training-only, or read by other methods)
@@ -54,24 +69,35 @@ _IGNORED = ("init_rank", "adalora_scale", "budget_rank", "start_rank", "grow_ste
             "prefix_reparam")  # fmt: skip
 
 
+def pads(config: MethodConfig, name: str) -> bool:
+    """Whether knob ``name`` of ``config`` pads (or is a union) in its fused group: the knobs of
+    :data:`PADDED`, the sources and the target adapter's presence only under the uniform fusion
+    init (a similarity prior is per fused adapter), the fusion layers of static fusion only."""
+    if name not in PADDED[config.method]:
+        return False
+    if (
+        name in ("sources", "target_bottleneck", "fusion_layers")
+        and config.fusion_init != "uniform"
+    ):
+        return name == "target_bottleneck"  # its size pads, its presence does not
+    return name != "fusion_layers" or config.fusion == "static"
+
+
 def row_signature(config: MethodConfig) -> tuple[Any, ...]:
     """What a trial shares with every other trial of its fused group: its method config without
-    the knobs that pad (``target_bottleneck``: only whether it is set)."""
+    the knobs that pad (:func:`pads`; under a similarity prior, whether it has a target adapter)."""
     if config.method not in PADDED:
         raise ConfigError(
             f"method={config.method!r} cannot be fused; fusable: {', '.join(ROW_METHODS)}"
         )
-    padded = PADDED[config.method]
     out: list[Any] = []
     for f in fields(MethodConfig):
         if f.name in _IGNORED:
             continue
         value = getattr(config, f.name)
-        if f.name == "target_bottleneck" and f.name in padded:
+        if f.name == "target_bottleneck" and config.fusion_init != "uniform":
             value = value > 0
-        elif f.name == "sources" and config.fusion_init != "uniform":
-            pass  # a similarity prior is per source: no union
-        elif f.name in padded:
+        elif pads(config, f.name):
             value = None
         out.append((f.name, value))
     return tuple(out)
@@ -97,8 +123,11 @@ def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
     for name in ("bottleneck", "target_bottleneck"):
         if name in padded:
             changes[name] = max(getattr(c, name) for c in configs)
-    if "sources" in padded and first.fusion_init == "uniform":
+    if pads(first, "sources"):
         changes["sources"] = union_sources(configs)
+    if pads(first, "fusion_layers"):
+        layers = [c.fusion_layers for c in configs]
+        changes["fusion_layers"] = None if None in layers else tuple(sorted(set().union(*layers)))
     return first.replace(**changes)
 
 
@@ -116,6 +145,6 @@ def count_groups(configs: Iterable[MethodConfig]) -> dict[str, int]:
 
 
 __all__ = [
-    "PADDED", "ROW_METHODS", "count_groups", "group_template", "max_rank", "row_signature",
-    "union_sources",
+    "PADDED", "ROW_METHODS", "count_groups", "group_template", "max_rank", "pads",
+    "row_signature", "union_sources",
 ]  # fmt: skip

@@ -59,6 +59,14 @@ CASES = {
     "lora_fusion-union": [{"rank": 4, "sources": ("imdb",), "target_bottleneck": 4},
                           {"rank": 2, "sources": SOURCES, "target_bottleneck": 8},
                           {"rank": 8, "sources": ("glue/sst2",), "target_bottleneck": 2}],
+    # static fusion over other layers (zero query and key: uniform, as the trial's own layer) and
+    # with or without a target adapter (weight 0 where the trial has none)
+    "fusion-layers-target": [
+        {"fusion": "static", "fusion_layers": (1,)},
+        {"fusion": "static", "fusion_layers": (0,), "target_bottleneck": 4, "sources": ("imdb",)},
+        {"fusion": "static", "target_bottleneck": 8}],
+    "lora_fusion-target-presence": [{"rank": 4}, {"rank": 2, "target_bottleneck": 6},
+                           {"rank": 8, "sources": ("glue/sst2",)}],
 }  # fmt: skip
 
 
@@ -179,13 +187,18 @@ def test_row_signatures_group_what_pads():
     assert group_template(pfeiffer).bottleneck == 16
     fusion = MethodConfig(method="fusion", sources=SOURCES, target_bottleneck=4)
     assert row_signature(fusion) == row_signature(fusion.replace(target_bottleneck=9))
-    assert row_signature(fusion) != row_signature(fusion.replace(target_bottleneck=0))
+    assert row_signature(fusion) == row_signature(fusion.replace(target_bottleneck=0))
     assert row_signature(fusion) != row_signature(fusion.replace(bottleneck=16))  # the sources'
     assert row_signature(fusion) == row_signature(fusion.replace(sources=("imdb",)))  # union
     prior = fusion.replace(
         method="lora_fusion", fusion_init="similarity", source_similarity=(0.5, 0.2)
     )
     assert row_signature(prior) != row_signature(prior.replace(sources=SOURCES[::-1]))
+    assert row_signature(prior) != row_signature(prior.replace(target_bottleneck=0))
+    static = fusion.replace(fusion="static", fusion_layers=(1,))
+    assert row_signature(static) == row_signature(static.replace(fusion_layers=(0, 1)))
+    assert row_signature(fusion) != row_signature(fusion.replace(fusion_layers=(1,)))  # dynamic
+    assert group_template([static, static.replace(fusion_layers=(0,))]).fusion_layers == (0, 1)
     assert group_template([fusion, fusion.replace(sources=("newsgroups/bydate",))]).sources == (
         "glue/sst2", "imdb", "newsgroups/bydate")  # fmt: skip
     lora = [

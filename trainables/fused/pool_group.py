@@ -13,7 +13,7 @@ import torch
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
-from search_spaces.row_groups import PADDED, max_rank
+from search_spaces.row_groups import PADDED, max_rank, pads
 from trainables.fused.model import FusedLoRA, check_members
 from trainables.fused.pool_trial import PoolTrial
 from trainables.fused.rows import FusedRows, check_rows
@@ -49,11 +49,13 @@ class RowLimits:
             if method.method == "lora" and self.placement is not None:
                 changes["placement"] = self.placement
         for name in ("bottleneck", "target_bottleneck"):
-            limit = getattr(self, name)
-            if name in padded and limit is not None and getattr(method, name) > 0:
+            limit, present = getattr(self, name), getattr(method, name) > 0
+            if pads(method, name) and limit is not None and (present or row_signature_pads(method)):
                 changes[name] = limit
-        if "sources" in padded and self.sources and method.fusion_init == "uniform":
+        if pads(method, "sources") and self.sources:
             changes["sources"] = self.sources
+        if pads(method, "fusion_layers"):
+            changes["fusion_layers"] = None  # every layer: a trial's others are zero-score ones
         return method.replace(**changes)
 
     def refuse(self, method: MethodConfig) -> None:
@@ -71,6 +73,11 @@ class RowLimits:
             if extra:
                 raise ConfigError(f"the fused pool's rows fuse sources {','.join(self.sources)}, "
                                   f"not {extra[0]!r}")  # fmt: skip
+
+
+def row_signature_pads(method: MethodConfig) -> bool:
+    """Whether a trial without a target adapter rows into a template with one."""
+    return method.method in ("fusion", "lora_fusion") and method.fusion_init == "uniform"
 
 
 def check_fits(template: PeftClassifier, member: PeftClassifier) -> None:
