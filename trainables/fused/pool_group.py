@@ -50,7 +50,7 @@ class RowLimits:
                 changes["placement"] = self.placement
         for name in ("bottleneck", "target_bottleneck"):
             limit, present = getattr(self, name), getattr(method, name) > 0
-            if pads(method, name) and limit is not None and (present or row_signature_pads(method)):
+            if pads(method, name) and limit is not None and (present or unions_adapters(method)):
                 changes[name] = limit
         if pads(method, "sources") and self.sources:
             changes["sources"] = self.sources
@@ -75,8 +75,8 @@ class RowLimits:
                                   f"not {extra[0]!r}")  # fmt: skip
 
 
-def row_signature_pads(method: MethodConfig) -> bool:
-    """Whether a trial without a target adapter rows into a template with one."""
+def unions_adapters(method: MethodConfig) -> bool:
+    """Whether a trial fuses the union of its group's adapters (a target one too, if any has it)."""
     return method.method in ("fusion", "lora_fusion") and method.fusion_init == "uniform"
 
 
