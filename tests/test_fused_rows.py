@@ -154,6 +154,21 @@ def test_padded_entries_stay_zero(sources):
     assert int(real[1].sum()) == models[1].trainable_params()
 
 
+def test_rows_attend_without_sdpa_which_vmap_cannot_batch(monkeypatch):
+    # vmap has no batching rule for SDPA (its fallback runs the rows one by one) and its CUDA
+    # backward failed under vmap on an H200; the rows run eager attention, the members keep SDPA
+    models = [member(m, seed=i) for i, m in enumerate(configs_of("pfeiffer"))]
+    fused = FusedRows(models)
+    ids, mask = torch.randint(0, 100, (3 * 4, 8)), torch.ones(3 * 4, 8, dtype=torch.long)
+    expected = torch.stack([m(ids[4 * k : 4 * k + 4], mask[:4]) for k, m in enumerate(models)])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fused rows called scaled_dot_product_attention")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", refuse)
+    torch.testing.assert_close(fused(ids, mask), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_what_cannot_be_rows_is_refused(sources):
     pfeiffer = member(MethodConfig(method="pfeiffer", bottleneck=8), seed=1)
     houlsby = member(MethodConfig(method="houlsby", bottleneck=8), seed=1)

@@ -11,7 +11,11 @@ zero gradient and stay zero (which knobs pad exactly: :mod:`search_spaces.row_gr
 :class:`~trainables.fused.model.FusedLoRA`.
 
 Differences from :class:`~trainables.fused.model.FusedLoRA`: no packed batches (``slots``), and
-the backbone stays fp32 under autocast, as a trial alone runs it.
+the backbone stays fp32 under autocast, as a trial alone runs it. Attention runs as transformers'
+eager attention (matmuls and a softmax, which vmap batches over the rows): PyTorch has no vmap
+batching rule for ``scaled_dot_product_attention``, whose fallback runs the rows one by one, and
+on CUDA its memory-efficient kernel's backward fails under vmap (H200, 2026-12-04: "LSE is not
+correctly aligned"). A trial alone keeps SDPA: the same function, up to float rounding.
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from adapters.models.bert.modeling_bert import (
+    BertSdpaSelfAttentionWithAdapters,
+    BertSelfAttentionWithAdapters,
+)
 from torch import nn
 from torch.func import functional_call, vmap
+from transformers.models.bert import modeling_bert
 
 from search_spaces.errors import ConfigError
 from search_spaces.row_groups import row_signature
@@ -58,6 +67,7 @@ class FusedRows(nn.Module):
         self._names = [n for n, _ in trained]
         self._slots = [Slot(p.numel(), tuple(p.shape), p.ndim >= 2) for _, p in trained]
         _unit_lora_scales(self.net)
+        _eager_attention(self.net)
         self._fusion = fusion_name(self.net)
         self._masks = mask_fusion(self.net, self._fusion)  # a row fuses its own sources only
         for p in self.net.parameters():
@@ -269,3 +279,16 @@ def _pulled_slots(template: nn.Module, names: list[str]) -> list[int]:
 
 
 __all__ = ["FusedRows", "check_rows"]
+
+
+def _eager_attention(net: nn.Module) -> None:
+    """Make ``net``'s SDPA self-attention modules (transformers 4's BERT, adapters' mixins) the
+    eager classes they subclass, and its encoders build eager masks; the weights stay shared."""
+    eager = {BertSdpaSelfAttentionWithAdapters: BertSelfAttentionWithAdapters}
+    if sdpa := getattr(modeling_bert, "BertSdpaSelfAttention", None):  # transformers 4
+        eager[sdpa] = modeling_bert.BertSelfAttention
+    for module in net.modules():
+        if type(module) in eager:
+            module.__class__ = eager[type(module)]
+        if getattr(module, "attn_implementation", None) == "sdpa":
+            module.attn_implementation = "eager"
