@@ -43,8 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="local data mirror (default $PEFT_TUNE_DATA_DIR)")
     p.add_argument("--fuse", metavar="KEY=V1,V2,...",
                    help="one trial per value of KEY (e.g. lr, rank, seed), all trained as one "
-                        "fused model (a fusable method: lora, bitfit, houlsby, pfeiffer, fusion, "
-                        "lora_fusion); prints a line per trial")  # fmt: skip
+                        f"fused model (methods: {', '.join(FUSABLE_METHODS)}); prints a line "
+                        "per trial")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     return p
 
