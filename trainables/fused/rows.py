@@ -278,9 +278,6 @@ def _pulled_slots(template: nn.Module, names: list[str]) -> list[int]:
             if ".adapter_fusion_layer." in n and n.endswith(".value.weight")]  # fmt: skip
 
 
-__all__ = ["FusedRows", "check_rows"]
-
-
 def _eager_attention(net: nn.Module) -> None:
     """Make ``net``'s SDPA self-attention modules (transformers 4's BERT, adapters' mixins) the
     eager classes they subclass, and its encoders build eager masks; the weights stay shared."""
@@ -292,3 +289,6 @@ def _eager_attention(net: nn.Module) -> None:
             module.__class__ = eager[type(module)]
         if getattr(module, "attn_implementation", None) == "sdpa":
             module.attn_implementation = "eager"
+
+
+__all__ = ["FusedRows", "check_rows"]
