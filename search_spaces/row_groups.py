@@ -127,7 +127,8 @@ def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
         changes["sources"] = union_sources(configs)
     if pads(first, "fusion_layers"):
         layers = [c.fusion_layers for c in configs]
-        changes["fusion_layers"] = None if None in layers else tuple(sorted(set().union(*layers)))
+        every = [n for each in layers if each is not None for n in each]
+        changes["fusion_layers"] = None if None in layers else tuple(sorted(set(every)))
     return first.replace(**changes)
 
 
