@@ -74,18 +74,27 @@ def test_bad_fuse_exits_2_with_one_line_and_nothing_written(argv, needle, tmp_pa
     assert not storage.exists() and not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.slow
-def test_a_fused_study_records_every_trial_as_a_study_does(tmp_path, data_dir):
+def run_smoke_fused(
+    tmp_path: Path, data_dir: Path, name: str, fuse: int, *, timeout: int
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``tuner.run NAME --preset smoke --fuse K`` as a real process on a local Ray (its own
+    token cache and storage under ``tmp_path``); the finished process and the storage folder."""
     env = {**os.environ, "PEFT_TUNE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
            "PEFT_TUNE_CACHE_DIR": str(tmp_path / "tokens")}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.run", "placement", "--preset", "smoke", "--fuse", "4",
+        [sys.executable, "-m", "tuner.run", name, "--preset", "smoke", "--fuse", str(fuse),
          "--storage", str(results)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, results
+
+
+@pytest.mark.slow
+def test_a_fused_study_records_every_trial_as_a_study_does(tmp_path, data_dir):
+    proc, results = run_smoke_fused(tmp_path, data_dir, "placement", 4, timeout=600)
     where = "one GPU" if torch.cuda.is_available() else "a CPU"  # the pool takes the GPU if any
     assert f"fused pool: 4 rows of LoRA rank 8 on {where}, every linear" in proc.stderr
     assert "up to 4 at once" in proc.stderr
@@ -108,16 +117,7 @@ def test_a_fused_study_records_every_trial_as_a_study_does(tmp_path, data_dir):
 def test_a_study_of_lora_and_fusion_trials_runs_fused(tmp_path, data_dir):
     """e4_budget (LoRA, AdapterFusion and LoRA+AdapterFusion trials) through one pool of fused
     groups on a CPU, its seeds phase too."""
-    env = {**os.environ, "PEFT_TUNE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
-           "PEFT_TUNE_CACHE_DIR": str(tmp_path / "tokens")}  # fmt: skip
-    env.pop("RAY_ADDRESS", None)
-    results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tuner.run", "e4_budget", "--preset", "smoke", "--fuse", "2",
-         "--storage", str(results)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc, results = run_smoke_fused(tmp_path, data_dir, "e4_budget", 2, timeout=900)
     assert "fused group" in proc.stderr and "of 2 rows each" in proc.stderr
     summary = json.loads((results / "e4_budget-smoke" / "summary.json").read_text())
     assert sum(summary["status_counts"].values()) == 4 and summary["status_counts"]["completed"]

@@ -40,9 +40,8 @@ POOL_START_S = 600.0  # an autoscaling cluster may take minutes to add the node 
 class FusePlan:
     slots: int  # trials trained at once per fused group, as rows of one fused model
     rank: int  # the rows' LoRA rank: no trial may have a larger one
-    placement: (
-        str | None
-    )  # plain LoRA rows' linears: None for the first trial's, "all" for every one
+    # plain LoRA rows' linears: None for the first trial's, "all" for every one
+    placement: str | None
     bottleneck: int | None = None  # the largest trainable bottleneck adapter (houlsby, pfeiffer)
     target_bottleneck: int | None = None  # the largest target adapter of a fusion trial
     groups: tuple[tuple[str, int], ...] = ()  # fused groups (row signatures) per method, up front
@@ -79,7 +78,7 @@ def fuse_plan(exp: Experiment, space: Any, slots: int, *, num_labels: int) -> Fu
             )
     ranked = [max_rank(m) for m in methods if "rank" in PADDED[m.method]]
     lora = {(m.placement, m.layers) for m in methods if m.method == "lora"}
-    adapters = [m.bottleneck for m in methods if m.method in ("houlsby", "pfeiffer")]
+    adapters = [m.bottleneck for m in methods if "bottleneck" in PADDED[m.method]]
     targets = [m.target_bottleneck for m in methods if m.target_bottleneck]
     sources = union_sources(m for m in methods if "sources" in PADDED[m.method])
     return FusePlan(
