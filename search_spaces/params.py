@@ -27,7 +27,7 @@ LR_RANGES: dict[str, tuple[float, float]] = {m: METHOD_FACTS.get(m).lr_range for
 def learning_rates(method: str, n: int = 1) -> tuple[float, ...]:
     """``n`` rates over the method's own search range (``LR_RANGES``), log-evenly: the middle of
     each n-th of the range in log space, two significant digits. ``n=1`` is its geometric middle;
-    ``n=3`` on LoRA's 1e-4..3e-3 is 1.8e-4, 5.5e-4, 1.7e-3. The rates of a grid arm that sets none."""
+    ``n=4`` on LoRA's 1e-4..1e-2 is 1.8e-4, 5.6e-4, 1.8e-3, 5.6e-3. The rates of a grid arm that sets none."""
     lo, hi = LR_RANGES[method]
     span = math.log(hi / lo)
     return tuple(float(f"{lo * math.exp(span * (i + 0.5) / n):.2g}") for i in range(n))

@@ -309,7 +309,7 @@ def test_the_setup_line_says_what_the_plan_ran():
     assert "no budget match" in glue and "budget 500,000" not in glue
     e2 = line("e2_few_shot")
     assert "train rows per arm 128, 512, 1,000, 5,000" in e2 and "whole train split" not in e2
-    assert "3 learning rates per arm" in e2 and "budget 600,000 trainable parameters ±5%" in e2
+    assert "4 learning rates per arm" in e2 and "budget 600,000 trainable parameters ±5%" in e2
 
 
 def test_a_rate_chosen_at_the_edge_of_its_range_is_named():
@@ -318,12 +318,12 @@ def test_a_rate_chosen_at_the_edge_of_its_range_is_named():
 
     records = [run(m, 0, 0.8, dev=dev, lr=lr, train_samples=k)
                for k in (128, 512)
-               for m, lr, dev in (("fusion", 5.2e-4, 0.8), ("fusion", 1e-4, 0.7),
-                                  ("lora", 5.5e-4, 0.8), ("lora", 1.8e-4, 0.6))]  # fmt: skip
+               for m, lr, dev in (("fusion", 1.6e-3, 0.8), ("fusion", 1.3e-4, 0.7),
+                                  ("lora", 1e-3, 0.8), ("lora", 1.8e-4, 0.6))]  # fmt: skip
     rates = chosen_rates(trials_frame(records)).set_index(["method", "group"])
     assert rates.loc[("fusion", "train_samples=128"), "edge"] == "top"
-    assert rates.loc[("lora", "train_samples=512"), "edge"] == ""  # 5.5e-4: the middle
+    assert rates.loc[("lora", "train_samples=512"), "edge"] == ""  # 1e-3: the middle
     assert rates.loc[("lora", "train_samples=512"), "position"] == pytest.approx(0.5, abs=0.01)
     (note,) = edge_note(trials_frame(records))
-    assert "(2 of 4 chosen)" in note and "fusion (train_samples=128) at 5.2e-04, the top" in note
+    assert "(2 of 4 chosen)" in note and "fusion (train_samples=128) at 1.6e-03, the top" in note
     assert "lora" not in note.split(":**")[1].split(". The")[0]

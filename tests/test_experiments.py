@@ -68,7 +68,7 @@ def test_comparison_studies_choose_a_rate_per_arm_and_rerun_it_on_three_seeds():
         if exp.name in efficiency:
             continue
         if exp.search.kind == "grid":
-            assert exp.search.lr_points >= 3, exp.name
+            assert exp.search.lr_points >= 4, exp.name
         if exp.search.kind != "autopeft":  # a Pareto front of NSGA-II, not arms on seeds
             assert len(exp.seeds) >= 3, exp.name
     assert get_experiment("e5_efficiency").search.lr_points == 1
@@ -77,6 +77,6 @@ def test_comparison_studies_choose_a_rate_per_arm_and_rerun_it_on_three_seeds():
 def test_learning_rates_spread_over_the_method_range_log_evenly():
     from search_spaces.spaces import default_lr, learning_rates
 
-    assert learning_rates("lora", 3) == (1.8e-4, 5.5e-4, 1.7e-3)
-    assert learning_rates("lora", 1) == (default_lr("lora"),) == (5.5e-4,)
-    assert learning_rates("full", 2) == (1.8e-5, 5.6e-5)
+    assert learning_rates("lora", 4) == (1.8e-4, 5.6e-4, 1.8e-3, 5.6e-3)
+    assert learning_rates("lora", 1) == (default_lr("lora"),) == (1e-3,)
+    assert learning_rates("full", 2) == (2.3e-5, 1.3e-4)

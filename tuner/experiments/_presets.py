@@ -10,9 +10,12 @@ SMOKE = {
     "search": {"budget_params": 4_000},
 }
 
-# Grid studies (fair arms, docs/STUDIES.md): every arm at three learning rates over its own method's
-# range, the best on dev then run on three seeds by the seeds phase.
-LR_POINTS = 3
+# Grid studies (fair arms, docs/STUDIES.md): every arm at four learning rates over its own method's
+# range (the middles of four log-even bins: LoRA's 1e-4..1e-2 gives 1.8e-4, 5.6e-4, 1.8e-3, 5.6e-3),
+# the best on dev then run on three seeds by the seeds phase. Four, not three, since the ranges
+# widened: three points on a 100x range sit 4.6x apart. At 16 trials per GPU a 6-arm study's 24
+# search trials take the same two waves as 18.
+LR_POINTS = 4
 SEEDS = (0, 1, 2)
 
 # demo: the README's main job on a laptop CPU (~15 min): real backbone, real data, small sample.
