@@ -178,8 +178,30 @@ def run_fused(
     data = subsample(data, configs[0].get("train_samples"), seed=first.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone = str(configs[0].get("backbone", "minilm-l6"))
+    model, members = build_fused(splits, data, backbone=backbone, device=device)
+    results = fit_fused(
+        model, data.train, data.dev, [t for _, t in splits],
+        task_kind=data.task_kind, metric=data.metric, device=device,
+    )  # fmt: skip
+    return [
+        result_report(member, result, data, train_config, device)
+        for member, result, (_, train_config) in zip(members, results, splits, strict=True)
+    ]
 
-    def build(method: MethodConfig, seed: int) -> Any:
+
+def build_fused(
+    splits: list[tuple[MethodConfig, TrainConfig]],
+    data: PreparedData,
+    *,
+    backbone: str,
+    device: str,
+) -> tuple[FusedLoRA | FusedRows, list[PeftClassifier]]:
+    """The fused model of the trials ``splits`` (:func:`split_config`'s) on ``data`` (the rows
+    all of them train on) and its members, each initialised as :func:`run_trial` would (its
+    seed, its ``head_init``)."""
+    first = splits[0][1]
+
+    def build(method: MethodConfig, seed: int) -> PeftClassifier:
         torch.manual_seed(seed)  # each trial's initialisation, as run_trial draws it
         sources = data.adapters_for(method.bottleneck) if method.sources else None
         return build_model(method, load_backbone(backbone), source_adapters=sources).to(device)
@@ -192,17 +214,8 @@ def run_fused(
                 head.copy_to(member.classifier)  # FusedLoRA / FusedRows copy it into its row
     methods = [m for m, _ in splits]
     if all(m.method == "lora" for m in methods):
-        model: FusedLoRA | FusedRows = FusedLoRA(members)
-    else:
-        model = FusedRows(members, template=build(group_template(methods), first.seed))
-    results = fit_fused(
-        model, data.train, data.dev, [t for _, t in splits],
-        task_kind=data.task_kind, metric=data.metric, device=device,
-    )  # fmt: skip
-    return [
-        result_report(member, result, data, train_config, device)
-        for member, result, (_, train_config) in zip(members, results, splits, strict=True)
-    ]
+        return FusedLoRA(members), members
+    return FusedRows(members, template=build(group_template(methods), first.seed)), members
 
 
 def _json(obj: Any) -> str:
