@@ -46,14 +46,13 @@ from search_spaces.errors import ConfigError
 from search_spaces.row_groups import row_signature
 from trainables.fused.batches import pinned, step_batch
 from trainables.fused.pool_group import PoolGroup, RowLimits, build_group, check_fits
-from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights
+from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights, start_head
 from trainables.fused.rows import FusedRows
 from trainables.fused.step import evaluate_fused
 from trainables.fused.train import check_configs
 from trainables.inference import SDPA_BACKENDS
 from trainables.model import PeftClassifier
-from trainables.prepared import PreparedData, subsample, train_rows
-from trainables.probe import cached_probe_head
+from trainables.prepared import PreparedData, train_rows
 from trainables.recipe import split_config
 from trainables.train_config import TrainConfig
 from trainables.training.plan import FitPlan
@@ -131,11 +130,8 @@ class FusedPool:
         sources = self.data.adapters_for(method.bottleneck) if method.sources else None
         with self._rng:
             model = self._build(method, train, backbone, sources=sources)
-            if train.head_init == "probe":  # the probe of its own rows (cached: one fit per rows)
-                rows = subsample(self.data, config.get("train_samples"), seed=train.seed)
-                cached_probe_head(rows, backbone=backbone, device=self.device).copy_to(
-                    model.classifier
-                )
+            start_head(model, train, self.data, train_samples=config.get("train_samples"),
+                       backbone=backbone, device=self.device)  # fmt: skip
             if signature not in self._templates:
                 template = self._build(self.limits.template(method), train, backbone,
                                        sources=sources)  # fmt: skip
