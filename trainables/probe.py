@@ -7,6 +7,8 @@ Computed once per (backbone, task, rows, length) on the driver and cached as JSO
 cache folder (``baselines/``); every trial then records it (``dev_probe_score``, ``test_probe_score``).
 :func:`with_probe` attaches the zero-shot cosine of sentence-pair regression too
 (:mod:`trainables.zero_shot`), computed and cached the same way (its own file beside the probe's).
+The same fit (:func:`fit_probe`) is the head a trial starts from under ``head_init="probe"``
+(LP-FT): :func:`cached_probe_head`, fitted on the trial's own training rows, cached as ``.npz``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from search_spaces.errors import ConfigError
 from trainables.backbones import load_backbone
 from trainables.data.encoded import Encoded
 from trainables.data.tokenize import default_cache_dir
@@ -57,28 +60,61 @@ def embedder(bert: nn.Module, *, device: str = "cpu") -> Embed:
     return lambda split: predict(pooled, split, batch_size=BATCH, device=device)
 
 
-def probe_scores(bert: nn.Module, data: PreparedData, *, device: str = "cpu") -> dict[str, float]:
-    """``dev_probe_score`` and ``test_probe_score`` of a linear head on the frozen ``bert``."""
-    embed = embedder(bert, device=device)
-    x = {name: embed(split) for name, split in (("train", data.train), ("dev", data.dev),
-                                                 ("test", data.test))}  # fmt: skip
-    mean, std = x["train"].mean(axis=0), x["train"].std(axis=0) + 1e-6
-    features = {k: torch.from_numpy((v - mean) / std) for k, v in x.items()}
-    regression = data.task_kind == "regression"
-    labels = torch.tensor(data.train.labels, dtype=torch.float32 if regression else torch.int64)
-    torch.manual_seed(0)
-    head = nn.Linear(features["train"].shape[1], 1 if regression else data.num_labels)
+@dataclass(frozen=True)
+class LinearHead:
+    """A linear head on the raw pooled features: ``logits = features @ weight.T + bias``
+    (``weight [C, d]``, ``bias [C]``, float32; C = 1 for regression)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        return features @ self.weight.T + self.bias
+
+    def copy_to(self, linear: nn.Linear) -> None:
+        """Make ``linear`` (a model's classifier, ``Linear(d, C)``) this head."""
+        if tuple(linear.weight.shape) != self.weight.shape:
+            raise ConfigError(f"a probe head of shape {self.weight.shape} cannot initialise a "
+                              f"classifier of shape {tuple(linear.weight.shape)}")  # fmt: skip
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(self.weight))
+            linear.bias.copy_(torch.from_numpy(self.bias))
+
+
+def fit_probe(
+    features: np.ndarray, labels: np.ndarray, *, task_kind: str, num_labels: int
+) -> LinearHead:
+    """The linear probe of ``features [N, d]`` (float32): full-batch AdamW (:data:`STEPS`,
+    :data:`LR`, :data:`WEIGHT_DECAY`) on the standardised features from a seeded start, then the
+    standardisation folded into the head (``W / std``, ``b - W @ (mean / std)``), so it applies to
+    raw features as a model's classifier does. Leaves the global random generator as it was."""
+    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+    x = torch.from_numpy((features - mean) / std)
+    regression = task_kind == "regression"
+    y = torch.tensor(labels, dtype=torch.float32 if regression else torch.int64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = nn.Linear(x.shape[1], 1 if regression else num_labels)
     optimizer = torch.optim.AdamW(head.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     for _ in range(STEPS):
         optimizer.zero_grad()
-        task_loss(head(features["train"]), labels, data.task_kind).backward()
+        task_loss(head(x), y, task_kind).backward()
         optimizer.step()
+    weight = head.weight.detach().double().numpy() / std
+    bias = head.bias.detach().double().numpy() - weight @ mean
+    return LinearHead(weight.astype(np.float32), bias.astype(np.float32))
+
+
+def probe_scores(bert: nn.Module, data: PreparedData, *, device: str = "cpu") -> dict[str, float]:
+    """``dev_probe_score`` and ``test_probe_score`` of a linear head on the frozen ``bert``."""
+    embed = embedder(bert, device=device)
+    head = fit_probe(embed(data.train), data.train.labels, task_kind=data.task_kind,
+                     num_labels=data.num_labels)  # fmt: skip
     out = {}
-    with torch.no_grad():
-        for name, split in (("dev", data.dev), ("test", data.test)):
-            logits = head(features[name]).numpy()
-            _, metrics = score(logits, split, task_kind=data.task_kind, metric=data.metric)
-            out[f"{name}_probe_score"] = metrics["score"]
+    for name, split in (("dev", data.dev), ("test", data.test)):
+        logits = head.logits(embed(split))
+        _, metrics = score(logits, split, task_kind=data.task_kind, metric=data.metric)
+        out[f"{name}_probe_score"] = metrics["score"]
     return out
 
 
@@ -88,6 +124,31 @@ def cached_probe_scores(
     """:func:`probe_scores`, read from or written to the cache (one JSON file per key); the
     backbone's full weights are loaded (unless given as ``bert``) only when the cache misses."""
     return _probe(data, _Weights(backbone, bert), device)
+
+
+def cached_probe_head(
+    data: PreparedData, *, backbone: str, device: str = "cpu", bert: nn.Module | None = None
+) -> LinearHead:
+    """:func:`fit_probe` on the frozen backbone's pooled features of ``data.train`` (all of it:
+    pass the trial's own rows), read from or written to the cache (one ``.npz`` per training
+    split, backbone and task), so that a study's trials on the same rows fit it once per host.
+    On a miss, ``bert`` (else the backbone's full weights, loaded) embeds the rows in eval mode
+    and is left on the device it was on."""
+    path = _cache_path(backbone, data, splits=(data.train,)).with_suffix(".head.npz")
+    if path.exists():
+        with np.load(path) as stored:
+            return LinearHead(stored["weight"], stored["bias"])
+    bert = _Weights(backbone, bert)()
+    home = next(bert.parameters()).device
+    features = embedder(bert, device=device)(data.train)
+    bert.to(home)
+    head = fit_probe(features, data.train.labels, task_kind=data.task_kind,
+                     num_labels=data.num_labels)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, weight=head.weight, bias=head.bias)
+    tmp.replace(path)  # whole or absent, as the scores' JSON
+    return head
 
 
 def cached_zero_shot_scores(
@@ -152,9 +213,13 @@ def _cached(
     return scores
 
 
-def _cache_path(backbone: str, data: PreparedData) -> Path:
+def _cache_path(
+    backbone: str, data: PreparedData, *, splits: tuple[Encoded, ...] | None = None
+) -> Path:
+    """The cache file (``.json``) of ``data``'s baselines: keyed by task, backbone and the
+    fingerprints of ``splits`` (default: train, dev and test)."""
     digest = hashlib.sha256()
-    for split in (data.train, data.dev, data.test):
+    for split in (data.train, data.dev, data.test) if splits is None else splits:
         digest.update(_fingerprint(split))
     key = f"{data.task}|{backbone}|{digest.hexdigest()[:16]}"
     name = hashlib.sha256(key.encode()).hexdigest()[:24]

@@ -27,7 +27,9 @@ from trainables.faults import inject_fault
 from trainables.fused import FusedLoRA, FusedRows, check_configs, fit_fused
 from trainables.methods import build_model
 from trainables.metrics import get_metric
+from trainables.model import PeftClassifier
 from trainables.prepared import PreparedData, subsample
+from trainables.probe import cached_probe_head
 from trainables.source_store import check_intact
 from trainables.train_config import TrainConfig
 from trainables.training.loop import fit
@@ -60,7 +62,11 @@ def split_config(config: dict[str, Any], *, num_labels: int) -> tuple[MethodConf
     # a config without a rate trains at its own method's (the middle of its search range, whose
     # sources LR_RANGES cites), never at another method's: full fine-tuning at LoRA's 1e-3 diverges
     train.setdefault("lr", default_lr(method_config.method))
-    return method_config, TrainConfig.from_dict(train)
+    train_config = TrainConfig.from_dict(train)
+    if train_config.head_init == "probe" and method_config.head != "mean":
+        raise ConfigError(f"head_init='probe' fits the mean-pooling head (head='mean'), not "
+                          f"head={method_config.head!r}: drop one of them")  # fmt: skip
+    return method_config, train_config
 
 
 def run_trial(
@@ -77,18 +83,10 @@ def run_trial(
     method_config, train_config = split_config(config, num_labels=data.num_labels)
     data = subsample(data, config.get("train_samples"), seed=train_config.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(train_config.seed)
-    backbone = load_backbone(config.get("backbone", "minilm-l6"))
-    sources = data.adapters_for(method_config.bottleneck)
-    for folder in (sources or {}).values():
-        check_intact(folder)  # changed since the driver checked it: refused, never used
-    model = build_model(
-        method_config,
-        backbone,
-        source_adapters=sources,
-        total_steps=train_config.total_steps(len(data.train)),
-    ).to(device)
-    state = None if resume_from is None else load_checkpoint(model, resume_from)
+    model, state = build_trial_model(
+        method_config, train_config, data, backbone=str(config.get("backbone", "minilm-l6")),
+        device=device, resume_from=resume_from,
+    )  # fmt: skip
     last: dict[str, Any] = {}
     reporter = TrialReporter(model, train_config, mode=get_metric(data.metric).mode, device=device)
     # where a trial's time goes besides training: model build (backbone, method, source adapters)
@@ -115,6 +113,37 @@ def run_trial(
         last.update({**reporter.counts, "status": "oom", "peak_mem_mib": result.peak_mem_mib})
         report(last, None)
     return last
+
+
+def build_trial_model(
+    method: MethodConfig,
+    train: TrainConfig,
+    data: PreparedData,
+    *,
+    backbone: str,
+    device: str,
+    resume_from: Path | None = None,
+) -> tuple[PeftClassifier, dict[str, Any] | None]:
+    """The trial's model on ``device``, initialised from its seed, its head as ``head_init``
+    says (``data.train``: the trial's own rows); with ``resume_from``, the checkpoint's weights
+    (its trained head) and the loop state to resume from (else None)."""
+    torch.manual_seed(train.seed)
+    loaded = load_backbone(backbone)
+    head = None
+    if train.head_init == "probe" and resume_from is None:  # a checkpoint holds the trained head
+        # embedded before the method changes the backbone, which the fit leaves as it found it
+        # (on its device, in eval mode), as it leaves the seeded generator
+        head = cached_probe_head(data, backbone=backbone, device=device, bert=loaded.model)
+    sources = data.adapters_for(method.bottleneck)
+    for folder in (sources or {}).values():
+        check_intact(folder)  # changed since the driver checked it: refused, never used
+    model = build_model(
+        method, loaded, source_adapters=sources, total_steps=train.total_steps(len(data.train))
+    ).to(device)
+    if head is not None:
+        head.copy_to(model.classifier)
+    state = None if resume_from is None else load_checkpoint(model, resume_from)
+    return model, state
 
 
 def save_checkpoint(model: Any, method: MethodConfig, ev: EvalReport, folder: Path) -> None:
@@ -149,18 +178,7 @@ def run_fused(
     data = subsample(data, configs[0].get("train_samples"), seed=first.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone = str(configs[0].get("backbone", "minilm-l6"))
-
-    def build(method: MethodConfig, seed: int) -> Any:
-        torch.manual_seed(seed)  # each trial's initialisation, as run_trial draws it
-        sources = data.adapters_for(method.bottleneck) if method.sources else None
-        return build_model(method, load_backbone(backbone), source_adapters=sources).to(device)
-
-    members = [build(m, t.seed) for m, t in splits]
-    methods = [m for m, _ in splits]
-    if all(m.method == "lora" for m in methods):
-        model: FusedLoRA | FusedRows = FusedLoRA(members)
-    else:
-        model = FusedRows(members, template=build(group_template(methods), first.seed))
+    model, members = build_fused(splits, data, backbone=backbone, device=device)
     results = fit_fused(
         model, data.train, data.dev, [t for _, t in splits],
         task_kind=data.task_kind, metric=data.metric, device=device,
@@ -169,6 +187,35 @@ def run_fused(
         result_report(member, result, data, train_config, device)
         for member, result, (_, train_config) in zip(members, results, splits, strict=True)
     ]
+
+
+def build_fused(
+    splits: list[tuple[MethodConfig, TrainConfig]],
+    data: PreparedData,
+    *,
+    backbone: str,
+    device: str,
+) -> tuple[FusedLoRA | FusedRows, list[PeftClassifier]]:
+    """The fused model of the trials ``splits`` (:func:`split_config`'s) on ``data`` (the rows
+    all of them train on) and its members, each initialised as :func:`run_trial` would (its
+    seed, its ``head_init``)."""
+    first = splits[0][1]
+
+    def build(method: MethodConfig, seed: int) -> PeftClassifier:
+        torch.manual_seed(seed)  # each trial's initialisation, as run_trial draws it
+        sources = data.adapters_for(method.bottleneck) if method.sources else None
+        return build_model(method, load_backbone(backbone), source_adapters=sources).to(device)
+
+    members = [build(m, t.seed) for m, t in splits]
+    if any(t.head_init == "probe" for _, t in splits):  # the rows' data is one: one probe for all
+        head = cached_probe_head(data, backbone=backbone, device=device)
+        for member, (_, train) in zip(members, splits, strict=True):
+            if train.head_init == "probe":
+                head.copy_to(member.classifier)  # FusedLoRA / FusedRows copy it into its row
+    methods = [m for m, _ in splits]
+    if all(m.method == "lora" for m in methods):
+        return FusedLoRA(members), members
+    return FusedRows(members, template=build(group_template(methods), first.seed)), members
 
 
 def _json(obj: Any) -> str:

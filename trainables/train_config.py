@@ -16,6 +16,9 @@ from search_spaces.errors import ConfigError, one_of
 from search_spaces.method_config import from_flat_dict
 
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CPU
+# random: the head starts as nn.Linear's default; probe: as a linear probe on the trial's own
+# training rows and the frozen backbone (LP-FT, trainables/head_init.py)
+HEAD_INITS = ("random", "probe")
 MAX_LR = 1.0  # above this AdamW diverges for any model here: almost surely a typo (3e-4 -> 3)
 MAX_SEQUENCE_LENGTH = 8192  # no encoder this project tunes has more positions
 
@@ -50,10 +53,13 @@ class TrainConfig:
     length_grouping: bool = True
     compile: bool = False
     cuda_graphs: bool = True  # replay each step from a CUDA graph (trainables/graphs.py)
+    head_init: str = "random"  # how the classifier head starts: HEAD_INITS
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise one_of("precision", self.precision, PRECISIONS)
+        if self.head_init not in HEAD_INITS:
+            raise one_of("head_init", self.head_init, HEAD_INITS)
         for name in ("batch_size", "evals", "eval_batch_size", "max_length"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("max_steps", self.max_steps, low=0)

@@ -46,7 +46,7 @@ from search_spaces.errors import ConfigError
 from search_spaces.row_groups import row_signature
 from trainables.fused.batches import pinned, step_batch
 from trainables.fused.pool_group import PoolGroup, RowLimits, build_group, check_fits
-from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights
+from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights, start_head
 from trainables.fused.rows import FusedRows
 from trainables.fused.step import evaluate_fused
 from trainables.fused.train import check_configs
@@ -130,6 +130,8 @@ class FusedPool:
         sources = self.data.adapters_for(method.bottleneck) if method.sources else None
         with self._rng:
             model = self._build(method, train, backbone, sources=sources)
+            start_head(model, train, self.data, train_samples=config.get("train_samples"),
+                       backbone=backbone, device=self.device)  # fmt: skip
             if signature not in self._templates:
                 template = self._build(self.limits.template(method), train, backbone,
                                        sources=sources)  # fmt: skip

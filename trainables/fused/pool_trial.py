@@ -19,7 +19,8 @@ from search_spaces.method_config import MethodConfig
 from trainables.backbones import load_backbone
 from trainables.methods import build_model
 from trainables.model import PeftClassifier
-from trainables.prepared import PreparedData
+from trainables.prepared import PreparedData, subsample
+from trainables.probe import cached_probe_head
 from trainables.train_config import TrainConfig
 from trainables.training.batching import epoch_plan
 from trainables.training.plan import FitPlan
@@ -42,6 +43,24 @@ def build_member(
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(train.seed)
         return build_model(method, load_backbone(backbone), source_adapters=sources)
+
+
+def start_head(
+    model: PeftClassifier,
+    train: TrainConfig,
+    data: PreparedData,
+    *,
+    train_samples: int | None,
+    backbone: str,
+    device: str,
+) -> None:
+    """The built ``model``'s head as its ``head_init`` says: for ``probe``, the probe of the
+    trial's own rows of ``data`` (``train_samples`` of them, drawn with its seed) on the unmodified
+    backbone (cached: one fit per rows), as :func:`trainables.recipe.run_trial` starts it; for
+    ``random``, as built."""
+    if train.head_init == "probe":
+        rows = subsample(data, train_samples, seed=train.seed)
+        cached_probe_head(rows, backbone=backbone, device=device).copy_to(model.classifier)
 
 
 @dataclass(eq=False)
@@ -91,4 +110,4 @@ def method_weights(model: PeftClassifier) -> bytes:
         return model.save_method_weights(Path(tmp) / "weights.safetensors").read_bytes()
 
 
-__all__ = ["Build", "PoolTrial", "build_member", "method_weights"]
+__all__ = ["Build", "PoolTrial", "build_member", "method_weights", "start_head"]
