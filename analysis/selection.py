@@ -113,9 +113,14 @@ def select_configs(
         seeds = group.groupby("_config")["seed"].agg(frozenset)
         shared = frozenset.intersection(*seeds)
         on = group[group["seed"].isin(shared)] if shared else group
-        ranked.append(on.groupby([*by, "_config"], dropna=False)["_score"].mean())
-    means = pd.concat(ranked).fillna(-np.inf).reset_index()
-    best = means.sort_values([*by, "_score", "_config"], ascending=[True] * len(by) + [False, True])
+        mean = on.groupby([*by, "_config"], dropna=False)["_score"].mean()
+        runs = group.groupby([*by, "_config"], dropna=False)["seed"].nunique().rename("_seeds")
+        ranked.append(pd.concat([mean, runs], axis=1))
+    means = pd.concat(ranked).fillna({"_score": -np.inf}).reset_index()
+    # a tie on the shared seeds (RTE's dev has 249 rows: equal accuracies are common) goes to the
+    # configuration run on more seeds: the one the seeds phase chose (tuner.launch.best_per_arm)
+    order = [*by, "_score", "_seeds", "_config"]
+    best = means.sort_values(order, ascending=[True] * len(by) + [False, False, True])
     best = best.drop_duplicates(subset=by, keep="first")
     keep = done.merge(best[[*by, "_config"]], on=[*by, "_config"], how="inner")
     return keep.drop(columns=["_config", "_score"])

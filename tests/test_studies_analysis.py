@@ -196,6 +196,21 @@ def test_a_seeds_phase_winner_is_not_beaten_by_a_configuration_run_once() -> Non
     assert sorted(chosen["trial_id"]) == ["t1", "t2", "t3"]
 
 
+def test_a_tie_on_the_shared_seed_goes_to_the_configuration_the_seeds_phase_ran() -> None:
+    """glue_methods_rte on the H200 (2026-12-04): full at two rates tied on seed 0's dev (RTE's
+    249 dev rows), the seeds phase re-ran one of them; the table must report that one (n=3),
+    not the other on one seed, whatever the order of their keys."""
+    from analysis.selection import select_configs
+
+    for lr_seeds, lr_once in ((1.6e-5, 2.4e-4), (2.4e-4, 1.6e-5)):
+        rows = [trial(0, method="full", task="t", lr=lr_once, dev_score=0.5502, seed=0),
+                trial(1, method="full", task="t", lr=lr_seeds, dev_score=0.5502, seed=0),
+                trial(2, method="full", task="t", lr=lr_seeds, dev_score=0.5663, seed=1),
+                trial(3, method="full", task="t", lr=lr_seeds, dev_score=0.5502, seed=2)]  # fmt: skip
+        chosen = select_configs(pd.DataFrame(rows), ["task", "method"])
+        assert sorted(chosen["trial_id"]) == ["t1", "t2", "t3"], lr_seeds
+
+
 def test_method_task_matrix_shows_a_size_range_where_tasks_chose_differently() -> None:
     from analysis import markdown as md
     from analysis.tables import method_task_table
