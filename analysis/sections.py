@@ -169,12 +169,16 @@ def setup_line(study: Study) -> str:
     search = plan.get("search") or {}
     parts = [f"task {plan.get('task') or _one(trials, 'task')}",
              f"backbone {plan.get('backbone') or _one(trials, 'backbone')}"]  # fmt: skip
+    arm_budgets = sorted({int(a["budget_params"]) for a in search.get("configs") or ()
+                          if a.get("budget_params")})  # fmt: skip
     if search.get("match_budget") is False:
         parts.append("no budget match: each arm at the size it names")
-    elif search.get("budget_params"):
+    elif search.get("budget_params") or arm_budgets:
         tolerance = float(search.get("tolerance") or 0) * 100
-        parts.append(f"budget {int(search['budget_params']):,} {search.get('accounting', 'trainable')}"
-                     f" parameters ±{tolerance:g}%")  # fmt: skip
+        budget = (f"budgets per arm {', '.join(f'{b:,}' for b in arm_budgets)}" if arm_budgets
+                  else f"budget {int(search['budget_params']):,}")  # fmt: skip
+        parts.append(f"{budget} {search.get('accounting', 'trainable')} parameters "
+                     f"±{tolerance:g}%")  # fmt: skip
     if plan.get("num_samples"):
         seeds = plan.get("seeds") or (0,)
         phase = f" + a seeds phase on seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""

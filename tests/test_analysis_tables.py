@@ -310,6 +310,9 @@ def test_the_setup_line_says_what_the_plan_ran():
     e2 = line("e2_few_shot")
     assert "train rows per arm 128, 512, 1,000, 5,000" in e2 and "whole train split" not in e2
     assert "4 learning rates per arm" in e2 and "budget 600,000 trainable parameters ±5%" in e2
+    qlora = line("qlora_cola")  # each arm matched to its own budget, not the plan's default
+    assert "budgets per arm 85,000, 330,000 trainable parameters ±5%" in qlora
+    assert "budget 330,000" not in qlora
 
 
 def test_a_rate_chosen_at_the_edge_of_its_range_is_named():
