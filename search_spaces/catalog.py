@@ -59,7 +59,7 @@ register_facts(
         lr_range=(1e-5, 3e-4),  # BERT fine-tuning: 2e-5 .. 5e-5 (Devlin et al., 2019); see WIDENED
         knobs=("layers",),  # the top-k layers fine-tuned; None = every weight
         size_knob=None,
-        fusable=False,
+        fused_padding=None,
         per_layer_ranks=False,
     )
 )
@@ -76,7 +76,7 @@ register_facts(
         lr_range=(1e-4, 1e-2),  # BitFit searched 1e-4 .. 1e-3 (Ben Zaken et al., 2022); WIDENED
         knobs=(),
         size_knob=None,
-        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
+        fused_padding=(),  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )
 )
@@ -97,7 +97,8 @@ register_facts(
         lr_range=(1e-4, 1e-2),  # LoRA on RoBERTa-base: 4e-4 .. 5e-4 (Hu et al., 2022); WIDENED
         knobs=(*_LORA, "quantize"),  # quantize: QUANTIZABLE_METHODS (method_config.py)
         size_knob="rank",
-        fusable=True,  # rows of FusedLoRA (trainables/fused/model.py)
+        # rows of FusedLoRA (trainables/fused/model.py)
+        fused_padding=("rank", "alpha", "layer_ranks", "layers", "placement"),
         per_layer_ranks=True,  # peft's rank_pattern
     )
 )
@@ -131,7 +132,7 @@ register_facts(
             "quantize",
         ),
         size_knob="rank",
-        fusable=False,
+        fused_padding=None,
         per_layer_ranks=False,
     )
 )
@@ -150,7 +151,7 @@ register_facts(
         lr_range=(3e-5, 3e-3),  # Houlsby et al. (2019) searched 3e-5, 3e-4, 3e-3
         knobs=("bottleneck", "layers"),
         size_knob="bottleneck",
-        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
+        fused_padding=("bottleneck",),  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )
 )
@@ -163,7 +164,7 @@ register_facts(
         lr_range=(3e-5, 3e-3),  # as Houlsby
         knobs=("bottleneck", "layers"),
         size_knob="bottleneck",
-        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
+        fused_padding=("bottleneck",),  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )
 )
@@ -182,7 +183,7 @@ register_facts(
         lr_range=(1e-4, 3e-2),  # prefixes want large rates (P-tuning v2: up to 1e-2); WIDENED
         knobs=("prefix_length", "prefix_reparam", "layers"),
         size_knob="prefix_length",
-        fusable=False,  # adapters' prefix code makes host tensors per call: no vmap
+        fused_padding=None,  # adapters' prefix code makes host tensors per call: no vmap
         per_layer_ranks=False,
     )
 )
@@ -214,7 +215,7 @@ register_facts(
         lr_range=(1e-4, 3e-3),  # its LoRA and adapter parts
         knobs=(*_LORA, "bottleneck", "prefix_length", "prefix_reparam"),
         size_knob="sizes",
-        fusable=False,
+        fused_padding=None,
         per_layer_ranks=False,
     )
 )
@@ -243,7 +244,8 @@ register_facts(
         lr_range=(2e-5, 3e-3),  # AdapterFusion: 5e-5 (Pfeiffer et al. 2021); WIDENED
         knobs=(*_FUSION, "fusion_init", "source_similarity"),
         size_knob="fusion_layers",
-        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
+        # rows of FusedRows (trainables/fused/rows.py)
+        fused_padding=("target_bottleneck", "sources", "fusion_layers"),
         per_layer_ranks=False,
     )
 )
@@ -265,7 +267,15 @@ register_facts(
         lr_range=(5e-5, 6e-3),  # between fusion's and LoRA's; WIDENED
         knobs=(*_LORA, *_FUSION, "fusion_init", "source_similarity", "lora_placement_rule"),
         size_knob="rank",
-        fusable=True,  # rows of FusedRows (trainables/fused/rows.py)
+        fused_padding=(
+            "rank",
+            "alpha",
+            "layer_ranks",
+            "layers",
+            "target_bottleneck",
+            "sources",
+            "fusion_layers",
+        ),  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )
 )
@@ -289,7 +299,7 @@ register_facts(
         lr_range=(1e-4, 1e-2),  # as LoRA
         knobs=(*_LORA[:4], "start_rank", "grow_step", "grow_patience"),
         size_knob="rank",
-        fusable=False,
+        fused_padding=None,
         per_layer_ranks=False,
     )
 )
@@ -323,7 +333,7 @@ register_facts(
         lr_range=(1e-4, 3e-3),  # its modules are adapters, prefixes and LoRA
         knobs=("layer_modules", *_AUTOPEFT_SIZES, "rank", "alpha", "placement"),
         size_knob=None,
-        fusable=False,
+        fused_padding=None,
         per_layer_ranks=False,
     )
 )

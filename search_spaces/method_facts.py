@@ -33,8 +33,9 @@ class MethodFacts:
     caller adds it); ``lr_range`` is searched log-uniformly and its geometric middle is the rate of
     a config that sets none; ``knobs`` are the MethodConfig fields the method reads (the others
     are None in a trial's params); ``size_knob`` is what a budget match turns (None: fixed size);
-    ``fusable``: trains as a row of a fused model (``--fuse``, the fused pool; which sizes
-    pad in a fused group: :mod:`search_spaces.row_groups`);
+    ``fused_padding``: None, or the method trains as a row of a fused model (``--fuse``, the
+    fused pool) and these knobs zero-pad into a larger template of its group (why each is exact:
+    :mod:`search_spaces.row_groups`; ``fusable`` says whether it is not None);
     ``per_layer_ranks``: takes a different rank per layer (``layer_ranks``, peft's
     ``rank_pattern``), so a budget match may spread rank units over the layers. Built
     facts are valid: a bad range, knob, size knob or counter raises ``ValueError`` naming it."""
@@ -44,8 +45,12 @@ class MethodFacts:
     lr_range: tuple[float, float]
     knobs: tuple[str, ...]
     size_knob: str | None
-    fusable: bool
+    fused_padding: tuple[str, ...] | None
     per_layer_ranks: bool
+
+    @property
+    def fusable(self) -> bool:
+        return self.fused_padding is not None
 
     def __post_init__(self) -> None:
         name = self.name
@@ -66,14 +71,21 @@ class MethodFacts:
                 f"method {name!r}: size_knob={size!r} is not among its knobs {self.knobs} "
                 f"nor {COMPOSITE_KNOBS}"
             )
-        for flag in ("fusable", "per_layer_ranks"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(
-                    f"method {name!r}: {flag}={getattr(self, flag)!r} must be True or False"
-                )
+        if not isinstance(self.per_layer_ranks, bool):
+            raise ValueError(
+                f"method {name!r}: per_layer_ranks={self.per_layer_ranks!r} must be True or False"
+            )
         if self.per_layer_ranks and "layer_ranks" not in self.knobs:
             raise ValueError(
                 f"method {name!r}: per_layer_ranks=True needs layer_ranks in its knobs"
+            )
+        padding = self.fused_padding
+        if padding is not None and (
+            not isinstance(padding, tuple) or any(k not in self.knobs for k in padding)
+        ):
+            raise ValueError(
+                f"method {name!r}: fused_padding={padding!r} must be None or a tuple of its "
+                f"knobs {self.knobs}"
             )
 
 

@@ -4,7 +4,7 @@ configs, no torch.
 A fused model is built from one *template* trial; another trial fits it when its trainable tensors
 are the template's, or smaller ones zero-padded into the template's (the padded entries masked to
 zero in the forward, so they get zero gradient and stay zero). Padding is exact only along the
-knobs :data:`PADDED` lists per method, each checked by a test against the trial trained alone
+knobs :data:`PADDED` lists per method (each method's ``fused_padding`` in its facts), each checked by a test against the trial trained alone
 (tests/test_fused.py, tests/test_fused_rows.py); every other knob is part of a trial's
 :func:`row_signature`, and trials of different signatures train in different fused groups.
 
@@ -42,25 +42,17 @@ from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
 
+from search_spaces import catalog  # noqa: F401  (registers every method's facts)
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
+from search_spaces.method_facts import METHOD_FACTS
 
-# knobs along which a trial zero-pads into a larger template of its group, per method
+# knobs along which a trial zero-pads into a larger template of its group, per fusable method:
+# a view of each method's facts (MethodFacts.fused_padding, search_spaces/catalog.py)
 PADDED: dict[str, tuple[str, ...]] = {
-    "lora": ("rank", "alpha", "layer_ranks", "layers", "placement"),
-    "bitfit": (),
-    "pfeiffer": ("bottleneck",),
-    "houlsby": ("bottleneck",),
-    "fusion": ("target_bottleneck", "sources", "fusion_layers"),
-    "lora_fusion": (
-        "rank",
-        "alpha",
-        "layer_ranks",
-        "layers",
-        "target_bottleneck",
-        "sources",
-        "fusion_layers",
-    ),
+    name: padding
+    for name in METHOD_FACTS
+    if (padding := METHOD_FACTS.get(name).fused_padding) is not None
 }
 ROW_METHODS = tuple(PADDED)  # the methods a fused model can hold
 # knobs that never change what a trial computes (training-only, or read by other methods)
