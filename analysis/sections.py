@@ -181,7 +181,10 @@ def setup_line(study: Study) -> str:
                      f"±{tolerance:g}%")  # fmt: skip
     if plan.get("num_samples"):
         seeds = plan.get("seeds") or (0,)
-        phase = f" + a seeds phase on seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+        top = int(plan.get("seeds_top") or 1)
+        best = "its best configuration" if top == 1 else f"its {top} best configurations"
+        phase = (f" + a seeds phase ({best} per arm on seeds {', '.join(map(str, seeds))}, "
+                 "chosen on their mean dev)" if len(seeds) > 1 else "")  # fmt: skip
         parts.append(f"{plan['num_samples']} trials{phase}")
     if plan.get("scheduler"):
         parts.append(f"scheduler {plan['scheduler']} (grace {plan.get('grace_period')})")

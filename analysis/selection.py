@@ -92,13 +92,16 @@ def with_seed(trials: pd.DataFrame) -> pd.DataFrame:
 def select_configs(
     trials: pd.DataFrame, by: Sequence[str], *, select_by: str = SELECT_BY
 ) -> pd.DataFrame:
-    """Completed rows of the best configuration per ``by`` group: best mean ``select_by`` over the
-    seeds every configuration of the group ran (over all of its seeds where they share none).
+    """Completed rows of the best configuration per ``by`` group: among the configurations run on
+    the most seeds, the best mean ``select_by`` over the seeds they share.
 
-    A seeds phase re-runs a search's winner with more seeds: against its mean over three seeds a
-    configuration run once would win on its luck alone, so configurations are compared on the seeds
-    they share, and a (configuration, seed) run twice counts once (the later run). Groups whose
-    ``by`` columns are missing are left out; rows lacking ``select_by`` rank last.
+    A seeds phase re-runs a search's best configurations (``Experiment.seeds_top`` per arm) on
+    every seed: they are the candidates, compared on their mean over those seeds, so a rate that
+    won on one seed and diverges on another loses to a steadier one, and a configuration run once
+    cannot win on its luck alone against a three-seed mean. Without a seeds phase every
+    configuration ran one seed and the best on it wins. A (configuration, seed) run twice counts
+    once (the later run); ties go to the first configuration key. Groups whose ``by`` columns are
+    missing are left out; rows lacking ``select_by`` rank last.
     """
     done = with_seed(completed(trials))
     by = list(by)
@@ -111,16 +114,12 @@ def select_configs(
     ranked = []
     for _, group in done.groupby(by, dropna=False, sort=False):
         seeds = group.groupby("_config")["seed"].agg(frozenset)
-        shared = frozenset.intersection(*seeds)
-        on = group[group["seed"].isin(shared)] if shared else group
-        mean = on.groupby([*by, "_config"], dropna=False)["_score"].mean()
-        runs = group.groupby([*by, "_config"], dropna=False)["seed"].nunique().rename("_seeds")
-        ranked.append(pd.concat([mean, runs], axis=1))
-    means = pd.concat(ranked).fillna({"_score": -np.inf}).reset_index()
-    # a tie on the shared seeds (RTE's dev has 249 rows: equal accuracies are common) goes to the
-    # configuration run on more seeds: the one the seeds phase chose (tuner.launch.best_per_arm)
-    order = [*by, "_score", "_seeds", "_config"]
-    best = means.sort_values(order, ascending=[True] * len(by) + [False, False, True])
+        most = seeds[seeds.map(len) == seeds.map(len).max()]
+        shared = frozenset.intersection(*most)  # empty only if they ran different seeds
+        on = group[group["_config"].isin(most.index) & (group["seed"].isin(shared) | (not shared))]
+        ranked.append(on.groupby([*by, "_config"], dropna=False)["_score"].mean())
+    means = pd.concat(ranked).fillna(-np.inf).reset_index()
+    best = means.sort_values([*by, "_score", "_config"], ascending=[True] * len(by) + [False, True])
     best = best.drop_duplicates(subset=by, keep="first")
     keep = done.merge(best[[*by, "_config"]], on=[*by, "_config"], how="inner")
     return keep.drop(columns=["_config", "_score"])

@@ -211,6 +211,27 @@ def test_a_tie_on_the_shared_seed_goes_to_the_configuration_the_seeds_phase_ran(
         assert sorted(chosen["trial_id"]) == ["t1", "t2", "t3"], lr_seeds
 
 
+def test_the_seeds_phase_candidates_are_chosen_on_their_mean_dev_over_every_seed() -> None:
+    """adalora_stsb on the H200 (2026-12-04): LoRA's rate chosen on seed 0 diverged on seed 2.
+    With the two best rates re-run on every seed, the steadier one is chosen on its dev mean,
+    though the other won seed 0; a configuration run once is not a candidate."""
+    from analysis.selection import select_configs
+
+    rows = [trial(0, method="lora", task="t", lr=1.8e-3, dev_score=0.845, seed=0),
+            trial(1, method="lora", task="t", lr=1.8e-3, dev_score=0.842, seed=1),
+            trial(2, method="lora", task="t", lr=1.8e-3, dev_score=0.014, seed=2),
+            trial(3, method="lora", task="t", lr=5.6e-4, dev_score=0.840, seed=0),
+            trial(4, method="lora", task="t", lr=5.6e-4, dev_score=0.838, seed=1),
+            trial(5, method="lora", task="t", lr=5.6e-4, dev_score=0.841, seed=2),
+            trial(6, method="lora", task="t", lr=1.8e-4, dev_score=0.850, seed=0)]  # fmt: skip
+    chosen = select_configs(pd.DataFrame(rows), ["task", "method"])
+    assert sorted(chosen["trial_id"]) == ["t3", "t4", "t5"]
+    # candidates that ran different seeds are compared over all of theirs, not dropped
+    rows = [trial(0, method="lora", task="t", lr=1e-3, dev_score=0.80, seed=0),
+            trial(1, method="lora", task="t", lr=1e-4, dev_score=0.70, seed=1)]  # fmt: skip
+    assert list(select_configs(pd.DataFrame(rows), ["task", "method"])["trial_id"]) == ["t0"]
+
+
 def test_method_task_matrix_shows_a_size_range_where_tasks_chose_differently() -> None:
     from analysis import markdown as md
     from analysis.tables import method_task_table

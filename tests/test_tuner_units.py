@@ -104,7 +104,7 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_the_database(tmp_path, monkey
 
 
 def test_the_seeds_phase_keeps_a_method_whose_trials_were_all_stopped():
-    from tuner.launch import best_per_arm
+    from tuner.launch import top_per_arm
 
     def row(method, status, dev):
         return {"config": {"method": method, "lr": dev}, "status": status, "dev_score": dev}
@@ -112,13 +112,30 @@ def test_the_seeds_phase_keeps_a_method_whose_trials_were_all_stopped():
     trials = [row("lora", "stopped", 0.9), row("lora", "completed", 0.6),
               row("full", "stopped", 0.5), row("full", "stopped", 0.55),
               row("houlsby", "failed", 0.99), row("houlsby", "completed", None)]  # fmt: skip
-    best = best_per_arm(trials)
+    best = {arm: rows[0] for arm, rows in top_per_arm(trials).items()}
     assert best["lora"]["status"] == "completed" and best["lora"]["dev_score"] == 0.6
     assert best["full"]["dev_score"] == 0.55  # no completed trial: the best stopped one
     assert "houlsby" not in best  # failed or unscored trials never represent a method
+    top = top_per_arm(trials, k=2)
+    assert [r["dev_score"] for r in top["lora"]] == [0.6, 0.9]  # completed first, then stopped
+    assert [r["dev_score"] for r in top["full"]] == [0.55, 0.5]
+
+
+def test_the_seeds_phase_takes_distinct_configurations():
+    """Optuna may sample one configuration twice: the second best is another configuration."""
+    from tuner.launch import top_per_arm
+
+    def row(lr, dev, seed=0):
+        return {"config": {"method": "lora", "lr": lr, "seed": seed}, "status": "completed",
+                "dev_score": dev}  # fmt: skip
+
+    top = top_per_arm([row(1e-3, 0.9), row(1e-3, 0.89, seed=1), row(1e-4, 0.8)], k=2)
+    assert [r["config"]["lr"] for r in top["lora"]] == [1e-3, 1e-4]
 
 
 def test_the_seeds_phase_of_a_grid_runs_each_arms_own_best_rate_on_the_seeds_it_lacks():
+    from dataclasses import replace
+
     from tuner.experiments import get_experiment
     from tuner.launch import seeds_phase
 
@@ -135,10 +152,20 @@ def test_the_seeds_phase_of_a_grid_runs_each_arms_own_best_rate_on_the_seeds_it_
     runs = sorted(
         (c["method"], c["train_samples"], c["lr"], c["seed"]) for c in phase.space.inner.configs
     )
+    assert exp.seeds_top == 2  # each arm's two best rates, each on the seeds it lacks
     assert runs == [("fusion", 128, 5e-5, 0), ("fusion", 128, 5e-5, 1), ("fusion", 128, 5e-5, 2),
-                    ("lora", 128, 1e-3, 1), ("lora", 128, 1e-3, 2),  # seed 0 ran in the search
-                    ("lora", 512, 1e-4, 1), ("lora", 512, 1e-4, 2)]  # fmt: skip
+                    ("fusion", 128, 5e-4, 0), ("fusion", 128, 5e-4, 1), ("fusion", 128, 5e-4, 2),
+                    ("lora", 128, 1e-4, 1), ("lora", 128, 1e-4, 2),  # seed 0 ran in the search
+                    ("lora", 128, 1e-3, 1), ("lora", 128, 1e-3, 2),
+                    ("lora", 512, 1e-4, 1), ("lora", 512, 1e-4, 2),
+                    ("lora", 512, 1e-3, 1), ("lora", 512, 1e-3, 2)]  # fmt: skip
     assert phase.num_samples == len(runs)
+    one = seeds_phase(replace(exp, seeds_top=1), {"trials": trials}, name="e2_few_shot-full-seeds")
+    assert sorted((c["method"], c["train_samples"], c["lr"], c["seed"])
+                  for c in one.space.inner.configs) == [
+        ("fusion", 128, 5e-5, 0), ("fusion", 128, 5e-5, 1), ("fusion", 128, 5e-5, 2),
+        ("lora", 128, 1e-3, 1), ("lora", 128, 1e-3, 2), ("lora", 512, 1e-4, 1),
+        ("lora", 512, 1e-4, 2)]  # fmt: skip
 
 
 def test_study_files_remove_deletes_only_the_study_folder(tmp_path):

@@ -80,6 +80,10 @@ class Experiment:
     objectives: tuple[tuple[str, str], ...] = (("dev_score", "max"),)
     num_samples: int = 16
     seeds: tuple[int, ...] = (0,)
+    # the seeds phase re-runs each arm's best ``seeds_top`` configurations on dev on every seed,
+    # and the tables choose among them on their mean dev over those seeds: a rate chosen on one
+    # seed can diverge on another (STS-B, docs/STUDIES.md)
+    seeds_top: int = 2
     grace_period: int = 1
     reduction_factor: int = 3
     train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig overrides
@@ -92,6 +96,8 @@ class Experiment:
     def __post_init__(self) -> None:
         if self.num_samples <= 0:
             raise ConfigError(f"num_samples={self.num_samples} must be > 0")
+        if type(self.seeds_top) is not int or self.seeds_top < 1:
+            raise ConfigError(f"seeds_top={self.seeds_top!r} must be an integer >= 1")
         if self.grace_period <= 0:
             raise ConfigError(f"grace_period={self.grace_period} must be > 0")
         for metric, mode in self.objectives:

@@ -273,19 +273,22 @@ def run_phase(phase: Phase, trials: StudyTrials, paths: Any, logger: Any, exp: E
 
 
 def seeds_phase(exp: Experiment, summary: dict, *, name: str) -> Phase:
-    """Each arm's best configuration on dev, run on every seed of ``exp.seeds`` it has not
-    completed (to the end: this phase has no scheduler). An arm is a method, or in a ``grid``
-    search one grid arm (its configuration but the learning rate): the seeds phase runs each
-    arm's own best rate. An arm with no completed trial is represented by its best trial the
-    scheduler stopped, re-run on every seed, so no arm drops out for starting slowly."""
+    """Each arm's best ``exp.seeds_top`` configurations on dev, each run on every seed of
+    ``exp.seeds`` it has not completed (to the end: this phase has no scheduler); the tables then
+    choose among them on their mean dev over the seeds (``analysis.selection.select_configs``).
+    An arm is a method, or in a ``grid`` search one grid arm (its configuration but the learning
+    rate): the seeds phase runs each arm's own best rates. Stopped trials rank below completed
+    ones, so an arm with no completed trial is represented by its best stopped ones, re-run on
+    every seed: no arm drops out for starting slowly."""
     from tuner.runner import build_searcher
     from tuner.space import ExperimentSpace, GridSpace
 
-    best = best_per_arm(summary["trials"], key=arm_of if exp.search.kind == "grid" else method_of)
-    if not best:
+    key = arm_of if exp.search.kind == "grid" else method_of
+    top = top_per_arm(summary["trials"], key=key, k=exp.seeds_top)
+    if not top:
         raise RuntimeError(f"{exp.name}: no scored trial to re-run with seeds {exp.seeds}")
-    arms = tuple({**row["config"], "seed": seed} for row in best.values() for seed in exp.seeds
-                 if seed not in completed_seeds(row))  # fmt: skip
+    arms = tuple({**row["config"], "seed": seed} for rows in top.values() for row in rows
+                 for seed in exp.seeds if seed not in completed_seeds(row))  # fmt: skip
     space = ExperimentSpace(GridSpace(arms), constants={}, source_bottlenecks=())
     return Phase(name=name, space=space, num_samples=len(arms),
                  searcher=build_searcher(exp, space, seed=0))  # fmt: skip
@@ -307,20 +310,24 @@ def completed_seeds(row: dict) -> tuple[int, ...]:
     return (int(row["config"].get("seed", 0)),) if row["status"] == "completed" else ()
 
 
-def best_per_arm(trials: list[dict], *, key: Any = method_of) -> dict[str, dict]:
-    """Per arm (``key(config)``): the completed trial with the best dev score, else the best
-    stopped one."""
-    best: dict[str, dict] = {}
+def top_per_arm(trials: list[dict], *, key: Any = method_of, k: int = 1) -> dict[str, list[dict]]:
+    """Per arm (``key(config)``): its ``k`` best trials of distinct configurations (the seed
+    aside), completed ones by dev score first, then stopped ones; failed or unscored trials never
+    represent an arm. Ties keep the earlier trial."""
     rank = {"completed": 1, "stopped": 0}
-    for row in trials:
-        if row["status"] not in rank or row["dev_score"] is None:
-            continue
-        score = (rank[row["status"]], row["dev_score"])
-        arm = key(row["config"])
-        held = best.get(arm)
-        if held is None or score > (rank[held["status"]], held["dev_score"]):
-            best[arm] = row
-    return best
+    scored = [row for row in trials if row["status"] in rank and row["dev_score"] is not None]
+    scored.sort(key=lambda row: (rank[row["status"]], row["dev_score"]), reverse=True)
+    top: dict[str, list[dict]] = {}
+    for row in scored:  # a stable sort: among equals, the earlier trial first
+        rows = top.setdefault(key(row["config"]), [])
+        config = _without_seed(row["config"])
+        if len(rows) < k and all(_without_seed(r["config"]) != config for r in rows):
+            rows.append(row)
+    return top
+
+
+def _without_seed(config: dict) -> str:
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
 
 
 def _mlflow_logger(uri: str, experiment_id: str, parent_id: str, exp: Experiment, preset: str,

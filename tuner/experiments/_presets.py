@@ -5,6 +5,7 @@
 SMOKE = {
     "backbone": "tiny-bert",
     "num_samples": 4,
+    "seeds_top": 1,  # a seeds phase of each arm's best only: fewer CPU trials
     "train_samples": 256,
     "train": {"epochs": 1.0, "evals": 2, "batch_size": 32, "max_length": 64},
     "search": {"budget_params": 4_000},
@@ -21,6 +22,7 @@ SEEDS = (0, 1, 2)
 # demo: the README's main job on a laptop CPU (~15 min): real backbone, real data, small sample.
 DEMO = {
     "num_samples": 12,
+    "seeds_top": 1,  # each arm's best only: a laptop's CPU minutes
     "train_samples": 3_000,
     "train": {"epochs": 1.0, "evals": 3, "batch_size": 32, "max_length": 64},
 }
