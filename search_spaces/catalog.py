@@ -100,6 +100,9 @@ register_facts(
         # rows of FusedLoRA (trainables/fused/model.py)
         fused_padding=("rank", "alpha", "layer_ranks", "layers", "placement"),
         per_layer_ranks=True,  # peft's rank_pattern
+        # graphed rows: 16 Tune trials pooled 9.8-10.4x one trial (H100, H200; BENCHMARKS.md);
+        # the other fusable methods' eager rows 1.02-1.38x at 8, below packed processes
+        pools_by_default=True,
     )
 )
 
@@ -344,5 +347,7 @@ if set(METHOD_FACTS.names()) != set(METHODS):
 FUSABLE_METHODS = tuple(name for name in METHOD_FACTS if METHOD_FACTS.get(name).fusable)
 """Methods whose trials train as rows of one fused model (trainables.fused): read by the fused
 model, the pool, ``tuner.train --fuse`` and ``tuner.run --fuse``."""
+POOLED_BY_DEFAULT = tuple(n for n in METHOD_FACTS if METHOD_FACTS.get(n).pools_by_default)
+"""Methods ``tuner.run`` pools on a GPU without ``--fuse``: a study of these alone pools."""
 
 __all__ = ["FUSABLE_METHODS"]  # importing the module registers; read the facts from METHOD_FACTS

@@ -37,7 +37,8 @@ class MethodFacts:
     fused pool) and these knobs zero-pad into a larger template of its group (why each is exact:
     :mod:`search_spaces.row_groups`; ``fusable`` says whether it is not None);
     ``per_layer_ranks``: takes a different rank per layer (``layer_ranks``, peft's
-    ``rank_pattern``), so a budget match may spread rank units over the layers. Built
+    ``rank_pattern``), so a budget match may spread rank units over the layers;
+    ``pools_by_default``: fusable, and its rows measured faster than packed processes. Built
     facts are valid: a bad range, knob, size knob or counter raises ``ValueError`` naming it."""
 
     name: str
@@ -47,6 +48,9 @@ class MethodFacts:
     size_knob: str | None
     fused_padding: tuple[str, ...] | None
     per_layer_ranks: bool
+    # its fused rows are measured faster than one trial per actor (docs/BENCHMARKS.md, with the
+    # figure beside the registration): ``tuner.run`` pools such studies on a GPU without --fuse
+    pools_by_default: bool = False
 
     @property
     def fusable(self) -> bool:
@@ -87,6 +91,8 @@ class MethodFacts:
                 f"method {name!r}: fused_padding={padding!r} must be None or a tuple of its "
                 f"knobs {self.knobs}"
             )
+        if self.pools_by_default and padding is None:
+            raise ValueError(f"method {name!r}: pools_by_default=True needs fused_padding")
 
 
 METHOD_FACTS: Registry[MethodFacts] = Registry("method")

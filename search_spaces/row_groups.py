@@ -47,6 +47,10 @@ from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
 from search_spaces.method_facts import METHOD_FACTS
 
+# rows per fused group when tuner.run pools by itself: 16 LoRA trials pooled ran 9.8-10.4x one
+# trial (H100, H200; docs/BENCHMARKS.md), 8 only 6.5-6.8x
+DEFAULT_SLOTS = 16
+
 # knobs along which a trial zero-pads into a larger template of its group, per fusable method:
 # a view of each method's facts (MethodFacts.fused_padding, search_spaces/catalog.py)
 PADDED: dict[str, tuple[str, ...]] = {

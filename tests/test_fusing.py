@@ -4,6 +4,7 @@ on a local Ray, its trials through the pool, recorded as any study's are."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -18,9 +19,11 @@ from mlflow.tracking import MlflowClient
 from search_spaces.errors import ConfigError
 from tuner.cli import run_cli
 from tuner.experiments import get_experiment
-from tuner.fusing import fuse_plan
+from tuner.fusing import default_plan, fuse_plan, pooling
+from tuner.overrides import apply_sets, parse_sets
 from tuner.run import main
 from tuner.space import build_space
+from tuner.study import StudyFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,11 +59,62 @@ def test_a_study_of_lora_and_fusion_gets_one_group_per_row_signature():
     assert plan.describe_groups().startswith(f"{sum(groups.values())} fused group")
 
 
+def test_a_lora_study_pools_by_default_and_a_study_of_slower_rows_does_not():
+    exp = get_experiment("placement").with_preset("smoke")
+    plan, line = default_plan(exp, build_space(exp), num_labels=2)
+    assert (plan.slots, plan.rank, plan.placement) == (16, 8, "all")
+    assert line.startswith("pooling: on, up to 16 trials at once per GPU") and "--fuse 0" in line
+    for name, sets, needle in [
+        ("e4_budget", [], "tries method='lora_fusion'"),  # its rows measured slower
+        ("adalora_sst2", [], "tries method='adalora'"),  # no rows at all
+        ("placement", ["quantize=nf4"], "quantize='nf4'"),  # rows share an unquantised base
+    ]:
+        exp = apply_sets(get_experiment(name).with_preset("smoke"), parse_sets(sets))
+        plan, line = default_plan(exp, build_space(exp), num_labels=2)
+        assert plan is None and line.startswith("pooling: off (") and needle in line, line
+        assert "pooled by default: lora); --fuse K pools any of bitfit," in line
+
+
+def pooling_args(**given: object) -> argparse.Namespace:
+    return argparse.Namespace(**{"fuse": None, "gpus_per_trial": None, "resume": False, **given})
+
+
+def test_pooling_by_default_needs_a_gpu_and_no_gpu_share_per_trial_and_no_fuse_0(tmp_path):
+    exp = get_experiment("placement").with_preset("smoke")
+    space, files = build_space(exp), StudyFiles(str(tmp_path), "placement-smoke")
+    plan, line = pooling(None, exp, space, pooling_args(), files, cluster_gpus=1)
+    assert plan.slots == 16 and line.startswith("pooling: on")
+    assert pooling(None, exp, space, pooling_args(), files, cluster_gpus=0) == (None, None)
+    assert pooling(None, exp, space, pooling_args(gpus_per_trial=0.25), files,
+                   cluster_gpus=1) == (None, None)  # fmt: skip
+    assert pooling(None, exp, space, pooling_args(fuse=0), files, cluster_gpus=1) == (None, None)
+    # resumed: the study's first choice, whatever the cluster now
+    files.write_json("experiment.json", {"fuse": 16})
+    plan, line = pooling(None, exp, space, pooling_args(resume=True), files, cluster_gpus=0)
+    assert plan.slots == 16 and line == "pooling: 16 rows per fused group, as the study started"
+    files.write_json("experiment.json", {"fuse": 0})
+    resumed = pooling(None, exp, space, pooling_args(resume=True), files, cluster_gpus=1)
+    assert resumed == (None, None)
+
+
+def test_resuming_with_another_fuse_than_the_study_started_with_exits_2(tmp_path, capfd):
+    storage = tmp_path / "results"
+    StudyFiles(str(storage), "placement-smoke").write_json("experiment.json", {"fuse": 16})
+    before = sorted(storage.rglob("*"))
+    args = ["placement", "--preset", "smoke", "--storage", str(storage), "--resume", "--fuse", "0",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+    assert run_cli(main, args) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == ["error: --resume --fuse 0: the study started with --fuse 16 (Tune restores "
+                   "the trials it started): drop --fuse"]  # fmt: skip
+    assert sorted(storage.rglob("*")) == before and not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
         (["adalora_sst2", "--fuse", "4"], "run it without --fuse"),  # it tries AdaLoRA
-        (["placement", "--fuse", "0"], "--fuse=0 must be >= 1"),
+        (["placement", "--fuse", "-1"], "--fuse=-1 must be >= 1"),
         (["placement", "--fuse", "2", "--gpus-per-trial", "0.5"], "exclude each other"),
     ],
 )

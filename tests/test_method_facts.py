@@ -159,6 +159,7 @@ LORA = METHOD_FACTS.get("lora")
         ({"fused_padding": ("bottleneck",)}, "fused_padding=('bottleneck',) must be None or a"),
         ({"per_layer_ranks": 1}, "per_layer_ranks=1 must be True or False"),
         ({"knobs": ("rank",)}, "per_layer_ranks=True needs layer_ranks in its knobs"),
+        ({"fused_padding": None}, "pools_by_default=True needs fused_padding"),
     ],
     ids=[
         "count",
@@ -170,6 +171,7 @@ LORA = METHOD_FACTS.get("lora")
         "padding-knob",
         "ranks",
         "ranks-knob",
+        "pools-unfusable",
     ],
 )
 def test_facts_are_validated_when_built(changes, message):

@@ -196,20 +196,23 @@ def study_env(monkeypatch, tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_the_study_command_puts_one_pool_on_each_gpu(study_env, two_gpu_ray, tmp_path, capfd):
-    """`python -m tuner.run placement --fuse 2` on a cluster of two GPUs, in process: two pools,
-    trials in both, every trial completed, one MLflow parent run with a child per trial."""
+    """`python -m tuner.run placement` on a cluster of two GPUs, in process, with no --fuse: a
+    LoRA study pools by itself (16 rows per pool), says so, records it; two pools, trials in both,
+    every trial completed, one MLflow parent run with a child per trial."""
     from mlflow.tracking import MlflowClient
 
     from tuner.cli import run_cli
     from tuner.run import main
 
     results = tmp_path / "results"
-    assert run_cli(main, ["placement", "--preset", "smoke", "--fuse", "2",
-                          "--storage", str(results)]) == 0  # fmt: skip
+    assert run_cli(main, ["placement", "--preset", "smoke", "--storage", str(results)]) == 0
     err = capfd.readouterr().err
-    line = "fused pools: 2 x 2 rows of LoRA rank 8, one per GPU (ids {}), every linear"
+    assert "pooling: on, up to 16 trials at once per GPU as rows of one fused model" in err
+    line = "fused pools: 2 x 16 rows of LoRA rank 8, one per GPU (ids {}), every linear"
     assert line.format("0, 1") in err or line.format("1, 0") in err  # pool i's GPU, in order
-    assert "up to 4 at once" in err
+    assert "up to 32 at once" in err
+    record = json.loads((results / "placement-smoke" / "experiment.json").read_text())
+    assert record["fuse"] == 16  # a resume keeps it
     summary = json.loads((results / "placement-smoke" / "summary.json").read_text())
     assert summary["status_counts"] == {"completed": 5}
     pools = set()

@@ -7,7 +7,9 @@ run, checkpoint); its process only relays a pool's reports, so it holds a quarte
 no GPU. Checked before anything starts: every configuration the search would try first is of a
 fusable method with the mean head. The rows' sizes are the largest those configurations have
 (LoRA rank, bottleneck, target adapter); a study whose plain LoRA configurations sit on
-different linears gets LoRA rows over every linear (``placement="all"``).
+different linears gets LoRA rows over every linear (``placement="all"``). Without ``--fuse``, a
+study on a GPU cluster pools where every method it tries is pooled by default
+(:func:`default_plan`); ``--fuse 0`` turns that off; a resumed study keeps its first choice.
 
 Placement: a :class:`PoolRouter` actor puts each trial on the least loaded pool alive
 (:func:`choose_pool`). A pool whose actor dies (its GPU fell off the bus, its node went away) or
@@ -18,6 +20,7 @@ and new trials go to the pools alive. With none alive, :class:`PoolsGone` stops 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,9 +28,15 @@ from typing import Any
 
 from ray.tune.stopper import Stopper
 
-from search_spaces.catalog import FUSABLE_METHODS
+from search_spaces.catalog import FUSABLE_METHODS, POOLED_BY_DEFAULT
 from search_spaces.errors import ConfigError
-from search_spaces.row_groups import PADDED, count_groups, max_rank, union_sources
+from search_spaces.row_groups import (
+    DEFAULT_SLOTS,
+    PADDED,
+    count_groups,
+    max_rank,
+    union_sources,
+)
 from tuner.experiment import Experiment
 
 SAMPLED = 200  # configurations read up front (a grid's arms are all of them)
@@ -63,19 +72,94 @@ class FusePlan:
 
 def fuse_plan(exp: Experiment, space: Any, slots: int, *, num_labels: int) -> FusePlan:
     """The pool ``--fuse slots`` needs for ``exp``, or a one-line refusal naming why not."""
+    if slots < 1:
+        raise ConfigError(f"--fuse={slots} must be >= 1 (trials trained at once per fused "
+                          "group), or 0 for one trial per actor")  # fmt: skip
+    methods = first_methods(exp, space, num_labels=num_labels)
+    why = unpooled(methods, FUSABLE_METHODS)
+    if why:
+        raise ConfigError(f"--fuse trains trials of {', '.join(FUSABLE_METHODS)} with the mean "
+                          f"head; {exp.name} tries {why}: run it without --fuse")  # fmt: skip
+    return plan_for(methods, slots)
+
+
+def default_plan(exp: Experiment, space: Any, *, num_labels: int) -> tuple[FusePlan | None, str]:
+    """What ``tuner.run`` does on a GPU without ``--fuse``: pool ``DEFAULT_SLOTS`` rows per
+    group where every configuration read up front is of a method pooled by default
+    (``MethodFacts.pools_by_default``: its rows measured faster than one trial per actor),
+    unquantised, with the mean head; else one trial per actor. The line says which, and why."""
+    methods = first_methods(exp, space, num_labels=num_labels)
+    why = unpooled(methods, POOLED_BY_DEFAULT)
+    if why:
+        return None, (f"pooling: off ({exp.name} tries {why}; pooled by default: "
+                      f"{', '.join(POOLED_BY_DEFAULT)}); --fuse K pools any of "
+                      f"{', '.join(FUSABLE_METHODS)}")  # fmt: skip
+    return plan_for(methods, DEFAULT_SLOTS), (
+        f"pooling: on, up to {DEFAULT_SLOTS} trials at once per GPU as rows of one fused model "
+        f"(every method {exp.name} tries pools by default); --fuse 0 trains one trial per actor"
+    )
+
+
+def plan_fuse(exp: Experiment, space: Any, args: Any) -> FusePlan | None:
+    """The pools ``--fuse K`` asks for (:func:`fuse_plan`; its refusal comes before anything
+    starts), else None: ``--fuse 0``, or no ``--fuse`` (:func:`pooling` decides once the cluster
+    is known)."""
+    if not getattr(args, "fuse", None):
+        return None
+    from trainables.data.loading import resolve_task
+
+    return fuse_plan(exp, space, args.fuse, num_labels=resolve_task(exp.task).num_labels)
+
+
+def pooling(fuse: FusePlan | None, exp: Experiment, space: Any, args: Any, files: Any, *,
+            cluster_gpus: float) -> tuple[FusePlan | None, str | None]:  # fmt: skip
+    """The study's pools and the line that says so: ``--fuse K`` or ``--fuse 0`` as given; a
+    resumed study's first choice (Tune restores the trainable it started with); else, on a GPU
+    cluster with no ``--gpus-per-trial``, :func:`default_plan`; else none, unsaid (a CPU)."""
+    from trainables.data.loading import resolve_task
+
+    if getattr(args, "fuse", None) is not None:
+        return fuse, None
+    num_labels = resolve_task(exp.task).num_labels
+    if args.resume:
+        slots = started_fuse(files)
+        if not slots:
+            return None, None
+        return fuse_plan(exp, space, slots, num_labels=num_labels), (
+            f"pooling: {slots} rows per fused group, as the study started")  # fmt: skip
+    if cluster_gpus < 1 or args.gpus_per_trial is not None:
+        return None, None
+    return default_plan(exp, space, num_labels=num_labels)
+
+
+def started_fuse(files: Any) -> int | None:
+    """The rows per fused group a study started with (0: none), from its ``experiment.json``
+    (a :class:`tuner.study.StudyFiles`); None where the record predates the choice's."""
+    record = json.loads(files.read_text("experiment.json") or "{}")
+    return None if "fuse" not in record else record["fuse"] or 0
+
+
+def first_methods(exp: Experiment, space: Any, *, num_labels: int) -> list[Any]:
+    """The method configs of the first configurations the search would try (a grid: all)."""
     from trainables.recipe import split_config
     from tuner.space import first_configs
 
-    if slots < 1:
-        raise ConfigError(f"--fuse={slots} must be >= 1 (trials trained at once on the GPU)")
     configs = first_configs(exp, space, n=min(exp.num_samples, SAMPLED))
-    methods = [split_config(c, num_labels=num_labels)[0] for c in configs]
+    return [split_config(c, num_labels=num_labels)[0] for c in configs]
+
+
+def unpooled(methods: Sequence[Any], poolable: Sequence[str]) -> str | None:
+    """``method=..., head=...`` of the first config that cannot be a row, else None."""
     for m in methods:
-        if m.method not in FUSABLE_METHODS or m.head != "mean":
-            raise ConfigError(
-                f"--fuse trains trials of {', '.join(FUSABLE_METHODS)} with the mean head; "
-                f"{exp.name} tries method={m.method!r} head={m.head!r}: run it without --fuse"
-            )
+        if m.method not in poolable or m.head != "mean" or m.quantize != "none":
+            return f"method={m.method!r} head={m.head!r}" + (
+                f" quantize={m.quantize!r}" if m.quantize != "none" else "")  # fmt: skip
+    return None
+
+
+def plan_for(methods: Sequence[Any], slots: int) -> FusePlan:
+    """The rows' sizes: the largest the ``methods`` have; LoRA over every linear where plain
+    LoRA configurations sit on different ones."""
     ranked = [max_rank(m) for m in methods if "rank" in PADDED[m.method]]
     lora = {(m.placement, m.layers) for m in methods if m.method == "lora"}
     adapters = [m.bottleneck for m in methods if "bottleneck" in PADDED[m.method]]

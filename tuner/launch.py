@@ -19,6 +19,7 @@ from search_spaces.spaces import outside_budget
 from trainables.data.loading import DATA_DIR_ENV
 from trainables.train_config import TrainConfig
 from tuner.experiment import Experiment
+from tuner.fusing import plan_fuse, pooling, started_fuse
 from tuner.mlflow_views import describe_study, record_outcome, trials_link, ui_address
 from tuner.provenance import provenance
 from tuner.reconcile import closes_parent, parent_opened
@@ -35,18 +36,21 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     paths = study_paths(exp, preset, args.storage, args.tracking_uri)
     files = StudyFiles(paths.storage, paths.name)
     train = check_inputs(exp, args, files)
-    fuse = plan_fuse(exp, space, args)
+    fuse = plan_fuse(exp, space, args)  # --fuse K refused here, before anything starts
     client = connect(paths.tracking_uri)  # before anything is logged: a bad URI is one line
 
     tokens_before = cache_stats()
     data = prepare_data(exp, space, train, args)
     cluster_gpus = connect_ray(cpus_per_trial=args.cpus_per_trial or 1.0)
     resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial, cluster_gpus=cluster_gpus)
+    fuse, line = pooling(fuse, exp, space, args, files, cluster_gpus=cluster_gpus)
+    if line:
+        log(line)
     if not args.resume:  # recorded before the source adapters: a study killed there resumes
         if getattr(args, "overwrite", False):
             for name in (paths.name, f"{paths.name}-seeds"):
                 StudyFiles(paths.storage, name).remove()
-        record_start(files, exp, preset, resources, paths)
+        record_start(files, exp, preset, resources, paths, fuse=fuse)
     data, work = ensure_source_adapters(exp, data, bottlenecks=space.source_bottlenecks,
                                   resources=resources, data_dir=args.data_dir,
                                   tracking_uri=paths.tracking_uri, log=log)  # fmt: skip
@@ -72,16 +76,6 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     files.write_json("summary.json", summary)
     print_summary(summary)
     return summary
-
-
-def plan_fuse(exp: Experiment, space: Any, args: argparse.Namespace) -> Any:
-    """The fused pools ``--fuse K`` asks for (:func:`tuner.fusing.fuse_plan`), else None."""
-    if getattr(args, "fuse", None) is None:
-        return None
-    from trainables.data.loading import resolve_task
-    from tuner.fusing import fuse_plan
-
-    return fuse_plan(exp, space, args.fuse, num_labels=resolve_task(exp.task).num_labels)
 
 
 def prepare_data(exp: Experiment, space: Any, train: TrainConfig, args: argparse.Namespace) -> Any:
@@ -208,7 +202,7 @@ def check_inputs(exp: Experiment, args: argparse.Namespace, files: StudyFiles) -
         raise ConfigError(
             f"data folder {data_dir!r} (--data-dir or ${DATA_DIR_ENV}) does not exist"
         )
-    if getattr(args, "fuse", None) is not None and args.gpus_per_trial is not None:
+    if getattr(args, "fuse", None) and args.gpus_per_trial is not None:
         raise ConfigError("--fuse and --gpus-per-trial exclude each other: the fused pool holds "
                           "the GPU, its trials none")  # fmt: skip
     overwrite = getattr(args, "overwrite", False)
@@ -220,6 +214,11 @@ def check_inputs(exp: Experiment, args: argparse.Namespace, files: StudyFiles) -
         raise ConfigError(
             f"--resume: nothing to resume at {files.storage}/{files.name} (no study started there)"
         )
+    started = started_fuse(files) if args.resume else None
+    fuse = getattr(args, "fuse", None)
+    if started is not None and fuse is not None and fuse != started:
+        raise ConfigError(f"--resume --fuse {fuse}: the study started with --fuse {started} "
+                          "(Tune restores the trials it started): drop --fuse")  # fmt: skip
     if not args.resume and not overwrite and files.exists("tuner.pkl"):
         # a second Tune run in the same folder mixes its trials with the first one's
         raise ConfigError(
@@ -367,10 +366,11 @@ def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
 
 
 def record_start(files: StudyFiles, exp: Experiment, preset: str, resources: Resources,
-                 paths: Any) -> None:  # fmt: skip
-    """The resolved experiment, commit, versions and device, beside the results."""
+                 paths: Any, *, fuse: Any = None) -> None:  # fmt: skip
+    """The resolved experiment, commit, versions, device and pooling, beside the results."""
     files.write_json("experiment.json", {
         "experiment": exp.to_dict(), "preset": preset, "resources": vars(resources),
+        "fuse": fuse.slots if fuse is not None else 0,
         "storage": paths.storage, "tracking_uri": paths.tracking_uri, **provenance(),
     })  # fmt: skip
 

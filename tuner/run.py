@@ -14,7 +14,9 @@ import os
 import sys
 import time
 
+from search_spaces.catalog import FUSABLE_METHODS, POOLED_BY_DEFAULT
 from search_spaces.errors import ConfigError
+from search_spaces.row_groups import DEFAULT_SLOTS
 from tuner.cli import add_set_argument, run_cli
 from tuner.experiment import PRESETS, Experiment
 from tuner.experiments import all_experiments, get_experiment
@@ -41,7 +43,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="K",
         help="train K trials at once as rows of one fused model per fused group (trials of one "
         "row signature), one pool of groups per GPU of the cluster (studies of fusable methods: "
-        "lora, bitfit, houlsby, pfeiffer, fusion, lora_fusion; docs/TRAINING.md, docs/CLUSTER.md)",
+        f"{', '.join(FUSABLE_METHODS)}; docs/TRAINING.md, docs/CLUSTER.md). Default on a GPU "
+        f"cluster: {DEFAULT_SLOTS} where every method the study tries is pooled by default "
+        f"({', '.join(POOLED_BY_DEFAULT)}), else 0; 0: one trial per actor",
     )
     p.add_argument("--storage", help="results folder or pyarrow.fs URI shared by all nodes")
     p.add_argument("--tracking-uri", help="MLflow URI: a folder, sqlite:///..., http://...")
@@ -110,7 +114,7 @@ def refuse_unrunnable_quantize(exp: Experiment, args: argparse.Namespace) -> Non
     quantized = sorted(study_quantize(exp) - {"none"})
     if not quantized:
         return
-    if args.fuse is not None:
+    if args.fuse:
         raise ConfigError(f"--fuse trains unquantised LoRA rows only; {exp.name} has "
                           f"quantize={quantized[0]!r} trials: drop --fuse")  # fmt: skip
     if args.gpus_per_trial is not None and args.gpus_per_trial <= 0:
