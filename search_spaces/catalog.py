@@ -186,7 +186,8 @@ register_facts(
         lr_range=(1e-4, 3e-2),  # prefixes want large rates (P-tuning v2: up to 1e-2); WIDENED
         knobs=("prefix_length", "prefix_reparam", "layers"),
         size_knob="prefix_length",
-        fused_padding=None,  # adapters' prefix code makes host tensors per call: no vmap
+        # rows of FusedRows; nothing pads: a zero prefix key still takes softmax mass
+        fused_padding=(),
         per_layer_ranks=False,
     )
 )

@@ -29,7 +29,8 @@ Why each knob pads exactly:
   over the row's adapters, which is the trial's parameter-free uniform layer. (Dynamic fusion's
   value matrix would have to be the identity there, not zero: its layers do not pad.)
 
-What never pads: the method, head, labels, a bottleneck adapter's layers (adapters runs the
+What never pads: the method, head, labels, a prefix's length and parametrisation (a zero prefix
+key still scores 0 against every query and takes softmax mass from the real keys), a bottleneck adapter's layers (adapters runs the
 layer's original LayerNorm twice around an adapter: a zero adapter is not an absent one), the
 sources' bottleneck, the fusion type, dynamic fusion's layers, and under a similarity prior the
 sources, fusion layers and the presence of a target adapter; ``lora_fusion``'s LoRA placement
@@ -59,7 +60,8 @@ PADDED: dict[str, tuple[str, ...]] = {
     if (padding := METHOD_FACTS.get(name).fused_padding) is not None
 }
 ROW_METHODS = tuple(PADDED)  # the methods a fused model can hold
-# knobs that never change what a trial computes (training-only, or read by other methods)
+# knobs that never change what a row method's trial computes (training-only, or read by other
+# methods: prefix tuning reads its prefix knobs, which are then in its signature)
 _IGNORED = ("init_rank", "adalora_scale", "budget_rank", "start_rank", "grow_step",
             "grow_patience", "layer_modules", "parallel_bottleneck", "prefix_length",
             "prefix_reparam")  # fmt: skip
@@ -87,8 +89,9 @@ def row_signature(config: MethodConfig) -> tuple[Any, ...]:
             f"method={config.method!r} cannot be fused; fusable: {', '.join(ROW_METHODS)}"
         )
     out: list[Any] = []
+    knobs = METHOD_FACTS.get(config.method).knobs
     for f in fields(MethodConfig):
-        if f.name in _IGNORED:
+        if f.name in _IGNORED and f.name not in knobs:
             continue
         value = getattr(config, f.name)
         if f.name == "target_bottleneck" and config.fusion_init != "uniform":

@@ -126,7 +126,7 @@ def test_a_silent_trial_is_dropped_and_its_row_taken():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"method": "prefix"}, "method='prefix' cannot be fused"),
+        ({"method": "unipelt"}, "method='unipelt' cannot be fused"),
         ({"rank": 16}, "rank <= 8"),
         ({"layer_ranks": (16, 4)}, "rank=16"),
         ({"batch_size": 16}, "batch_size=16"),

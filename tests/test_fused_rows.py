@@ -1,5 +1,6 @@
 """Fused rows of every row method (trainables/fused/rows.py): K trials of BitFit, bottleneck
-adapters, AdapterFusion and LoRA+AdapterFusion trained as one model get what each gets alone.
+adapters, prefix tuning, AdapterFusion and LoRA+AdapterFusion trained as one model get what each
+gets alone.
 
 As tests/test_fused.py: dropout off, the trials differ in seed, learning rate, weight decay and
 clipping, and in the sizes that pad (search_spaces/row_groups.py); the reference is the loop
@@ -67,6 +68,10 @@ CASES = {
         {"fusion": "static", "target_bottleneck": 8}],
     "lora_fusion-target-presence": [{"rank": 4}, {"rank": 2, "target_bottleneck": 6},
                            {"rank": 8, "sources": ("glue/sst2",)}],
+    # nothing pads: one length and parametrisation per group (adapters makes the prefix's
+    # positions and mask on the host in its forward; the member's forward runs as alone)
+    "prefix-flat": [{"prefix_length": 4, "prefix_reparam": False}] * 3,
+    "prefix-reparam": [{"prefix_length": 3, "prefix_reparam": True, "layers": (1,)}] * 3,
 }  # fmt: skip
 
 
@@ -224,8 +229,13 @@ def test_row_signatures_group_what_pads():
     assert group_template(lora).placement == "all" and group_template(lora).rank == 8
     mixed = [*pfeiffer, fusion, fusion.replace(fusion="static"), *lora]
     assert count_groups(mixed) == {"fusion": 2, "lora": 1, "pfeiffer": 1}
-    with pytest.raises(ConfigError, match="method='prefix' cannot be fused"):
-        row_signature(MethodConfig(method="prefix"))
+    # a prefix's length and parametrisation do not pad (a zero key takes softmax mass)
+    prefix = MethodConfig(method="prefix", prefix_length=4)
+    assert row_signature(prefix) != row_signature(prefix.replace(prefix_length=8))
+    flipped = prefix.replace(prefix_reparam=not prefix.prefix_reparam)
+    assert row_signature(prefix) != row_signature(flipped)
+    with pytest.raises(ConfigError, match="method='unipelt' cannot be fused"):
+        row_signature(MethodConfig(method="unipelt"))
 
 
 def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):

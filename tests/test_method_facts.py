@@ -140,8 +140,8 @@ def test_fusability_agrees_with_the_fused_model():
 
     fusable = tuple(m for m in METHODS if METHOD_FACTS.get(m).fusable)
     assert sorted(fusable) == sorted(FUSABLE_METHODS)
-    assert set(fusable) == set(PADDED) == {"lora", "bitfit", "houlsby", "pfeiffer", "fusion",
-                                           "lora_fusion"}  # fmt: skip
+    assert set(fusable) == set(PADDED) == {"lora", "bitfit", "houlsby", "pfeiffer", "prefix",
+                                           "fusion", "lora_fusion"}  # fmt: skip
 
 
 LORA = METHOD_FACTS.get("lora")

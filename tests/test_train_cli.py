@@ -68,7 +68,7 @@ def _run(task: Path, capsys, *extra: str) -> str:
     [
         (["--fuse", "lr=1e-3"], "two values or more"),
         (["--fuse", "lr"], "KEY=V1,V2"),
-        (["--method", "prefix", "--fuse", "lr=1e-3,2e-3"], "method='prefix'"),
+        (["--method", "unipelt", "--fuse", "lr=1e-3,2e-3"], "method='unipelt'"),
         (["--fuse", "batch_size=16,32"], "batch_size"),
     ],
 )

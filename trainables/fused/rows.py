@@ -194,7 +194,9 @@ def check_rows(template: nn.Module, members: Sequence[nn.Module], *, copied: boo
             raise ConfigError(f"trial {k}: method={config.method!r} differs from the template's "
                               "beyond the sizes that pad (search_spaces.row_groups)")  # fmt: skip
         hooks = member._hooks  # noqa: SLF001 - the fused model runs the member's forward
-        if hooks.step or hooks.plateau or hooks.host_tensors:
+        # host_tensors (prefix tuning) is no obstacle: the member's forward makes them on the
+        # inputs' device, and rows step eager (no CUDA graph to hold a wait for the host)
+        if hooks.step or hooks.plateau:
             raise ConfigError(f"trial {k}: its method runs per-step hooks, which rows do not")
         theirs = fusion_name(member)
         for name, p in member.named_parameters():
