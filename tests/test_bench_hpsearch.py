@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tuner.bench.cli import main
-from tuner.bench.hpsearch import compare, pair_trials
-from tuner.bench.hpsearch_baseline import BaselineTrial
+from tuner.bench.hpsearch import compare, pair_trials, summary
+from tuner.bench.hpsearch_baseline import BaselineRun, BaselineTrial
 from tuner.bench.search import TrialHistory, load_study
 from tuner.cli import run_cli
 
@@ -63,6 +63,23 @@ def test_the_same_config_twice_pairs_with_two_study_trials_in_order():
     assert [(r.study_trial, r.dev_diff) for r in rows] == [("a", 0.0), ("b", 0.0)]
 
 
+def test_time_to_near_best_is_against_the_best_of_either_side():
+    """The baseline's first near-best trial ends 30 s after its first start; the study's best
+    (0.80) sets the target, so the baseline's 0.797 is near it and its 0.70 is not."""
+    config = {"method": "lora", "seed": 0}
+    trials = [BaselineTrial(0, config, "completed", 0.70, 10.0, 100.0, 110.0),
+              BaselineTrial(1, config, "completed", 0.797, 20.0, 105.0, 130.0),
+              BaselineTrial(2, config, "failed", None, None, 100.0, 140.0)]  # fmt: skip
+    run = BaselineRun(trials, gpus=1, device="cuda", wall_s=40.0, driver_wall_s=50.0, per_gpu=4)
+    assert run.time_to(0.80) == pytest.approx(30.0) and run.time_to(0.81) is None
+    study = [_history("a", config, [0.6, 0.80], evals=2), _history("b", config, [0.75], evals=1)]
+    rows = pair_trials(trials, study)
+    doc = summary(run, rows, study, study_name="ours", cpus_per_trial=1.0, mps=True)
+    assert (doc["near_best_target"], doc["trials_per_gpu"], doc["mps"]) == (0.80, 4, True)
+    assert doc["time_to_near_best_s"] == pytest.approx(30.0)
+    assert doc["ours_time_to_near_best_s"] == pytest.approx(20.0)  # trial a, at its 2nd report
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
@@ -73,6 +90,8 @@ def test_the_same_config_twice_pairs_with_two_study_trials_in_order():
      (["--study", "ours={empty}", "--experiment", "nope"], "'nope' is not one of: "),
      (["--study", "ours={empty}", "--experiment", "e5_efficiency", "--gpus", "0.5"], "--gpus 0.5"),
      (["--study", "ours={empty}", "--experiment", "e5_efficiency", "--max-trials", "0"], "--max-trials 0"),
+     (["--study", "ours={empty}", "--experiment", "e5_efficiency", "--trials-per-gpu", "0"], "--trials-per-gpu 0"),
+     (["--study", "ours={empty}", "--experiment", "e5_efficiency", "--mps"], "--mps both"),
      (["--experiment", "e5_efficiency"], "--study NAME=FOLDER")],
 )  # fmt: skip
 def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, capsys, args, named):
@@ -133,6 +152,13 @@ def test_the_baseline_runs_the_study_configs_to_the_end_and_pairs_them(study, ba
     assert summary["paired"] == summary["compared"] == 2 and summary["stopped_in_study"] == 0
     assert 0 <= summary["mean_abs_dev_diff"] <= summary["max_abs_dev_diff"] <= 1
     assert summary["trials_per_gpu_hour"] > 0 and summary["ours_trials_per_gpu_hour"] > 0
+    best = max(max(r["dev_score"], r["study_dev_score"]) for r in rows)
+    assert summary["near_best_target"] == best and (summary["trials_per_gpu"], summary["mps"]) == (
+        1,
+        False,
+    )
+    reached = [summary["time_to_near_best_s"], summary["ours_time_to_near_best_s"]]
+    assert any(t is not None and t > 0 for t in reached)  # the side that found the best did
     assert summary["ours_vs_baseline"] == pytest.approx(
         summary["ours_trials_per_gpu_hour"] / summary["trials_per_gpu_hour"]
     )

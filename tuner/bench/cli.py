@@ -7,6 +7,7 @@
     python -m tuner.bench --suite search --study asha=RESULTS/e4-asha --study fifo=RESULTS/e4-fifo
     python -m tuner.bench --suite hpsearch --study ours=RESULTS/e4_budget-demo \
         --experiment e4_budget --preset demo --max-trials 12 --gpus 1   # the usual way, same trials
+    python -m tuner.bench --suite hpsearch ... --trials-per-gpu 8 [--mps yes]  # 1/8 GPU per trial
 
 Each suite writes ``<out>/bench-<suite>.json`` (rows, summary, command, date, device, versions)
 after every measurement, so an interrupted run keeps what it measured, and
@@ -16,9 +17,11 @@ after every measurement, so an interrupted run keeps what it measured, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
         const="both",
         default="no",
         choices=tuple(MPS_MODES),
-        help="packing: under NVIDIA MPS too (bare --mps: both), only (yes), or not (no)",
+        help="packing: under NVIDIA MPS too (bare --mps: both), only (yes), or not (no); "
+        "hpsearch: the baseline under MPS (yes) or not (no)",
     )
     p.add_argument("--via", default="processes", metavar="{processes,fused,tune,pool}",
                    help="packing: trials as processes the bench starts, fused into one model in "
@@ -82,7 +86,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--study", action="append", default=[], metavar="NAME=FOLDER",
                    help="search: a Tune experiment folder (repeat: asha=..., fifo=...)")  # fmt: skip
     p.add_argument("--gpus", type=float, help="search: GPUs the studies ran on; hpsearch: GPUs "
-                   "the study ran on and the baseline uses, one trial each (default 1)")  # fmt: skip
+                   "the study ran on and the baseline uses (default 1)")  # fmt: skip
+    p.add_argument("--trials-per-gpu", type=int, default=1, metavar="N",
+                   help="hpsearch: baseline trials sharing each GPU, 1/N of it each (Tune's "
+                        "fractional GPUs; with --mps yes under NVIDIA MPS); default 1")  # fmt: skip
     p.add_argument("--experiment", help="hpsearch: the study's (python -m tuner.run --list)")
     p.add_argument("--preset", default="full", help="hpsearch: the study's preset (default full)")
     add_set_argument(p, "hpsearch: the study's --set overrides (repeatable)")
@@ -252,7 +259,8 @@ def search_suite(args: argparse.Namespace, record: Record) -> None:
 
 def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:
     """A finished study's configs run the usual way (``Trainer.hyperparameter_search`` on Ray
-    Tune, one trial per GPU): per-trial dev scores beside the study's, trials per GPU-hour."""
+    Tune, one trial per GPU or ``--trials-per-gpu`` sharing each, ``--mps yes`` under MPS):
+    per-trial dev scores beside the study's, trials per GPU-hour, time to near the best."""
     from tuner.bench.hpsearch import BaselineSetup, baseline_of_study
     from tuner.experiments import get_experiment
     from tuner.overrides import apply_sets, parse_sets
@@ -261,14 +269,33 @@ def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:
     if not sep or not args.experiment:
         raise ConfigError("--suite hpsearch needs one --study NAME=FOLDER (a finished study) and "
                           "--experiment NAME with the study's --preset and --set")  # fmt: skip
+    if args.mps == "both":
+        raise ConfigError("--mps both: --suite hpsearch runs one baseline per call; pass --mps "
+                          "yes or no")  # fmt: skip
     exp = apply_sets(get_experiment(args.experiment).with_preset(args.preset), parse_sets(args.set))
     setup = BaselineSetup(
         device=_device(args.device), gpus=1.0 if args.gpus is None else args.gpus,
         cpus_per_trial=args.cpus_per_trial, storage=Path(args.out).resolve() / "hpsearch-tune",
-        max_trials=args.max_trials, data_dir=args.data_dir,
+        max_trials=args.max_trials, data_dir=args.data_dir, per_gpu=args.trials_per_gpu,
+        mps=args.mps == "yes",
     )  # fmt: skip
-    rows, summary = baseline_of_study(folder, exp, setup, study_name=name, log=_log)
+    with _under_mps(setup.mps):
+        rows, summary = baseline_of_study(folder, exp, setup, study_name=name, log=_log)
     record.set_rows([r.to_dict() for r in rows], **summary)
+
+
+@contextlib.contextmanager
+def _under_mps(on: bool) -> Iterator[None]:
+    """The block under an NVIDIA MPS daemon of its own (``on``), or as is; refused where none
+    starts. The local Ray cluster started in the block inherits its pipe directory."""
+    if not on:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="peft-tune-mps-") as tmp, mps_daemon(Path(tmp)) as up:
+        if not up:
+            raise ConfigError("--mps yes: nvidia-cuda-mps-control is not here or did not start; "
+                              "run without MPS (--mps no)")  # fmt: skip
+        yield
 
 
 # --- helpers ---------------------------------------------------------------------------------------

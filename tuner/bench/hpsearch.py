@@ -1,11 +1,14 @@
 """The usual way as a baseline for a study's throughput: the trial configurations of a finished
 peft-tune study, run again through ``transformers.Trainer.hyperparameter_search(backend="ray")``,
-one trial per GPU at a time (``{"gpu": 1}`` per trial; on CPU, ``gpus`` trials at a time).
+one trial per GPU at a time (``{"gpu": 1}`` per trial; on CPU, ``gpus`` trials at a time), or
+``per_gpu`` trials sharing each GPU (``{"gpu": 1 / per_gpu}``; ``--mps yes`` under NVIDIA MPS).
 
 Measured: each trial's final dev score (the task's metric on the study's dev split after the
 trial's last evaluation, the one at its last step), its wall seconds, and the search's trials
 completed per GPU-hour, ``completed / (wall_h * gpus)`` with ``wall`` from the first trial's start
-to the last trial's last report, as :func:`tuner.bench.search.search_row` measures a study. Each
+to the last trial's last report, as :func:`tuner.bench.search.search_row` measures a study, and
+on both sides the time to a configuration within 0.5 points of the best dev score either side
+found (the first trial's start to the end of the first completed trial that near). Each
 baseline trial is then paired with the study's trial of the same configuration.
 
 The same on both sides: the training rows (prepared as ``tuner.launch`` prepares them, then the
@@ -171,18 +174,27 @@ def compare(rows: list[PairRow]) -> dict[str, Any]:
 
 
 def summary(run: BaselineRun, rows: list[PairRow], study: list[TrialHistory], *,
-            study_name: str, cpus_per_trial: float) -> dict[str, Any]:  # fmt: skip
-    """Totals of the baseline and of the study on as many GPUs, and how they compare."""
-    ours = search_row(study_name, study, target=None, gpus=run.gpus)
+            study_name: str, cpus_per_trial: float, mps: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Totals of the baseline and of the study on as many GPUs, and how they compare; the time
+    to near the best is against the best dev score of either side."""
+    scores = [t.dev_score for t in run.trials if t.status == "completed"]
+    scores += [t.final_dev_score for t in study]
+    known = [s for s in scores if s is not None]
+    target = max(known) if known else None
+    ours = search_row(study_name, study, target=target, gpus=run.gpus)
     ratio = (ours.trials_per_gpu_hour / run.trials_per_gpu_hour
              if ours.trials_per_gpu_hour and run.trials_per_gpu_hour else None)  # fmt: skip
     return {
-        "device": run.device, "gpus": run.gpus, "cpus_per_trial": cpus_per_trial,
+        "device": run.device, "gpus": run.gpus, "trials_per_gpu": run.per_gpu, "mps": mps,
+        "cpus_per_trial": cpus_per_trial,
         "trials": len(run.trials), "completed": run.completed, "wall_s": run.wall_s,
         "driver_wall_s": run.driver_wall_s, "trials_per_gpu_hour": run.trials_per_gpu_hour,
+        "near_best_target": target,
+        "time_to_near_best_s": None if target is None else run.time_to(target),
         f"{study_name}_trials": ours.trials, f"{study_name}_completed": ours.completed,
         f"{study_name}_wall_s": ours.wall_s,
         f"{study_name}_trials_per_gpu_hour": ours.trials_per_gpu_hour,
+        f"{study_name}_time_to_near_best_s": ours.time_to_near_best_s,
         f"{study_name}_vs_baseline": ratio, **compare(rows),
     }  # fmt: skip
 
@@ -190,7 +202,8 @@ def summary(run: BaselineRun, rows: list[PairRow], study: list[TrialHistory], *,
 @dataclass(frozen=True)
 class BaselineSetup:
     """How the baseline runs a study's configs: the first ``max_trials`` (None: all) on ``gpus``
-    whole GPUs of ``device``, one trial each, ``cpus_per_trial`` CPUs each; the data from
+    whole GPUs of ``device``, ``per_gpu`` trials sharing each (1 / per_gpu of it each; ``mps``:
+    under an NVIDIA MPS daemon the caller started), ``cpus_per_trial`` CPUs each; the data from
     ``data_dir`` (None: ``$PEFT_TUNE_DATA_DIR``), Tune's results under ``storage``."""
 
     device: str
@@ -199,11 +212,16 @@ class BaselineSetup:
     storage: Path
     max_trials: int | None = None
     data_dir: str | None = None
+    per_gpu: int = 1
+    mps: bool = False
 
     def __post_init__(self) -> None:
         gpus, max_trials = self.gpus, self.max_trials
         if gpus != int(gpus) or gpus < 1:
-            raise ConfigError(f"--gpus {gpus:g} must be a whole number >= 1: one trial per GPU")
+            raise ConfigError(f"--gpus {gpus:g} must be a whole number >= 1 (GPUs the baseline "
+                              "uses; --trials-per-gpu shares each)")  # fmt: skip
+        if self.per_gpu < 1:
+            raise ConfigError(f"--trials-per-gpu {self.per_gpu} must be >= 1")
         if max_trials is not None and max_trials < 1:
             raise ConfigError(f"--max-trials {max_trials} must be >= 1 (default: all the trials)")
 
@@ -228,7 +246,7 @@ def baseline_of_study(
                                 tracking_uri=recorded["tracking_uri"], log=log)  # fmt: skip
     run = run_baseline(configs, data, device=setup.device, gpus=int(setup.gpus),
                        cpus_per_trial=setup.cpus_per_trial, storage=setup.storage,
-                       log=log)  # fmt: skip
+                       log=log, per_gpu=setup.per_gpu)  # fmt: skip
     rows = pair_trials(run.trials, study)
     return rows, summary(run, rows, study, study_name=study_name,
-                         cpus_per_trial=setup.cpus_per_trial)  # fmt: skip
+                         cpus_per_trial=setup.cpus_per_trial, mps=setup.mps)  # fmt: skip

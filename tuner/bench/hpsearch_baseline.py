@@ -1,6 +1,7 @@
 """The usual way, run: a study's trial configurations through ``transformers.Trainer.
-hyperparameter_search(backend="ray")``, one trial per GPU, each trial's dev score and wall time
-read back from Ray Tune. :mod:`tuner.bench.hpsearch` pairs them with the study's own trials.
+hyperparameter_search(backend="ray")``, one trial per GPU or ``per_gpu`` trials sharing each
+(``resources_per_trial={"gpu": 1 / per_gpu}``, Tune's fractional GPUs; under NVIDIA MPS when the
+caller starts its daemon first), each trial's dev score and wall time read back from Ray Tune. :mod:`tuner.bench.hpsearch` pairs them with the study's own trials.
 
 What is the same on both sides and what is the usual way's own: see :mod:`tuner.bench.hpsearch`.
 """
@@ -33,7 +34,7 @@ from tuner.bench.hpsearch_trainer import (
     plan_trials,
     trainer_rows,
 )
-from tuner.bench.search import load_study, per_gpu_hour
+from tuner.bench.search import NEAR_BEST, load_study, per_gpu_hour
 from tuner.runner import connect_ray
 
 Log = Callable[[str], None]
@@ -72,10 +73,20 @@ class BaselineTrial:
 @dataclass(frozen=True)
 class BaselineRun:
     trials: list[BaselineTrial]
-    gpus: int  # trials at a time, one GPU each (CPU: one slot each)
+    gpus: int  # GPUs used (CPU: slots), each running ``per_gpu`` trials at a time
     device: str
     wall_s: float  # first trial start -> last trial report
     driver_wall_s: float  # the searches as the driver saw them (Ray's trial start-up included)
+    per_gpu: int = 1
+
+    def time_to(self, target: float) -> float | None:
+        """Seconds from the first trial's start to the end of the first completed trial whose
+        dev score is within ``NEAR_BEST`` of ``target`` (None: none is)."""
+        starts = [t.start for t in self.trials if t.start is not None]
+        reached = sorted(t.end - min(starts) for t in self.trials
+                         if t.status == "completed" and t.end is not None
+                         and t.dev_score is not None and t.dev_score >= target - NEAR_BEST)  # fmt: skip
+        return reached[0] if reached else None
 
     @property
     def completed(self) -> int:
@@ -95,6 +106,7 @@ def run_baseline(
     cpus_per_trial: float,
     storage: Path,
     log: Log,
+    per_gpu: int = 1,
 ) -> BaselineRun:
     """Run ``configs`` on ``data`` with ``Trainer.hyperparameter_search`` on Ray Tune, one search
     per set of training rows (Trainer trains every trial of a search on one dataset). Ray must
@@ -107,15 +119,17 @@ def run_baseline(
     trials: list[BaselineTrial] = []
     for number, group in enumerate(groups.values()):
         name = f"hpsearch-{number}"
-        log(f"hpsearch {name}: {len(group)} trial(s), {gpus} at a time on {device}")
+        log(f"hpsearch {name}: {len(group)} trial(s), {gpus * per_gpu} at a time on {device}"
+            + (f" ({per_gpu} per GPU)" if per_gpu > 1 else ""))  # fmt: skip
         search(group, data, device=device, gpus=gpus, cpus_per_trial=cpus_per_trial,
-               folder=storage / name)  # fmt: skip
+               folder=storage / name, per_gpu=per_gpu)  # fmt: skip
         trials.extend(read_trials(storage / name, group))
     driver_wall_s = time.perf_counter() - started
     starts = [t.start for t in trials if t.start is not None]
     ends = [t.end for t in trials if t.end is not None]
     wall_s = max(ends) - min(starts) if starts else 0.0
-    return BaselineRun(sorted(trials, key=lambda t: t.index), gpus, device, wall_s, driver_wall_s)
+    return BaselineRun(sorted(trials, key=lambda t: t.index), gpus, device, wall_s, driver_wall_s,
+                       per_gpu)  # fmt: skip
 
 
 def search(
@@ -126,12 +140,14 @@ def search(
     gpus: int,
     cpus_per_trial: float,
     folder: Path,
+    per_gpu: int = 1,
 ) -> None:
-    """One ``hyperparameter_search`` over ``plans`` (same training rows), results in ``folder``."""
+    """One ``hyperparameter_search`` over ``plans`` (same training rows), results in ``folder``;
+    ``gpus * per_gpu`` trials at a time, each ``1 / per_gpu`` of a GPU on CUDA."""
     first, cuda = plans[0], device.startswith("cuda")
     rows = first.rows
     train = subsample(data, rows[0], seed=rows[1]).train if rows else data.train
-    resources = {"gpu": 1, "cpu": cpus_per_trial} if cuda else {"cpu": cpus_per_trial}
+    resources = {"gpu": 1 / per_gpu, "cpu": cpus_per_trial} if cuda else {"cpu": cpus_per_trial}
     shutil.rmtree(folder, ignore_errors=True)  # a re-run replaces its Tune results, adds none
     with tempfile.TemporaryDirectory(prefix="peft-tune-hpsearch-") as tmp:
         args = TrainingArguments(
@@ -151,7 +167,7 @@ def search(
             trainer.hyperparameter_search(
                 hp_space=HpSpace(tuple(plans)), compute_objective=dev_objective, n_trials=1,
                 direction="maximize", backend="ray", resources_per_trial=resources,
-                max_concurrent_trials=gpus, name=folder.name, storage_path=str(folder.parent),
+                max_concurrent_trials=gpus * per_gpu, name=folder.name, storage_path=str(folder.parent),
                 verbose=0, raise_on_failed_trial=False,
             )  # fmt: skip
 
