@@ -59,20 +59,31 @@ def test_a_study_of_lora_and_fusion_gets_one_group_per_row_signature():
     assert plan.describe_groups().startswith(f"{sum(groups.values())} fused group")
 
 
+def lora_only(name: str = "e4_budget", *extra: str):
+    """A registered study narrowed to LoRA trials (``--set method=lora``), smoke preset."""
+    exp = get_experiment(name).with_preset("smoke")
+    return apply_sets(exp, parse_sets(["method=lora", *extra]))
+
+
 def test_a_lora_study_pools_by_default_and_a_study_of_slower_rows_does_not():
-    exp = get_experiment("placement").with_preset("smoke")
-    plan, line = default_plan(exp, build_space(exp), num_labels=2)
-    assert (plan.slots, plan.rank, plan.placement) == (16, 8, "all")
+    exp = lora_only()
+    plan, line = default_plan(exp, build_space(exp), num_labels=3)
+    assert (plan.slots, plan.placement) == (16, "all") and dict(plan.groups) == {"lora": 1}
     assert line.startswith("pooling: on, up to 16 trials at once per GPU") and "--fuse 0" in line
-    for name, sets, needle in [
-        ("e4_budget", [], "tries method='lora_fusion'"),  # its rows measured slower
-        ("adalora_sst2", [], "tries method='adalora'"),  # no rows at all
-        ("placement", ["quantize=nf4"], "quantize='nf4'"),  # rows share an unquantised base
-    ]:
-        exp = apply_sets(get_experiment(name).with_preset("smoke"), parse_sets(sets))
-        plan, line = default_plan(exp, build_space(exp), num_labels=2)
+    for exp, needle in [
+        (get_experiment("e4_budget").with_preset("smoke"), "tries method='lora_fusion'"),  # slower rows
+        (get_experiment("adalora_sst2").with_preset("smoke"), "tries method='adalora'"),  # no rows
+        (lora_only("e1_single_task", "quantize=nf4"), "quantize='nf4'"),  # one fp32 base
+    ]:  # fmt: skip
+        plan, line = default_plan(exp, build_space(exp), num_labels=3)
         assert plan is None and line.startswith("pooling: off (") and needle in line, line
         assert "pooled by default: lora); --fuse K pools any of bitfit," in line
+    # LoRA only, but its trials' training time is its result: pooled, they would share steps
+    exp = get_experiment("placement").with_preset("smoke")
+    assert exp.timed and default_plan(exp, build_space(exp), num_labels=2) == (
+        None, "pooling: off (placement measures its trials' training time, which pooled trials "
+        "share); --fuse K pools it anyway")  # fmt: skip
+    assert fuse_plan(exp, build_space(exp), 4, num_labels=2).slots == 4
 
 
 def pooling_args(**given: object) -> argparse.Namespace:
@@ -80,8 +91,8 @@ def pooling_args(**given: object) -> argparse.Namespace:
 
 
 def test_pooling_by_default_needs_a_gpu_and_no_gpu_share_per_trial_and_no_fuse_0(tmp_path):
-    exp = get_experiment("placement").with_preset("smoke")
-    space, files = build_space(exp), StudyFiles(str(tmp_path), "placement-smoke")
+    exp = lora_only()
+    space, files = build_space(exp), StudyFiles(str(tmp_path), "e4_budget-smoke")
     plan, line = pooling(None, exp, space, pooling_args(), files, cluster_gpus=1)
     assert plan.slots == 16 and line.startswith("pooling: on")
     assert pooling(None, exp, space, pooling_args(), files, cluster_gpus=0) == (None, None)

@@ -186,6 +186,29 @@ def test_two_pools_one_per_gpu_survive_a_dead_one_and_stop_when_none_is_left(two
     assert f"pool 1 (GPU {gpu[1]}): fused pool 1 is gone" in line and "\n" not in line
 
 
+@pytest.mark.slow
+def test_a_lora_study_on_gpus_pools_by_itself_and_says_so(study_env, two_gpu_ray, tmp_path, capfd):
+    """`python -m tuner.run e4_budget --set method=lora` on two GPUs with no --fuse: LoRA trials
+    only, so the study pools 16 rows per GPU, says so before it trains, records it; its search
+    and seeds phase train in the pools."""
+    from tuner.cli import run_cli
+    from tuner.run import main
+
+    results = tmp_path / "results"
+    assert run_cli(main, ["e4_budget", "--preset", "smoke", "--set", "method=lora",
+                          "--storage", str(results)]) == 0  # fmt: skip
+    err = capfd.readouterr().err
+    said = err.index("pooling: on, up to 16 trials at once per GPU as rows of one fused model")
+    assert said < err.index("fused pools: 2 x 16 rows of LoRA rank") < err.index("up to 32 at once")
+    folder = results / "e4_budget-smoke"
+    assert json.loads((folder / "experiment.json").read_text())["fuse"] == 16  # a resume keeps it
+    for phase in (folder, results / "e4_budget-smoke-seeds"):
+        reports = [
+            json.loads(line) for f in phase.glob("trial_*") for line in (f / "result.json").open()
+        ]
+        assert reports and all(r["fused_slots"] == 16 for r in reports), phase
+
+
 @pytest.fixture
 def study_env(monkeypatch, tmp_path, data_dir):
     """What the study's Ray workers inherit (set before the local Ray starts)."""
@@ -196,23 +219,22 @@ def study_env(monkeypatch, tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_the_study_command_puts_one_pool_on_each_gpu(study_env, two_gpu_ray, tmp_path, capfd):
-    """`python -m tuner.run placement` on a cluster of two GPUs, in process, with no --fuse: a
-    LoRA study pools by itself (16 rows per pool), says so, records it; two pools, trials in both,
-    every trial completed, one MLflow parent run with a child per trial."""
+    """`python -m tuner.run placement --fuse 2` on a cluster of two GPUs, in process: two pools,
+    trials in both, every trial completed, one MLflow parent run with a child per trial."""
     from mlflow.tracking import MlflowClient
 
     from tuner.cli import run_cli
     from tuner.run import main
 
     results = tmp_path / "results"
-    assert run_cli(main, ["placement", "--preset", "smoke", "--storage", str(results)]) == 0
+    assert run_cli(main, ["placement", "--preset", "smoke", "--fuse", "2",
+                          "--storage", str(results)]) == 0  # fmt: skip
     err = capfd.readouterr().err
-    assert "pooling: on, up to 16 trials at once per GPU as rows of one fused model" in err
-    line = "fused pools: 2 x 16 rows of LoRA rank 8, one per GPU (ids {}), every linear"
+    line = "fused pools: 2 x 2 rows of LoRA rank 8, one per GPU (ids {}), every linear"
     assert line.format("0, 1") in err or line.format("1, 0") in err  # pool i's GPU, in order
-    assert "up to 32 at once" in err
+    assert "up to 4 at once" in err
     record = json.loads((results / "placement-smoke" / "experiment.json").read_text())
-    assert record["fuse"] == 16  # a resume keeps it
+    assert record["fuse"] == 2  # a resume keeps it
     summary = json.loads((results / "placement-smoke" / "summary.json").read_text())
     assert summary["status_counts"] == {"completed": 5}
     pools = set()

@@ -48,6 +48,8 @@ RUN: dict[str, tuple[str, ...]] = {
     "python -m tuner.run e4_budget --resume": SMOKE,  # finishes the smoke study above
     "python -m tuner.run e4_budget --overwrite": SMOKE,  # runs the smoke study again in its folder
     "python -m tuner.run placement --fuse 8": DRY,  # one fused model holds a GPU (CPU smoke: 2.5 min)
+    # pools only on GPUs (tests/test_multi_gpu.py runs it on two declared GPUs)
+    "python -m tuner.run e4_budget --set method=lora": DRY,
     "python -m tuner.train --task glue/sst2 --method lora --set rank=8 --train-samples 2000": TRAIN_SMOKE,
     "python -m tuner.train --task glue/sst2 --method lora --fuse lr=5e-4,1e-3,2e-3": TRAIN_SMOKE,
     "python -m tuner.params --backbone minilm-l6 --method pfeiffer --set bottleneck=24 --verify": (),

@@ -92,6 +92,9 @@ class Experiment:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     scheduler: str = "asha"  # "fifo": no early stopping (to measure what ASHA saves)
     fault: str | None = None  # testing aid: every trial's first attempt fails (raise@N / exit@N)
+    # its trials' training time is a result: tuner.run does not pool it by itself (pooled trials
+    # share the GPU's steps, and LoRA rows pad every placement to the study's widest); --fuse does
+    timed: bool = False
 
     def __post_init__(self) -> None:
         if self.num_samples <= 0:

@@ -87,7 +87,11 @@ def default_plan(exp: Experiment, space: Any, *, num_labels: int) -> tuple[FuseP
     """What ``tuner.run`` does on a GPU without ``--fuse``: pool ``DEFAULT_SLOTS`` rows per
     group where every configuration read up front is of a method pooled by default
     (``MethodFacts.pools_by_default``: its rows measured faster than one trial per actor),
-    unquantised, with the mean head; else one trial per actor. The line says which, and why."""
+    unquantised, with the mean head, and the study does not time its trials
+    (``Experiment.timed``); else one trial per actor. The line says which, and why."""
+    if exp.timed:
+        return None, (f"pooling: off ({exp.name} measures its trials' training time, which "
+                      "pooled trials share); --fuse K pools it anyway")  # fmt: skip
     methods = first_methods(exp, space, num_labels=num_labels)
     why = unpooled(methods, POOLED_BY_DEFAULT)
     if why:

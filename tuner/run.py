@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
         "row signature), one pool of groups per GPU of the cluster (studies of fusable methods: "
         f"{', '.join(FUSABLE_METHODS)}; docs/TRAINING.md, docs/CLUSTER.md). Default on a GPU "
         f"cluster: {DEFAULT_SLOTS} where every method the study tries is pooled by default "
-        f"({', '.join(POOLED_BY_DEFAULT)}), else 0; 0: one trial per actor",
+        f"({', '.join(POOLED_BY_DEFAULT)}) and it does not time its trials, else 0; 0: one "
+        "trial per actor",
     )
     p.add_argument("--storage", help="results folder or pyarrow.fs URI shared by all nodes")
     p.add_argument("--tracking-uri", help="MLflow URI: a folder, sqlite:///..., http://...")

@@ -12,6 +12,7 @@ E5_EFFICIENCY = register(Experiment(
                   configs=tuple({"method": m} for m in _METHODS)),
     num_samples=len(_METHODS),
     grace_period=8,  # never stop early: time-to-target needs the whole curve
+    timed=True,  # throughput per method: tuner.run never pools it by itself
     train={"epochs": 1.0, "evals": 8},
     presets={"smoke": {**SMOKE, "num_samples": 3, "search": {**SMOKE["search"], "configs": tuple(
         {"method": m} for m in ("bitfit", "lora", "pfeiffer"))}}},

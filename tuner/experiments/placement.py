@@ -34,6 +34,7 @@ PLACEMENT = register(Experiment(
     num_samples=len(_ARMS) * LR_POINTS,
     seeds=SEEDS,
     grace_period=6,  # every arm runs to the end: its training time is a result
+    timed=True,  # so tuner.run does not pool it by itself (--fuse K still does)
     train={"epochs": 2.0, "evals": 6, "max_length": 64},
     presets={
         "smoke": {**SMOKE, "num_samples": len(_SMOKE_ARMS), "seeds": (0,),
