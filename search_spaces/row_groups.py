@@ -32,10 +32,9 @@ Why each knob pads exactly:
 What never pads: the method, head, labels, a prefix's length and parametrisation (a zero prefix
 key still scores 0 against every query and takes softmax mass from the real keys), a bottleneck
 adapter's layers (adapters runs the layer's original LayerNorm twice around an adapter: a zero
-adapter is not an absent one), the
-sources' bottleneck, the fusion type, dynamic fusion's layers, and under a similarity prior the
-sources, fusion layers and the presence of a target adapter; ``lora_fusion``'s LoRA placement
-(other linears of adapters' LoRA).
+adapter is not an absent one), the sources' bottleneck, the fusion type, dynamic fusion's layers,
+and under a similarity prior the sources, fusion layers and the presence of a target adapter;
+``lora_fusion``'s LoRA placement (other linears of adapters' LoRA).
 """
 
 from __future__ import annotations

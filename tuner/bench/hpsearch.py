@@ -44,7 +44,7 @@ from tuner.bench.hpsearch_baseline import (
     connect,
     run_baseline,
 )
-from tuner.bench.search import TrialHistory, load_study, search_row
+from tuner.bench.search import TrialHistory, best_of, load_study, search_row
 from tuner.experiment import Experiment
 from tuner.prepare import prepare
 from tuner.sources import ensure_source_adapters
@@ -177,10 +177,8 @@ def summary(run: BaselineRun, rows: list[PairRow], study: list[TrialHistory], *,
             study_name: str, cpus_per_trial: float, mps: bool = False) -> dict[str, Any]:  # fmt: skip
     """Totals of the baseline and of the study on as many GPUs, and how they compare; the time
     to near the best is against the best dev score of either side."""
-    scores = [t.dev_score for t in run.trials if t.status == "completed"]
-    scores += [t.final_dev_score for t in study]
-    known = [s for s in scores if s is not None]
-    target = max(known) if known else None
+    target = best_of([t.dev_score for t in run.trials if t.status == "completed"]
+                     + [t.final_dev_score for t in study])  # fmt: skip
     ours = search_row(study_name, study, target=target, gpus=run.gpus)
     ratio = (ours.trials_per_gpu_hour / run.trials_per_gpu_hour
              if ours.trials_per_gpu_hour and run.trials_per_gpu_hour else None)  # fmt: skip
@@ -190,7 +188,7 @@ def summary(run: BaselineRun, rows: list[PairRow], study: list[TrialHistory], *,
         "trials": len(run.trials), "completed": run.completed, "wall_s": run.wall_s,
         "driver_wall_s": run.driver_wall_s, "trials_per_gpu_hour": run.trials_per_gpu_hour,
         "near_best_target": target,
-        "time_to_near_best_s": None if target is None else run.time_to(target),
+        "time_to_near_best_s": run.time_to(target),
         f"{study_name}_trials": ours.trials, f"{study_name}_completed": ours.completed,
         f"{study_name}_wall_s": ours.wall_s,
         f"{study_name}_trials_per_gpu_hour": ours.trials_per_gpu_hour,

@@ -1,7 +1,8 @@
 """The usual way, run: a study's trial configurations through ``transformers.Trainer.
 hyperparameter_search(backend="ray")``, one trial per GPU or ``per_gpu`` trials sharing each
 (``resources_per_trial={"gpu": 1 / per_gpu}``, Tune's fractional GPUs; under NVIDIA MPS when the
-caller starts its daemon first), each trial's dev score and wall time read back from Ray Tune. :mod:`tuner.bench.hpsearch` pairs them with the study's own trials.
+caller starts its daemon first), each trial's dev score and wall time read back from Ray Tune.
+:mod:`tuner.bench.hpsearch` pairs them with the study's own trials.
 
 What is the same on both sides and what is the usual way's own: see :mod:`tuner.bench.hpsearch`.
 """
@@ -34,7 +35,7 @@ from tuner.bench.hpsearch_trainer import (
     plan_trials,
     trainer_rows,
 )
-from tuner.bench.search import NEAR_BEST, load_study, per_gpu_hour
+from tuner.bench.search import load_study, per_gpu_hour, time_to_near
 from tuner.runner import connect_ray
 
 Log = Callable[[str], None]
@@ -79,14 +80,13 @@ class BaselineRun:
     driver_wall_s: float  # the searches as the driver saw them (Ray's trial start-up included)
     per_gpu: int = 1
 
-    def time_to(self, target: float) -> float | None:
+    def time_to(self, target: float | None) -> float | None:
         """Seconds from the first trial's start to the end of the first completed trial whose
-        dev score is within ``NEAR_BEST`` of ``target`` (None: none is)."""
+        dev score is within 0.5 points of ``target`` (:func:`tuner.bench.search.time_to_near`)."""
         starts = [t.start for t in self.trials if t.start is not None]
-        reached = sorted(t.end - min(starts) for t in self.trials
-                         if t.status == "completed" and t.end is not None
-                         and t.dev_score is not None and t.dev_score >= target - NEAR_BEST)  # fmt: skip
-        return reached[0] if reached else None
+        finals = [(t.end - min(starts), t.dev_score) for t in self.trials
+                  if t.status == "completed" and t.end is not None and t.dev_score is not None]  # fmt: skip
+        return time_to_near(finals, target)
 
     @property
     def completed(self) -> int:

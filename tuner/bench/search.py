@@ -87,9 +87,6 @@ def search_row(
     start = min(t.start for t in trials)
     wall_s = max(t.end for t in trials) - start
     finals = [(t.end - start, t.final_dev_score) for t in trials if t.final_dev_score is not None]
-    reached = sorted(
-        at for at, score in finals if target is not None and score >= target - NEAR_BEST
-    )
     completed = len(finals)
     stopped = sum(t.status == "stopped" for t in trials)
     return SearchRow(
@@ -97,10 +94,23 @@ def search_row(
         stopped=stopped,
         outside_budget=sum(t.outside_budget() for t in trials), wall_s=wall_s,
         best_dev_score=max((s for _, s in finals), default=None),
-        time_to_near_best_s=reached[0] if reached else None,
+        time_to_near_best_s=time_to_near(finals, target),
         trials_per_gpu_hour=per_gpu_hour(completed, wall_s, gpus),
         finished_per_gpu_hour=per_gpu_hour(completed + stopped, wall_s, gpus),
     )  # fmt: skip
+
+
+def time_to_near(finals: list[tuple[float, float]], target: float | None) -> float | None:
+    """The first ``at`` (s) of ``(at, final dev score)`` pairs whose score is within
+    ``NEAR_BEST`` of ``target``; None where none is, or there is no target."""
+    if target is None:
+        return None
+    return min((at for at, score in finals if score >= target - NEAR_BEST), default=None)
+
+
+def best_of(scores: list[float | None]) -> float | None:
+    """The best known score: the target every compared search is timed against."""
+    return max((s for s in scores if s is not None), default=None)
 
 
 def per_gpu_hour(trials: int, wall_s: float, gpus: float | None) -> float | None:
@@ -111,7 +121,5 @@ def per_gpu_hour(trials: int, wall_s: float, gpus: float | None) -> float | None
 def compare_studies(studies: dict[str, str | Path], *, gpus: float | None) -> list[SearchRow]:
     """One row per named study folder, all measured against the best score any of them found."""
     loaded = {name: load_study(folder) for name, folder in studies.items()}
-    scores = [t.final_dev_score for ts in loaded.values() for t in ts]
-    known = [s for s in scores if s is not None]
-    target = max(known) if known else None
+    target = best_of([t.final_dev_score for ts in loaded.values() for t in ts])
     return [search_row(name, ts, target=target, gpus=gpus) for name, ts in loaded.items()]
