@@ -44,7 +44,7 @@ RUN: dict[str, tuple[str, ...]] = {
     "python -m tuner.run --list": (),
     "python -m tuner.run e4_budget --dry-run": (),
     "python -m tuner.run e4_budget --preset smoke": (),
-    "python -m tuner.run e1_single_task --set task=imdb --num-samples 27 --gpus-per-trial 0.125": DRY,
+    "python -m tuner.run e1_single_task --set task=imdb sources=glue/sst2,newsgroups/bydate --gpus-per-trial 0.0625": DRY,
     "python -m tuner.run e4_budget --resume": SMOKE,  # finishes the smoke study above
     "python -m tuner.run e4_budget --overwrite": SMOKE,  # runs the smoke study again in its folder
     "python -m tuner.run placement --fuse 8": DRY,  # one fused model holds a GPU (CPU smoke: 2.5 min)

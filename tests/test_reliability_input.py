@@ -48,6 +48,12 @@ CASES = [
     ("unknown fusion", ["e4_budget", *SMOKE, "--set", "fusion=sideways"], "'sideways'"),
     ("unknown source", ["e4_budget", *SMOKE, "--set", "sources=glue/sst2,nosuch"], "'nosuch'"),
     ("no source", ["e4_budget", *SMOKE, "--set", "sources="], "sources=''"),
+    ("source is the task", ["e1_single_task", *SMOKE, "--set", "task=imdb"], "source 'imdb'"),
+    (
+        "source is the task, set",
+        ["e4_budget", *SMOKE, "--set", "sources=tweet_eval/sentiment"],
+        "source 'tweet_eval/sentiment'",
+    ),
     ("data folder missing", ["e4_budget", *SMOKE, "--data-dir", "{tmp}/gone"], "{tmp}/gone"),
     ("task folder missing", ["e4_budget", *SMOKE, "--set", "task={tmp}/gone"], "{tmp}/gone"),
     ("task folder, wrong columns", ["e4_budget", *SMOKE, "--set", "task={tmp}/cols"], "'foo'"),

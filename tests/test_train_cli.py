@@ -76,3 +76,13 @@ def test_bad_fuse_exits_2_naming_the_value(tiny_task, capsys, extra, named):
     assert run_cli(main, _argv(tiny_task, *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert named in err[-1]
+
+
+def test_a_fusion_of_the_target_task_itself_exits_2_before_any_data(capsys):
+    # refused before the data folder is read
+    argv = ["--task", "imdb", "--method", "fusion", "--set", "sources=glue/sst2,imdb",
+            "--data-dir", "/nonexistent"]  # fmt: skip
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "source 'imdb' is the study's own task" in err[0]
+    assert "--set sources=glue/sst2," in err[0]

@@ -111,6 +111,8 @@ class Experiment:
         unknown = sorted(set(self.presets) - set(PRESETS))
         if unknown:
             raise one_of("preset", unknown[0], PRESETS)
+        if self.task in self.search.sources:
+            raise ConfigError(own_task_source(self.task, self.search.sources))
 
     @property
     def metric(self) -> str:
@@ -143,6 +145,23 @@ class Experiment:
         data = dataclasses.asdict(self)
         data.pop("presets")
         return data
+
+
+# sources offered in place of the target task when a study names its own task as a source
+SOURCE_TASKS = ("glue/sst2", "imdb", "newsgroups/bydate", "tweet_eval/sentiment")
+
+
+def own_task_source(task: str, sources: tuple[str, ...]) -> str:
+    """Why a fusion source may not be the target task, and sources to use instead: an adapter
+    trained on the task's own train split (its dev carve included) would carry the target's
+    labels into every trial and its dev score."""
+    others = [s for s in sources if s != task]
+    spare = next(s for s in SOURCE_TASKS if s != task and s not in others)
+    return (
+        f"source {task!r} is the study's own task: its adapter, trained on {task}'s train "
+        f"split (dev rows included), would leak the target's labels into the fusion; name "
+        f"others, e.g. --set sources={','.join([*others, spare])}"
+    )
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")

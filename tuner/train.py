@@ -79,6 +79,17 @@ def refuse_unrunnable_quantize(config: dict[str, Any], *, fuse: bool) -> None:
     require_cuda(quantize)
 
 
+def refuse_own_task_source(task: str, config: dict[str, Any]) -> None:
+    """A fusion whose sources include the target task is refused before any data is read."""
+    from tuner.experiment import own_task_source
+
+    sources = config.get("sources") or ()
+    if isinstance(sources, str):
+        sources = tuple(s.strip() for s in sources.split(","))
+    if task in sources:
+        raise ConfigError(own_task_source(task, tuple(sources)))
+
+
 def fused_configs(config: dict[str, Any], fuse: str) -> list[dict[str, Any]]:
     """``config`` once per value of ``--fuse KEY=V1,V2,...``."""
     key, sep, values = fuse.partition("=")
@@ -95,6 +106,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     config = trial_config(args)
     refuse_unrunnable_quantize(config, fuse=bool(args.fuse))
+    refuse_own_task_source(args.task, config)
     configs = fused_configs(config, args.fuse) if args.fuse else [config]
     from trainables.backbones import load_backbone
     from trainables.recipe import run_trial, split_config
