@@ -270,6 +270,23 @@ def test_packing_suite_fuses_trials_in_several_processes(tiny_task, tmp_path):
         "fused", 2, 2, 0)  # fmt: skip
 
 
+def test_packing_suite_fuses_trials_of_mixed_ranks_and_placements(tiny_task, tmp_path):
+    _bench(tiny_task, tmp_path, "--suite", "packing", "--levels", "3", "--via", "fused",
+           "--fused-mix", "both")  # fmt: skip
+    doc = json.loads((tmp_path / "bench-packing.json").read_text())
+    fused = doc["rows"][-1]
+    assert (fused["via"], fused["concurrent"], fused["failed"]) == ("fused", 3, 0)
+    trials = fused["trials"]
+    assert [(t["rank"], t["placement"]) for t in trials] == [
+        (4, "attn_qv"), (8, "ffn"), (16, "all")]  # fmt: skip
+    assert doc["rows"][0]["trials"][0]["rank"] == 8  # the baseline alone: r=8 on query/value
+
+
+def test_fused_mix_is_refused_outside_fused(tmp_path):
+    argv = ["--suite", "packing", "--via", "processes", "--fused-mix", "ranks"]
+    assert run_cli(main, [*argv, "--out", str(tmp_path)]) == 2
+
+
 def test_fused_bench_trials_spread_their_learning_rates():
     assert fused_lrs(1e-3, 1) == [1e-3]
     assert fused_lrs(1e-3, 3) == pytest.approx([5e-4, 1e-3, 2e-3])

@@ -16,6 +16,7 @@ from torch import nn
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
+from search_spaces.row_groups import group_template
 from tests.test_loop import DEV, TRAIN, synthetic
 from trainables.backbones import load_backbone
 from trainables.fused import (
@@ -93,6 +94,39 @@ def test_fused_trials_train_as_each_alone(train):
         assert result.steps == ref_result.steps
     # the trials really differ (else matching trials could be mixed up unnoticed)
     assert len({float(trainable(m)["classifier.weight"].sum()) for m in models}) == 3
+
+
+def test_trials_on_other_linears_train_as_each_alone_over_a_union_template():
+    # placements differ (attention's query/value, the FFN, every linear) and so do ranks: the rows
+    # live in a template with LoRA on every linear at the largest rank, zero where a trial has none
+    methods = [MethodConfig(method="lora", rank=4, alpha=8, placement="attn_qv", num_labels=2),
+               MethodConfig(method="lora", rank=2, alpha=4, placement="ffn", num_labels=2),
+               MethodConfig(method="lora", rank=8, alpha=8, placement="all", num_labels=2)]  # fmt: skip
+
+    def build(method, seed):
+        torch.manual_seed(0)
+        backbone = load_backbone("tiny-bert")
+        torch.manual_seed(seed)
+        return no_dropout(build_model(method, backbone))
+
+    models = [build(m, seed) for seed, m in enumerate(methods, start=1)]
+    configs = [BASE, BASE.replace(lr=1e-3, seed=5), BASE.replace(lr=5e-3, seed=9)]
+    alone = trained_alone(models, configs, TRAIN)
+    template = build(group_template(methods), 0)
+    with pytest.raises(ConfigError, match="other linears"):
+        FusedLoRA(models)
+    fused = no_dropout(FusedLoRA.over(template, models))
+    results = fit_fused(fused, TRAIN, DEV, configs, task_kind="classification",
+                        metric="accuracy", device="cpu")  # fmt: skip
+    for k, ((reference, ref_result), result) in enumerate(zip(alone, results, strict=True)):
+        ours, theirs = trainable(models[k]), trainable(reference)
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            torch.testing.assert_close(ours[name], theirs[name], atol=2e-5, rtol=1e-4, msg=name)
+        assert result.best_dev_score == ref_result.best_dev_score
+    lora = [[n for n in trainable(m) if "lora_" in n] for m in models]
+    assert any(".query." in n for n in lora[0]) and not any(".query." in n for n in lora[1])
+    assert len(lora[2]) > max(len(lora[0]), len(lora[1]))  # "all" holds more linears than either
 
 
 def test_fused_regression_matches_alone():

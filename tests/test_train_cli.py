@@ -48,6 +48,10 @@ def test_fuse_trains_one_trial_per_value_as_one_model(tiny_task, capsys):
     assert "lr=3e-3: " in captured.err  # a line per trial
     ranks = json.loads(_run(tiny_task, capsys, "--fuse", "rank=2,8"))
     assert ranks[0]["trainable_params"] < ranks[1]["trainable_params"]
+    # placements: rows of a template with LoRA on every linear, each trial counted as its own
+    placed = json.loads(_run(tiny_task, capsys, "--fuse", "placement=attn_qv,all"))
+    assert [f["status"] for f in placed] == ["completed"] * 2
+    assert placed[0]["trainable_params"] < placed[1]["trainable_params"]
 
 
 def test_fuse_sweeps_a_bottleneck_adapter_as_rows(tiny_task, capsys):

@@ -214,7 +214,10 @@ def build_fused(
                 head.copy_to(member.classifier)  # FusedLoRA / FusedRows copy it into its row
     methods = [m for m, _ in splits]
     if all(m.method == "lora" for m in methods):
-        return FusedLoRA(members), members
+        if len({(m.placement, m.layers) for m in methods}) == 1:
+            return FusedLoRA(members), members
+        template = build(group_template(methods), first.seed)  # LoRA on the union of linears
+        return FusedLoRA.over(template, members).to(device), members
     return FusedRows(members, template=build(group_template(methods), first.seed)), members
 
 

@@ -155,6 +155,19 @@ class FusedLoRA(nn.Module):
         bf16, which then runs in bf16 end to end."""
         return precision if self.backbone_dtype == torch.float32 else "fp32"
 
+    @classmethod
+    def over(cls, template: PeftClassifier, members: Sequence[PeftClassifier]) -> FusedLoRA:
+        """``members`` on other linears (placements, layers) as rows of ``template``'s, whose
+        LoRA covers them all at their largest rank (``group_template``): each row holds its
+        member, zero at the linears it lacks (zero factors get zero gradients and stay zero), as
+        a fused pool's rows do; :meth:`write_back` writes into ``members``."""
+        fused = cls([template] * len(members))
+        for row, member in enumerate(members):
+            check_members([template, member], subset=True)
+            fused.load_row(row, member)
+        fused.members = list(members)
+        return fused
+
     def write_back(self) -> None:
         """Copy each trial's trained row into its member (LoRA factors and head)."""
         with torch.no_grad():

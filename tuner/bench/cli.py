@@ -28,6 +28,7 @@ from typing import Any
 
 from search_spaces.errors import ConfigError
 from tuner.bench.packing import (
+    FUSED_MIXES,
     FUSED_SEEDS,
     PackingSetup,
     best_gpus_per_trial,
@@ -79,6 +80,13 @@ def parser() -> argparse.ArgumentParser:
         default="same",
         help="packing --via fused: the trials share the seed (one data order, as in a "
         "search) or trial k has seed k (each pads to the longest batch of a step)",
+    )
+    p.add_argument(
+        "--fused-mix",
+        choices=FUSED_MIXES,
+        default="same",
+        help="packing --via fused: every trial LoRA r=8 on query/value, or trial k's rank "
+        "(4, 8, 16, 32), placement (query/value, FFN, every linear) or both cycling",
     )
     p.add_argument("--fused-per-process", type=int, default=0, metavar="F",
                    help="packing --via fused: F trials per process, n / F processes (default: "
@@ -181,9 +189,9 @@ def packing_options(args: argparse.Namespace) -> tuple[str, list[int]]:
     via = check_via(args.via)
     levels = _levels(args.levels)
     per = args.fused_per_process
-    if via != "fused" and (per or args.fused_seeds != "same"):
-        raise ConfigError(f"--fused-per-process and --fused-seeds apply to --via fused, "
-                          f"not --via {via}")  # fmt: skip
+    if via != "fused" and (per or args.fused_seeds != "same" or args.fused_mix != "same"):
+        raise ConfigError(f"--fused-per-process, --fused-seeds and --fused-mix apply to --via "
+                          f"fused, not --via {via}")  # fmt: skip
     if per < 0 or any(n > per and n % per for n in levels if per):
         raise ConfigError(f"--fused-per-process={per} must be >= 0 and divide every level "
                           f"above it: --levels {args.levels}")  # fmt: skip
@@ -210,7 +218,7 @@ def measure_levels(
         how = f", fused {fuse} per process" if fuse else ""
         _log(f"packing: {n} trial(s){how}{under}")
         publish(run_level(n, setup, data_file=data_file, mps=mps, fuse=fuse,
-                          fused_seeds=args.fused_seeds))  # fmt: skip
+                          fused_seeds=args.fused_seeds, fused_mix=args.fused_mix))  # fmt: skip
 
 
 class PackingPublisher:

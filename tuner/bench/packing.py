@@ -12,8 +12,10 @@ time in ``n / fuse`` processes, under MPS where asked (:mod:`trainables.fused`: 
 backbone, per-trial LoRA and head); their learning rates spread over 0.5x-2x the trial's. Their seed is the trial's, as in a search where every trial
 has the study's seed (one data order: the K batches of a step are equally long); with
 ``fused_seeds="distinct"`` trial k has seed k, its own data order, and a step pads all K
-batches to the longest of them. The speed-up of every level is over one trial run alone as a
-process (the ``processes`` level 1).
+batches to the longest of them. ``fused_mix`` gives trial k its own LoRA shape: ranks cycling
+4, 8, 16, 32 and/or placements cycling query/value, FFN, every linear (rows of a template with LoRA
+on every linear at the largest rank, as a study's pool holds them). The speed-up of every level is
+over one trial run alone as a process (the ``processes`` level 1: r=8 on query/value).
 
 ``python -m tuner.bench.packing worker ...`` is the worker's entry point; use ``tuner.bench``.
 """
@@ -39,6 +41,9 @@ from trainables.flops import train_flops
 READY_TIMEOUT_S = 600.0
 POLL_S = 0.005
 FUSED_SEEDS = ("same", "distinct")  # fused bench trials: one data order, or one each
+FUSED_MIXES = ("same", "ranks", "placements", "both")  # fused bench trials' LoRA shapes
+MIX_RANKS = (4, 8, 16, 32)
+MIX_PLACEMENTS = ("attn_qv", "ffn", "all")
 NEAR_BEST = 0.9  # the default packing: fewest GPUs per trial reaching 90% of the best aggregate
 
 
@@ -104,11 +109,18 @@ def best_gpus_per_trial(rows: list[PackingRow], *, near: float = NEAR_BEST) -> f
     ).gpus_per_trial
 
 
-def trial_config(*, batch_size: int, lr: float, seed: int = 0) -> dict[str, Any]:
+def trial_config(
+    *, batch_size: int, lr: float, seed: int = 0, k: int = 0, mix: str = "same"
+) -> dict[str, Any]:
     """The packed trial: LoRA r=8 (alpha 16 on query/value, the defaults), one epoch, one dev
-    evaluation at its end."""
-    return {"method": "lora", "rank": 8, "epochs": 1.0, "batch_size": batch_size, "lr": lr,
-            "seed": seed, "evals": 1}  # fmt: skip
+    evaluation at its end; under ``mix`` trial ``k``'s rank and/or placement cycle."""
+    config = {"method": "lora", "rank": 8, "epochs": 1.0, "batch_size": batch_size, "lr": lr,
+              "seed": seed, "evals": 1}  # fmt: skip
+    if mix in ("ranks", "both"):
+        config["rank"] = MIX_RANKS[k % len(MIX_RANKS)]
+    if mix in ("placements", "both"):
+        config["placement"] = MIX_PLACEMENTS[k % len(MIX_PLACEMENTS)]
+    return config
 
 
 def most_overlapping(trials: list[dict[str, Any]]) -> int:
@@ -130,6 +142,7 @@ def run_level(
     mps: bool = False,
     fuse: int = 0,
     fused_seeds: str = "same",
+    fused_mix: str = "same",
 ) -> PackingRow:
     """Start the workers of ``n`` trials on the data pickled in ``data_file``, release them
     together, collect their results: ``n`` workers of one trial each, or (``fuse`` > 0)
@@ -149,7 +162,7 @@ def run_level(
                "--batch-size", str(setup.batch_size), "--lr", str(setup.lr), "--seed", str(seed),
                "--ready", str(level / f"ready-{i}"), "--go", str(go),
                "--out", str(level / f"result-{i}.json"),
-               "--fuse", str(fuse), "--fused-seeds", fused_seeds]  # fmt: skip
+               "--fuse", str(fuse), "--fused-seeds", fused_seeds, "--fused-mix", fused_mix]  # fmt: skip
         procs.append(subprocess.Popen(cmd, env=env))
     deadline = time.monotonic() + READY_TIMEOUT_S
     while sum((level / f"ready-{i}").exists() for i in range(workers)) + _exited(procs) < workers:
@@ -277,6 +290,7 @@ def worker(args: argparse.Namespace) -> int:
     # module for its options and never touches CUDA, so every worker gets the GPU to itself
     import torch
 
+    from search_spaces.row_groups import group_template
     from trainables.backbones import load_backbone
     from trainables.fused import FusedLoRA, fit_fused
     from trainables.methods import build_model
@@ -285,18 +299,27 @@ def worker(args: argparse.Namespace) -> int:
 
     with open(args.data, "rb") as handle:
         data = pickle.load(handle)
-    members, configs = [], []
+    members, methods, configs = [], [], []
     for k, lr in enumerate(fused_lrs(args.lr, args.fuse) if args.fuse else [args.lr]):
         seed = args.seed + k if args.fused_seeds == "distinct" else args.seed
-        config = trial_config(batch_size=args.batch_size, lr=lr, seed=seed)
+        config = trial_config(batch_size=args.batch_size, lr=lr, seed=seed, k=k,
+                              mix=args.fused_mix)  # fmt: skip
         method_config, train_config = split_config(config, num_labels=data.num_labels)
         torch.manual_seed(seed)
         members.append(build_model(
             method_config, load_backbone(args.backbone),
             total_steps=train_config.total_steps(len(data.train)),
         ))  # fmt: skip
+        methods.append(method_config)
         configs.append(train_config)
-    model = (FusedLoRA(members) if args.fuse else members[0]).to(args.device)
+    if not args.fuse:
+        model = members[0]
+    elif len({m.placement for m in methods}) == 1:
+        model = FusedLoRA(members)
+    else:  # LoRA on every linear at the largest rank, each row zero where its trial has none
+        template = build_model(group_template(methods), load_backbone(args.backbone))
+        model = FusedLoRA.over(template, members)
+    model = model.to(args.device)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     Path(args.ready).touch()
@@ -312,8 +335,9 @@ def worker(args: argparse.Namespace) -> int:
         {"start": start, "train_s": r.samples_seen / r.train_samples_per_s,
          "samples": r.samples_seen, "tokens": r.tokens_seen, "padded_tokens": r.padded_tokens_seen,
          "peak_mem_mib": r.peak_mem_mib, "dev_score": r.best_dev_score, "status": r.status,
-         "lr": c.lr, "seed": c.seed, "cuda_graphs": r.cuda_graphs, "graphs_off": r.graphs_off}
-        for r, c in zip(results, configs, strict=True)
+         "lr": c.lr, "seed": c.seed, "rank": m.rank, "placement": m.placement,
+         "cuda_graphs": r.cuda_graphs, "graphs_off": r.graphs_off}
+        for r, c, m in zip(results, configs, methods, strict=True)
     ]))  # fmt: skip
     return 0
 
@@ -331,6 +355,7 @@ def _parser() -> argparse.ArgumentParser:
         "--fuse", type=int, default=0, help="train this many trials fused (0: one, plain)"
     )
     w.add_argument("--fused-seeds", choices=FUSED_SEEDS, default="same")
+    w.add_argument("--fused-mix", choices=FUSED_MIXES, default="same")
     return p
 
 
