@@ -131,3 +131,26 @@ def test_every_graph_safe_method_trains_from_graphs(method: str):
         assert result.cuda_graphs >= 1 and reports[-1].graphed_steps == result.steps
     else:
         assert result.cuda_graphs == 0 and reports[-1].graphed_steps == 0
+
+
+@CUDA
+def test_graphed_adalora_reallocates_ranks_as_eager_does():
+    """AdaLoRA's step hook (importance averages from the step's gradients, rank masks in place)
+    runs after each replayed step: the same rank pattern and weights as the eager run."""
+    from tests.test_fused import no_dropout
+
+    config = FAST.replace(evals=2, epochs=3)
+    runs = []
+    for graphs in (False, True):
+        model = no_dropout(build(config_for("adalora")))
+        result = fit(model, TRAIN, DEV, config.replace(cuda_graphs=graphs),
+                     task_kind="classification", metric="accuracy", device="cuda")  # fmt: skip
+        runs.append((model, result))
+    (eager, eager_result), (graphed, graphed_result) = runs
+    assert eager_result.cuda_graphs == 0 and graphed_result.cuda_graphs >= 1
+    assert graphed_result.graphs_off is None, graphed_result.graphs_off
+    patterns = [m.encoder.peft_config["default"].rank_pattern for m in (eager, graphed)]
+    assert patterns[0] and patterns[0] == patterns[1]
+    weights = [{n: p for n, p in m.named_parameters() if p.requires_grad} for m in (eager, graphed)]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, atol=1e-4, rtol=1e-3, msg=name)

@@ -126,8 +126,9 @@ def test_padding_leaves_a_row_as_it_is_alone(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
-def test_graph_safe_only_without_per_step_hooks(method: str) -> None:
-    assert build(config_for(method)).graph_safe == (method not in ("adalora", "lora_grow"))
+def test_graph_safe_unless_a_hook_changes_what_a_step_computes(method: str) -> None:
+    # lora_grow grows its rank between steps; AdaLoRA's hook reads gradients and masks in place
+    assert build(config_for(method)).graph_safe == (method != "lora_grow")
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

@@ -51,6 +51,10 @@ class MethodHooks:
 
     merge: Callable[[], None] | None = None  # folds the method into the backbone weights
     step: Callable[[int], None] | None = None  # called after each optimiser step
+    # the step hook only reads the step's gradients and edits parameters in place (AdaLoRA's
+    # importance averages and masks): it may run after a step replayed from a CUDA graph, whose
+    # gradients stay in place until the next step zeroes them
+    step_between_graphs: bool = False
     regularization: Callable[[], torch.Tensor | None] | None = None  # extra loss term
     stored_adjustment: Callable[[], int] = lambda: 0  # served size minus built size (prefix)
     plateau: Callable[[float], bool] | None = None  # sees each dev loss; True: the model grew
@@ -168,9 +172,11 @@ class PeftClassifier(nn.Module):
     @property
     def graph_safe(self) -> bool:
         """Whether a training step may be captured in a CUDA graph and replayed: not when the method
-        runs Python between steps that changes what a step computes (AdaLoRA's rank reallocation,
-        lora_grow's rank growth)."""
-        return self._hooks.step is None and self._hooks.plateau is None
+        runs Python between steps that changes what a step computes (lora_grow's rank growth);
+        a step hook that only reads gradients and edits parameters in place runs after each
+        replay (AdaLoRA's rank reallocation)."""
+        hooks = self._hooks
+        return hooks.plateau is None and (hooks.step is None or hooks.step_between_graphs)
 
     def step_hook(self, global_step: int) -> None:
         """Call after ``optimizer.step()`` and before ``zero_grad()`` (AdaLoRA reads the gradients

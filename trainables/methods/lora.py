@@ -95,6 +95,7 @@ def build_adalora(
     return model, MethodHooks(
         merge=model.merge_adapter,
         step=model.base_model.update_and_allocate,
+        step_between_graphs=True,  # reads p.grad, masks lora_E in place: after each replay
         regularization=lambda: ADALORA_ORTH_REG_WEIGHT * orthogonality_penalty(model),
         metrics=lambda: adalora_rank_metrics(model),
         state=lambda: adalora_state(model),

@@ -20,8 +20,10 @@ All graphs share one memory pool: only one replays at a time and their outputs s
 A step that waits for the host (``torch.all(mask == 1)`` in a condition, ``.item()``) cannot be
 captured: the second warm-up step runs with such waits raising, and one that raises turns graphs
 off for the rest of the run, as does a capture that fails; :attr:`StepGraphs.off_reason` says
-why. Methods with per-step Python hooks (AdaLoRA's rank reallocation, lora_grow, the
-fusion-entropy LoRA placement) must not be graphed: the loop checks ``model.graph_safe``.
+why. Methods with per-step Python hooks that change what a step computes (lora_grow, the
+fusion-entropy LoRA placement) must not be graphed: the loop checks ``model.graph_safe``. A hook
+that only reads the step's gradients and edits parameters in place (AdaLoRA's rank reallocation)
+runs after each replay: the gradients stay in place until the next step zeroes them.
 """
 
 from __future__ import annotations

@@ -50,8 +50,11 @@ class TrainStep:
     def __call__(self, batch: Batch, index: int = 0) -> torch.Tensor:
         """Step ``index`` (0-based) on ``batch``; the loss on the device, valid until the next
         step (consume it, e.g. add it to an accumulator, before calling again)."""
-        if self.graphs is not None:
-            return self.graphs.step(batch)
+        if self.graphs is not None:  # a graph_safe model's hook runs between the steps
+            loss = self.graphs.step(batch)
+            if self._hook is not None:
+                self._hook(index)
+            return loss
         loss = self._body(batch.to(self._device))
         if self._hook is not None:
             self._hook(index)
