@@ -235,6 +235,8 @@ def test_the_study_command_puts_one_pool_on_each_gpu(study_env, two_gpu_ray, tmp
     assert "up to 4 at once" in err
     record = json.loads((results / "placement-smoke" / "experiment.json").read_text())
     assert record["fuse"] == 2  # a resume keeps it
+    assert record["resources"] == {"cpus_per_trial": 0.25, "gpus_per_trial": 0.0,
+                                   "gpus_per_pool": 1.0}  # what a pooled trial holds  # fmt: skip
     summary = json.loads((results / "placement-smoke" / "summary.json").read_text())
     assert summary["status_counts"] == {"completed": 5}
     pools = set()

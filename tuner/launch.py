@@ -367,9 +367,14 @@ def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
 
 def record_start(files: StudyFiles, exp: Experiment, preset: str, resources: Resources,
                  paths: Any, *, fuse: Any = None) -> None:  # fmt: skip
-    """The resolved experiment, commit, versions, device and pooling, beside the results."""
+    """The resolved experiment, commit, versions, device and pooling, beside the results; the
+    resources are what each trial holds (pooled: a client's CPU and no GPU, the pools a GPU each)."""
+    from tuner.fusing import CLIENT_CPUS
+
+    held = vars(resources) if fuse is None else {"cpus_per_trial": CLIENT_CPUS,
+                                                  "gpus_per_trial": 0.0, "gpus_per_pool": 1.0}  # fmt: skip
     files.write_json("experiment.json", {
-        "experiment": exp.to_dict(), "preset": preset, "resources": vars(resources),
+        "experiment": exp.to_dict(), "preset": preset, "resources": held,
         "fuse": fuse.slots if fuse is not None else 0,
         "storage": paths.storage, "tracking_uri": paths.tracking_uri, **provenance(),
     })  # fmt: skip
