@@ -29,6 +29,13 @@ class BackboneShape:
         if self.hidden % self.heads:
             raise ConfigError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
 
+    def check_max_length(self, max_length: int, backbone: str) -> None:
+        """Refuse a ``max_length`` the backbone has no position embeddings for (it would fail
+        inside a trial, at the first example that long)."""
+        if max_length > self.max_positions:
+            raise ConfigError(f"max_length={max_length} exceeds {backbone}'s {self.max_positions} "
+                              f"positions: choose max_length <= {self.max_positions}")  # fmt: skip
+
     @classmethod
     def from_hf_config(cls, config: Any) -> BackboneShape:
         """From a ``transformers`` BERT config object or its ``config.json`` as a dict."""

@@ -84,6 +84,11 @@ CASES = [
     ("accounting", ["e4_budget", *SMOKE, "--set", "accounting=bytes"], "'bytes'"),
     ("head", ["e4_budget", *SMOKE, "--set", "head=max"], "'max'"),
     ("precision", ["e4_budget", *SMOKE, "--set", "precision=fp64"], "'fp64'"),
+    (
+        "max_length past the positions",
+        ["e4_budget", *SMOKE, "--set", "max_length=256"],
+        "max_length=256 exceeds tiny-bert's 128 positions",
+    ),
     ("lr <= 0", ["e4_budget", *SMOKE, "--set", "lr=-1"], "lr=-1.0"),
     ("evals 0", ["e4_budget", *SMOKE, "--set", "evals=0"], "evals=0"),
     ("more evals than steps", ["e4_budget", *SMOKE, "--set", "evals=1000"], "evals=1000"),

@@ -90,3 +90,13 @@ def test_a_fusion_of_the_target_task_itself_exits_2_before_any_data(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "source 'imdb' is the study's own task" in err[0]
     assert "--set sources=glue/sst2," in err[0]
+
+
+def test_a_max_length_past_the_backbones_positions_exits_2_before_any_data(capsys):
+    argv = ["--task", "glue/sst2", "--method", "lora", "--backbone", "tiny-bert",
+            "--set", "max_length=129", "--data-dir", "/nonexistent"]  # fmt: skip
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: max_length=129 exceeds tiny-bert's 128 positions: choose max_length <= 128"
+    ]

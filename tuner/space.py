@@ -27,6 +27,7 @@ from search_spaces.spaces import (
     method_space,
     startup_trials,
 )
+from trainables.train_config import TrainConfig
 from tuner.experiment import Experiment
 from tuner.reconcile import killed_before
 
@@ -90,6 +91,7 @@ def build_space(exp: Experiment) -> ExperimentSpace:
     for source in exp.search.sources:
         resolve_task(source)
     shape = load_backbone(exp.backbone, meta=True).shape
+    shape.check_max_length(TrainConfig.from_dict(dict(exp.train)).max_length, exp.backbone)
     s = exp.search
     budget = Budget(budget_params=s.budget_params, tolerance=s.tolerance, accounting=s.accounting)
     fixed = {k: v for k, v in s.fixed.items()}

@@ -123,6 +123,7 @@ def main(argv: list[str]) -> int:
         check_configs(trains)  # before any data or model
     train = trains[0]
     backbone = load_backbone(args.backbone, meta=True)
+    backbone.shape.check_max_length(train.max_length, args.backbone)
     data = prepare(args.task, tokenizer=backbone.tokenizer, max_length=train.max_length,
                    train_samples=args.train_samples, data_dir=args.data_dir, seed=train.seed)  # fmt: skip
     for each in configs:
