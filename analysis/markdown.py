@@ -96,7 +96,9 @@ def completeness(c: Completeness) -> str:
             note = STATUS_NOTES.get(status, "")
             lines.append(f"- {len(ids)} {status} trial(s){note}: {_listed(ids)}")
     if c.missing_tasks:
-        lines.append(f"- tasks without a completed trial: {_listed(list(c.missing_tasks))}")
+        lines.append(f"- tasks of the plan without a completed trial: "
+                     f"{_listed(list(c.missing_tasks))} (each task is a run of its own; "
+                     f"`--all-runs` reports an MLflow store's runs together)")  # fmt: skip
     if c.missing_arms:
         lines.append(f"- planned arms without a completed trial: {_listed(list(c.missing_arms))}")
     if c.missing_metrics:
