@@ -84,3 +84,45 @@ def test_an_adalora_trial_killed_after_pruning_resumes_to_the_uninterrupted_weig
     expected, got = load_file(tmp_path / "full" / WEIGHTS), load_file(tmp_path / "cut" / WEIGHTS)
     for name, tensor in expected.items():
         assert torch.equal(tensor, got[name]), name
+
+
+def test_the_rank_step_is_pefts_update_and_allocate_step_by_step() -> None:
+    """RankStep (foreach importance averages, final masks made once) against peft's own hook on
+    two identical models fed the same gradients through warm-up, pruning and the final phase:
+    the same importance averages, rank patterns and lora_E values at every step."""
+    from trainables.methods.adalora_step import RankStep
+
+    total = 60  # tinit 9, pruning until step 33 with a reallocation every step, then final
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        config = MethodConfig(method="adalora", rank=2, placement="all", num_labels=2)
+        models.append(build_model(config, load_backbone("tiny-bert"), total_steps=total))
+    ours, theirs = (m.encoder.base_model for m in models)
+    hook = RankStep(ours)
+    params = [[p for p in m.parameters() if p.requires_grad] for m in models]
+    generator = torch.Generator().manual_seed(1)
+    for step in range(total):
+        for mine, reference in zip(*params, strict=True):
+            grad = torch.randn(mine.shape, generator=generator)
+            mine.grad, reference.grad = grad.clone(), grad.clone()
+            with torch.no_grad():  # a stand-in optimizer step: the weights move every step
+                mine.add_(grad, alpha=-1e-2)
+                reference.add_(grad, alpha=-1e-2)
+        hook(step)
+        theirs.update_and_allocate(step)
+        mine_alloc, their_alloc = ours.rankallocator, theirs.rankallocator
+        for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            a, b = getattr(mine_alloc, name), getattr(their_alloc, name)
+            assert a.keys() == b.keys(), (step, name)
+            for key in a:
+                assert torch.equal(a[key], b[key]), (step, name, key)
+        assert (
+            ours.peft_config["default"].rank_pattern == theirs.peft_config["default"].rank_pattern
+        )
+        singular = [{n: p for n, p in m.named_parameters() if "lora_E" in n} for m in models]
+        for name, value in singular[0].items():
+            assert torch.equal(value, singular[1][name]), (step, name)
+    pattern = ours.peft_config["default"].rank_pattern
+    kept = sum(sum(v) for v in pattern.values())
+    assert 0 < kept < sum(len(v) for v in pattern.values())  # pruning happened, not everything

@@ -17,6 +17,7 @@ from torch import nn
 
 from search_spaces.accounting import method_layers
 from search_spaces.method_config import PLACEMENTS, MethodConfig
+from trainables.methods.adalora_step import RankStep
 from trainables.methods.registry import BuildContext, register_method
 from trainables.model import MethodHooks
 from trainables.ranks import rank_metric, singular_value_ranks
@@ -94,7 +95,7 @@ def build_adalora(
             param.requires_grad_(False)
     return model, MethodHooks(
         merge=model.merge_adapter,
-        step=model.base_model.update_and_allocate,
+        step=RankStep(model.base_model),  # peft's update_and_allocate, as foreach kernels
         step_between_graphs=True,  # reads p.grad, masks lora_E in place: after each replay
         regularization=lambda: ADALORA_ORTH_REG_WEIGHT * orthogonality_penalty(model),
         metrics=lambda: adalora_rank_metrics(model),
