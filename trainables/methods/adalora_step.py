@@ -1,7 +1,7 @@
 """AdaLoRA's per-step hook, peft's numbers at a fraction of its launches.
 
 peft's ``AdaLoraModel.update_and_allocate`` walks every named parameter of the model each step and
-updates each LoRA tensor's importance averages with about eight kernels of its own (~900 launches
+updates each LoRA tensor's importance averages with ten kernels of its own (~1,100 launches
 a step on MiniLM with LoRA on every linear), and in the final phase builds each ``lora_E`` mask
 from a Python list and copies it to the device every step. Once the step itself replays from a
 CUDA graph (a few launches) that hook is most of AdaLoRA's step. :class:`RankStep` does the same
