@@ -24,7 +24,7 @@ from search_spaces.row_groups import group_template
 from search_spaces.spaces import default_lr
 from trainables.backbones import load_backbone
 from trainables.faults import inject_fault
-from trainables.fused import FusedLoRA, FusedRows, check_configs, fit_fused
+from trainables.fused import FusedLoRA, FusedRows, check_configs, fit_fused, fuse_lora
 from trainables.methods import build_model
 from trainables.metrics import get_metric
 from trainables.model import PeftClassifier
@@ -213,11 +213,8 @@ def build_fused(
             if train.head_init == "probe":
                 head.copy_to(member.classifier)  # FusedLoRA / FusedRows copy it into its row
     methods = [m for m, _ in splits]
-    if all(m.method == "lora" for m in methods):
-        if len({(m.placement, m.layers) for m in methods}) == 1:
-            return FusedLoRA(members), members
-        template = build(group_template(methods), first.seed)  # LoRA on the union of linears
-        return FusedLoRA.over(template, members).to(device), members
+    if all(m.method == "lora" for m in methods):  # other linears: rows of a union template
+        return fuse_lora(members, lambda: build(group_template(methods), first.seed)), members
     return FusedRows(members, template=build(group_template(methods), first.seed)), members
 
 

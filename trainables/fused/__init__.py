@@ -55,7 +55,7 @@ core's (:mod:`trainables.training`).
 """
 
 from trainables.fused.batches import IGNORE_INDEX, fused_batches, padded_step, step_batch
-from trainables.fused.model import FUSABLE_METHODS, FusedLoRA, check_members
+from trainables.fused.model import FUSABLE_METHODS, FusedLoRA, check_members, fuse_lora
 from trainables.fused.optim import RowAdamW, clip_rows_
 from trainables.fused.rows import FusedRows, check_rows
 from trainables.fused.step import FusedStep, evaluate_fused, fused_losses
@@ -64,5 +64,5 @@ from trainables.fused.train import SHARED_FIELDS, check_configs, fit_fused
 __all__ = [
     "FUSABLE_METHODS", "IGNORE_INDEX", "SHARED_FIELDS", "FusedLoRA", "FusedRows", "FusedStep",
     "RowAdamW", "check_configs", "check_members", "check_rows", "clip_rows_", "evaluate_fused", "fit_fused",
-    "fused_batches", "fused_losses", "padded_step", "step_batch",
+    "fuse_lora", "fused_batches", "fused_losses", "padded_step", "step_batch",
 ]  # fmt: skip

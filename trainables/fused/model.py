@@ -10,7 +10,7 @@ columns get zero gradients and stay zero). :func:`check_members` says what may f
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -223,6 +223,17 @@ class FusedLoRA(nn.Module):
         """Row ``row`` of ``theta`` cut into its slots, each in the slot's shape (views)."""
         chunks = self.theta.detach()[row].split([s.size for s in self._slots])
         return [c.view(s.shape) for c, s in zip(chunks, self._slots, strict=True)]
+
+
+def fuse_lora(
+    members: Sequence[PeftClassifier], template: Callable[[], PeftClassifier]
+) -> FusedLoRA:
+    """``members`` as one :class:`FusedLoRA`: directly when LoRA sits on the same linears in
+    each, else as rows of ``template()``, built with LoRA on the union of their linears at their
+    largest rank (``search_spaces.row_groups.group_template``; :meth:`FusedLoRA.over`)."""
+    if len({tuple(_lora_names(m)) for m in members}) == 1:
+        return FusedLoRA(members)
+    return FusedLoRA.over(template(), members)
 
 
 def check_members(members: Sequence[PeftClassifier], *, subset: bool = False) -> None:

@@ -292,7 +292,7 @@ def worker(args: argparse.Namespace) -> int:
 
     from search_spaces.row_groups import group_template
     from trainables.backbones import load_backbone
-    from trainables.fused import FusedLoRA, fit_fused
+    from trainables.fused import fit_fused, fuse_lora
     from trainables.methods import build_model
     from trainables.recipe import split_config
     from trainables.training.loop import fit
@@ -312,14 +312,11 @@ def worker(args: argparse.Namespace) -> int:
         ))  # fmt: skip
         methods.append(method_config)
         configs.append(train_config)
-    if not args.fuse:
-        model = members[0]
-    elif len({m.placement for m in methods}) == 1:
-        model = FusedLoRA(members)
-    else:  # LoRA on every linear at the largest rank, each row zero where its trial has none
-        template = build_model(group_template(methods), load_backbone(args.backbone))
-        model = FusedLoRA.over(template, members)
-    model = model.to(args.device)
+
+    def template() -> Any:  # LoRA on the union of the trials' linears, at their largest rank
+        return build_model(group_template(methods), load_backbone(args.backbone))
+
+    model = (fuse_lora(members, template) if args.fuse else members[0]).to(args.device)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     Path(args.ready).touch()
