@@ -156,11 +156,11 @@ def own_task_source(task: str, sources: tuple[str, ...]) -> str:
     trained on the task's own train split (its dev carve included) would carry the target's
     labels into every trial and its dev score."""
     others = [s for s in sources if s != task]
-    spare = next(s for s in SOURCE_TASKS if s != task and s not in others)
+    spare = [s for s in SOURCE_TASKS if s != task and s not in others][:1]
     return (
         f"source {task!r} is the study's own task: its adapter, trained on {task}'s train "
         f"split (dev rows included), would leak the target's labels into the fusion; name "
-        f"others, e.g. --set sources={','.join([*others, spare])}"
+        f"others, e.g. --set sources={','.join([*others, *spare])}"
     )
 
 

@@ -106,8 +106,9 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     config = trial_config(args)
     refuse_unrunnable_quantize(config, fuse=bool(args.fuse))
-    refuse_own_task_source(args.task, config)
     configs = fused_configs(config, args.fuse) if args.fuse else [config]
+    for each in configs:  # --fuse sources=...: every one of them
+        refuse_own_task_source(args.task, each)
     from trainables.backbones import load_backbone
     from trainables.recipe import run_trial, split_config
     from trainables.train_config import TrainConfig
