@@ -14,17 +14,28 @@ from collections.abc import Callable
 from search_spaces.errors import ConfigError
 
 USAGE_ERROR = 2  # argparse's exit code for bad arguments; ours for bad values
+INTERRUPTED = 130  # a shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A study stopped by SIGINT with trials unfinished (Tune saved its state and returned):
+    a KeyboardInterrupt, so the MLflow parent run is closed as KILLED; the message says how to
+    finish it."""
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     """Run ``main(argv)`` (default ``sys.argv[1:]``) and return its exit code; a ConfigError
-    prints ``error: <message>`` as a single line on stderr and returns 2."""
+    prints ``error: <message>`` as a single line on stderr and returns 2, an interrupted study
+    ``interrupted: <message>`` and 130."""
     try:
         return main(sys.argv[1:] if argv is None else list(argv))
     except ConfigError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the message holds
         print(f"error: {message}", file=sys.stderr)
         return USAGE_ERROR
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return INTERRUPTED
 
 
 def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:

@@ -18,11 +18,12 @@ from search_spaces.errors import ConfigError
 from search_spaces.spaces import outside_budget
 from trainables.data.loading import DATA_DIR_ENV
 from trainables.train_config import TrainConfig
+from tuner.cli import Interrupted
 from tuner.experiment import Experiment
 from tuner.fusing import plan_fuse, pooling, started_fuse
 from tuner.mlflow_views import describe_study, record_outcome, trials_link, ui_address
 from tuner.provenance import provenance
-from tuner.reconcile import closes_parent, parent_opened
+from tuner.reconcile import closes_parent, parent_opened, saved_trials
 from tuner.study import PARENT_RUN_FILE, Resources, StudyFiles, study_paths
 from tuner.tracking import connect, ensure_experiment
 
@@ -165,12 +166,10 @@ def search_and_seeds(exp: Experiment, space: Any, train: TrainConfig, trials: St
                   scheduler=build_scheduler(exp, max_t=train.evals))  # fmt: skip
     logger = _mlflow_logger(paths.tracking_uri, *run, exp, preset)
     summary = run_phase(phase, trials, paths, logger, exp, resume=resume)
-    trials.check_pools()
-    if len(exp.seeds) > 1:
+    if len(exp.seeds) > 1:  # chosen from a finished search only (run_phase raises otherwise)
         seeds = seeds_phase(exp, summary, name=f"{paths.name}-seeds")
         logger = _mlflow_logger(paths.tracking_uri, *run, exp, preset, phase="seeds")
         summary["seeds"] = run_phase(seeds, trials, paths, logger, exp, resume=resume)
-        trials.check_pools()
     return summary
 
 
@@ -268,7 +267,27 @@ def run_phase(phase: Phase, trials: StudyTrials, paths: Any, logger: Any, exp: E
         )  # fmt: skip
     log(f"{phase.name}: {phase.num_samples} trials, up to {trials.concurrent} at once; "
         f"results in {paths.storage}/{phase.name}, MLflow at {paths.tracking_uri}")  # fmt: skip
-    return summarise(tuner.fit(), exp)
+    grid = tuner.fit()
+    trials.check_pools()  # pools gone: that error, not an interruption
+    unfinished = unfinished_trials(grid, phase, f"{paths.storage}/{phase.name}")
+    if unfinished:  # SIGINT: Tune saved its state and returned from fit() before the end
+        raise Interrupted(f"{phase.name} left {unfinished} of {phase.num_samples} trials "
+                          f"unfinished; its state is saved: finish it with `python -m tuner.run "
+                          f"{exp.name} --resume` and the first run's --preset, --set and "
+                          f"--storage")  # fmt: skip
+    return summarise(grid, exp)
+
+
+def unfinished_trials(grid: Any, phase: Phase, folder: str) -> int:
+    """Trials ``--resume`` would still run: those not ended in Tune's last saved state (after a
+    SIGINT it holds the running trials as RUNNING, while ``fit()`` returns them stopped), and
+    those never started. ``grid``'s statuses where no saved state can be read (remote storage)."""
+    saved = saved_trials(folder)
+    if saved:
+        open_ = sum(t.status not in ("TERMINATED", "ERROR") for t in saved.values())
+    else:
+        open_ = len(grid) - grid.num_terminated - grid.num_errors
+    return open_ + max(0, phase.num_samples - max(len(saved or {}), len(grid)))
 
 
 def seeds_phase(exp: Experiment, summary: dict, *, name: str) -> Phase:

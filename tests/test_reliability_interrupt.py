@@ -1,0 +1,80 @@
+"""Ctrl-C (SIGINT to the driver) in the middle of a search: the study stops there and says how to
+finish it, and ``--resume`` finishes it.
+
+Tune catches the first SIGINT, saves its state and returns from ``fit()`` with trials still
+running. Before this was caught, ``tuner.run`` went on as if the search had ended: it chose the
+seeds phase's configurations from the unfinished search, counted the unfinished trials as
+"stopped" and printed "done". Now it exits 130 with one line naming the unfinished trials and
+the resume command, starts no seeds phase and writes no summary; ``--resume`` runs the search to
+its end, then the seeds phase.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.local import end_processes, processes_using
+
+pytestmark = [pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+FIRST_TRIAL_TIMEOUT_S = 600
+
+
+def test_a_study_interrupted_in_its_search_stops_there_and_resumes_to_the_end(tmp_path, data_dir):
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ri-", dir="/tmp"))  # Ray's socket paths stay short
+    storage, db = tmp_path / "results", tmp_path / "mlflow.db"
+    env = {**os.environ, "PEFT_TUNE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
+           "PEFT_TUNE_CACHE_DIR": str(tmp_path / "tokens"), "RAY_TMPDIR": str(ray_tmp)}  # fmt: skip
+    command = [sys.executable, "-m", "tuner.run", "e1_single_task", "--preset", "smoke",
+               "--num-samples", "6", "--cpus-per-trial", "1", "--storage", str(storage),
+               "--tracking-uri", f"sqlite:///{db}"]  # fmt: skip
+    driver = None
+    try:
+        driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+        lines = []
+        deadline = time.monotonic() + FIRST_TRIAL_TIMEOUT_S
+        assert driver.stderr is not None
+        for line in driver.stderr:  # the search's first finished trial, then Ctrl-C
+            lines.append(line)
+            if re.match(r"\[1/6\] ", line):
+                break
+            assert time.monotonic() < deadline, "no finished trial in time"
+        else:
+            pytest.fail("the study ended before it could be interrupted:\n" + "".join(lines))
+        driver.send_signal(signal.SIGINT)  # the driver only, as `kill -INT` or `timeout` do
+        rest = driver.stderr.read()
+        driver.wait(timeout=300)
+        err = "".join(lines) + rest
+        assert driver.returncode == 130, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert re.fullmatch(r"interrupted: e1_single_task-smoke left \d+ of 6 trials "
+                            r"unfinished; its state is saved: finish it with `python -m tuner.run "
+                            r"e1_single_task --resume` and the first run's --preset, --set and "
+                            r"--storage", last), last  # fmt: skip
+        assert not (storage / "e1_single_task-smoke-seeds").exists()  # no seeds from half a search
+        assert not (storage / "e1_single_task-smoke" / "summary.json").exists()
+        assert "done in" not in err
+
+        resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True,
+                                 text=True, timeout=900, start_new_session=True)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr[-4000:]
+        summary = json.loads((storage / "e1_single_task-smoke" / "summary.json").read_text())
+        assert sum(summary["status_counts"].values()) == 6  # every search trial, once
+        assert summary["seeds"]["trials"]  # then the seeds phase, from the finished search
+    finally:
+        if driver is not None and driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        end_processes(processes_using([ray_tmp]), grace_s=5)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
