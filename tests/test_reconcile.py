@@ -25,6 +25,7 @@ from tuner.reconcile import (
     parent_opened,
     reconcile_runs,
     saved_trials,
+    unfinished_trials,
 )
 from tuner.searcher import FidelityOptunaSearch
 from tuner.space import GridSpace
@@ -217,3 +218,24 @@ def test_the_report_counts_a_killed_trial_once(tmp_path):
         "aaaa0001": "running", "aaaa0002": "killed"}  # fmt: skip
     text = completeness_md(study.completeness)
     assert "1 killed trial(s) (lost with a killed driver" in text
+
+
+class _Ended:
+    """What a ResultGrid says after fit() returns: every trial it knows ended (terminated)."""
+
+    num_terminated, num_errors = 4, 0
+
+    def __len__(self) -> int:
+        return 4
+
+
+def test_unfinished_trials_are_read_from_the_saved_state_where_fit_calls_them_stopped(tmp_path):
+    # after a SIGINT, Tune's saved state still holds the interrupted trial RUNNING, and 2 of the
+    # 6 trials asked were never started (the real SIGINT: tests/test_reliability_interrupt.py)
+    write_state(tmp_path, {"a": ("TERMINATED", {}), "b": ("TERMINATED", {}),
+                           "c": ("ERROR", {}), "d": ("RUNNING", {})})  # fmt: skip
+    assert unfinished_trials(_Ended(), 6, str(tmp_path)) == 1 + 2
+    write_state(tmp_path, {t: ("TERMINATED", {}) for t in "abcdef"}, stamp="2")  # the end
+    assert unfinished_trials(_Ended(), 6, str(tmp_path)) == 0
+    # no saved state to read (remote storage): the grid's statuses and its count
+    assert unfinished_trials(_Ended(), 6, str(tmp_path / "elsewhere")) == 2

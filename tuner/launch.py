@@ -23,7 +23,7 @@ from tuner.experiment import Experiment
 from tuner.fusing import plan_fuse, pooling, started_fuse
 from tuner.mlflow_views import describe_study, record_outcome, trials_link, ui_address
 from tuner.provenance import provenance
-from tuner.reconcile import closes_parent, parent_opened, saved_trials
+from tuner.reconcile import closes_parent, parent_opened, unfinished_trials
 from tuner.study import PARENT_RUN_FILE, Resources, StudyFiles, study_paths
 from tuner.tracking import connect, ensure_experiment
 
@@ -269,25 +269,13 @@ def run_phase(phase: Phase, trials: StudyTrials, paths: Any, logger: Any, exp: E
         f"results in {paths.storage}/{phase.name}, MLflow at {paths.tracking_uri}")  # fmt: skip
     grid = tuner.fit()
     trials.check_pools()  # pools gone: that error, not an interruption
-    unfinished = unfinished_trials(grid, phase, f"{paths.storage}/{phase.name}")
+    unfinished = unfinished_trials(grid, phase.num_samples, f"{paths.storage}/{phase.name}")
     if unfinished:  # SIGINT: Tune saved its state and returned from fit() before the end
         raise Interrupted(f"{phase.name} left {unfinished} of {phase.num_samples} trials "
                           f"unfinished; its state is saved: finish it with `python -m tuner.run "
                           f"{exp.name} --resume` and the first run's --preset, --set and "
                           f"--storage")  # fmt: skip
     return summarise(grid, exp)
-
-
-def unfinished_trials(grid: Any, phase: Phase, folder: str) -> int:
-    """Trials ``--resume`` would still run: those not ended in Tune's last saved state (after a
-    SIGINT it holds the running trials as RUNNING, while ``fit()`` returns them stopped), and
-    those never started. ``grid``'s statuses where no saved state can be read (remote storage)."""
-    saved = saved_trials(folder)
-    if saved:
-        open_ = sum(t.status not in ("TERMINATED", "ERROR") for t in saved.values())
-    else:
-        open_ = len(grid) - grid.num_terminated - grid.num_errors
-    return open_ + max(0, phase.num_samples - max(len(saved or {}), len(grid)))
 
 
 def seeds_phase(exp: Experiment, summary: dict, *, name: str) -> Phase:

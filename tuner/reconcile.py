@@ -170,6 +170,19 @@ def killed_before(ot_trial: Any) -> int:
                if t.number < ot_trial.number and "killed_reason" in t.user_attrs)  # fmt: skip
 
 
+def unfinished_trials(grid: Any, num_samples: int, folder: str) -> int:
+    """Trials ``--resume`` would still run after a Tune ``fit()`` returned: those not ended in
+    Tune's last saved state in ``folder`` (after a SIGINT it holds the running trials as
+    RUNNING, while ``fit()`` returns them stopped), and those never started (``num_samples``
+    asked). ``grid``'s (a ResultGrid) statuses where no saved state can be read (remote storage)."""
+    saved = saved_trials(folder)
+    if saved:
+        open_ = sum(t.status not in ("TERMINATED", "ERROR") for t in saved.values())
+    else:
+        open_ = len(grid) - grid.num_terminated - grid.num_errors
+    return open_ + max(0, num_samples - max(len(saved or {}), len(grid)))
+
+
 def log(message: str) -> None:
     print(f"[peft-tune] {message}", file=sys.stderr, flush=True)
 
