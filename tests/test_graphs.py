@@ -142,7 +142,8 @@ def test_graphed_adalora_reallocates_ranks_as_eager_does():
     config = FAST.replace(evals=2, epochs=3)
     runs = []
     for graphs in (False, True):
-        model = no_dropout(build(config_for("adalora")))
+        steps = config.total_steps(len(TRAIN))  # its schedule reaches the final phase
+        model = no_dropout(build(config_for("adalora"), total_steps=steps))
         result = fit(model, TRAIN, DEV, config.replace(cuda_graphs=graphs),
                      task_kind="classification", metric="accuracy", device="cuda")  # fmt: skip
         runs.append((model, result))
