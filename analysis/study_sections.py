@@ -7,15 +7,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
+
 from analysis import markdown as md
 from analysis import render
-from analysis.arms import arm_front, arm_table
+from analysis.arms import arm_front, arm_table, paired_deltas
 from analysis.artifacts import load_artifacts
 from analysis.autopeft import autopeft_frame, autopeft_front, baseline_table
 from analysis.novelty import novelty_deltas, novelty_frame, novelty_table, placement_records
 from analysis.qlora import TARGET_POINTS, accuracy_table, memory_table, with_quantize
 from analysis.rank_maps import growth_table, rank_maps
 from analysis.render_studies import curve_png, rank_heatmaps_png
+from analysis.selection import completed
 from analysis.tables import method_task_table
 from analysis.trials import Study
 
@@ -27,6 +30,8 @@ ARM_FORMATS = {
     "wall_s": ".1f",
     "train_samples_per_s": ".0f",
 }
+DELTA_FORMATS = {"delta": "+.2f", "ci_low": "+.2f", "ci_high": "+.2f"}
+BY_BUDGET = ("task", "budget_params")
 
 
 def _figure(path: Path, title: str) -> str:
@@ -87,6 +92,10 @@ def adalora(study: Study, out: Path, score: str) -> list[str]:
     growth = growth_table(study.trials, artifacts)
     lines = ["## LoRA vs AdaLoRA vs rank growth, small and large budget", "",
              md.frame(table.data, formats=ARM_FORMATS), "", md.table_notes(table), "",
+             f"Seed-paired {score} difference to LoRA at the same task and budget (points, 95% "
+             "bootstrap interval over the seeds both completed; fewer than 3 pairs: no interval "
+             "worth reading):", "", md.frame(adalora_deltas(study.trials, score=score),
+                                               formats=DELTA_FORMATS), "",
              "### AdaLoRA's final rank per layer and module", ""]  # fmt: skip
     if maps:
         lines += ["Mean over seeds of the non-zero singular values each adapted linear kept.", "",
@@ -100,6 +109,17 @@ def adalora(study: Study, out: Path, score: str) -> list[str]:
               "", "_A final rank equal to start_rank means no plateau grew it (or the loop did "
               "not call plateau_hook)._"]  # fmt: skip
     return lines
+
+
+def adalora_deltas(trials: pd.DataFrame, *, score: str) -> pd.DataFrame:
+    """AdaLoRA and rank growth minus LoRA, each at its own task and budget, paired on seeds (each
+    arm's configuration chosen on dev): one row per (task, budget, arm)."""
+    done = completed(trials)
+    if done.empty or any(k not in done for k in BY_BUDGET):
+        return pd.DataFrame(columns=[*BY_BUDGET, "arm", "delta", "ci_low", "ci_high", "n_pairs"])
+    parts = [paired_deltas(g, arm="method", control="lora", score=score, by=BY_BUDGET)
+             for _, g in done.groupby(list(BY_BUDGET), sort=True)]  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
 
 
 QLORA_FORMATS = {**ARM_FORMATS, "delta": "+.2f", "trainable_params": ",.0f", "base_mib": ".2f",
@@ -146,7 +166,7 @@ def novelty(study: Study, out: Path, score: str) -> list[str]:
             md.frame(table.data, formats=ARM_FORMATS), "", md.table_notes(table), "",
             f"Seed-paired {score} difference to the plain hybrid (points, 95% bootstrap interval; "
             "fewer than 3 pairs: no interval worth reading):", "",
-            md.frame(deltas, formats={"delta": "+.2f", "ci_low": "+.2f", "ci_high": "+.2f"}), "",
+            md.frame(deltas, formats=DELTA_FORMATS), "",
             "Layers chosen by fusion entropy (mean entropy of each fused layer's attention over "
             "the warm-up, nats):", "", md.frame(records)]  # fmt: skip
 
@@ -178,5 +198,5 @@ def study_sections() -> dict[str, Section]:
     return sections
 
 
-__all__ = ["adalora", "autopeft", "glue_curve", "glue_methods", "novelty", "placement", "qlora",
+__all__ = ["adalora", "adalora_deltas", "autopeft", "glue_curve", "glue_methods", "novelty", "placement", "qlora",
            "study_sections"]  # fmt: skip

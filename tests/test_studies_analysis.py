@@ -19,6 +19,7 @@ from analysis.families import combine
 from analysis.novelty import novelty_deltas, novelty_frame, placement_records
 from analysis.rank_maps import growth_table, rank_maps
 from analysis.report import build
+from analysis.study_sections import adalora_deltas
 from analysis.trials import Study
 from search_spaces.errors import ConfigError
 
@@ -75,6 +76,30 @@ def test_rank_maps_from_metrics_or_weights_and_growth() -> None:
     assert one.values.loc["query"].tolist() == [1.5, 1.0]  # (2 + 1) / 2, (0 + 2) / 2
     growth = growth_table(pd.DataFrame(rows), artifacts).set_index("trial_id")
     assert growth.loc["t2", "final_rank"] == 4.0 and growth.loc["t3", "final_rank"] == 6.0
+
+
+def test_adalora_and_growth_are_paired_with_lora_at_their_own_budget() -> None:
+    """Study 004's question as data: each arm minus LoRA per budget, seed by seed, each arm at the
+    rate dev chose (LoRA's worse rate on dev is not the one compared)."""
+    rows, i = [], 0
+    for budget, ada_gain in ((85_000, -0.5), (330_000, 1.0)):
+        for seed in (0, 1, 2):
+            base = 0.80 + 0.01 * seed
+            for method, lr, dev, test in (("lora", 1e-3, 0.90, base),
+                                          ("lora", 3e-3, 0.85, base + 0.05),  # better test, worse dev
+                                          ("adalora", 1e-3, 0.90, base + ada_gain / 100)):  # fmt: skip
+                rows.append(trial(i, method=method, task="glue/sst2", budget_params=budget,
+                                  lr=lr, seed=seed, dev_score=dev, test_score=test))  # fmt: skip
+                i += 1
+    rows.append({**trial(i, method="adalora", task="glue/sst2", budget_params=85_000, lr=1e-3,
+                         seed=3, dev_score=0.99, test_score=0.99), "status": "error"})  # fmt: skip
+    deltas = adalora_deltas(pd.DataFrame(rows), score="test_score").set_index("budget_params")
+    assert deltas.loc[85_000, "delta"] == pytest.approx(-0.5)
+    assert deltas.loc[330_000, "delta"] == pytest.approx(1.0)
+    assert (deltas["n_pairs"] == 3).all() and set(deltas["arm"]) == {"adalora"}
+    assert adalora_deltas(
+        pd.DataFrame(rows).drop(columns="budget_params"), score="test_score"
+    ).empty
 
 
 def test_novelty_arms_come_from_the_recorded_configs() -> None:
