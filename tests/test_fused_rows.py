@@ -281,3 +281,78 @@ def test_a_pool_refuses_a_trial_larger_than_its_rows(sources):
             pool.join({**POOL_BASE, "method": "lora_grow", "rank": 4, "seed": 2})
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("case", ["lora_fusion-union", "fusion-dynamic", "prefix-reparam"])
+def test_a_bf16_backbone_runs_without_autocast_with_fp32_rows_and_heads(case, sources):
+    """What a GPU runs (fit_fused and the pool store the backbone bf16 where precision is bf16):
+    the frozen copy in bf16, each row's weights cast from its fp32 row every forward, the heads
+    fp32; up to bf16 rounding the logits of the fp32 rows, and every row gets an fp32 gradient."""
+    methods = configs_of(case)
+    models = [member(m, seed=i, sources=sources) for i, m in enumerate(methods)]
+    template = member(group_template(methods), seed=0, sources=sources)
+    full, fused = (no_dropout(FusedRows(models, template=template)) for _ in range(2))
+    with torch.no_grad():
+        full.theta.add_(torch.randn_like(full.theta) * 0.05 * (full.scale != 0))
+        fused.theta.copy_(full.theta)
+    ids = torch.randint(5, 100, (3 * 4, 9))
+    mask = torch.ones_like(ids)
+    mask[:, 7:] = 0  # padding too
+    reference = full(ids, mask)
+    fused.backbone_to(torch.bfloat16)  # before a forward, as fit_fused and the pool do
+    assert fused.backbone_dtype == torch.bfloat16 and fused.autocast_precision("auto") == "fp32"
+    frozen = [p for n, p in fused.net.named_parameters() if not n.startswith("classifier")]
+    assert all(p.dtype == torch.bfloat16 for p in frozen if p.is_floating_point())
+    assert fused.theta.dtype == torch.float32  # AdamW's master copy
+    logits = fused(ids, mask)
+    assert logits.dtype == torch.float32  # the heads run in fp32
+    torch.testing.assert_close(logits, reference, atol=0.05, rtol=0.05)  # bf16 rounding only
+    extra = fused.row_regularization()
+    loss = logits.sum() + (0 if extra is None else extra.sum())
+    loss.backward()
+    grad = fused.theta.grad
+    assert grad is not None and grad.dtype == torch.float32
+    assert bool(grad.abs().sum(dim=1).gt(0).all())  # every row learns
+    assert not grad[fused.scale == 0].any()  # padding still gets none
+    # fit_fused stores the backbone bf16 where precision is bf16, and every trial trains
+    fused = no_dropout(FusedRows([member(m, seed=i, sources=sources)
+                                  for i, m in enumerate(methods)], template=template))  # fmt: skip
+    configs = [c.replace(precision="bf16") for c in CONFIGS]
+    results = fit_fused(fused, TRAIN, DEV, configs, task_kind="classification",
+                        metric="accuracy", device="cpu")  # fmt: skip
+    assert fused.backbone_dtype == torch.bfloat16
+    assert all(r.best_dev_score is not None and r.steps == 24 for r in results)
+
+
+def test_rows_may_replay_from_graphs():
+    """No member with per-step hooks becomes a row (check_rows), so nothing runs between steps:
+    the training core captures a row step where it can, and a capture that fails turns graphs off
+    for the run (trainables/training/graphs.py), said in the trial's graphs_off."""
+    assert FusedRows.graph_safe
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("case", ["pfeiffer", "lora_fusion-union", "fusion-dynamic",
+                                  "prefix-flat"])  # fmt: skip
+def test_rows_replay_from_graphs_on_cuda_as_they_run_eager(case, sources):
+    """Graphed (bf16 backbone) against eager (the same, cuda_graphs off): the same run up to
+    rounding; every step after the first of a shape replays."""
+    methods = configs_of(case)
+
+    def run(graphs: bool) -> list:
+        models = [member(m, seed=i, sources=sources) for i, m in enumerate(methods)]
+        template = member(group_template(methods), seed=0, sources=sources)
+        fused = no_dropout(FusedRows(models, template=template))
+        configs = [c.replace(cuda_graphs=graphs) for c in CONFIGS]
+        return fit_fused(fused, TRAIN, DEV, configs, task_kind="classification",
+                         metric="accuracy", device="cuda")  # fmt: skip
+
+    graphed, eager = run(True), run(False)
+    for g, e in zip(graphed, eager, strict=True):
+        assert g.graphs_off is None and g.cuda_graphs >= 1
+        assert e.cuda_graphs == 0
+        assert g.best_dev_score == pytest.approx(e.best_dev_score, abs=0.03)
+        assert g.samples_seen == e.samples_seen

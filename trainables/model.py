@@ -123,7 +123,8 @@ class PeftClassifier(nn.Module):
             pooled = out.pooler_output
         else:
             pooled = masked_mean(out.last_hidden_state, attention_mask)
-        return self.classifier(self.dropout(pooled))
+        # the head's dtype: fp32 rows over a bf16 backbone (FusedRows) run their heads in fp32
+        return self.classifier(self.dropout(pooled.to(self.classifier.weight.dtype)))
 
     # --- accounting ------------------------------------------------------------------------------
 

@@ -10,9 +10,13 @@ zero gradient and stay zero (which knobs pad exactly: :mod:`search_spaces.row_gr
 ``alpha / rank`` is a row's scale over its B factors (the template's own scale set to 1), as in
 :class:`~trainables.fused.model.FusedLoRA`.
 
-Differences from :class:`~trainables.fused.model.FusedLoRA`: no packed batches (``slots``), and
-the backbone stays fp32 under autocast, as a trial alone runs it. Attention runs as transformers'
-eager attention (matmuls and a softmax, which vmap batches over the rows): PyTorch has no vmap
+Differences from :class:`~trainables.fused.model.FusedLoRA`: no packed batches (``slots``). As
+there, :meth:`FusedRows.backbone_to` stores the frozen backbone and source adapters in bf16 on a
+GPU, to run without autocast: each row's weights are cast from its fp32 row of ``theta`` (AdamW's
+master copy) every forward, the head's excepted, which runs in fp32 as a trial's under autocast.
+Steps replay from CUDA graphs where the training core can capture them (a capture that fails
+turns graphs off for the run, with the reason in the trial's ``graphs_off``). Attention runs as
+transformers' eager attention (matmuls and a softmax, which vmap batches over the rows): PyTorch has no vmap
 batching rule for ``scaled_dot_product_attention``, whose fallback runs the rows one by one, and
 on CUDA its memory-efficient kernel's backward fails under vmap (H200, 2026-12-04: "LSE is not
 correctly aligned"). A trial alone keeps SDPA: the same function, up to float rounding.
@@ -40,6 +44,7 @@ from trainables.fused.rows_fusion import fusion_name, mask_fusion, presence, ren
 from trainables.model import PeftClassifier
 
 REGULARIZATION = 0.01  # dynamic fusion's identity pull (trainables.methods.fusion.identity_pull)
+HEAD = "classifier"  # PeftClassifier's head: fp32 under a bf16 backbone, as under autocast
 
 
 class FusedRows(nn.Module):
@@ -51,8 +56,8 @@ class FusedRows(nn.Module):
     scale: torch.Tensor
     present: torch.Tensor
     packs = False  # takes padded batches only (no ``slots``)
-    # steps run eager: capture of the vmapped adapters forward in a CUDA graph is untested
-    graph_safe = False
+    # no per-step hooks (check_rows refuses members with them): the step may replay from graphs
+    graph_safe = True
 
     def __init__(
         self, members: Sequence[PeftClassifier], *, template: PeftClassifier | None = None
@@ -80,6 +85,7 @@ class FusedRows(nn.Module):
         adapters = len(presence(self._fusion, self._fusion))
         self.register_buffer("present", torch.zeros(k, adapters, device=device))
         self._pulled = _pulled_slots(template, self._names)
+        self._dtype = torch.float32  # the shared copy's, until backbone_to
         with torch.no_grad():
             for row, member in enumerate(members):
                 self.load_row(row, member)
@@ -99,7 +105,13 @@ class FusedRows(nn.Module):
             raise ConfigError("FusedRows takes padded batches, not packed ones (slots=None)")
         weights = self._weights(rows)
         k = len(weights)
-        chunks = weights.split([s.size for s in self._slots], dim=1)
+        sizes = [s.size for s in self._slots]
+        chunks = weights.split(sizes, dim=1)
+        low = None if torch.is_autocast_enabled(input_ids.device.type) else self.backbone_dtype
+        if low is not None and low != weights.dtype:  # one cast for all rows; heads stay fp32
+            cast = weights.to(low).split(sizes, dim=1)
+            chunks = tuple(c if n.startswith(HEAD) else b
+                           for n, c, b in zip(self._names, chunks, cast, strict=True))  # fmt: skip
         stacked = {n: c.view(k, *s.shape) for n, c, s in zip(self._names, chunks, self._slots,
                                                               strict=True)}  # fmt: skip
         present = self.present if rows is None else self.present[rows]
@@ -130,14 +142,20 @@ class FusedRows(nn.Module):
         return total
 
     def backbone_to(self, dtype: torch.dtype) -> None:
-        """Kept fp32: the rows run under autocast, as a trial alone runs."""
+        """Store every frozen tensor of the shared copy (backbone, source adapters, frozen
+        fusion parts) in ``dtype``, to run without autocast; the rows stay fp32 in ``theta``."""
+        self.net.to(dtype)
+        self.net.get_submodule(HEAD).float()  # the head's frozen slot values are never read
+        self._dtype = dtype
 
     @property
     def backbone_dtype(self) -> torch.dtype:
-        return torch.float32
+        return self._dtype
 
     def autocast_precision(self, precision: str) -> str:
-        return precision
+        """``precision`` for the autocast around this model: none ("fp32") once its backbone is
+        bf16, which then runs in bf16 end to end but for the heads."""
+        return precision if self.backbone_dtype == torch.float32 else "fp32"
 
     def write_back(self) -> None:
         """Copy each trial's trained row into its member."""
@@ -195,7 +213,7 @@ def check_rows(template: nn.Module, members: Sequence[nn.Module], *, copied: boo
                               "beyond the sizes that pad (search_spaces.row_groups)")  # fmt: skip
         hooks = member._hooks  # noqa: SLF001 - the fused model runs the member's forward
         # host_tensors (prefix tuning) is no obstacle: the member's forward makes them on the
-        # inputs' device, and rows step eager (no CUDA graph to hold a wait for the host)
+        # inputs' device (a step that still waits for the host turns graphs off, not the run)
         if hooks.step or hooks.plateau:
             raise ConfigError(f"trial {k}: its method runs per-step hooks, which rows do not")
         theirs = fusion_name(member)
