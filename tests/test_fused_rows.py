@@ -298,8 +298,13 @@ def test_a_bf16_backbone_runs_without_autocast_with_fp32_rows_and_heads(case, so
     ids = torch.randint(5, 100, (3 * 4, 9))
     mask = torch.ones_like(ids)
     mask[:, 7:] = 0  # padding too
-    reference = full(ids, mask)
-    fused.backbone_to(torch.bfloat16)  # before a forward, as fit_fused and the pool do
+    before = {n: id(p) for n, p in fused.net.named_parameters(remove_duplicate=False)}
+    reference = fused(ids, mask)
+    # the forward leaves the shared copy as it was: no row's tensor stays in it (a prefix pool
+    # reachable by three paths did keep them, and then could not be cast)
+    assert {n: id(p) for n, p in fused.net.named_parameters(remove_duplicate=False)} == before
+    torch.testing.assert_close(reference, full(ids, mask))
+    fused.backbone_to(torch.bfloat16)
     assert fused.backbone_dtype == torch.bfloat16 and fused.autocast_precision("auto") == "fp32"
     frozen = [p for n, p in fused.net.named_parameters() if not n.startswith("classifier")]
     assert all(p.dtype == torch.bfloat16 for p in frozen if p.is_floating_point())

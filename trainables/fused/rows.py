@@ -118,7 +118,10 @@ class FusedRows(nn.Module):
         stacked.update({name: present for name in self._masks})
 
         def one(params: dict[str, torch.Tensor], *inputs: Any) -> torch.Tensor:
-            return functional_call(self.net, params, inputs, strict=False)
+            # tie_weights=False: the names are named_parameters()' own, and a module reachable by
+            # several paths (adapters' prefix pool) holds each tensor in one slot, swapped once;
+            # torch's tying swaps that slot once a path and restores it to the row's tensor
+            return functional_call(self.net, params, inputs, strict=False, tie_weights=False)
 
         inputs = [t.view(k, -1, t.shape[-1]) for t in (input_ids, attention_mask)]
         if token_type_ids is None:
