@@ -198,5 +198,5 @@ def study_sections() -> dict[str, Section]:
     return sections
 
 
-__all__ = ["adalora", "adalora_deltas", "autopeft", "glue_curve", "glue_methods", "novelty", "placement", "qlora",
-           "study_sections"]  # fmt: skip
+__all__ = ["adalora", "adalora_deltas", "autopeft", "glue_curve", "glue_methods", "novelty",
+           "placement", "qlora", "study_sections"]  # fmt: skip

@@ -16,10 +16,11 @@ GPU, to run without autocast: each row's weights are cast from its fp32 row of `
 master copy) every forward, the head's excepted, which runs in fp32 as a trial's under autocast.
 Steps replay from CUDA graphs where the training core can capture them (a capture that fails
 turns graphs off for the run, with the reason in the trial's ``graphs_off``). Attention runs as
-transformers' eager attention (matmuls and a softmax, which vmap batches over the rows): PyTorch has no vmap
-batching rule for ``scaled_dot_product_attention``, whose fallback runs the rows one by one, and
-on CUDA its memory-efficient kernel's backward fails under vmap (H200, 2026-12-04: "LSE is not
-correctly aligned"). A trial alone keeps SDPA: the same function, up to float rounding.
+transformers' eager attention (matmuls and a softmax, which vmap batches over the rows): PyTorch
+has no vmap batching rule for ``scaled_dot_product_attention``, whose fallback runs the rows one
+by one, and on CUDA its memory-efficient kernel's backward fails under vmap (H200, 2026-12-04:
+"LSE is not correctly aligned"). A trial alone keeps SDPA: the same function, up to float
+rounding.
 """
 
 from __future__ import annotations
