@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import TrialArtifacts
-from analysis.selection import completed, select_configs
+from analysis.selection import completed, select_configs, with_seed
 from search_spaces.method_config import PLACEMENTS
 from trainables.ranks import parse_rank_metric, singular_value_ranks
 
@@ -93,12 +93,13 @@ def final_growth_rank(row: pd.Series, artifacts: TrialArtifacts | None) -> float
 
 
 def growth_table(trials: pd.DataFrame, artifacts: Mapping[str, TrialArtifacts]) -> pd.DataFrame:
-    """Per completed lora_grow trial: its budget, largest rank and final active rank."""
-    cols = ["trial_id", "task", "budget_params", "seed", "rank", "final_rank"]
+    """Per completed lora_grow trial: its budget, the rank it started at, its largest rank
+    (``rank``) and its final active rank."""
+    cols = ["trial_id", "task", "budget_params", "seed", "start_rank", "rank", "final_rank"]
     done = completed(trials)
     if done.empty or "method" not in done:
         return pd.DataFrame(columns=cols)
-    grow = done[done["method"] == "lora_grow"]
+    grow = with_seed(done[done["method"] == "lora_grow"])  # seed 0 where none was logged
     rows = [{**{c: r.get(c) for c in cols[:-1]},
              "final_rank": final_growth_rank(r, artifacts.get(r["trial_id"]))}
             for _, r in grow.iterrows()]  # fmt: skip

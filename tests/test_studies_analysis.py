@@ -64,9 +64,10 @@ def test_rank_maps_from_metrics_or_weights_and_growth() -> None:
     rows = [trial(0, method="adalora", task="glue/sst2", budget_params=85_000, init_rank=2,
                   rank_L0_query=2.0, rank_L1_query=0.0),
             trial(1, method="adalora", task="glue/sst2", budget_params=85_000, init_rank=2, seed=1),
-            trial(2, method="lora_grow", task="glue/sst2", budget_params=85_000, rank=8),
+            trial(2, method="lora_grow", task="glue/sst2", budget_params=85_000, rank=8,
+                  start_rank=2),
             trial(3, method="lora_grow", task="glue/sst2", budget_params=85_000, rank=8,
-                  active_rank=6.0)]  # fmt: skip
+                  start_rank=2, active_rank=6.0)]  # fmt: skip
     weights = {"enc.layer.0.attention.self.query.lora_E.default": np.array([[1.0], [0.0]]),
                "enc.layer.1.attention.self.query.lora_E.default": np.array([[1.0], [2.0]])}  # fmt: skip
     artifacts = {"t1": TrialArtifacts({}, weights),
@@ -76,6 +77,7 @@ def test_rank_maps_from_metrics_or_weights_and_growth() -> None:
     assert one.values.loc["query"].tolist() == [1.5, 1.0]  # (2 + 1) / 2, (0 + 2) / 2
     growth = growth_table(pd.DataFrame(rows), artifacts).set_index("trial_id")
     assert growth.loc["t2", "final_rank"] == 4.0 and growth.loc["t3", "final_rank"] == 6.0
+    assert growth.loc["t3", "start_rank"] == 2 and growth.loc["t3", "rank"] == 8  # from, at most
 
 
 def test_adalora_and_growth_are_paired_with_lora_at_their_own_budget() -> None:
