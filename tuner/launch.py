@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.mps import sharing_note
 from search_spaces.errors import ConfigError
 from search_spaces.spaces import outside_budget
 from trainables.data.loading import DATA_DIR_ENV
@@ -45,8 +46,12 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     cluster_gpus = connect_ray(cpus_per_trial=args.cpus_per_trial or 1.0)
     resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial, cluster_gpus=cluster_gpus)
     fuse, line = pooling(fuse, exp, space, args, files, cluster_gpus=cluster_gpus)
-    if line:
-        log(line)
+    local = not os.environ.get("RAY_ADDRESS")  # a cluster's nodes are not this machine's to check
+    mps = None if fuse else sharing_note(resources.gpus_per_trial, cluster_gpus=cluster_gpus,
+                                         local=local)  # fmt: skip
+    for said in (line, mps):
+        if said:
+            log(said)
     if not args.resume:  # recorded before the source adapters: a study killed there resumes
         if getattr(args, "overwrite", False):
             for name in (paths.name, f"{paths.name}-seeds"):

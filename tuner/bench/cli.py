@@ -26,13 +26,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cluster.mps import daemon as mps_daemon
 from search_spaces.errors import ConfigError
 from tuner.bench.packing import (
     FUSED_MIXES,
     FUSED_SEEDS,
     PackingSetup,
     best_gpus_per_trial,
-    mps_daemon,
     run_level,
     save_data,
     with_speedups,

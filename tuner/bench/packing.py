@@ -23,15 +23,12 @@ over one trial run alone as a process (the ``processes`` level 1: r=8 on query/v
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -250,34 +247,6 @@ def save_data(data: Any, path: Path) -> Path:
     with path.open("wb") as handle:
         pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
     return path
-
-
-@contextlib.contextmanager
-def mps_daemon(folder: Path) -> Iterator[bool]:
-    """NVIDIA MPS for the block, if ``nvidia-cuda-mps-control`` exists: kernels of several
-    processes then share the GPU at once instead of time-slicing. Yields whether it started."""
-    control = shutil.which("nvidia-cuda-mps-control")
-    if control is None:
-        yield False
-        return
-    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"),
-           "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}  # fmt: skip
-    for key in ("pipe", "log"):
-        (folder / key).mkdir(parents=True, exist_ok=True)
-    started = subprocess.run([control, "-d"], env=env, check=False).returncode == 0
-    saved = {k: os.environ.get(k) for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")}
-    if started:
-        os.environ.update({k: env[k] for k in saved})
-    try:
-        yield started
-    finally:
-        if started:
-            subprocess.run([control], input=b"quit\n", env=env, check=False)
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 # --- the worker ------------------------------------------------------------------------------------

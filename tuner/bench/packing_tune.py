@@ -38,10 +38,11 @@ import ray
 from ray import tune
 from ray.tune import Callback
 
+from cluster.mps import daemon as mps_daemon
 from search_spaces.errors import ConfigError, one_of
 from trainables.fused_pool import start_pool
 from trainables.trainable import tune_pooled_trial, tune_trial
-from tuner.bench.packing import PackingRow, PackingSetup, level_row, mps_daemon, trial_config
+from tuner.bench.packing import PackingRow, PackingSetup, level_row, trial_config
 from tuner.runner import connect_ray
 
 VIA = ("processes", "fused", "tune", "pool")
