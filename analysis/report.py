@@ -135,6 +135,8 @@ def build(study: Study, out: Path) -> str:
     if note := edge_note(study.trials):
         lines += [*note, ""]
     lines += [*sections.methods(study), ""]
+    if calls := sections.close(study, score):
+        lines += [*calls, ""]
     section = sections.SECTIONS.get(study.experiment)
     if section is not None:
         lines += [*section(study, out, score), ""]

@@ -12,6 +12,7 @@ import pandas as pd
 from analysis import markdown as md
 from analysis import render
 from analysis.budget import best_splits, budget_heatmap
+from analysis.close_calls import close_calls
 from analysis.efficiency import efficiency_table
 from analysis.hypotheses import BY_EXPERIMENT, Verdict, evaluate
 from analysis.pareto import optuna_study, pareto_front
@@ -234,6 +235,20 @@ def methods(study: Study) -> list[str]:
             "one of the method's best trial on dev.", "",
             md.frame(table.data, formats={"best dev": ".2f", "median dev": ".2f",
                                           "test of best on dev": ".2f"})]  # fmt: skip
+
+
+def close(study: Study, score: str) -> list[str]:
+    """The arms whose chosen configuration a runner-up matched on dev on some seed."""
+    grid = (study.plan.get("search") or {}).get("kind") == "grid"
+    table = close_calls(study.trials, grid=grid, score=score)
+    if table.empty:
+        return []
+    formats = dict.fromkeys(("dev_chosen", "dev_runner_up", "test_chosen", "test_runner_up"), ".2f")
+    return ["## Close calls on dev", "",
+            f"{len(table)} arm(s) whose runner-up configuration scored at least as well on dev as "
+            "the chosen one on some seed: dev did not separate them, and a lead that rests on the "
+            f"choice is a tie. Mean dev and {score} over the shared seeds, points ({score} "
+            "reported, not chosen):", "", md.frame(table, formats=formats)]  # fmt: skip
 
 
 BASELINES = (

@@ -103,26 +103,42 @@ def select_configs(
     once (the later run); ties go to the first configuration key. Groups whose ``by`` columns are
     missing are left out; rows lacking ``select_by`` rank last.
     """
+    done, ranked = candidates(trials, by, select_by=select_by)
+    if ranked.empty:
+        return done.iloc[0:0]
+    best = ranked.drop_duplicates(subset=list(by), keep="first")
+    keep = done.merge(best[[*by, "_config"]], on=[*by, "_config"], how="inner")
+    return keep.drop(columns=["_config"])
+
+
+def candidates(
+    trials: pd.DataFrame, by: Sequence[str], *, select_by: str = SELECT_BY
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The completed rows (one per configuration and seed, with their ``_config`` key) and, per
+    ``by`` group, its candidates ranked best first: the configurations run on the most seeds,
+    with ``_score``, their mean ``select_by`` over the seeds they share, and ``_seeds``, those
+    seeds (:func:`select_configs` takes the first of each group)."""
     done = with_seed(completed(trials))
     by = list(by)
     if done.empty or any(c not in done.columns for c in by):
-        return done.iloc[0:0]
+        return done.iloc[0:0], pd.DataFrame(columns=[*by, "_config", "_score", "_seeds"])
     done = done.assign(_config=config_key(done))
     done = done.drop_duplicates(subset=[*by, "_config", "seed"], keep="last")
     score = done[select_by] if select_by in done else pd.Series(np.nan, index=done.index)
-    done = done.assign(_score=score)
+    scored = done.assign(_score=score)
     ranked = []
-    for _, group in done.groupby(by, dropna=False, sort=False):
+    for _, group in scored.groupby(by, dropna=False, sort=False):
         seeds = group.groupby("_config")["seed"].agg(frozenset)
         most = seeds[seeds.map(len) == seeds.map(len).max()]
         shared = frozenset.intersection(*most)  # empty only if they ran different seeds
         on = group[group["_config"].isin(most.index) & (group["seed"].isin(shared) | (not shared))]
-        ranked.append(on.groupby([*by, "_config"], dropna=False)["_score"].mean())
-    means = pd.concat(ranked).fillna(-np.inf).reset_index()
-    best = means.sort_values([*by, "_score", "_config"], ascending=[True] * len(by) + [False, True])
-    best = best.drop_duplicates(subset=by, keep="first")
-    keep = done.merge(best[[*by, "_config"]], on=[*by, "_config"], how="inner")
-    return keep.drop(columns=["_config", "_score"])
+        means = on.groupby([*by, "_config"], dropna=False)["_score"].mean().reset_index()
+        ranked.append(means.assign(_seeds=[tuple(sorted(shared))] * len(means)))
+    means = pd.concat(ranked, ignore_index=True)
+    means["_score"] = means["_score"].fillna(-np.inf)
+    order = means.sort_values([*by, "_score", "_config"],
+                              ascending=[True] * len(by) + [False, True])  # fmt: skip
+    return done, order.reset_index(drop=True)
 
 
 def paired(
