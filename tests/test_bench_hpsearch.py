@@ -92,11 +92,22 @@ def test_time_to_near_best_is_against_the_best_of_either_side():
      (["--study", "ours={empty}", "--experiment", "e5_efficiency", "--max-trials", "0"], "--max-trials 0"),
      (["--study", "ours={empty}", "--experiment", "e5_efficiency", "--trials-per-gpu", "0"], "--trials-per-gpu 0"),
      (["--study", "ours={empty}", "--experiment", "e5_efficiency", "--mps"], "--mps both"),
-     (["--experiment", "e5_efficiency"], "--study NAME=FOLDER")],
+     (["--experiment", "e5_efficiency"], "--study NAME=FOLDER"),
+     (["--study", "ours={cut}", "--experiment", "e5_efficiency"], "1 unfinished trial(s)")],
 )  # fmt: skip
 def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, capsys, args, named):
     (tmp_path / "empty").mkdir()
-    folders = {"missing": tmp_path / "missing", "empty": tmp_path / "empty"}
+    (tmp_path / "cut").mkdir()  # Tune's saved state of a study stopped mid-run (H200, 2026-12-04)
+    trials = [[json.dumps({"trial_id": t, "status": s}), json.dumps({"last_result": {}})]
+              for t, s in (("a", "TERMINATED"), ("b", "RUNNING"))]  # fmt: skip
+    (tmp_path / "cut" / "experiment_state-2026-12-04_18-00-00.json").write_text(
+        json.dumps({"trial_data": trials})
+    )
+    folders = {
+        "missing": tmp_path / "missing",
+        "empty": tmp_path / "empty",
+        "cut": tmp_path / "cut",
+    }
     argv = ["--suite", "hpsearch", "--out", str(tmp_path / "out"),
             *[a.format(**folders) for a in args]]  # fmt: skip
     assert run_cli(main, argv) == 2
