@@ -170,6 +170,14 @@ def killed_before(ot_trial: Any) -> int:
                if t.number < ot_trial.number and "killed_reason" in t.user_attrs)  # fmt: skip
 
 
+ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of a trial --resume would not run again
+
+
+def open_trials(folder: str | Path) -> list[str]:
+    """The trials Tune's last saved state in ``folder`` holds not ended (none without a state)."""
+    return [t for t, saved in (saved_trials(folder) or {}).items() if saved.status not in ENDED]
+
+
 def unfinished_trials(grid: Any, num_samples: int, folder: str) -> int:
     """Trials ``--resume`` would still run after a Tune ``fit()`` returned: those not ended in
     Tune's last saved state in ``folder`` (after a SIGINT it holds the running trials as
@@ -177,7 +185,7 @@ def unfinished_trials(grid: Any, num_samples: int, folder: str) -> int:
     asked). ``grid``'s (a ResultGrid) statuses where no saved state can be read (remote storage)."""
     saved = saved_trials(folder)
     if saved:
-        open_ = sum(t.status not in ("TERMINATED", "ERROR") for t in saved.values())
+        open_ = sum(t.status not in ENDED for t in saved.values())
     else:
         open_ = len(grid) - grid.num_terminated - grid.num_errors
     return open_ + max(0, num_samples - max(len(saved or {}), len(grid)))

@@ -47,7 +47,7 @@ from tuner.bench.hpsearch_baseline import (
 from tuner.bench.search import TrialHistory, best_of, load_study, search_row
 from tuner.experiment import Experiment
 from tuner.prepare import prepare
-from tuner.reconcile import saved_trials
+from tuner.reconcile import open_trials
 from tuner.sources import ensure_source_adapters
 from tuner.study import Resources
 from tuner.tracking import trial_status
@@ -58,8 +58,7 @@ def study_trials(folder: str | Path) -> list[TrialHistory]:
     path = Path(folder)
     if not path.is_dir():
         raise ConfigError(f"study folder {str(folder)!r} does not exist")
-    open_ = [t for t, saved in (saved_trials(path) or {}).items()
-             if saved.status not in ("TERMINATED", "ERROR")]  # fmt: skip
+    open_ = open_trials(path)
     if open_:  # a study cut short: its trials per GPU-hour would count a window, not a study
         raise ConfigError(f"study folder {str(folder)!r} holds {len(open_)} unfinished trial(s) "
                           "(a study cut before its end): finish it with `python -m tuner.run "
