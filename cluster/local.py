@@ -100,14 +100,22 @@ class LocalCluster:
         self.stop()
 
     def start_head(self, *, timeout_s: float = 90) -> None:
-        """``ray start --head``; returns once the job server answers."""
+        """``ray start --head``; returns once the job server and the head's agent answer.
+
+        The job server hands every submission to the head node's agent and waits only 10 s for
+        one (Ray's ``WAIT_AVAILABLE_AGENT_TIMEOUT``); on a busy machine the agent can be later
+        than that, and a submission fails with "No available agent to submit job".
+        """
         # Ray Client cannot be switched off once ray[client] is installed: give it a free port
         # rather than the shared default 10001.
         args = ["--head", f"--port={self.port}", f"--num-cpus={self.num_cpus}",
                 f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
                 f"--ray-client-server-port={free_port()}"]  # fmt: skip
-        self._ray_start(["ray", "start", *args], env=LOOPBACK_ENV, timeout_s=timeout_s)
-        _wait_for(self._job_server_answers, timeout_s, "the job server to answer")
+        agent_port = self._ray_start(["ray", "start", *args], env=LOOPBACK_ENV, timeout_s=timeout_s)
+        _wait_for(lambda: self._answers(f"{self.dashboard_url}/api/version"), timeout_s,
+                  "the job server to answer")  # fmt: skip
+        _wait_for(lambda: self._answers(f"http://{LOOPBACK}:{agent_port}/api/healthz"),
+                  timeout_s, "the head node's agent to answer")  # fmt: skip
 
     def add_worker(self, *, num_cpus: int, resources: dict[str, float] | None = None,
                    timeout_s: float = 90) -> None:  # fmt: skip
@@ -145,14 +153,16 @@ class LocalCluster:
         shutil.rmtree(self.root, ignore_errors=True)
         return [p.pid for p in procs]
 
-    def _ray_start(self, command: list[str], *, env: dict[str, str], timeout_s: float) -> None:
-        """Run ``command`` (``ray start ...``) for a new node with its own temp dir and ports."""
+    def _ray_start(self, command: list[str], *, env: dict[str, str], timeout_s: float) -> int:
+        """Run ``command`` (``ray start ...``) for a new node with its own temp dir and ports;
+        the port its dashboard agent listens on."""
         node_dir = self.root / f"n{len(self.node_dirs)}"
         node_dir.mkdir(parents=True)
         self.node_dirs.append(node_dir)
+        agent_port = free_port()
         common = [
             f"--node-ip-address={LOOPBACK}", f"--temp-dir={node_dir}",
-            f"--dashboard-agent-listen-port={free_port()}",  # the default 52365 may be taken
+            f"--dashboard-agent-listen-port={agent_port}",  # the default 52365 may be taken
             f"--object-store-memory={OBJECT_STORE_MIB * 2**20}", "--disable-usage-stats",
         ]  # fmt: skip
         if command[0] == "ray":
@@ -162,11 +172,11 @@ class LocalCluster:
         if proc.returncode != 0:
             raise RuntimeError(f"`ray start` exited {proc.returncode}:\n"
                                f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")  # fmt: skip
+        return agent_port
 
-    def _job_server_answers(self) -> bool:
-        request = urllib.request.Request(
-            f"{self.dashboard_url}/api/version", headers={"Authorization": f"Bearer {self.token}"}
-        )
+    def _answers(self, url: str) -> bool:
+        """Whether ``url`` answers 200 to a request carrying this cluster's token."""
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
         try:
             with urllib.request.urlopen(request, timeout=5) as r:
                 return r.status == 200
