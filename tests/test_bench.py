@@ -247,9 +247,17 @@ def test_packing_suite_runs_workers_from_one_tokenisation(tiny_task, tmp_path):
 
 def test_packing_suite_fuses_trials_into_one_worker(tiny_task, tmp_path):
     _bench(tiny_task, tmp_path, "--suite", "packing", "--levels", "2", "--via", "fused",
-           "--fused-seeds", "distinct")  # fmt: skip
+           "--fused-seeds", "distinct", "--profile-steps", "2")  # fmt: skip
     doc = json.loads((tmp_path / "bench-packing.json").read_text())
     alone, fused = doc["rows"]
+    # the fused level profiled 2 steps after its timed run: the ops' own host time (CPU), by kind
+    profile = fused["profile"]
+    assert (profile["steps"], profile["clock"], alone["profile"]) == (2, "host", None)
+    assert profile["ms_per_step"] > 0 and profile["timed_step_ms"] > 0
+    assert sum(profile["shares"].values()) == pytest.approx(1, abs=1e-3)
+    assert profile["shares"]["matmul"] > 0 and "aten::bmm" in profile["top_ms_per_step"]
+    assert "profile at 2" in (tmp_path / "bench-packing.md").read_text()
+    assert all("profile" not in t for t in fused["trials"])
     assert (alone["via"], alone["concurrent"], fused["via"], fused["concurrent"]) == (
         "processes", 1, "fused", 2)  # fmt: skip
     assert fused["failed"] == 0 and fused["overlap"] == 2
@@ -282,8 +290,9 @@ def test_packing_suite_fuses_trials_of_mixed_ranks_and_placements(tiny_task, tmp
     assert doc["rows"][0]["trials"][0]["rank"] == 8  # the baseline alone: r=8 on query/value
 
 
-def test_fused_mix_is_refused_outside_fused(tmp_path):
-    argv = ["--suite", "packing", "--via", "processes", "--fused-mix", "ranks"]
+@pytest.mark.parametrize("option", [["--fused-mix", "ranks"], ["--profile-steps", "4"]])
+def test_fused_options_are_refused_outside_fused(tmp_path, option):
+    argv = ["--suite", "packing", "--via", "processes", *option]
     assert run_cli(main, [*argv, "--out", str(tmp_path)]) == 2
 
 

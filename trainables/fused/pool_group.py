@@ -18,11 +18,10 @@ from trainables.fused.model import FusedLoRA, check_members
 from trainables.fused.pool_trial import PoolTrial
 from trainables.fused.rows import FusedRows, check_rows
 from trainables.fused.step import FusedStep
-from trainables.inference import uses_bf16
+from trainables.fused.train import prepare_fused
 from trainables.model import PeftClassifier
 from trainables.prepared import PreparedData
 from trainables.train_config import TrainConfig
-from trainables.training.plan import FitPlan
 
 
 @dataclass(frozen=True)
@@ -109,20 +108,15 @@ def build_group(
     template: PeftClassifier, train: TrainConfig, data: PreparedData, *, slots: int, device: str
 ) -> PoolGroup:
     """A group's fused model, its rows copies of ``template`` (each overwritten as a trial is
-    admitted), on the device; plain LoRA's backbone bf16 on GPUs, as :func:`fit_fused` runs."""
+    admitted), readied as :func:`fit_fused` readies its model (a bf16 backbone on GPUs)."""
     torch.manual_seed(train.seed)  # dropout masks: one generator for the fused model
     if template.config.method == "lora":
         model: FusedLoRA | FusedRows = FusedLoRA([template] * slots)
     else:
         model = FusedRows([template] * slots, template=template)
-    model = model.to(device)
-    if uses_bf16(train.precision, torch.device(device)):
-        model.backbone_to(torch.bfloat16)
-    plan = FitPlan.of(train, len(data.train), task_kind=data.task_kind, metric=data.metric,
-                      device=device)  # fmt: skip
-    if plan.cuda:
-        torch.set_float32_matmul_precision("high")
-    stepper = FusedStep(model, train, plan, task_kind=data.task_kind)
+    # the pool's other groups train on: the device's peak memory keeps counting
+    _, stepper = prepare_fused(model, len(data.train), [train] * slots, task_kind=data.task_kind,
+                               metric=data.metric, device=device, fresh_peak=False)  # fmt: skip
     with torch.no_grad():
         stepper.lr.zero_()
     model.train()

@@ -44,23 +44,42 @@ def fit_fused(
     ``dev`` ``evals`` times; write the trained weights back into the members. One
     :class:`FitResult` per trial; ``on_eval(step, [(dev_loss, dev_metrics)] * K)`` sees each
     evaluation. ``train_samples_per_s`` is each trial's own (the run's aggregate / K)."""
-    check_configs(configs, model.trials)
-    first = configs[0]
-    plan = FitPlan.of(first, len(train), task_kind=task_kind, metric=metric, device=device)
-    plan.start_device()
-    model.to(plan.device)
-    if uses_bf16(first.precision, plan.device):
-        model.backbone_to(torch.bfloat16)
-    stepper = FusedStep(model, first, plan, task_kind=task_kind)
-    for row, config in enumerate(configs):
-        stepper.set_row(row, config)
-    torch.manual_seed(first.seed)  # dropout masks: one generator for the fused model
+    plan, stepper = prepare_fused(model, len(train), configs, task_kind=task_kind,
+                                  metric=metric, device=device)  # fmt: skip
+    torch.manual_seed(configs[0].seed)  # dropout masks: one generator for the fused model
     run, trials = _train(model, stepper, plan, train, dev, configs, on_eval)
     model.write_back()
     run.record_peak_memory(plan.device)
     for trial in trials:  # the run's times and memory are every trial's
         trial.train_s, trial.wall_s, trial.peak_mem_mib = run.train_s, run.wall_s, run.peak_mem_mib
     return [trial.result("completed", stepper) for trial in trials]
+
+
+def prepare_fused(
+    model: FusedLoRA | FusedRows,
+    train_rows: int,
+    configs: Sequence[TrainConfig],
+    *,
+    task_kind: str,
+    metric: str,
+    device: torch.device | str | None = None,
+    fresh_peak: bool = True,
+) -> tuple[FitPlan, FusedStep]:
+    """The plan of ``configs`` over ``train_rows`` and a step whose row k trains with
+    ``configs[k]``, the model moved to the plan's device (its backbone in bf16 where the
+    precision asks): what a fused run trains with, from its first step. ``fresh_peak``: the
+    device's peak memory counted from here (:meth:`FitPlan.start_device`)."""
+    check_configs(configs, model.trials)
+    first = configs[0]
+    plan = FitPlan.of(first, train_rows, task_kind=task_kind, metric=metric, device=device)
+    plan.start_device(fresh_peak=fresh_peak)
+    model.to(plan.device)
+    if uses_bf16(first.precision, plan.device):
+        model.backbone_to(torch.bfloat16)
+    stepper = FusedStep(model, first, plan, task_kind=task_kind)
+    for row, config in enumerate(configs):
+        stepper.set_row(row, config)
+    return plan, stepper
 
 
 def _train(
@@ -132,4 +151,4 @@ def check_configs(
                 )
 
 
-__all__ = ["SHARED_FIELDS", "check_configs", "fit_fused"]
+__all__ = ["SHARED_FIELDS", "check_configs", "fit_fused", "prepare_fused"]

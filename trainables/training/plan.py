@@ -76,11 +76,13 @@ class FitPlan:
         config = config or self.config
         return lr_factor(config.warmup_steps(self.total_steps), self.total_steps)
 
-    def start_device(self) -> None:
-        """Ready the device: fp32 matmuls on tensor cores (TF32), peak memory counted afresh."""
+    def start_device(self, *, fresh_peak: bool = True) -> None:
+        """Ready the device: fp32 matmuls on tensor cores (TF32), peak memory counted afresh
+        (``fresh_peak``; a process training more than one thing at a time keeps its count)."""
         if self.cuda:
             torch.set_float32_matmul_precision("high")
-            torch.cuda.reset_peak_memory_stats(self.device)
+            if fresh_peak:
+                torch.cuda.reset_peak_memory_stats(self.device)
 
 
 def lr_factor(warmup: int, total: int) -> Callable[[int], float]:

@@ -4,6 +4,7 @@
     python -m tuner.bench --suite trial --settings ours-bs32,trainer-bs32 --train-samples 2000
     python -m tuner.bench --suite packing --levels 1,2,4,8,16 --train-samples 8000 [--via tune] [--mps]
     python -m tuner.bench --suite packing --levels 1,2,4,8,16 --via fused   # trials fused in one model
+    python -m tuner.bench --suite packing --levels 64 --via fused --profile-steps 20  # where time goes
     python -m tuner.bench --suite search --study asha=RESULTS/e4-asha --study fifo=RESULTS/e4-fifo
     python -m tuner.bench --suite hpsearch --study ours=RESULTS/e4_budget-demo \
         --experiment e4_budget --preset demo --max-trials 12 --gpus 1   # the usual way, same trials
@@ -37,6 +38,7 @@ from tuner.bench.packing import (
     save_data,
     with_speedups,
 )
+from tuner.bench.profile import profile_line
 from tuner.bench.record import Record
 from tuner.cli import add_set_argument
 
@@ -69,6 +71,25 @@ def parser() -> argparse.ArgumentParser:
         help="packing: under NVIDIA MPS too (bare --mps: both), only (yes), or not (no); "
         "hpsearch: the baseline under MPS (yes) or not (no)",
     )
+    _packing_options(p)
+    p.add_argument("--study", action="append", default=[], metavar="NAME=FOLDER",
+                   help="search: a Tune experiment folder (repeat: asha=..., fifo=...)")  # fmt: skip
+    p.add_argument("--gpus", type=float, help="search: GPUs the studies ran on; hpsearch: GPUs "
+                   "the study ran on and the baseline uses (default 1)")  # fmt: skip
+    p.add_argument("--trials-per-gpu", type=int, default=1, metavar="N",
+                   help="hpsearch: baseline trials sharing each GPU, 1/N of it each (Tune's "
+                        "fractional GPUs; with --mps yes under NVIDIA MPS); default 1")  # fmt: skip
+    p.add_argument("--experiment", help="hpsearch: the study's (python -m tuner.run --list)")
+    p.add_argument("--preset", default="full", help="hpsearch: the study's preset (default full)")
+    add_set_argument(p, "hpsearch: the study's --set overrides (repeatable)")
+    p.add_argument("--max-trials", type=int, help="hpsearch: the study's first K trials only")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="hpsearch: CPUs per trial")
+    p.add_argument("--out", default="bench-results", help="folder for the JSON and markdown")
+    return p
+
+
+def _packing_options(p: argparse.ArgumentParser) -> None:
+    """How the packing suite runs its trials: ``--via``, the fused options, the profile."""
     p.add_argument("--via", default="processes", metavar="{processes,fused,tune,pool}",
                    help="packing: trials as processes the bench starts, fused into one model in "
                         "one process (LoRA), through Ray Tune with gpus_per_trial = 1/N as a "
@@ -91,20 +112,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fused-per-process", type=int, default=0, metavar="F",
                    help="packing --via fused: F trials per process, n / F processes (default: "
                         "all n in one)")  # fmt: skip
-    p.add_argument("--study", action="append", default=[], metavar="NAME=FOLDER",
-                   help="search: a Tune experiment folder (repeat: asha=..., fifo=...)")  # fmt: skip
-    p.add_argument("--gpus", type=float, help="search: GPUs the studies ran on; hpsearch: GPUs "
-                   "the study ran on and the baseline uses (default 1)")  # fmt: skip
-    p.add_argument("--trials-per-gpu", type=int, default=1, metavar="N",
-                   help="hpsearch: baseline trials sharing each GPU, 1/N of it each (Tune's "
-                        "fractional GPUs; with --mps yes under NVIDIA MPS); default 1")  # fmt: skip
-    p.add_argument("--experiment", help="hpsearch: the study's (python -m tuner.run --list)")
-    p.add_argument("--preset", default="full", help="hpsearch: the study's preset (default full)")
-    add_set_argument(p, "hpsearch: the study's --set overrides (repeatable)")
-    p.add_argument("--max-trials", type=int, help="hpsearch: the study's first K trials only")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="hpsearch: CPUs per trial")
-    p.add_argument("--out", default="bench-results", help="folder for the JSON and markdown")
-    return p
+    p.add_argument("--profile-steps", type=int, default=0, metavar="S",
+                   help="packing --via fused: after each level's timed run, profile S eager "
+                        "steps of its model: where a step's time goes (tuner/bench/profile.py)")  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -189,9 +199,12 @@ def packing_options(args: argparse.Namespace) -> tuple[str, list[int]]:
     via = check_via(args.via)
     levels = _levels(args.levels)
     per = args.fused_per_process
-    if via != "fused" and (per or args.fused_seeds != "same" or args.fused_mix != "same"):
-        raise ConfigError(f"--fused-per-process, --fused-seeds and --fused-mix apply to --via "
-                          f"fused, not --via {via}")  # fmt: skip
+    fused_only = per or args.fused_seeds != "same" or args.fused_mix != "same" or args.profile_steps
+    if via != "fused" and fused_only:
+        raise ConfigError(f"--fused-per-process, --fused-seeds, --fused-mix and --profile-steps "
+                          f"apply to --via fused, not --via {via}")  # fmt: skip
+    if args.profile_steps < 0:
+        raise ConfigError(f"--profile-steps {args.profile_steps} must be >= 0")
     if per < 0 or any(n > per and n % per for n in levels if per):
         raise ConfigError(f"--fused-per-process={per} must be >= 0 and divide every level "
                           f"above it: --levels {args.levels}")  # fmt: skip
@@ -218,7 +231,8 @@ def measure_levels(
         how = f", fused {fuse} per process" if fuse else ""
         _log(f"packing: {n} trial(s){how}{under}")
         publish(run_level(n, setup, data_file=data_file, mps=mps, fuse=fuse,
-                          fused_seeds=args.fused_seeds, fused_mix=args.fused_mix))  # fmt: skip
+                          fused_seeds=args.fused_seeds, fused_mix=args.fused_mix,
+                          profile_steps=args.profile_steps))  # fmt: skip
 
 
 class PackingPublisher:
@@ -242,7 +256,9 @@ class PackingPublisher:
         tune_wall = {"tune_wall_s": {k: round(s, 1) for k, (s, _) in walls.items()},
                      "tune_wall_samples_per_s": {k: round(v) for k, (_, v) in walls.items()}
                      } if walls else {}  # fmt: skip
-        self.record.set_rows([r.to_dict() for r in done], **self.work, via=via,
+        profiles = {f"profile at {r.concurrent}{' under MPS' if r.mps else ''}":
+                    profile_line(r.profile) for r in done if r.profile}  # fmt: skip
+        self.record.set_rows([r.to_dict() for r in done], **self.work, via=via, **profiles,
                              best_gpus_per_trial=best_gpus_per_trial(
                                  [r for r in done if not r.mps and r.via not in ("fused", "pool")]),
                              **tune_wall, **self.data)  # fmt: skip

@@ -78,6 +78,7 @@ class PackingRow:
     running_at_once: int | None = None  # via tune: the most trials Tune had running at once
     trials: list[dict[str, Any]] | None = None  # each trial's start, train_s, samples, ...
     processes: int | None = None  # worker processes the trials ran in (fused: n / trials each)
+    profile: dict[str, Any] | None = None  # where a fused step's time goes (tuner.bench.profile)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,10 +141,12 @@ def run_level(
     fuse: int = 0,
     fused_seeds: str = "same",
     fused_mix: str = "same",
+    profile_steps: int = 0,
 ) -> PackingRow:
     """Start the workers of ``n`` trials on the data pickled in ``data_file``, release them
     together, collect their results: ``n`` workers of one trial each, or (``fuse`` > 0)
-    ``n / fuse`` workers of ``fuse`` fused trials."""
+    ``n / fuse`` workers of ``fuse`` fused trials (``profile_steps``: each then profiles that
+    many steps of its model after the timed run, :mod:`tuner.bench.profile`)."""
     if fuse and n % fuse:
         raise ValueError(f"{n} trials do not split into workers of {fuse} fused trials")
     workers = n // fuse if fuse else n
@@ -159,7 +162,8 @@ def run_level(
                "--batch-size", str(setup.batch_size), "--lr", str(setup.lr), "--seed", str(seed),
                "--ready", str(level / f"ready-{i}"), "--go", str(go),
                "--out", str(level / f"result-{i}.json"),
-               "--fuse", str(fuse), "--fused-seeds", fused_seeds, "--fused-mix", fused_mix]  # fmt: skip
+               "--fuse", str(fuse), "--fused-seeds", fused_seeds, "--fused-mix", fused_mix,
+               "--profile-steps", str(profile_steps)]  # fmt: skip
         procs.append(subprocess.Popen(cmd, env=env))
     deadline = time.monotonic() + READY_TIMEOUT_S
     while sum((level / f"ready-{i}").exists() for i in range(workers)) + _exited(procs) < workers:
@@ -213,7 +217,9 @@ def level_row(
         dev_score=sum(r["dev_score"] for r in results) / max(1, len(results)),
         failed=n - len(results), mps=mps, via=via, wall_s=wall_s,
         wall_samples_per_s=samples / wall_s if wall_s else None,
-        overlap=most_overlapping(results), running_at_once=running_at_once, trials=results,
+        overlap=most_overlapping(results), running_at_once=running_at_once,
+        trials=[{k: v for k, v in r.items() if k != "profile"} for r in results],
+        profile=next((r["profile"] for r in results if r.get("profile")), None),
     )  # fmt: skip
 
 
@@ -297,15 +303,26 @@ def worker(args: argparse.Namespace) -> int:
         results = fit_fused(model, data.train, data.dev, configs, **common)
     else:
         results = [fit(model, data.train, data.dev, configs[0], **common)]
-    Path(args.out).write_text(json.dumps([
-        {"start": start, "train_s": r.samples_seen / r.train_samples_per_s,
-         "samples": r.samples_seen, "tokens": r.tokens_seen, "padded_tokens": r.padded_tokens_seen,
-         "peak_mem_mib": r.peak_mem_mib, "dev_score": r.best_dev_score, "status": r.status,
-         "lr": c.lr, "seed": c.seed, "rank": m.rank, "placement": m.placement,
-         "cuda_graphs": r.cuda_graphs, "graphs_off": r.graphs_off}
-        for r, c, m in zip(results, configs, methods, strict=True)
-    ]))  # fmt: skip
+    trials = [_entry(r, c, m, start) for r, c, m in zip(results, configs, methods, strict=True)]
+    if args.fuse and args.profile_steps:  # after the timed run, which it must not slow
+        from tuner.bench.profile import profile_fused, with_step_time
+
+        steps = -(-trials[0]["samples"] // args.batch_size)
+        profile = profile_fused(model, data.train, configs, steps=args.profile_steps, **common)
+        trials[0]["profile"] = with_step_time(profile, 1000 * trials[0]["train_s"] / steps)
+    Path(args.out).write_text(json.dumps(trials))
     return 0
+
+
+def _entry(result: Any, config: Any, method: Any, start: float) -> dict[str, Any]:
+    """What a worker reports of one trial: its window, counts, memory, score and shape."""
+    r = result
+    return {"start": start, "train_s": r.samples_seen / r.train_samples_per_s,
+            "samples": r.samples_seen, "tokens": r.tokens_seen,
+            "padded_tokens": r.padded_tokens_seen, "peak_mem_mib": r.peak_mem_mib,
+            "dev_score": r.best_dev_score, "status": r.status, "lr": config.lr,
+            "seed": config.seed, "rank": method.rank, "placement": method.placement,
+            "cuda_graphs": r.cuda_graphs, "graphs_off": r.graphs_off}  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -322,6 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--fused-seeds", choices=FUSED_SEEDS, default="same")
     w.add_argument("--fused-mix", choices=FUSED_MIXES, default="same")
+    w.add_argument("--profile-steps", type=int, default=0, help="fused: profile this many steps")
     return p
 
 
