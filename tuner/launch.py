@@ -32,7 +32,7 @@ from tuner.tracking import connect, ensure_experiment
 @closes_parent  # a study that raises leaves no RUNNING parent run
 def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace) -> dict:
     from trainables.data.tokenize import cache_stats
-    from tuner.runner import connect_ray, print_summary
+    from tuner.runner import connect_ray, joins_cluster, print_summary
     from tuner.sources import ensure_source_adapters
 
     paths = study_paths(exp, preset, args.storage, args.tracking_uri)
@@ -46,7 +46,7 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
     cluster_gpus = connect_ray(cpus_per_trial=args.cpus_per_trial or 1.0)
     resources = Resources.auto(args.cpus_per_trial, args.gpus_per_trial, cluster_gpus=cluster_gpus)
     fuse, line = pooling(fuse, exp, space, args, files, cluster_gpus=cluster_gpus)
-    local = not os.environ.get("RAY_ADDRESS")  # a cluster's nodes are not this machine's to check
+    local = not joins_cluster()  # a cluster's nodes are not this machine's to check
     mps = None if fuse else sharing_note(resources.gpus_per_trial, cluster_gpus=cluster_gpus,
                                          local=local)  # fmt: skip
     for said in (line, mps):

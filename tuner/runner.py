@@ -19,6 +19,12 @@ DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPO
               "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"}  # fmt: skip
 
 
+def joins_cluster() -> bool:
+    """Whether this driver joins a cluster (RAY_ADDRESS, which ``ray job submit`` sets) rather
+    than starting Ray on this machine."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def connect_ray(*, cpus_per_trial: float) -> float:
     """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start one locally.
 
@@ -33,7 +39,7 @@ def connect_ray(*, cpus_per_trial: float) -> float:
         env = {**TRIAL_ENV, "OMP_NUM_THREADS": str(max(1, int(cpus_per_trial)))}
         env = {k: v for k, v in env.items() if k not in os.environ}
         runtime_env = {"env_vars": env} if env else None
-        if os.environ.get("RAY_ADDRESS"):
+        if joins_cluster():
             ray.init(
                 address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False
             )
