@@ -27,7 +27,7 @@ from tuner.bench.packing import (
     with_speedups,
 )
 from tuner.bench.record import markdown_table
-from tuner.bench.search import compare_studies
+from tuner.bench.search import compare_studies, same_best
 from tuner.bench.trial import SETTINGS, TrialRow, TrialSetting, finish_rows, time_to_target
 from tuner.cli import run_cli
 
@@ -162,16 +162,20 @@ def test_best_gpus_per_trial_is_the_fewest_trials_near_the_best_aggregate():
 # --- search: from Tune result files --------------------------------------------------------------
 
 
-def _study(folder: Path, trials: list[tuple[str, list[float], str, float]]) -> Path:
+def _study(
+    folder: Path, trials: list[tuple[str, list[float], str, float]], **configs: dict
+) -> Path:
     """Trials as (id, dev scores per report, final status, start time), written as Tune does:
-    every report says "running"; a trial the scheduler stopped ends below full fidelity."""
+    every report says "running"; a trial the scheduler stopped ends below full fidelity.
+    ``configs[id]``: that trial's searched knobs."""
     for trial_id, scores, status, start in trials:
+        config = {"budget_deviation": 0.01, "tolerance": 0.05, **configs.get(trial_id, {})}
         lines = []
         planned = len(scores) if status == "completed" else len(scores) + 1
         for k, score in enumerate(scores, start=1):
             lines.append({"trial_id": trial_id, "dev_score": score, "timestamp": start + 10 * k,
                           "time_total_s": 10.0 * k, "status": "running", "fidelity": k / planned,
-                          "config": {"budget_deviation": 0.01, "tolerance": 0.05}})  # fmt: skip
+                          "config": config})  # fmt: skip
         (folder / trial_id).mkdir(parents=True)
         (folder / trial_id / "result.json").write_text("\n".join(json.dumps(x) for x in lines))
     return folder
@@ -187,6 +191,28 @@ def test_compare_studies_times_the_first_completed_trial_near_the_best(tmp_path)
     assert rows["fifo"].time_to_near_best_s == 40.0
     assert (rows["asha"].completed, rows["asha"].stopped, rows["asha"].outside_budget) == (1, 1, 0)
     assert rows["fifo"].trials_per_gpu_hour == pytest.approx(2 / (40 / 3600))
+
+
+def test_each_study_names_its_best_configuration_per_method_on_dev(tmp_path):
+    lora = {"method": "lora", "lr": 1e-3, "rank": 8}
+    fusion = {"method": "fusion", "lr": 5e-5, "rank": None}
+    pooled = _study(tmp_path / "pooled", [("a", [0.80], "completed", 0.0),
+                                          ("b", [0.85], "completed", 0.0),
+                                          ("c", [0.95], "stopped", 0.0)],
+                    a=lora, b={**lora, "lr": 2e-3}, c={**lora, "lr": 3e-3})  # fmt: skip
+    alone = _study(tmp_path / "alone", [("d", [0.84], "completed", 0.0),
+                                        ("e", [0.70], "completed", 0.0),
+                                        ("f", [0.60], "completed", 0.0)],
+                   d={**lora, "lr": 2e-3}, e=lora, f=fusion)  # fmt: skip
+    rows = compare_studies({"pooled": pooled, "alone": alone}, gpus=1.0)
+    # the best final dev score of a completed trial: the stopped trial's better one does not count
+    assert rows[0].best_by_method == {"lora": "lr=0.002 rank=8 dev 0.8500"}
+    assert rows[1].best_by_method == {"fusion": "lr=5e-05 rank=None dev 0.6000",
+                                      "lora": "lr=0.002 rank=8 dev 0.8400"}  # fmt: skip
+    assert same_best(rows) == {
+        "fusion": "pooled: none completed; alone: lr=5e-05 rank=None dev 0.6000",
+        "lora": "same: lr=0.002 rank=8 (dev pooled 0.8500, alone 0.8400)",
+    }
 
 
 # --- end to end on CPU ---------------------------------------------------------------------------

@@ -267,7 +267,7 @@ class PackingPublisher:
 
 
 def search_suite(args: argparse.Namespace, record: Record) -> None:
-    from tuner.bench.search import compare_studies
+    from tuner.bench.search import compare_studies, same_best
 
     studies = {}
     for item in args.study:
@@ -278,7 +278,8 @@ def search_suite(args: argparse.Namespace, record: Record) -> None:
     if not studies:
         raise ConfigError("--suite search needs --study NAME=FOLDER (e.g. asha=..., fifo=...)")
     rows = compare_studies(studies, gpus=args.gpus)
-    record.set_rows([r.to_dict() for r in rows])
+    chosen = {f"best {m} on dev": said for m, said in same_best(rows).items()}
+    record.set_rows([r.to_dict() for r in rows], **chosen)
 
 
 def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:

@@ -1,6 +1,7 @@
 """The search benchmark, computed from finished studies: how soon a study finds a configuration
-within 0.5 points of the best, how many trials it completes per GPU-hour, and whether any trial
-outside the parameter budget was launched.
+within 0.5 points of the best, how many trials it completes per GPU-hour, whether any trial
+outside the parameter budget was launched, and each method's best configuration on dev (the same
+search run two ways, pooled and not, should choose the same ones).
 
 A study is a Ray Tune experiment folder (``<storage>/<experiment>-<preset>``): one folder per trial
 with Tune's ``result.json``, one JSON line per report. Comparing ASHA with no early stopping takes
@@ -61,6 +62,8 @@ class SearchRow:
     time_to_near_best_s: float | None  # first completed trial within NEAR_BEST of `target`
     trials_per_gpu_hour: float | None  # completed trials (run to full fidelity)
     finished_per_gpu_hour: float | None = None  # completed + stopped: every trial decided
+    # each method's completed trial with the best final dev score: its searched knobs and score
+    best_by_method: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,9 +82,15 @@ def load_study(folder: str | Path) -> list[TrialHistory]:
 
 
 def search_row(
-    name: str, trials: list[TrialHistory], *, target: float | None, gpus: float | None
+    name: str,
+    trials: list[TrialHistory],
+    *,
+    target: float | None,
+    gpus: float | None,
+    searched: tuple[str, ...] = (),
 ) -> SearchRow:
-    """Figures of one study; ``target`` is the best dev score of all the compared studies."""
+    """Figures of one study; ``target`` is the best dev score of all the compared studies;
+    ``searched``: the config keys a best configuration is told by."""
     if not trials:
         return SearchRow(name, 0, 0, 0, 0, 0.0, None, None, None, None)
     start = min(t.start for t in trials)
@@ -97,7 +106,50 @@ def search_row(
         time_to_near_best_s=time_to_near(finals, target),
         trials_per_gpu_hour=per_gpu_hour(completed, wall_s, gpus),
         finished_per_gpu_hour=per_gpu_hour(completed + stopped, wall_s, gpus),
+        best_by_method={m: _told(t, searched) for m, t in best_by_method(trials).items()},
     )  # fmt: skip
+
+
+def best_by_method(trials: list[TrialHistory]) -> dict[str, TrialHistory]:
+    """Each method's completed trial with the best final dev score (dev chooses; test is not
+    read), methods in name order."""
+    best: dict[str, TrialHistory] = {}
+    for t in trials:
+        method, score = str(t.config.get("method")), t.final_dev_score
+        if score is not None and (method not in best or score > best[method].final_dev_score):
+            best[method] = t
+    return dict(sorted(best.items()))
+
+
+def searched_keys(trials: list[TrialHistory]) -> tuple[str, ...]:
+    """The config keys whose values differ between trials: what a search chose."""
+    keys = sorted({k for t in trials for k in t.config})
+    values = {k: {json.dumps(t.config.get(k), sort_keys=True) for t in trials} for k in keys}
+    return tuple(k for k in keys if len(values[k]) > 1 and k != "method")
+
+
+def same_best(rows: list[SearchRow]) -> dict[str, str]:
+    """Per method, whether every study chose the same configuration on dev ("same: ..." with
+    each study's dev score) or what each chose; "none completed" where a study has none."""
+    methods = sorted({m for r in rows for m in (r.best_by_method or {})})
+    out = {}
+    for m in methods:
+        chosen = {r.study: (r.best_by_method or {}).get(m) for r in rows}
+        split = {study: c.rsplit(" dev ", 1) if c else None for study, c in chosen.items()}
+        configs = {parts[0] if parts else None for parts in split.values()}
+        if len(configs) == 1 and None not in configs:
+            devs = ", ".join(f"{study} {parts[1]}" for study, parts in split.items() if parts)
+            out[m] = f"same: {configs.pop()} (dev {devs})"
+        else:
+            out[m] = "; ".join(f"{study}: {c or 'none completed'}" for study, c in chosen.items())
+    return out
+
+
+def _told(trial: TrialHistory, keys: tuple[str, ...]) -> str:
+    config = trial.config
+    knobs = " ".join(f"{k}={config[k]:.6g}" if isinstance(config.get(k), float)
+                     else f"{k}={config.get(k)}" for k in keys)  # fmt: skip
+    return f"{knobs} dev {trial.final_dev_score:.4f}"
 
 
 def time_to_near(finals: list[tuple[float, float]], target: float | None) -> float | None:
@@ -122,4 +174,6 @@ def compare_studies(studies: dict[str, str | Path], *, gpus: float | None) -> li
     """One row per named study folder, all measured against the best score any of them found."""
     loaded = {name: load_study(folder) for name, folder in studies.items()}
     target = best_of([t.final_dev_score for ts in loaded.values() for t in ts])
-    return [search_row(name, ts, target=target, gpus=gpus) for name, ts in loaded.items()]
+    searched = searched_keys([t for ts in loaded.values() for t in ts])
+    return [search_row(name, ts, target=target, gpus=gpus, searched=searched)
+            for name, ts in loaded.items()]  # fmt: skip
