@@ -191,6 +191,8 @@ def test_compare_studies_times_the_first_completed_trial_near_the_best(tmp_path)
     assert rows["fifo"].time_to_near_best_s == 40.0
     assert (rows["asha"].completed, rows["asha"].stopped, rows["asha"].outside_budget) == (1, 1, 0)
     assert rows["fifo"].trials_per_gpu_hour == pytest.approx(2 / (40 / 3600))
+    # the completed trial that trained longest (the stopped one does not count): rerun it alone
+    assert (Path(rows["asha"].slowest_trial).name, rows["asha"].slowest_trial_s) == ("a", 20.0)
 
 
 def test_each_study_names_its_best_configuration_per_method_on_dev(tmp_path):

@@ -61,8 +61,10 @@ RUN: dict[str, tuple[str, ...]] = {
     "python -m analysis.report e4_budget --out reports/e4": (),  # the smoke study's report
     "python -m tuner.run e4_budget --preset demo": DRY,  # 17 CPU minutes; CI's drift step runs it
     "python -m tuner.bench --suite search --study asha=DIR --study fifo=DIR --gpus 1": (),
+    "python -m tuner.train --trial DIR/trial_ID": (),  # a trial of the smoke study
 }  # fmt: skip
-# ``NAME=DIR`` in the README stands for a study's results folder: here, the smoke study's
+# ``NAME=DIR`` in the README stands for a study's results folder: here, the smoke study's;
+# ``DIR/trial_ID`` for one of its trials' folders
 STUDY_DIR = "results/e4_budget-smoke"
 
 # command -> why a test cannot run it
@@ -112,8 +114,10 @@ def test_every_readme_command_is_run_or_allow_listed():
     assert not gone, f"listed here but no longer in the README: {gone}"
 
 
-def argv(command: str, appended: tuple[str, ...]) -> list[str]:
-    words = [re.sub(r"=DIR$", f"={STUDY_DIR}", w) for w in shlex.split(command)]
+def argv(command: str, appended: tuple[str, ...], *, root: Path) -> list[str]:
+    trial = next((root / STUDY_DIR).glob("trial_*"), None)  # the smoke study ran by then
+    words = [str(trial) if w == "DIR/trial_ID" else re.sub(r"=DIR$", f"={STUDY_DIR}", w)
+             for w in shlex.split(command)]  # fmt: skip
     assert words[0] == "python", command
     return [sys.executable, *words[1:], *appended]
 
@@ -132,7 +136,7 @@ def test_the_readme_commands_run(tmp_path, data_dir):
         if command not in RUN:
             continue
         started = time.time()
-        proc = subprocess.run(argv(command, RUN[command]), cwd=tmp_path, env=env,
+        proc = subprocess.run(argv(command, RUN[command], root=tmp_path), cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         times.append(f"{time.time() - started:5.0f} s  {command}")
         if proc.returncode != 0:

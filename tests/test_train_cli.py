@@ -62,6 +62,37 @@ def test_fuse_sweeps_a_bottleneck_adapter_as_rows(tiny_task, capsys):
     assert finals[0]["trainable_params"] < finals[1]["trainable_params"]  # padded into one model
 
 
+def test_a_study_trial_runs_alone_from_its_folder(tiny_task, tmp_path, capsys):
+    """--trial FOLDER: the configuration Tune saved for a study's trial (accounting keys and all)
+    trains as those knobs given by hand do; options given beside it override it."""
+    knobs = {"rank": 4, "lr": 2e-3, "placement": "ffn"}
+    config = {"task": str(tiny_task), "method": "lora", "backbone": "tiny-bert", "head": "mean",
+              "epochs": 2.0, "evals": 2, "max_length": 16, "budget_params": 4000,
+              "budget_deviation": 0.01, "tolerance": 0.05, "accounting": "trainable",
+              "trainable_params": 4040, "added_params": 4038, "train_samples": None, **knobs}  # fmt: skip
+    folder = tmp_path / "e4_budget-smoke" / "trial_ab12cd34"
+    folder.mkdir(parents=True)
+    reports = [{"evaluation": k, "dev_score": 0.5, "config": config} for k in (1, 2)]
+    (folder / "result.json").write_text("\n".join(json.dumps(r) for r in reports))
+    by_hand = json.loads(_run(tiny_task, capsys, "--set", *(f"{k}={v}" for k, v in knobs.items())))
+    assert main(["--trial", str(folder), "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    for key in ("trainable_params", "dev_score", "test_score"):
+        assert alone[key] == by_hand[key], key
+    assert main(["--trial", str(folder), "--set", "rank=8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] > alone["trainable_params"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [(["--method", "lora"], "--task is needed"), (["--trial", "nowhere"], "'nowhere'")],
+)
+def test_a_run_without_its_configuration_exits_2(argv, needle, capfd):
+    assert run_cli(main, argv) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
 def _run(task: Path, capsys, *extra: str) -> str:
     assert main(_argv(task, *extra)) == 0
     return capsys.readouterr().out

@@ -4,6 +4,7 @@
     python -m tuner.train --task tweet_eval/sentiment --method lora_fusion \\
         --set sources=glue/sst2,imdb --set fusion_layers=5 --json
     python -m tuner.train --task glue/sst2 --method lora --fuse lr=5e-4,1e-3,2e-3   # one model
+    python -m tuner.train --trial RESULTS/e4_budget-full/trial_ab12cd34   # a study's trial, alone
 
 The way to debug one configuration: the same recipe as a Ray trial (data, method, loop,
 evaluation), its evaluations printed as they happen. Fusion methods train (or reuse) their
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from search_spaces.catalog import FUSABLE_METHODS
@@ -31,12 +33,14 @@ SHOWN = ("dev_score", "test_score", "trainable_params", "added_params", "train_s
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuner.train", description=__doc__.split("\n")[0])
-    p.add_argument("--task", required=True, help="a registered task or a data folder")
-    p.add_argument(
-        "--method", required=True, help="a registered method (python -m tuner.params --table)"
-    )
-    p.add_argument("--backbone", default="minilm-l6")
-    p.add_argument("--head", default="mean", help="mean (pooling) or cls (pooler)")
+    p.add_argument("--task", help="a registered task or a data folder")
+    p.add_argument("--method", help="a registered method (python -m tuner.params --table)")
+    p.add_argument("--trial", metavar="FOLDER",
+                   help="a study's trial folder: its configuration (task, method, backbone and "
+                        "every knob, from its result.json), run alone; the other options "
+                        "override it")  # fmt: skip
+    p.add_argument("--backbone", help="default: minilm-l6")
+    p.add_argument("--head", help="mean (pooling, the default) or cls (pooler)")
     add_set_argument(p, "method or training keys, e.g. --set rank=8 lr=1e-3 (repeatable)")
     p.add_argument("--train-samples", type=int, help="stratified subset of the train split")
     p.add_argument("--epochs", type=float, help="training epochs")
@@ -49,17 +53,37 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+DEFAULTS = {"backbone": "minilm-l6", "head": "mean"}
+
+
 def trial_config(args: argparse.Namespace) -> dict[str, Any]:
-    backbone_source(args.backbone)  # an unknown name is refused before torch is imported
-    config: dict[str, Any] = {"method": args.method, "backbone": args.backbone, "head": args.head,
-                              "task": args.task, **parse_sets(args.set)}  # fmt: skip
-    if args.epochs is not None:
-        config["epochs"] = args.epochs
-    if args.train_samples is not None:
-        if args.train_samples <= 0:
-            raise ConfigError(f"--train-samples={args.train_samples} must be > 0")
-        config["train_samples"] = args.train_samples
-    return config
+    """The configuration to run: ``--trial``'s, or the defaults, then the options over it;
+    ``args`` gets the task, method, backbone and row count it names."""
+    base = study_trial(args.trial) if args.trial else dict(DEFAULTS)
+    given = {"method": args.method, "backbone": args.backbone, "head": args.head,
+             "task": args.task, "epochs": args.epochs, "train_samples": args.train_samples}  # fmt: skip
+    config: dict[str, Any] = {**base, **{k: v for k, v in given.items() if v is not None},
+                              **parse_sets(args.set)}  # fmt: skip
+    missing = [k for k in ("task", "method") if config.get(k) is None]
+    if missing:
+        raise ConfigError(f"--{missing[0]} is needed (or --trial FOLDER, a study's trial)")
+    if config.get("train_samples") is not None and int(config["train_samples"]) <= 0:
+        raise ConfigError(f"--train-samples={config['train_samples']} must be > 0")
+    backbone_source(config["backbone"])  # an unknown name is refused before torch is imported
+    args.task, args.method, args.backbone = config["task"], config["method"], config["backbone"]
+    args.train_samples = config.get("train_samples")
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def study_trial(folder: str) -> dict[str, Any]:
+    """The configuration a study's trial ran with: the last report of its ``result.json``."""
+    result = Path(folder) / "result.json"
+    lines = result.read_text().splitlines() if result.is_file() else []
+    reports = [json.loads(line) for line in lines if line.strip()]
+    if not reports or not isinstance(reports[-1].get("config"), dict):
+        raise ConfigError(f"--trial {folder!r}: no {result.name} with a config there (a study's "
+                          f"trial folder, <storage>/<experiment>-<preset>/trial_...)")  # fmt: skip
+    return dict(reports[-1]["config"])
 
 
 def refuse_unrunnable_quantize(config: dict[str, Any], *, fuse: bool) -> None:

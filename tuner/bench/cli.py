@@ -279,7 +279,10 @@ def search_suite(args: argparse.Namespace, record: Record) -> None:
         raise ConfigError("--suite search needs --study NAME=FOLDER (e.g. asha=..., fifo=...)")
     rows = compare_studies(studies, gpus=args.gpus)
     chosen = {f"best {m} on dev": said for m, said in same_best(rows).items()}
-    record.set_rows([r.to_dict() for r in rows], **chosen)
+    slowest = {f"slowest trial of {r.study}": f"{r.slowest_trial} ({r.slowest_trial_s:,.1f} s; "
+               f"alone: python -m tuner.train --trial {r.slowest_trial})"
+               for r in rows if r.slowest_trial}  # fmt: skip
+    record.set_rows([r.to_dict() for r in rows], **chosen, **slowest)
 
 
 def hpsearch_suite(args: argparse.Namespace, record: Record) -> None:

@@ -39,6 +39,7 @@ SEARCH_COLUMNS: list[Column] = [
     ("time_to_near_best_s", "s to best-0.5pt", ",.0f"),
     ("trials_per_gpu_hour", "completed/GPU-h", ",.1f"),
     ("finished_per_gpu_hour", "completed+stopped/GPU-h", ",.1f"),
+    ("slowest_trial_s", "slowest trial s", ",.1f"),
 ]  # fmt: skip
 HPSEARCH_COLUMNS: list[Column] = [
     ("trial_index", "trial", "d"), ("config", "config", ""), ("status", "Trainer", ""),

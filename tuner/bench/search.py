@@ -26,6 +26,7 @@ class TrialHistory:
     trial_id: str
     config: dict[str, Any]
     reports: list[dict[str, Any]]  # Tune's results in order; each has "timestamp" (s)
+    folder: str = ""  # the trial's folder (``python -m tuner.train --trial FOLDER`` reruns it)
 
     @property
     def status(self) -> str:
@@ -36,6 +37,11 @@ class TrialHistory:
     @property
     def final_dev_score(self) -> float | None:
         return self.reports[-1].get("dev_score") if self.status == "completed" else None
+
+    @property
+    def own_s(self) -> float:
+        """Its own time training (Tune's ``time_total_s``), not its wait for a slot."""
+        return float(self.reports[-1].get("time_total_s", 0.0))
 
     @property
     def start(self) -> float:
@@ -64,6 +70,10 @@ class SearchRow:
     finished_per_gpu_hour: float | None = None  # completed + stopped: every trial decided
     # each method's completed trial with the best final dev score: its searched knobs and score
     best_by_method: dict[str, str] | None = None
+    # the completed trial that trained longest, and for how long: rerun it alone
+    # (`python -m tuner.train --trial FOLDER`) for the one-trial time a whole study is held to
+    slowest_trial: str | None = None
+    slowest_trial_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +87,8 @@ def load_study(folder: str | Path) -> list[TrialHistory]:
         if not reports:
             continue
         trial_id = str(reports[-1].get("trial_id", result.parent.name))
-        trials.append(TrialHistory(trial_id, dict(reports[-1].get("config", {})), reports))
+        config = dict(reports[-1].get("config", {}))
+        trials.append(TrialHistory(trial_id, config, reports, folder=str(result.parent)))
     return trials
 
 
@@ -98,6 +109,8 @@ def search_row(
     finals = [(t.end - start, t.final_dev_score) for t in trials if t.final_dev_score is not None]
     completed = len(finals)
     stopped = sum(t.status == "stopped" for t in trials)
+    done = [t for t in trials if t.final_dev_score is not None]
+    slowest = max(done, key=lambda t: t.own_s) if done else None
     return SearchRow(
         study=name, trials=len(trials), completed=completed,
         stopped=stopped,
@@ -107,6 +120,8 @@ def search_row(
         trials_per_gpu_hour=per_gpu_hour(completed, wall_s, gpus),
         finished_per_gpu_hour=per_gpu_hour(completed + stopped, wall_s, gpus),
         best_by_method={m: _told(t, searched) for m, t in best_by_method(trials).items()},
+        slowest_trial=slowest.folder if slowest else None,
+        slowest_trial_s=slowest.own_s if slowest else None,
     )  # fmt: skip
 
 
