@@ -85,8 +85,10 @@ def test_a_study_trial_runs_alone_from_its_folder(tiny_task, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("argv", "needle"),
-    [(["--method", "lora"], "--task is needed"), (["--trial", "nowhere"], "'nowhere'")],
-)
+    [(["--method", "lora"], "--task is needed"), (["--trial", "nowhere"], "'nowhere'"),
+     (["--task", "glue/sst2", "--method", "lora", "--train-samples", "0"], "train_samples=0"),
+     (["--task", "glue/sst2", "--method", "lora", "--set", "train_samples=1e3"], "'1e3'")],
+)  # fmt: skip
 def test_a_run_without_its_configuration_exits_2(argv, needle, capfd):
     assert run_cli(main, argv) == 2
     err = capfd.readouterr().err.strip().splitlines()

@@ -67,8 +67,11 @@ def trial_config(args: argparse.Namespace) -> dict[str, Any]:
     missing = [k for k in ("task", "method") if config.get(k) is None]
     if missing:
         raise ConfigError(f"--{missing[0]} is needed (or --trial FOLDER, a study's trial)")
-    if config.get("train_samples") is not None and int(config["train_samples"]) <= 0:
-        raise ConfigError(f"--train-samples={config['train_samples']} must be > 0")
+    rows = config.get("train_samples")
+    if rows is not None:
+        if not str(rows).isdigit() or int(rows) <= 0:
+            raise ConfigError(f"train_samples={rows!r} must be a whole number > 0")
+        config["train_samples"] = int(rows)
     backbone_source(config["backbone"])  # an unknown name is refused before torch is imported
     args.task, args.method, args.backbone = config["task"], config["method"], config["backbone"]
     args.train_samples = config.get("train_samples")
