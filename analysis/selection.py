@@ -35,12 +35,32 @@ def completed(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 MAJORITY = "dev_majority_score"  # what always answering the train split's majority class scores
+PROBE = "dev_probe_score"  # what a linear head on the frozen backbone scores
+NOT_LEARNED = "did not learn"
+UNDER_PROBE = "below the head-only probe"
+_TIE = 1e-9  # a score equal to a baseline's up to float rounding is the baseline's
+
+
+def learning_flag(dev: float | None, majority: float | None, probe: float | None) -> str | None:
+    """The study rules' flag of a dev score: :data:`NOT_LEARNED` at or below the majority class,
+    :data:`UNDER_PROBE` above it but below the head-only probe (a bug until shown otherwise),
+    None when it beats both; an unknown (None or NaN) score or baseline flags nothing. The one
+    rule of "did not learn", for a table's rows as for a study's console lines."""
+    if dev is None or dev != dev:
+        return None
+    if majority is not None and dev <= majority + _TIE:
+        return NOT_LEARNED
+    if probe is not None and dev < probe - _TIE:
+        return UNDER_PROBE
+    return None
 
 
 def at_or_below_majority(scores: pd.DataFrame) -> pd.Series:
     """Rows whose dev score is at or below their majority-class score (a row without the
-    baseline is not: nothing to compare with). The one rule of "did not learn"."""
-    return scores[SELECT_BY].le(scores[MAJORITY] + 1e-9) & scores[MAJORITY].notna()
+    baseline is not: nothing to compare with): :func:`learning_flag`'s "did not learn"."""
+    pairs = zip(scores[SELECT_BY], scores[MAJORITY], strict=True)
+    flags = [learning_flag(d, m, None) for d, m in pairs]
+    return pd.Series([f == NOT_LEARNED for f in flags], index=scores.index, dtype=bool)
 
 
 def did_not_learn(trials: pd.DataFrame) -> pd.Series:
@@ -52,9 +72,6 @@ def did_not_learn(trials: pd.DataFrame) -> pd.Series:
     return at_or_below_majority(done)
 
 
-PROBE = "dev_probe_score"  # what a linear head on the frozen backbone scores
-
-
 def below_probe(trials: pd.DataFrame) -> pd.Series:
     """Per completed trial: above the majority class (else it did not learn, :func:`did_not_learn`)
     but below the head-only probe on dev: the method added nothing a trained head alone could
@@ -63,8 +80,10 @@ def below_probe(trials: pd.DataFrame) -> pd.Series:
     done = completed(trials)
     if done.empty or PROBE not in done or SELECT_BY not in done:
         return pd.Series(False, index=done.index)
-    under = done[SELECT_BY].lt(done[PROBE] - 1e-9) & done[PROBE].notna()
-    return under & ~did_not_learn(trials).reindex(done.index, fill_value=False)
+    majority = done[MAJORITY] if MAJORITY in done else pd.Series(None, index=done.index)
+    rows = zip(done[SELECT_BY], majority, done[PROBE], strict=True)
+    flags = [learning_flag(d, m, p) for d, m, p in rows]
+    return pd.Series([f == UNDER_PROBE for f in flags], index=done.index, dtype=bool)
 
 
 def not_completed(trials: pd.DataFrame) -> pd.DataFrame:

@@ -330,3 +330,33 @@ def test_a_rate_chosen_at_the_edge_of_its_range_is_named():
     (note,) = edge_note(trials_frame(records))
     assert "(2 of 4 chosen)" in note and "fusion (train_samples=128) at 1.6e-03, the top" in note
     assert "lora" not in note.split(":**")[1].split(". The")[0]
+
+
+@pytest.mark.parametrize(
+    ("dev", "majority", "probe", "flag"),
+    [(0.40, 0.40, 0.55, "did not learn"), (0.40 + 1e-12, 0.40, None, "did not learn"),
+     (0.30, 0.40, 0.20, "did not learn"), (0.50, 0.40, 0.55, "below the head-only probe"),
+     (0.60, 0.40, 0.55, None), (0.55, 0.40, 0.55, None), (0.50, None, None, None),
+     (0.30, float("nan"), float("nan"), None), (None, 0.40, 0.55, None)],
+)  # fmt: skip
+def test_one_rule_flags_a_score_at_majority_or_under_probe(dev, majority, probe, flag):
+    from analysis.selection import learning_flag
+
+    assert learning_flag(dev, majority, probe) == flag
+
+
+def test_a_studys_console_marks_a_completed_trial_that_did_not_learn(capsys):
+    from types import SimpleNamespace
+
+    from tuner.runner import ConsoleProgress
+
+    progress = ConsoleProgress(total=2)
+    result = {"dev_score": 0.40, "dev_majority_score": 0.40, "dev_probe_score": 0.55,
+              "fidelity": 1.0, "evaluation": 2}  # fmt: skip
+    flat = SimpleNamespace(trial_id="t1", config={"method": "lora"}, last_result=result)
+    learned = SimpleNamespace(trial_id="t2", config={"method": "lora"},
+                              last_result={**result, "dev_score": 0.70})  # fmt: skip
+    for finished in (flat, learned):
+        progress.on_trial_complete(0, [], finished)
+    first, second = capsys.readouterr().err.strip().splitlines()
+    assert first.endswith("(did not learn)") and "(" not in second.split("lora")[1]

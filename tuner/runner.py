@@ -10,6 +10,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from analysis.selection import MAJORITY, PROBE, learning_flag
 from tuner.experiment import Experiment
 from tuner.tracking import trial_status
 
@@ -129,12 +130,16 @@ class ConsoleProgress(Callback):
     def _line(self, trial: Any, *, error: bool) -> None:
         self.done += 1
         r = trial.last_result or {}
-        fields = [f"[{self.done}/{self.total}] {trial.trial_id} {trial_status(r, error=error):9s}",
+        status = trial_status(r, error=error)
+        fields = [f"[{self.done}/{self.total}] {trial.trial_id} {status:9s}",
                   f"{trial.config.get('method', '?'):11s}"]  # fmt: skip
         for key, fmt in self.FIGURES:
             if isinstance(r.get(key), int | float):
                 value = int(r[key]) if fmt.endswith("d") else r[key]
                 fields.append(f"{key}={value:{fmt}}")
+        flag = learning_flag(r.get("dev_score"), r.get(MAJORITY), r.get(PROBE))
+        if status == "completed" and flag:  # a stopped trial's score is a low-fidelity one
+            fields.append(f"({flag})")
         print("  ".join(fields), file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -155,7 +160,8 @@ def summarise(results: Any, exp: Experiment) -> dict[str, Any]:
             "status": trial_status(metrics, error=error),
             "config": result.config,
             **{k: metrics.get(k) for k in ("dev_score", "test_score", "trainable_params",
-                                          "added_params", "fidelity", "evaluation", "wall_s")},
+                                          "added_params", "fidelity", "evaluation", "wall_s",
+                                          MAJORITY, PROBE)},
         })  # fmt: skip
     completed = [r for r in rows if r["status"] == "completed" and r["dev_score"] is not None]
     best = sorted(completed, key=lambda r: r["dev_score"], reverse=exp.mode == "max")
@@ -171,8 +177,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("best completed configurations (by dev score):", file=sys.stderr)
     for r in summary["best"]:
         c = r["config"]
-        knobs = " ".join(f"{k}={c[k]}" for k in ("method", "rank", "placement", "bottleneck",
-                                               "fusion", "fusion_layers", "sources", "lr")
+        knobs = " ".join(f"{k}={c[k]:.3g}" if isinstance(c[k], float) else f"{k}={c[k]}"
+                         for k in ("method", "rank", "placement", "bottleneck", "fusion",
+                                   "fusion_layers", "sources", "lr")
                          if c.get(k) not in (None, ""))  # fmt: skip
+        flag = learning_flag(r["dev_score"], r.get(MAJORITY), r.get(PROBE))
         print(f"  dev={r['dev_score']:.4f} test={r['test_score'] or float('nan'):.4f} "
-              f"trainable={r['trainable_params']:,} {knobs}", file=sys.stderr)  # fmt: skip
+              f"trainable={r['trainable_params']:,} {knobs}{f' ({flag})' if flag else ''}",
+              file=sys.stderr)  # fmt: skip
