@@ -74,8 +74,8 @@ def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("train", [TRAIN, TRAIN_ODD], ids=["full-batches", "short-last-batch"])
 def test_fused_trials_train_as_each_alone(train):
     models = [member(4, 8, seed=1), member(8, 16, seed=2), member(2, 2, seed=3)]
-    configs = [BASE, BASE.replace(lr=1e-3, seed=5, weight_decay=0.1),
-               BASE.replace(lr=5e-3, seed=9, grad_clip=0.0)]  # fmt: skip
+    configs = [BASE.replace(head_lr_scale=1.0), BASE.replace(lr=1e-3, seed=5, weight_decay=0.1),
+               BASE.replace(lr=5e-3, seed=9, grad_clip=0.0, head_lr_scale=3.0)]  # fmt: skip
     alone = trained_alone(models, configs, train)
     fused = no_dropout(FusedLoRA(models))
     evals = []
@@ -173,24 +173,30 @@ def test_padding_rows_and_columns_stay_zero():
     assert sum(int(v.count_nonzero()) for v in views) <= models[0].trainable_params()
 
 
-def test_row_adamw_is_adamw_per_row():
+def test_row_adamw_is_adamw_per_row_with_its_heads_own_group():
     torch.manual_seed(0)
     rows = torch.randn(3, 10)
     grads = [torch.randn(3, 10) for _ in range(4)]
-    lrs, wds = [1e-2, 3e-3, 1e-3], [0.0, 0.01, 0.1]
+    lrs, wds, heads = [1e-2, 3e-3, 1e-3], [0.0, 0.01, 0.1], [10.0, 1.0, 3.0]
     theta = nn.Parameter(rows.clone())
     lr = torch.tensor(lrs)
-    ours = RowAdamW(theta, lr=lr, decay=torch.tensor(wds)[:, None].expand(3, 10))
-    refs = [nn.Parameter(rows[k].clone()) for k in range(3)]
-    theirs = [torch.optim.AdamW([refs[k]], lr=lrs[k], weight_decay=wds[k]) for k in range(3)]
+    head = torch.tensor([0.0] * 6 + [1.0] * 4)  # the last 4 numbers of a row: its head
+    scale = 1 + (torch.tensor(heads)[:, None] - 1) * head
+    ours = RowAdamW(theta, lr=lr, lr_scale=scale, decay=torch.tensor(wds)[:, None].expand(3, 10))
+    refs = [
+        (nn.Parameter(rows[k, :6].clone()), nn.Parameter(rows[k, 6:].clone())) for k in range(3)
+    ]
+    theirs = [torch.optim.AdamW([{"params": [body]}, {"params": [top], "lr": lrs[k] * heads[k]}],
+                                lr=lrs[k], weight_decay=wds[k])
+              for k, (body, top) in enumerate(refs)]  # fmt: skip
     for g in grads:
         theta.grad = g.clone()
         ours.step()
         for k in range(3):
-            refs[k].grad = g[k].clone()
+            refs[k][0].grad, refs[k][1].grad = g[k, :6].clone(), g[k, 6:].clone()
             theirs[k].step()
     for k in range(3):
-        torch.testing.assert_close(theta.detach()[k], refs[k].detach())
+        torch.testing.assert_close(theta.detach()[k], torch.cat([p.detach() for p in refs[k]]))
 
 
 def test_losses_skip_dummy_rows():
@@ -272,6 +278,9 @@ def test_member_shapes_round_trip():
         for name, value in trainable(model).items():
             torch.testing.assert_close(value, 2.0 * old[name])
     assert np.isclose(float(fused.decay_mask.sum()), fused.theta.shape[1] - 2)
+    head = fused.head_mask.bool()  # the classifier's weight and bias, the last slots of a row
+    assert int(head.sum()) == (models[0].shape.hidden + 1) * fused.num_labels
+    assert head[-int(head.sum()) :].all()
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

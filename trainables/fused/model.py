@@ -51,6 +51,13 @@ class Slot:
     size: int
     shape: tuple[int, ...]
     decay: bool  # AdamW weight decay applies (the loop decays 2-d tensors, not biases)
+    head: bool = False  # the classifier head's: learns at lr * head_lr_scale
+
+
+def slot_mask(slots: Sequence[Slot], field: str, device: torch.device) -> torch.Tensor:
+    """``[P]``: 1 over the slots whose ``field`` ("decay", "head") is set, 0 elsewhere."""
+    return torch.cat([torch.full((s.size,), float(getattr(s, field)), device=device)
+                      for s in slots])  # fmt: skip
 
 
 class FusedLoRA(nn.Module):
@@ -63,6 +70,7 @@ class FusedLoRA(nn.Module):
     """
 
     decay_mask: torch.Tensor
+    head_mask: torch.Tensor
     scale: torch.Tensor
 
     def __init__(self, members: Sequence[PeftClassifier]) -> None:
@@ -88,15 +96,15 @@ class FusedLoRA(nn.Module):
             slots += [Slot(base.in_features * rank, (base.in_features, rank), True),
                       Slot(rank * base.out_features, (rank, base.out_features), True)]  # fmt: skip
         hidden = first.shape.hidden
-        slots += [Slot(hidden * self.num_labels, (hidden, self.num_labels), True),
-                  Slot(self.num_labels, (1, self.num_labels), False)]  # fmt: skip
+        slots += [Slot(hidden * self.num_labels, (hidden, self.num_labels), True, head=True),
+                  Slot(self.num_labels, (1, self.num_labels), False, head=True)]  # fmt: skip
         for p in self.bert.parameters():
             p.requires_grad_(False)
         self._slots = slots
         device = next(self.bert.parameters()).device
         self.theta = nn.Parameter(torch.zeros(k, sum(s.size for s in slots), device=device))
-        self.register_buffer("decay_mask", torch.cat([
-            torch.full((s.size,), float(s.decay), device=device) for s in slots]))  # fmt: skip
+        self.register_buffer("decay_mask", slot_mask(slots, "decay", device))
+        self.register_buffer("head_mask", slot_mask(slots, "head", device))
         self._names = names
         # [K, the LoRA part of P]: each trial's alpha / rank over its B factors, 1 over its A's
         self.register_buffer("scale", torch.stack([self._scale_row(m) for m in members]).to(device))

@@ -16,12 +16,22 @@ CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
 
 class RowAdamW(torch.optim.Optimizer):
     """``torch.optim.AdamW``'s update on one ``[K, P]`` parameter whose rows are K trials, with a
-    learning rate (``lr [K]``, a device tensor the caller fills each step) and a weight decay
-    (``decay [K, P]``) per row. Capturable in a CUDA graph: no host reads, state on the device."""
+    learning rate (``lr [K]``, a device tensor the caller fills each step), a scale of it per
+    number (``lr_scale [K, P]``: a row's head learns at ``lr * head_lr_scale``, as its own param
+    group would) and a weight decay (``decay [K, P]``) per row. Capturable in a CUDA graph: no host
+    reads, state on the device."""
 
-    def __init__(self, param: nn.Parameter, *, lr: torch.Tensor, decay: torch.Tensor) -> None:
+    def __init__(
+        self,
+        param: nn.Parameter,
+        *,
+        lr: torch.Tensor,
+        lr_scale: torch.Tensor,
+        decay: torch.Tensor,
+    ) -> None:
         super().__init__([param], {})
         self.lr = lr
+        self.lr_scale = lr_scale
         self.decay = decay
 
     @torch.no_grad()
@@ -30,7 +40,7 @@ class RowAdamW(torch.optim.Optimizer):
         beta1, beta2 = ADAM_BETAS
         step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
         step += 1
-        lr, count = self.lr[:, None], step[:, None]
+        lr, count = self.lr[:, None] * self.lr_scale, step[:, None]
         grad = cast(torch.Tensor, p.grad)
         p.mul_(1 - lr * self.decay)
         exp_avg.lerp_(grad, 1 - beta1)

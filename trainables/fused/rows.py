@@ -40,7 +40,7 @@ from transformers.models.bert import modeling_bert
 
 from search_spaces.errors import ConfigError
 from search_spaces.row_groups import row_signature
-from trainables.fused.model import Slot
+from trainables.fused.model import Slot, slot_mask
 from trainables.fused.rows_fusion import fusion_name, mask_fusion, presence, rename
 from trainables.model import PeftClassifier
 
@@ -54,6 +54,7 @@ class FusedRows(nn.Module):
     every member's. Interface of :class:`~trainables.fused.model.FusedLoRA`."""
 
     decay_mask: torch.Tensor
+    head_mask: torch.Tensor
     scale: torch.Tensor
     present: torch.Tensor
     packs = False  # takes padded batches only (no ``slots``)
@@ -71,7 +72,8 @@ class FusedRows(nn.Module):
         self.net = copy.deepcopy(template)
         trained = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
         self._names = [n for n, _ in trained]
-        self._slots = [Slot(p.numel(), tuple(p.shape), p.ndim >= 2) for _, p in trained]
+        self._slots = [Slot(p.numel(), tuple(p.shape), p.ndim >= 2, head=n.startswith(f"{HEAD}."))
+                       for n, p in trained]  # fmt: skip
         _unit_lora_scales(self.net)
         _eager_attention(self.net)
         self._fusion = fusion_name(self.net)
@@ -80,8 +82,8 @@ class FusedRows(nn.Module):
             p.requires_grad_(False)
         device = trained[0][1].device
         self.theta = nn.Parameter(torch.zeros(k, sum(s.size for s in self._slots), device=device))
-        self.register_buffer("decay_mask", torch.cat([
-            torch.full((s.size,), float(s.decay), device=device) for s in self._slots]))  # fmt: skip
+        self.register_buffer("decay_mask", slot_mask(self._slots, "decay", device))
+        self.register_buffer("head_mask", slot_mask(self._slots, "head", device))
         self.register_buffer("scale", torch.zeros_like(self.theta))
         adapters = len(presence(self._fusion, self._fusion))
         self.register_buffer("present", torch.zeros(k, adapters, device=device))

@@ -44,7 +44,10 @@ class FusedStep:
         self.rows: list[int] | None = None
         self._max_norm = torch.zeros(k, device=device)
         self._decay = torch.zeros_like(model.theta)
-        self._optimizer = RowAdamW(model.theta, lr=self.lr, decay=self._decay)
+        self._lr_scale = torch.ones_like(model.theta)
+        self._optimizer = RowAdamW(
+            model.theta, lr=self.lr, lr_scale=self._lr_scale, decay=self._decay
+        )
         self._precision = model.autocast_precision(first.precision)
         self._slots = first.batch_size if self.pack else None
         self._task_kind = task_kind
@@ -56,10 +59,11 @@ class FusedStep:
         )  # fmt: skip
 
     def set_row(self, row: int, config: TrainConfig) -> None:
-        """Row ``row`` trains with ``config``'s learning rate, weight decay and clipping, from a
-        fresh AdamW state."""
+        """Row ``row`` trains with ``config``'s learning rate (its head's scaled), weight decay and
+        clipping, from a fresh AdamW state."""
         with torch.no_grad():
             self.lr[row] = config.lr
+            self._lr_scale[row] = 1 + (config.head_lr_scale - 1) * self.model.head_mask
             self._decay[row] = config.weight_decay * self.model.decay_mask
             self._max_norm[row] = config.grad_clip
         self._optimizer.reset_row(row)

@@ -157,12 +157,12 @@ class StepGraphs:
         return tensors
 
 
-def capturable_optimizer(groups: list[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
-    """Fused AdamW a graph can step: capturable, with a device tensor learning rate per group
-    (``LambdaLR`` fills a tensor learning rate in place)."""
+def capturable_optimizer(groups: list[dict], device: torch.device) -> torch.optim.AdamW:
+    """Fused AdamW a graph can step: capturable, each group's learning rate (``lr``, a float) made
+    a device tensor (``LambdaLR`` fills a tensor learning rate in place)."""
     for group in groups:
-        group["lr"] = torch.tensor(lr, dtype=torch.float32, device=device)
-    return torch.optim.AdamW(groups, lr=lr, fused=True, capturable=True)
+        group["lr"] = torch.tensor(group["lr"], dtype=torch.float32, device=device)
+    return torch.optim.AdamW(groups, fused=True, capturable=True)
 
 
 @functools.cache

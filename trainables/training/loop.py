@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from trainables.data.encoded import Encoded
 from trainables.inference import SDPA_BACKENDS, evaluate
+from trainables.model import PeftClassifier
 from trainables.train_config import TrainConfig
 from trainables.training.batching import Batch, epoch_batches
 from trainables.training.plan import FitPlan, graphable
@@ -75,7 +76,8 @@ class _Run:
         self.model, self.plan = model, plan
         params = [p for p in model.parameters() if p.requires_grad]
         graphed = graphable(model, config, plan)
-        self.optimizer = adamw(params, config, cuda=plan.cuda, graphs=graphed)
+        head = model.classifier.parameters() if isinstance(model, PeftClassifier) else ()
+        self.optimizer = adamw(params, config, cuda=plan.cuda, graphs=graphed, head=list(head))
         self.scheduler = LambdaLR(self.optimizer, plan.schedule())
         if state is None:
             torch.manual_seed(config.seed)  # dropout masks

@@ -9,7 +9,7 @@ gradients; either way the caller sees the same numbers, faster.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 from torch import nn
@@ -108,19 +108,32 @@ def model_body(
 
 
 def adamw(
-    trainable: list[nn.Parameter], config: TrainConfig, *, cuda: bool, graphs: bool = False
+    trainable: list[nn.Parameter],
+    config: TrainConfig,
+    *,
+    cuda: bool,
+    graphs: bool = False,
+    head: Collection[nn.Parameter] = (),
 ) -> torch.optim.AdamW:
     """AdamW over ``trainable``; biases and LayerNorm weights (the 1-d ones, as in nanoGPT) get no
-    weight decay. ``graphs``: the capturable form a CUDA graph can step."""
+    weight decay, the ``head``'s parameters learn at ``lr * config.head_lr_scale``. ``graphs``: the
+    capturable form a CUDA graph can step."""
     if not trainable:
         raise ConfigError("the model has no trainable parameters")
+    heads = {id(p) for p in head}
     groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
+        {"params": [p for p in trainable if p.ndim >= 2 and id(p) not in heads],
+         "weight_decay": config.weight_decay, "lr": config.lr},
+        {"params": [p for p in trainable if p.ndim < 2 and id(p) not in heads],
+         "weight_decay": 0.0, "lr": config.lr},
+        {"params": [p for p in trainable if p.ndim >= 2 and id(p) in heads],
+         "weight_decay": config.weight_decay, "lr": config.lr * config.head_lr_scale},
+        {"params": [p for p in trainable if p.ndim < 2 and id(p) in heads],
+         "weight_decay": 0.0, "lr": config.lr * config.head_lr_scale},
+    ]  # fmt: skip
     groups = [g for g in groups if g["params"]]
     if graphs:
-        return capturable_optimizer(groups, config.lr, trainable[0].device)
+        return capturable_optimizer(groups, trainable[0].device)
     # fused: one kernel for the whole update on CUDA; foreach: batched ops on CPU (fused and
     # foreach are mutually exclusive)
     return torch.optim.AdamW(

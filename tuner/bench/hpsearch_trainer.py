@@ -55,7 +55,8 @@ class TrialPlan:
 
     def trainer_args(self) -> dict[str, Any]:
         """The trial's TrainingArguments: the loop's knobs, with warm-up and total steps counted
-        as our loop counts them."""
+        as our loop counts them. The head's own rate (``head_lr_scale``) is not among them: the
+        Trainer, used the usual way, trains every parameter at ``learning_rate``."""
         t = self.train
         return {"learning_rate": t.lr, "per_device_train_batch_size": t.batch_size,
                 "per_device_eval_batch_size": t.eval_batch_size, "weight_decay": t.weight_decay,

@@ -153,6 +153,7 @@ def run_ours(setting: TrialSetting, work: Workload) -> TrialRow:
               "batch_size": setting.batch_size, "lr": setting.lr, "seed": work.seed,
               "evals": EVALS, "compile": setting.compile, "cuda_graphs": setting.cuda_graphs,
               "head": setting.head,
+              "head_lr_scale": 1.0,  # the Trainer's recipe: one rate for every parameter
               # bf16 weights need bf16 autocast, also on CPU where "auto" means fp32
               "precision": "bf16" if setting.bf16_frozen else "auto"}  # fmt: skip
     method_config, train_config = split_config(config, num_labels=data.num_labels)
