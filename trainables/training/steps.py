@@ -122,14 +122,10 @@ def adamw(
         raise ConfigError("the model has no trainable parameters")
     heads = {id(p) for p in head}
     groups = [
-        {"params": [p for p in trainable if p.ndim >= 2 and id(p) not in heads],
-         "weight_decay": config.weight_decay, "lr": config.lr},
-        {"params": [p for p in trainable if p.ndim < 2 and id(p) not in heads],
-         "weight_decay": 0.0, "lr": config.lr},
-        {"params": [p for p in trainable if p.ndim >= 2 and id(p) in heads],
-         "weight_decay": config.weight_decay, "lr": config.lr * config.head_lr_scale},
-        {"params": [p for p in trainable if p.ndim < 2 and id(p) in heads],
-         "weight_decay": 0.0, "lr": config.lr * config.head_lr_scale},
+        {"params": [p for p in trainable if (p.ndim >= 2) == decays and (id(p) in heads) == top],
+         "weight_decay": config.weight_decay if decays else 0.0,
+         "lr": config.lr * (config.head_lr_scale if top else 1.0)}
+        for top in (False, True) for decays in (True, False)
     ]  # fmt: skip
     groups = [g for g in groups if g["params"]]
     if graphs:
