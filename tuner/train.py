@@ -108,13 +108,14 @@ def refuse_unrunnable_quantize(config: dict[str, Any], *, fuse: bool) -> None:
 
 def refuse_own_task_source(task: str, config: dict[str, Any]) -> None:
     """A fusion whose sources include the target task is refused before any data is read."""
+    from search_spaces.method_config import MethodConfig, coerce
     from tuner.experiment import own_task_source
 
-    sources = config.get("sources") or ()
-    if isinstance(sources, str):
-        sources = tuple(s.strip() for s in sources.split(","))
+    field = MethodConfig.__dataclass_fields__["sources"]  # read as MethodConfig reads `--set`
+    raw = config.get("sources")
+    sources = coerce("sources", raw, field.type) if raw else ()
     if task in sources:
-        raise ConfigError(own_task_source(task, tuple(sources)))
+        raise ConfigError(own_task_source(task, sources))
 
 
 def fused_configs(config: dict[str, Any], fuse: str) -> list[dict[str, Any]]:
