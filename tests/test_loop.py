@@ -148,6 +148,10 @@ def test_resume_refuses_a_state_from_another_recipe_and_stale_state_calls():
     run(FAST.replace(evals=2, epochs=1), on_eval=lambda r: stopped.append(r.state()) or True)
     with pytest.raises(ConfigError, match=r"cannot resume: lr=0\.001 but the state has lr=0\.003"):
         run(FAST.replace(evals=2, epochs=1, lr=1e-3), state=stopped[0])
+    older = {**stopped[0], "config": dict(stopped[0]["config"])}
+    del older["config"]["head_lr_scale"]  # a state saved before the knob existed
+    with pytest.raises(ConfigError, match=r"the state predates head_lr_scale .*git_commit"):
+        run(FAST.replace(evals=2, epochs=1), state=older)
 
 
 def test_regression_trains_with_mse_and_scores_correlation():

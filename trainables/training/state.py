@@ -51,6 +51,12 @@ def restore(
     )
     if changed:
         k = changed[0]
+        if k not in saved:  # a knob added since: the state's run trained without it
+            raise ConfigError(
+                f"cannot resume: the state predates {k} (saved by an older peft-tune, which "
+                f"trained without it); resume with the commit that started the run (a study's "
+                f"experiment.json names it: git_commit)"
+            )
         raise ConfigError(
             f"cannot resume: {k}={current[k]!r} but the state has {k}={saved.get(k)!r}"
         )
