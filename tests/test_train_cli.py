@@ -133,3 +133,20 @@ def test_a_max_length_past_the_backbones_positions_exits_2_before_any_data(capsy
     assert err == [
         "error: max_length=129 exceeds tiny-bert's 128 positions: choose max_length <= 128"
     ]
+
+
+def test_a_run_at_the_majority_class_says_it_did_not_learn(capsys):
+    from tuner.train import flag_unlearned
+
+    at_majority = {"status": "completed", "dev_score": 0.5092, "dev_majority_score": 0.5092}
+    flag_unlearned(at_majority, "lr=0.015: ")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(
+        "lr=0.015: did not learn: dev_score=0.5092, dev_majority_score=0.5092"
+    )
+    under_probe = {**at_majority, "dev_score": 0.70, "dev_probe_score": 0.80}
+    flag_unlearned(under_probe, "")
+    assert "below the head-only probe: dev_score=0.7000" in capsys.readouterr().err
+    for quiet in ({**at_majority, "dev_score": 0.86}, {**at_majority, "status": "oom"}):
+        flag_unlearned(quiet, "")  # learned, or not a finished run: nothing to say
+        assert capsys.readouterr().err == ""

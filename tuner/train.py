@@ -166,11 +166,11 @@ def main(argv: list[str]) -> int:
         log(f"evaluation {metrics.get('evaluation', '-')}: {shown}")
 
     started = time.perf_counter()
-    if args.fuse:
+    key = args.fuse.partition("=")[0].strip() if args.fuse else None
+    if key:
         from trainables.recipe import run_fused
 
         finals = run_fused(configs, data)
-        key = args.fuse.partition("=")[0].strip()
         for each, final in zip(configs, finals, strict=True):
             final["wall_s"] = time.perf_counter() - started  # the whole sweep
             shown = "  ".join(f"{k}={_fmt(final[k])}" for k in SHOWN if k in final)
@@ -178,6 +178,8 @@ def main(argv: list[str]) -> int:
     else:
         finals = [run_trial(config, data, report=report)]
         finals[0]["wall_s"] = time.perf_counter() - started
+    for each, final in zip(configs, finals, strict=True):
+        flag_unlearned(final, f"{key}={each[key]}: " if key else "")
     if args.json:
         print(json.dumps(finals if args.fuse else finals[0], indent=2, sort_keys=True, default=str))
     return 0 if all(f.get("status") == "completed" for f in finals) else 1
@@ -210,6 +212,17 @@ def _with_sources(
             train_source_adapter(spec, source, str(store.root))
         folders[spec.source] = store.get(spec)
     return dataclasses.replace(data, source_adapters={method_config.bottleneck: folders})
+
+
+def flag_unlearned(final: dict[str, Any], label: str) -> None:
+    """A line for a completed run whose dev score did not beat the majority class (or the
+    head-only probe, where the data holds its score): the studies' rule, ``learning_flag``."""
+    from analysis.selection import MAJORITY, PROBE, learning_flag
+
+    flag = learning_flag(final.get("dev_score"), final.get(MAJORITY), final.get(PROBE))
+    if final.get("status") == "completed" and flag:
+        against = " ".join(f"{k}={_fmt(final[k])}" for k in (MAJORITY, PROBE) if k in final)
+        log(f"{label}{flag}: dev_score={_fmt(final['dev_score'])}, {against}")
 
 
 def _fmt(value: Any) -> str:
