@@ -74,8 +74,10 @@ def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("train", [TRAIN, TRAIN_ODD], ids=["full-batches", "short-last-batch"])
 def test_fused_trials_train_as_each_alone(train):
     models = [member(4, 8, seed=1), member(8, 16, seed=2), member(2, 2, seed=3)]
+    # each its own head rate: the rate itself, 10x it, 3x it capped at 1.2e-2 by head_lr_max
     configs = [BASE.replace(head_lr_scale=1.0), BASE.replace(lr=1e-3, seed=5, weight_decay=0.1),
-               BASE.replace(lr=5e-3, seed=9, grad_clip=0.0, head_lr_scale=3.0)]  # fmt: skip
+               BASE.replace(lr=5e-3, seed=9, grad_clip=0.0, head_lr_scale=3.0,
+                            head_lr_max=1.2e-2)]  # fmt: skip
     alone = trained_alone(models, configs, train)
     fused = no_dropout(FusedLoRA(models))
     evals = []

@@ -236,27 +236,35 @@ def test_train_config_validates_and_round_trips():
         ({"lr": "3e-4"}, "lr='3e-4' must be a number"),
         ({"head_lr_scale": 0.0}, r"head_lr_scale=0.0 must be > 0 and keep lr \* head_lr_scale"),
         ({"lr": 0.5}, r"head_lr_scale=10.0 must be > 0 and keep lr \* head_lr_scale <= 1.0"),
+        ({"head_lr_max": 0.0}, r"head_lr_max=0.0 must be in \(0, 1.0\]"),
+        ({"head_lr_max": "0.05"}, "head_lr_max='0.05' must be a number"),
     ]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad)
 
 
-@pytest.mark.parametrize("head_lr_scale", [1.0, 10.0])
-def test_the_head_learns_at_its_own_rate(head_lr_scale):
+@pytest.mark.parametrize(("lr", "head_lr_scale", "head_lr"), [
+    (1e-3, 1.0, 1e-3), (1e-3, 10.0, 1e-2),
+    (1e-2, 10.0, 0.05),  # capped at head_lr_max
+    (0.08, 10.0, 0.08),  # never below lr
+])  # fmt: skip
+def test_the_head_learns_at_its_own_rate(lr, head_lr_scale, head_lr):
     """Adam's first step moves every weight with a gradient by its learning rate (no warm-up, no
-    decay): the classifier by ``lr * head_lr_scale``, the LoRA factors by ``lr``."""
+    decay): the classifier by ``lr * head_lr_scale`` up to ``head_lr_max`` (0.05), the LoRA factors
+    by ``lr``."""
     torch.manual_seed(0)
     model = build_model(MethodConfig(method="lora", rank=4, alpha=8), load_backbone("tiny-bert"))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    config = FAST.replace(lr=1e-3, max_steps=1, evals=1, warmup_ratio=0.0, weight_decay=0.0,
+    config = FAST.replace(lr=lr, max_steps=1, evals=1, warmup_ratio=0.0, weight_decay=0.0,
                           head_lr_scale=head_lr_scale)  # fmt: skip
+    assert config.head_lr == pytest.approx(head_lr)
     run(config, model=model)
     steps = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()
              if p.requires_grad}  # fmt: skip
-    assert steps["classifier.weight"] == pytest.approx(1e-3 * head_lr_scale, rel=1e-3)
-    assert steps["classifier.bias"] == pytest.approx(1e-3 * head_lr_scale, rel=1e-3)
+    assert steps["classifier.weight"] == pytest.approx(head_lr, rel=1e-3)
+    assert steps["classifier.bias"] == pytest.approx(head_lr, rel=1e-3)
     lora = [v for n, v in steps.items() if "lora_B" in n]
-    assert lora and all(v == pytest.approx(1e-3, rel=1e-3) for v in lora)
+    assert lora and all(v == pytest.approx(lr, rel=1e-3) for v in lora)
 
 
 def test_step_arithmetic():

@@ -35,7 +35,7 @@ PARAM_KEYS = (
     "batch_size", "epochs", "train_samples", "trainable_params", "added_params", "budget_deviation",
     "start_rank", "grow_step", "grow_patience", "fusion_init", "source_similarity",
     "lora_placement_rule", "layer_modules", "parallel_bottleneck", "quantize", "head_init",
-    "head_lr_scale",
+    "head_lr_scale", "head_lr_max",
 )  # fmt: skip
 STEP_KEY = "evaluation"  # the trial's 1-based evaluation count = Tune's training_iteration
 SKIP_METRICS = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",

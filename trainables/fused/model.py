@@ -51,7 +51,7 @@ class Slot:
     size: int
     shape: tuple[int, ...]
     decay: bool  # AdamW weight decay applies (the loop decays 2-d tensors, not biases)
-    head: bool = False  # the classifier head's: learns at lr * head_lr_scale
+    head: bool = False  # the classifier head's: learns at TrainConfig.head_lr
 
 
 def slot_mask(slots: Sequence[Slot], field: str, device: torch.device) -> torch.Tensor:

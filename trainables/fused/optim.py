@@ -17,7 +17,7 @@ CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
 class RowAdamW(torch.optim.Optimizer):
     """``torch.optim.AdamW``'s update on one ``[K, P]`` parameter whose rows are K trials, with a
     learning rate (``lr [K]``, a device tensor the caller fills each step), a scale of it per
-    number (``lr_scale [K, P]``: a row's head learns at ``lr * head_lr_scale``, as its own param
+    number (``lr_scale [K, P]``: a row's head learns at its ``TrainConfig.head_lr``, as its own param
     group would) and a weight decay (``decay [K, P]``) per row. Capturable in a CUDA graph: no host
     reads, state on the device."""
 

@@ -63,7 +63,7 @@ class FusedStep:
         clipping, from a fresh AdamW state."""
         with torch.no_grad():
             self.lr[row] = config.lr
-            self._lr_scale[row] = 1 + (config.head_lr_scale - 1) * self.model.head_mask
+            self._lr_scale[row] = 1 + (config.head_lr / config.lr - 1) * self.model.head_mask
             self._decay[row] = config.weight_decay * self.model.decay_mask
             self._max_norm[row] = config.grad_clip
         self._optimizer.reset_row(row)

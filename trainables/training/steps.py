@@ -116,7 +116,7 @@ def adamw(
     head: Collection[nn.Parameter] = (),
 ) -> torch.optim.AdamW:
     """AdamW over ``trainable``; biases and LayerNorm weights (the 1-d ones, as in nanoGPT) get no
-    weight decay, the ``head``'s parameters learn at ``lr * config.head_lr_scale``. ``graphs``: the
+    weight decay, the ``head``'s parameters learn at ``config.head_lr``. ``graphs``: the
     capturable form a CUDA graph can step."""
     if not trainable:
         raise ConfigError("the model has no trainable parameters")
@@ -124,7 +124,7 @@ def adamw(
     groups = [
         {"params": [p for p in trainable if (p.ndim >= 2) == decays and (id(p) in heads) == top],
          "weight_decay": config.weight_decay if decays else 0.0,
-         "lr": config.lr * (config.head_lr_scale if top else 1.0)}
+         "lr": config.head_lr if top else config.lr}
         for top in (False, True) for decays in (True, False)
     ]  # fmt: skip
     groups = [g for g in groups if g["params"]]
