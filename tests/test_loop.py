@@ -234,8 +234,8 @@ def test_train_config_validates_and_round_trips():
         ({"epochs": 0.0}, "epochs=0.0 must be > 0"),
         ({"grad_clip": -1.0}, "grad_clip=-1.0 must be >= 0"),
         ({"lr": "3e-4"}, "lr='3e-4' must be a number"),
-        ({"head_lr_scale": 0.0}, r"head_lr_scale=0.0 must be > 0 and keep lr \* head_lr_scale"),
-        ({"lr": 0.5}, r"head_lr_scale=10.0 must be > 0 and keep lr \* head_lr_scale <= 1.0"),
+        ({"head_lr_scale": 0.0}, "head_lr_scale=0.0 must be > 0"),
+        ({"head_lr_scale": float("nan")}, "head_lr_scale=nan must be > 0"),
         ({"head_lr_max": 0.0}, r"head_lr_max=0.0 must be in \(0, 1.0\]"),
         ({"head_lr_max": "0.05"}, "head_lr_max='0.05' must be a number"),
     ]:

@@ -90,11 +90,8 @@ class TrainConfig:
             raise ConfigError(f"lr={self.lr!r} must be in (0, {MAX_LR}]")
         if self.max_steps == 0 and not self.epochs > 0:
             raise ConfigError(f"epochs={self.epochs!r} must be > 0 (or set max_steps > 0)")
-        if not 0 < self.head_lr_scale * self.lr <= MAX_LR:
-            raise ConfigError(
-                f"head_lr_scale={self.head_lr_scale!r} must be > 0 and keep lr * head_lr_scale "
-                f"<= {MAX_LR} (lr={self.lr!r})"
-            )
+        if not self.head_lr_scale > 0:  # `head_lr` stays <= MAX_LR: capped by head_lr_max or lr
+            raise ConfigError(f"head_lr_scale={self.head_lr_scale!r} must be > 0")
         if not 0 < self.head_lr_max <= MAX_LR:
             raise ConfigError(f"head_lr_max={self.head_lr_max!r} must be in (0, {MAX_LR}]")
         if not 0 <= self.warmup_ratio < 1:
