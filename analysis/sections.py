@@ -84,7 +84,9 @@ def e4(study: Study, out: Path, score: str) -> list[str]:
     shape = backbone_shape(study)
     splits = best_splits(study.trials, shape=shape, score=score)
     heat = budget_heatmap(study.trials, shape=shape, score=score)
-    lines = ["## E4: budget splits", "", "Best completed splits by dev score:", "",
+    lines = ["## E4: budget splits", "",
+             f"Best completed splits by dev score; `dev` and `score` are their means over `seeds` "
+             f"in points, `score` of {score} (reported, not chosen on):", "",
              md.frame(splits.data, formats={"lora_share": ".0%"}), "", md.table_notes(splits)]  # fmt: skip
     if not heat.values.empty:
         png = render.heatmap_png(heat, out / "e4_heatmap.png")
