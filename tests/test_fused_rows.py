@@ -324,6 +324,13 @@ def test_a_bf16_backbone_runs_without_autocast_with_fp32_rows_and_heads(case, so
     assert grad is not None and grad.dtype == torch.float32
     assert bool(grad.abs().sum(dim=1).gt(0).all())  # every row learns
     assert not grad[fused.scale == 0].any()  # padding still gets none
+    # a pool's later trial (fp32) takes a row of the bf16 copy; another backbone still cannot
+    fused.load_row(1, member(methods[1], seed=7, sources=sources))
+    other = member(methods[1], seed=7, sources=sources)
+    with torch.no_grad():
+        other.encoder.embeddings.word_embeddings.weight.add_(0.01)
+    with pytest.raises(ConfigError, match="frozen encoder.embeddings.word_embeddings.weight"):
+        fused.load_row(1, other)
     # fit_fused stores the backbone bf16 where precision is bf16, and every trial trains
     fused = no_dropout(FusedRows([member(m, seed=i, sources=sources)
                                   for i, m in enumerate(methods)], template=template))  # fmt: skip

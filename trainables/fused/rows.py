@@ -227,10 +227,15 @@ def check_rows(template: nn.Module, members: Sequence[nn.Module], *, copied: boo
             name = rename(name, theirs, fusion)
             if p.requires_grad:
                 _check_slot(k, name, p.shape, slots)
-            elif name not in frozen or not torch.equal(frozen[name].detach().cpu(),
-                                                       p.detach().cpu()):  # fmt: skip
+            elif name not in frozen or not _same(frozen[name], p):
                 raise ConfigError(f"trial {k}: its frozen {name} differs from the template's "
                                   "(another backbone, or other source adapters)")  # fmt: skip
+
+
+def _same(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """The same frozen tensor, in the shared copy's dtype (bf16 once :meth:`FusedRows.backbone_to`
+    ran: a pool's later trials arrive fp32)."""
+    return torch.equal(ours.detach().cpu(), theirs.detach().to(ours.dtype).cpu())
 
 
 def _check_slot(k: int, name: str, shape: torch.Size, slots: dict[str, torch.Size]) -> None:
