@@ -272,16 +272,18 @@ def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
         assert reports[-1]["step"] == result.steps
 
 
-def test_a_pool_of_rows_over_a_bf16_backbone_takes_its_trials(sources):
+@pytest.mark.parametrize("method", ["fusion", "lora_fusion"])
+def test_a_pool_of_rows_over_a_bf16_backbone_takes_its_trials(method, sources):
     """What a GPU runs (precision bf16 stores the pool's shared copy bf16): the group's rows
     still admit the trials, which arrive fp32, and every trial finishes (the first e4_budget
     pool on an H200 refused each: its frozen weights compared fp32 against bf16)."""
     data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
-    fusion = {**POOL_BASE, "method": "fusion", "fusion": "static", "sources": SOURCES,
-              "bottleneck": 8, "precision": "bf16"}  # fmt: skip
+    lora = {"rank": 4, "alpha": 8} if method == "lora_fusion" else {}
+    fusion = {**POOL_BASE, "method": method, "fusion": "static", "sources": SOURCES,
+              "bottleneck": 8, "precision": "bf16", **lora}  # fmt: skip
     configs = [{**fusion, "target_bottleneck": 4, "seed": 1},
                {**fusion, "target_bottleneck": 8, "seed": 2, "lr": 3e-3}]  # fmt: skip
-    limits = RowLimits(target_bottleneck=8, sources=SOURCES)
+    limits = RowLimits(rank=4, target_bottleneck=8, sources=SOURCES)
     pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
     try:
         runs = [poll_to_end(pool, t) for t in [pool.join(c) for c in configs]]
