@@ -112,7 +112,7 @@ class PeftClassifier(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, num_labels]`` for a padded batch (``attention_mask`` 1 on real tokens)."""
-        on_device = self._hooks.host_tensors and input_ids.is_cuda
+        on_device = self._hooks.host_tensors and input_ids.device.type != "cpu"
         with torch.device(input_ids.device) if on_device else contextlib.nullcontext():
             out = self.encoder(
                 input_ids=input_ids,

@@ -10,7 +10,7 @@ from adapters import (
     SeqBnConfig,
     UniPELTConfig,
 )
-from adapters.methods.prefix_tuning import PrefixTuning
+from adapters.methods.prefix_tuning import FlatPrefixTuning, PrefixTuning
 from torch import nn
 
 from search_spaces.method_config import MethodConfig
@@ -34,8 +34,9 @@ def add_trainable_adapter(
     with quiet_activation():
         bert.train_adapter(ADAPTER_NAME)  # freezes the backbone, activates the adapter
     bert.eval()  # train_adapter switches to train mode; the loop decides the mode
-    # adapters' prefix tuning makes its ids and mask on the host every step (MethodHooks)
-    host_tensors = any(isinstance(m, PrefixTuning) for m in bert.modules())
+    # adapters' prefix tuning makes its ids and mask on the host every step (MethodHooks), flat
+    # prefixes too (their mask): FlatPrefixTuning is not a PrefixTuning
+    host_tensors = any(isinstance(m, (PrefixTuning, FlatPrefixTuning)) for m in bert.modules())
     return bert, dataclasses.replace(hooks, host_tensors=host_tensors)
 
 
