@@ -150,7 +150,10 @@ def test_resume_refuses_a_state_from_another_recipe_and_stale_state_calls():
         run(FAST.replace(evals=2, epochs=1, lr=1e-3), state=stopped[0])
     older = {**stopped[0], "config": dict(stopped[0]["config"])}
     del older["config"]["head_lr_scale"]  # a state saved before the knob existed
-    with pytest.raises(ConfigError, match=r"the state predates head_lr_scale .*git_commit"):
+    with pytest.raises(
+        ConfigError,
+        match=r"the state predates head_lr_scale \(added in commit 8752f3f\).*git_commit",
+    ):
         run(FAST.replace(evals=2, epochs=1), state=older)
 
 

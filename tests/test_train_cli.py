@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from trainables.recipe import LOOP_STATE
+from trainables.train_config import TrainConfig
 from tuner.cli import run_cli
 from tuner.train import main
 
+TRAIN_KEYS = TrainConfig.__dataclass_fields__
 WORDS = ["good", "bad", "fine", "awful", "great", "poor"]
 
 
@@ -81,6 +85,35 @@ def test_a_study_trial_runs_alone_from_its_folder(tiny_task, tmp_path, capsys):
         assert alone[key] == by_hand[key], key
     assert main(["--trial", str(folder), "--set", "rank=8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trainable_params"] > alone["trainable_params"]
+
+
+def test_a_trial_from_before_a_recipe_knob_runs_as_it_trained(tiny_task, tmp_path, capsys):
+    """A trial whose checkpoint's recipe predates head_lr_scale and head_lr_max (commits 8752f3f,
+    613121d: TrainConfig.to_dict() had neither) runs with the values it trained with, said in a
+    line per knob; --set still overrides them."""
+    config = {"task": str(tiny_task), "method": "lora", "backbone": "tiny-bert", "head": "mean",
+              "epochs": 2.0, "evals": 2, "max_length": 16, "rank": 4, "lr": 2e-3}  # fmt: skip
+    folder = tmp_path / "e4_budget-smoke" / "trial_0ld0ld00"
+    (folder / "checkpoint_000001").mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"evaluation": 2, "config": config}))
+    recipe = TrainConfig.from_dict({k: v for k, v in config.items() if k in TRAIN_KEYS}).to_dict()
+    old = {k: v for k, v in recipe.items() if k not in ("head_lr_scale", "head_lr_max")}
+    torch.save({"config": old}, folder / "checkpoint_000001" / LOOP_STATE)
+    assert main(["--trial", str(folder), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert (
+        "predates head_lr_scale" in captured.err
+        and "head_lr_scale=1.0 as it trained" in captured.err
+    )
+    assert "predates head_lr_max" in captured.err
+    replayed = json.loads(captured.out)
+    by_hand = json.loads(_run(tiny_task, capsys, "--set", "rank=4", "lr=2e-3", "head_lr_scale=1",
+                              "head_lr_max=1"))  # fmt: skip
+    now = json.loads(_run(tiny_task, capsys, "--set", "rank=4", "lr=2e-3"))
+    assert replayed["dev_loss"] == by_hand["dev_loss"] != now["dev_loss"]
+    assert main(["--trial", str(folder), "--set", "head_lr_scale=10", "head_lr_max=0.05",
+                 "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["dev_loss"] == now["dev_loss"]
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,12 @@ PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CP
 HEAD_INITS = ("random", "probe")
 MAX_LR = 1.0  # above this AdamW diverges for any model here: almost surely a typo (3e-4 -> 3)
 MAX_SEQUENCE_LENGTH = 8192  # no encoder this project tunes has more positions
+# Knobs added to the recipe since runs were first recorded: the commit that added each and the
+# value that trains as a run saved before it did (a checkpoint's recipe without the knob).
+ADDED_KNOBS: dict[str, tuple[str, float]] = {
+    "head_lr_scale": ("8752f3f", 1.0),  # before: one learning rate for every parameter
+    "head_lr_max": ("613121d", MAX_LR),  # before: the head at lr * head_lr_scale, uncapped
+}
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,28 @@ def study_trial(folder: str) -> dict[str, Any]:
     if not reports or not isinstance(reports[-1].get("config"), dict):
         raise ConfigError(f"--trial {folder!r}: no {result.name} with a config there (a study's "
                           f"trial folder, <storage>/<experiment>-<preset>/trial_...)")  # fmt: skip
-    return dict(reports[-1]["config"])
+    config = dict(reports[-1]["config"])
+    for knob, value in knobs_it_predates(Path(folder)).items():
+        if knob not in config:
+            config[knob] = value
+            log(f"the trial predates {knob} (its checkpoint's recipe has none): run with "
+                f"{knob}={value} as it trained (--set {knob}=... to override)")  # fmt: skip
+    return config
+
+
+def knobs_it_predates(folder: Path) -> dict[str, float]:
+    """The recipe knobs added since the trial's last checkpoint was saved, each with the value
+    it trained as (``trainables.train_config.ADDED_KNOBS``); none without a checkpoint."""
+    from trainables.recipe import LOOP_STATE
+    from trainables.train_config import ADDED_KNOBS
+
+    states = sorted(folder.glob(f"checkpoint_*/{LOOP_STATE}"))
+    if not states:
+        return {}
+    import torch
+
+    saved = torch.load(states[-1], map_location="cpu", weights_only=True)["config"]
+    return {knob: value for knob, (_, value) in ADDED_KNOBS.items() if knob not in saved}
 
 
 def refuse_unrunnable_quantize(config: dict[str, Any], *, fuse: bool) -> None:

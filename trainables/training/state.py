@@ -13,6 +13,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from search_spaces.errors import ConfigError
+from trainables.train_config import ADDED_KNOBS
 from trainables.training.plan import FitPlan
 from trainables.training.progress import Progress
 
@@ -52,9 +53,10 @@ def restore(
     if changed:
         k = changed[0]
         if k not in saved:  # a knob added since: the state's run trained without it
+            since = f" (added in commit {ADDED_KNOBS[k][0]})" if k in ADDED_KNOBS else ""
             raise ConfigError(
-                f"cannot resume: the state predates {k} (saved by an older peft-tune, which "
-                f"trained without it); resume with the commit that started the run (a study's "
+                f"cannot resume: the state predates {k}{since}, an older peft-tune trained "
+                f"without it; resume with the commit that started the run (a study's "
                 f"experiment.json names it: git_commit)"
             )
         raise ConfigError(
