@@ -182,6 +182,39 @@ def test_a_study_already_in_the_folder_is_not_run_again_over_it(
     assert tripwire == [] and sorted(p.name for p in study.iterdir()) == ["tuner.pkl"]
 
 
+@pytest.mark.parametrize("missing", ["head_lr_scale", "head_lr_max"])
+def test_a_study_from_before_a_recipe_knob_is_not_resumed_under_the_new_recipe(
+    missing: str, workdir: Path, tripwire: list[str], capfd, data_dir: Path
+) -> None:
+    """Its unstarted trials would train with the knob, its first ones trained without: one study
+    of two recipes. A trial's checkpoint saved by that day's code (TrainConfig.to_dict() had no
+    such key) is what tells."""
+    import torch
+
+    from trainables.recipe import LOOP_STATE
+    from trainables.train_config import ADDED_KNOBS, TrainConfig
+    from tuner.cli import run_cli
+    from tuner.run import main
+
+    study = workdir / "results" / "e4_budget-smoke"
+    for trial, recipe in (("trial_new", TrainConfig().to_dict()),
+                          ("trial_old", {k: v for k, v in TrainConfig().to_dict().items()
+                                         if k != missing})):  # fmt: skip
+        (study / trial / "checkpoint_000001").mkdir(parents=True)
+        torch.save({"config": recipe}, study / trial / "checkpoint_000001" / LOOP_STATE)
+    (study / "tuner.pkl").write_bytes(b"a study started here")
+    (study / "experiment.json").write_text('{"fuse": 0, "git_commit": "0123abc"}')
+    before = sorted(workdir.rglob("*"))
+    code = run_cli(main, ["e4_budget", *SMOKE, "--storage", str(workdir / "results"), "--resume"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [
+        f"error: --resume: trial_old trained before {missing} (commit {ADDED_KNOBS[missing][0]}); "
+        "the study's other trials would train with it: resume with the commit that started the "
+        "study (0123abc)"
+    ], err
+    assert tripwire == [] and sorted(workdir.rglob("*")) == before
+
+
 def test_the_table_covers_every_kind_of_bad_input() -> None:
     assert len(CASES) >= 25
     assert len({c[0] for c in CASES}) == len(CASES)

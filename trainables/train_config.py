@@ -29,6 +29,12 @@ ADDED_KNOBS: dict[str, tuple[str, float]] = {
 }
 
 
+def knobs_missing(recipe: dict[str, Any]) -> dict[str, float]:
+    """The :data:`ADDED_KNOBS` a saved recipe (``TrainConfig.to_dict()`` of its day) lacks, each
+    with the value its run trained with."""
+    return {knob: value for knob, (_, value) in ADDED_KNOBS.items() if knob not in recipe}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training recipe. ``max_steps > 0`` overrides ``epochs``.

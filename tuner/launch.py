@@ -25,7 +25,7 @@ from tuner.fusing import plan_fuse, pooling, started_fuse
 from tuner.mlflow_views import describe_study, record_outcome, trials_link, ui_address
 from tuner.provenance import provenance
 from tuner.reconcile import closes_parent, parent_opened, unfinished_trials
-from tuner.study import PARENT_RUN_FILE, Resources, StudyFiles, study_paths
+from tuner.study import PARENT_RUN_FILE, Resources, StudyFiles, refuse_an_older_recipe, study_paths
 from tuner.tracking import connect, ensure_experiment
 
 
@@ -218,6 +218,8 @@ def check_inputs(exp: Experiment, args: argparse.Namespace, files: StudyFiles) -
         raise ConfigError(
             f"--resume: nothing to resume at {files.storage}/{files.name} (no study started there)"
         )
+    if args.resume:
+        refuse_an_older_recipe(files)
     started = started_fuse(files) if args.resume else None
     fuse = getattr(args, "fuse", None)
     if started is not None and fuse is not None and fuse != started:

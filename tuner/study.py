@@ -113,6 +113,21 @@ class StudyFiles:
         with filesystem.open_input_stream(f"{base}/{rel}") as stream:
             return stream.read().decode()
 
+    def read_bytes(self, rel: str) -> bytes:
+        filesystem, base = self._fs()
+        with filesystem.open_input_stream(f"{base}/{rel}") as stream:
+            return stream.read()
+
+    def named(self, filename: str) -> list[str]:
+        """Every file called ``filename`` in the study's folder and below (paths relative to it)."""
+        from pyarrow import fs
+
+        filesystem, base = self._fs()
+        if filesystem.get_file_info(base).type == fs.FileType.NotFound:
+            return []
+        found = filesystem.get_file_info(fs.FileSelector(base, recursive=True))
+        return sorted(f.path[len(base) + 1 :] for f in found if f.base_name == filename)
+
     def write_text(self, rel: str, text: str) -> None:
         filesystem, base = self._fs()
         filesystem.create_dir(base, recursive=True)
@@ -121,3 +136,31 @@ class StudyFiles:
 
     def write_json(self, rel: str, data: Any) -> None:
         self.write_text(rel, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def refuse_an_older_recipe(files: StudyFiles) -> None:
+    """``--resume`` of a study whose trials trained before a recipe knob existed (a checkpoint's
+    recipe lacks it) is refused: its unstarted trials would train under today's recipe, one
+    study of two recipes. The study resumes with the commit that started it."""
+    import io
+
+    import torch
+
+    from trainables.recipe import LOOP_STATE
+    from trainables.train_config import ADDED_KNOBS, knobs_missing
+
+    for rel in files.named(LOOP_STATE):
+        local = "://" not in files.storage  # mapped, not read: a state holds the optimizer's too
+        where = (
+            f"{files.storage}/{files.name}/{rel}" if local else io.BytesIO(files.read_bytes(rel))
+        )
+        state = torch.load(where, map_location="cpu", weights_only=True, mmap=local)
+        missing = knobs_missing(state["config"])
+        if missing:
+            knob = next(iter(missing))
+            commit = json.loads(files.read_text("experiment.json") or "{}").get("git_commit")
+            raise ConfigError(
+                f"--resume: {rel.split('/')[0]} trained before {knob} (commit "
+                f"{ADDED_KNOBS[knob][0]}); the study's other trials would train with it: "
+                f"resume with the commit that started the study ({commit or 'unrecorded'})"
+            )

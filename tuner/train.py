@@ -99,15 +99,14 @@ def knobs_it_predates(folder: Path) -> dict[str, float]:
     """The recipe knobs added since the trial's last checkpoint was saved, each with the value
     it trained as (``trainables.train_config.ADDED_KNOBS``); none without a checkpoint."""
     from trainables.recipe import LOOP_STATE
-    from trainables.train_config import ADDED_KNOBS
+    from trainables.train_config import knobs_missing
 
     states = sorted(folder.glob(f"checkpoint_*/{LOOP_STATE}"))
     if not states:
         return {}
     import torch
 
-    saved = torch.load(states[-1], map_location="cpu", weights_only=True)["config"]
-    return {knob: value for knob, (_, value) in ADDED_KNOBS.items() if knob not in saved}
+    return knobs_missing(torch.load(states[-1], map_location="cpu", weights_only=True)["config"])
 
 
 def refuse_unrunnable_quantize(config: dict[str, Any], *, fuse: bool) -> None:
