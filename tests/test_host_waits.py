@@ -18,7 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from search_spaces.method_config import MethodConfig
 from search_spaces.row_groups import group_template
-from tests.test_fused_rows import configs_of
+from tests.test_fused_rows import CASES as ROW_CASES
+from tests.test_fused_rows import configs_of, sources  # noqa: F401 (the fixture)
 from tests.test_fused_rows import member as row_member
 from tests.test_methods_contract import METHOD_NAMES, build, config_for
 from trainables.fused import FusedRows
@@ -96,13 +97,17 @@ def test_the_recorder_finds_a_host_tensor_brought_over() -> None:
     assert any(w.startswith("_to_copy") for w in step_on_meta(Masked()))
 
 
-def test_prefix_rows_never_wait_for_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rows run each member's forward under vmap (FusedRows): the same holds there."""
+@pytest.mark.parametrize("case", list(ROW_CASES))
+def test_rows_never_wait_for_the_host(case: str, sources, monkeypatch) -> None:  # noqa: F811
+    """The rows run each member's forward under vmap (FusedRows), over the bf16 copy a GPU runs:
+    the same holds there, for every row method."""
     autocast = torch.is_autocast_enabled  # no autocast state for meta: none is on
     monkeypatch.setattr(
         torch, "is_autocast_enabled", lambda *a: a[:1] != ("meta",) and autocast(*a)
     )
-    methods: list[MethodConfig] = configs_of("prefix-flat")
-    models = [row_member(m, seed=i) for i, m in enumerate(methods)]
-    fused = FusedRows(models, template=row_member(group_template(methods), seed=0))
+    methods: list[MethodConfig] = configs_of(case)
+    models = [row_member(m, seed=i, sources=sources) for i, m in enumerate(methods)]
+    template = row_member(group_template(methods), seed=0, sources=sources)
+    fused = FusedRows(models, template=template)
+    fused.backbone_to(torch.bfloat16)
     assert step_on_meta(fused, rows=4 * len(models)) == []
