@@ -11,9 +11,9 @@ to Tune. The pool trains every trial it holds as one row of its group's fused mo
 step at a time, each trial at its own step of its own schedule, data order and training subset.
 
 Groups (:mod:`.pool_group`): trials of one row signature (:mod:`search_spaces.row_groups`) share
-``slots`` rows of one fused model (plain LoRA: ``FusedLoRA``; bitfit, houlsby, pfeiffer, fusion,
-lora_fusion: ``FusedRows``), made as its first trial joins; the groups step in turn. Prefix
-tuning, UniPELT, AdaLoRA, rank growth and the rest are refused at join, naming why.
+``slots`` rows of one fused model (plain LoRA: ``FusedLoRA``; bitfit, houlsby, pfeiffer, prefix,
+fusion, lora_fusion: ``FusedRows``), made as its first trial joins; the groups step in turn.
+UniPELT, AdaLoRA, rank growth and the rest are refused at join, naming why.
 
 Each trial gets what it would get trained alone by :func:`trainables.training.loop.fit` (up to float
 rounding and dropout draws, as for fused trials): its rows are disjoint from the others', and a
