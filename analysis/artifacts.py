@@ -28,8 +28,8 @@ import pandas as pd
 
 from analysis.params import param_text, parse_param
 from analysis.trials import Study
+from trainables.checkpoint_files import WEIGHTS
 
-WEIGHTS = "method.safetensors"
 _TUNE = re.compile(r"^tune folder (.+)$")
 _MLFLOW = re.compile(r"^mlflow (\S+) parent run (\S+)$")
 SOURCE_SEPARATOR = "; "  # a combined study (a family) joins its members' sources with it

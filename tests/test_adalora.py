@@ -16,10 +16,11 @@ from search_spaces.method_config import ADALORA_SCALE, MethodConfig
 from search_spaces.shapes import MINILM_L6
 from tests.test_loop import DEV, TRAIN
 from trainables.backbones import load_backbone
+from trainables.checkpoint_files import METHOD_STATE, WEIGHTS
 from trainables.methods import build_model
 from trainables.methods.lora import adalora_schedule
 from trainables.prepared import PreparedData
-from trainables.recipe import METHOD_STATE, WEIGHTS, run_trial
+from trainables.recipe import run_trial
 
 
 def test_a_budget_counts_adalora_at_its_final_rank_unless_told_initial() -> None:

@@ -24,12 +24,13 @@ from tests.test_fused_pool import DATA as POOL_DATA
 from tests.test_fused_pool import build as pool_build
 from tests.test_loop import DEV, TRAIN, synthetic
 from trainables.backbones import load_backbone
+from trainables.checkpoint_files import WEIGHTS
 from trainables.data.tokenize import CACHE_DIR_ENV
 from trainables.fused_pool import FusedPool
 from trainables.inference import predict, score
 from trainables.prepared import PreparedData, subsample
 from trainables.probe import cached_probe_head, embedder, fit_probe, probe_scores
-from trainables.recipe import WEIGHTS, build_fused, build_trial_model, run_trial, split_config
+from trainables.recipe import build_fused, build_trial_model, run_trial, split_config
 from tuner.cli import run_cli
 from tuner.train import main
 

@@ -191,7 +191,7 @@ def test_a_study_from_before_a_recipe_knob_is_not_resumed_under_the_new_recipe(
     such key) is what tells."""
     import torch
 
-    from trainables.recipe import LOOP_STATE
+    from trainables.checkpoint_files import LOOP_STATE
     from trainables.train_config import ADDED_KNOBS, TrainConfig
     from tuner.cli import run_cli
     from tuner.run import main

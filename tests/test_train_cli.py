@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from trainables.recipe import LOOP_STATE
+from trainables.checkpoint_files import LOOP_STATE
 from trainables.train_config import TrainConfig
 from tuner.cli import run_cli
 from tuner.train import main

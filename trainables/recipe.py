@@ -23,6 +23,7 @@ from search_spaces.method_config import MethodConfig
 from search_spaces.row_groups import group_template
 from search_spaces.spaces import default_lr
 from trainables.backbones import load_backbone
+from trainables.checkpoint_files import LOOP_STATE, METHOD_STATE, WEIGHTS
 from trainables.faults import inject_fault
 from trainables.fused import FusedLoRA, FusedRows, check_configs, fit_fused, fuse_lora
 from trainables.methods import build_model
@@ -37,9 +38,6 @@ from trainables.training.progress import EvalReport
 from trainables.training.report import TrialReporter, result_report
 
 Report = Callable[[dict[str, Any], Path | None], None]
-WEIGHTS = "method.safetensors"
-LOOP_STATE = "loop_state.pt"
-METHOD_STATE = "method_state.pt"  # what a method keeps beside its weights (AdaLoRA's rank pattern)
 # Trial-level keys that are neither method nor training knobs (kept in the config for MLflow).
 META_KEYS = frozenset({
     "task", "backbone", "budget_params", "tolerance", "accounting", "trainable_params",

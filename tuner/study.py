@@ -146,7 +146,7 @@ def refuse_an_older_recipe(files: StudyFiles) -> None:
 
     import torch
 
-    from trainables.recipe import LOOP_STATE
+    from trainables.checkpoint_files import LOOP_STATE
     from trainables.train_config import ADDED_KNOBS, knobs_missing
 
     for rel in files.named(LOOP_STATE):

@@ -98,7 +98,7 @@ def study_trial(folder: str) -> dict[str, Any]:
 def knobs_it_predates(folder: Path) -> dict[str, float]:
     """The recipe knobs added since the trial's last checkpoint was saved, each with the value
     it trained as (``trainables.train_config.ADDED_KNOBS``); none without a checkpoint."""
-    from trainables.recipe import LOOP_STATE
+    from trainables.checkpoint_files import LOOP_STATE
     from trainables.train_config import knobs_missing
 
     states = sorted(folder.glob(f"checkpoint_*/{LOOP_STATE}"))
