@@ -5,7 +5,10 @@ ASHA stopping trials (tune_pooled_trial)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +26,17 @@ from trainables.prepared import PreparedData, train_rows
 from trainables.recipe import split_config
 from trainables.training.loop import FitResult, fit
 
+ROOT = Path(__file__).resolve().parent.parent
+TRAINING_STACK = (
+    "torch",
+    "transformers",
+    "adapters",
+    "peft",
+    "sklearn",
+    "scipy",
+    "mlflow",
+    "optuna",
+)
 DATA = PreparedData(task="synthetic", task_kind="classification", metric="accuracy",
                     num_labels=2, train=TRAIN, dev=DEV, test=DEV)  # fmt: skip
 BASE = {"method": "lora", "batch_size": 32, "epochs": 2, "evals": 2, "eval_batch_size": 64,
@@ -179,6 +193,18 @@ class StopSome(Stopper):
         return False
 
 
+def test_a_pooled_trials_process_imports_none_of_the_training_stack():
+    """Tune starts a process per pooled trial (per phase: actors are reused within one) that only
+    relays the pool's reports (trainables/relay.py): it must not pay the training stack's
+    import (~6 s of CPU on this project's 2-core machine, against ~1 s for the relay)."""
+    code = ("import sys\nimport trainables.relay\n"
+            f"print(','.join(m for m in {TRAINING_STACK!r} if m in sys.modules))")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "", f"imported by the relay: {proc.stdout.strip()}"
+
+
 @pytest.mark.slow
 def test_tune_trials_relay_the_pools_reports_and_stopped_ones_leave(tmp_path):
     """Four Tune trials in a pool of two rows; the two Tune stops first would train 40 epochs
@@ -187,7 +213,7 @@ def test_tune_trials_relay_the_pools_reports_and_stopped_ones_leave(tmp_path):
     from ray import tune
 
     from trainables.fused_pool import start_pool
-    from trainables.trainable import tune_pooled_trial
+    from trainables.relay import tune_pooled_trial
     from tuner.runner import connect_ray
 
     connect_ray(cpus_per_trial=0.25)

@@ -116,7 +116,7 @@ def run_study(pools: Pools, tmp_path: Path, name: str, lrs: list[float], *, max_
     from ray import tune
 
     from tests.test_fused_pool import BASE
-    from trainables.trainable import tune_placed_trial
+    from trainables.relay import tune_placed_trial
     from tuner.fusing import CLIENT_CPUS, PoolsGone
 
     # four evaluations: a pool killed at its first report still has trials training

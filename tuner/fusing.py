@@ -14,7 +14,7 @@ study on a GPU cluster pools where every method it tries is pooled by default
 Placement: a :class:`PoolRouter` actor puts each trial on the least loaded pool alive
 (:func:`choose_pool`). A pool whose actor dies (its GPU fell off the bus, its node went away) or
 whose training failed is marked gone by the trial that finds it so; that trial fails as a known
-error (:class:`trainables.trainable.PoolLost`, retried by Tune per the study's failure config),
+error (:class:`trainables.relay.PoolLost`, retried by Tune per the study's failure config),
 and new trials go to the pools alive. With none alive, :class:`PoolsGone` stops the study.
 """
 
@@ -194,7 +194,7 @@ def choose_pool(loads: Sequence[int | None], *, slots: int) -> int | None:
 
 class PoolRouter:
     """The study's pools and where its trials are: a Ray actor whose calls run one at a time, so
-    each placement sees the ones before it (:func:`trainables.trainable.tune_placed_trial`)."""
+    each placement sees the ones before it (:func:`trainables.relay.tune_placed_trial`)."""
 
     def __init__(self, pools: Sequence[Any], gpu_ids: Sequence[Sequence[Any]], *,
                  slots: int) -> None:  # fmt: skip

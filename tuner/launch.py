@@ -150,7 +150,7 @@ def study_trials(data: Any, resources: Resources, fuse: Any, *, cluster_gpus: fl
             {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
         )
         return StudyTrials(trainable, resources.concurrent_trials(ray.cluster_resources()))
-    from trainables.trainable import tune_placed_trial
+    from trainables.relay import tune_placed_trial
     from tuner.fusing import CLIENT_CPUS, start
 
     pools = start(fuse, data, cluster_gpus=cluster_gpus, name=f"peft-tune-pools/{name}")

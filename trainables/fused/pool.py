@@ -6,7 +6,7 @@ processes on one GPU share it badly (2.9x one trial through Ray Tune's fractiona
 docs/BENCHMARKS.md), where eight fused trials run 6-7x. A study runs each configuration as its
 own Tune trial (its own searcher suggestion, ASHA decision, MLflow run); with a pool, such a
 trial's process does not train: it hands its configuration to the pool (one Ray actor that holds
-the GPU, :func:`trainables.trainable.tune_pooled_trial`) and relays the pool's evaluation reports
+the GPU, :func:`trainables.relay.tune_pooled_trial`) and relays the pool's evaluation reports
 to Tune. The pool trains every trial it holds as one row of its group's fused model, one fused
 step at a time, each trial at its own step of its own schedule, data order and training subset.
 
@@ -54,6 +54,7 @@ from trainables.inference import SDPA_BACKENDS
 from trainables.model import PeftClassifier
 from trainables.prepared import PreparedData, train_rows
 from trainables.recipe import split_config
+from trainables.relay import WEIGHTS_KEY
 from trainables.train_config import TrainConfig
 from trainables.training.plan import FitPlan
 from trainables.training.progress import TrainClock
@@ -62,7 +63,6 @@ from trainables.training.report import TrialReporter
 # What a pool's trials share: the fused step's shapes and precision (each has its own schedule)
 POOL_SHARED_FIELDS = ("batch_size", "eval_batch_size", "max_length", "precision", "compile",
                       "cuda_graphs")  # fmt: skip
-WEIGHTS_KEY = "method_weights"  # a final report's trained weights (safetensors bytes)
 GATHER_S = 5.0  # an empty pool waits this long for more trials to fill its rows
 LEASE_S = 30.0  # a trial that has not polled for this long is gone (Tune stopped it, or it died)
 IDLE = np.zeros(0, dtype=np.int64)  # an idle row's part of a step: no rows of data
@@ -387,7 +387,7 @@ def start_pool(
     lease_s: float = LEASE_S,
 ) -> Any:
     """The pool as a Ray actor (threaded: each trial's poll waits in its own thread) holding
-    ``gpus`` of a GPU (0: trains on the host), for :func:`trainables.trainable.tune_pooled_trial`."""
+    ``gpus`` of a GPU (0: trains on the host), for :func:`trainables.relay.tune_pooled_trial`."""
     import ray  # here, not at the top: the pool itself runs without Ray (the tests build one)
 
     actor = ray.remote(FusedPool).options(

@@ -41,7 +41,8 @@ from ray.tune import Callback
 from cluster.mps import daemon as mps_daemon
 from search_spaces.errors import ConfigError, one_of
 from trainables.fused_pool import start_pool
-from trainables.trainable import tune_pooled_trial, tune_trial
+from trainables.relay import tune_pooled_trial
+from trainables.trainable import tune_trial
 from tuner.bench.packing import PackingRow, PackingSetup, level_row, trial_config
 from tuner.runner import connect_ray
 
