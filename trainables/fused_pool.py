@@ -7,7 +7,7 @@ from trainables.fused.pool import (
     WEIGHTS_KEY,
     FusedPool,
     build_member,
-    start_pool,
 )
+from trainables.pool_actor import start_pool
 
 __all__ = ["GATHER_S", "LEASE_S", "WEIGHTS_KEY", "FusedPool", "build_member", "start_pool"]

@@ -1,8 +1,8 @@
-"""The Ray Tune trainable of a trial that a fused pool trains (:mod:`trainables.fused.pool`, a Ray
+"""The Ray Tune trainable of a trial that a fused pool trains (:mod:`trainables.pool_actor`, a Ray
 actor on the GPU): it joins the pool, relays the pool's reports to Tune and leaves. It trains
 nothing, so it imports neither torch nor the models: a study's relays start in about the time
 Ray takes to start a process, not the seconds the training stack takes to import, on every
-trial process of every phase (the pool itself imports that once)."""
+trial process of every phase (the pool imports that once; tests/test_fused_pool.py checks)."""
 
 from __future__ import annotations
 

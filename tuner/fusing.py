@@ -279,11 +279,11 @@ def start(plan: FusePlan, data: Any, *, cluster_gpus: float, name: str) -> Pools
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from trainables.fused_pool import FusedPool
+    from trainables.pool_actor import PoolActor
 
     gpus = 1 if cluster_gpus >= 1 else 0
     shared = ray.put(data)  # one copy in the object store for every pool
-    remote = ray.remote(FusedPool).options(num_cpus=POOL_CPUS, num_gpus=gpus,
+    remote = ray.remote(PoolActor).options(num_cpus=POOL_CPUS, num_gpus=gpus,
                                            max_concurrency=max(16, 4 * plan.slots))  # fmt: skip
     # device=None: the pool picks CUDA where its process sees one (its own GPU), else the CPU
     actors = tuple(remote.remote(shared, slots=plan.slots, limits=plan.limits(), device=None)

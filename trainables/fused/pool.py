@@ -377,24 +377,4 @@ class FusedPool:
             raise RuntimeError(f"the fused pool's training failed: {self._error!r}")
 
 
-def start_pool(
-    data: PreparedData,
-    *,
-    slots: int,
-    rank: int = 16,
-    placement: str | None = None,
-    gpus: float = 1.0,
-    lease_s: float = LEASE_S,
-) -> Any:
-    """The pool as a Ray actor (threaded: each trial's poll waits in its own thread) holding
-    ``gpus`` of a GPU (0: trains on the host), for :func:`trainables.relay.tune_pooled_trial`."""
-    import ray  # here, not at the top: the pool itself runs without Ray (the tests build one)
-
-    actor = ray.remote(FusedPool).options(
-        num_cpus=1, num_gpus=gpus, max_concurrency=max(16, 4 * slots)
-    )
-    return actor.remote(data, slots=slots, rank=rank, placement=placement,
-                        device="cuda" if gpus else "cpu", lease_s=lease_s)  # fmt: skip
-
-
-__all__ = ["GATHER_S", "LEASE_S", "WEIGHTS_KEY", "FusedPool", "build_member", "start_pool"]
+__all__ = ["GATHER_S", "LEASE_S", "WEIGHTS_KEY", "FusedPool", "build_member"]
