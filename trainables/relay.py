@@ -22,7 +22,7 @@ WEIGHTS_KEY = "method_weights"  # a final report's trained weights (safetensors 
 
 
 def tune_pooled_trial(config: dict[str, Any], *, pool: Any) -> None:
-    """Run one trial in a fused pool (:mod:`trainables.fused_pool`, a Ray actor on the GPU): join
+    """Run one trial in a fused pool (:mod:`trainables.pool_actor`, a Ray actor on the GPU): join
     it, relay each evaluation it reports to Tune (the last with the trained weights as the
     checkpoint), leave it however this ends (completed, stopped by the scheduler, failed). A pool
     that is gone fails the trial with :class:`PoolLost`."""

@@ -143,6 +143,7 @@ def refuse_an_older_recipe(files: StudyFiles) -> None:
     recipe lacks it) is refused: its unstarted trials would train under today's recipe, one
     study of two recipes. The study resumes with the commit that started it."""
     import io
+    import pickle
 
     import torch
 
@@ -154,7 +155,10 @@ def refuse_an_older_recipe(files: StudyFiles) -> None:
         where = (
             f"{files.storage}/{files.name}/{rel}" if local else io.BytesIO(files.read_bytes(rel))
         )
-        state = torch.load(where, map_location="cpu", weights_only=True, mmap=local)
+        try:
+            state = torch.load(where, map_location="cpu", weights_only=True, mmap=local)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            continue  # unreadable (a write cut short): says nothing of its recipe
         missing = knobs_missing(state["config"])
         if missing:
             knob = next(iter(missing))
