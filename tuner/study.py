@@ -107,11 +107,7 @@ class StudyFiles:
             filesystem.delete_dir(base)
 
     def read_text(self, rel: str) -> str | None:
-        if not self.exists(rel):
-            return None
-        filesystem, base = self._fs()
-        with filesystem.open_input_stream(f"{base}/{rel}") as stream:
-            return stream.read().decode()
+        return self.read_bytes(rel).decode() if self.exists(rel) else None
 
     def read_bytes(self, rel: str) -> bytes:
         filesystem, base = self._fs()
