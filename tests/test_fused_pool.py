@@ -120,6 +120,27 @@ def test_rows_over_every_linear_train_trials_of_any_placement_as_each_alone():
         assert reports[-1]["best_dev_score"] == result.best_dev_score
 
 
+def test_an_empty_pool_starts_once_the_trials_its_phase_sends_have_joined():
+    # a phase smaller than the pool's slots (the seeds phase): without `expect` the pool waits out
+    # its gathering time for a full group; told the phase's size, it starts when those have joined
+    pool = FusedPool(DATA, slots=4, rank=8, device="cpu", build=build, gather_s=600.0)
+    try:
+        tokens = [pool.join({**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": s}) for s in (1, 2)]
+        time.sleep(0.3)
+        assert pool.status() | {"waiting": 2, "training": 0} == pool.status()
+        with pytest.raises(ConfigError, match="at least one trial"):
+            pool.expect(0)
+        pool.expect(2)
+        deadline = time.monotonic() + 30.0  # far below the 600 s it would otherwise wait
+        while pool.status()["training"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pool.status()["training"] == 2
+        runs = [poll_to_end(pool, t) for t in tokens]
+    finally:
+        pool.close()
+    assert [r[-1]["status"] for r in runs] == ["completed", "completed"]
+
+
 def test_a_silent_trial_is_dropped_and_its_row_taken():
     pool = FusedPool(DATA, slots=1, rank=8, device="cpu", build=build, lease_s=0.5)
     try:

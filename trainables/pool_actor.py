@@ -28,6 +28,9 @@ class PoolActor:
     def poll(self, token: int, wait_s: float = POLL_S) -> list[dict[str, Any]]:
         return self._pool.poll(token, wait_s)
 
+    def expect(self, trials: int) -> None:
+        self._pool.expect(trials)
+
     def leave(self, token: int) -> None:
         self._pool.leave(token)
 

@@ -20,6 +20,7 @@ and new trials go to the pools alive. With none alive, :class:`PoolsGone` stops 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -246,6 +247,19 @@ class Pools:
     gpu_ids: tuple[tuple[Any, ...], ...]
     router: Any
     name: str
+
+    def expect(self, trials: int) -> None:
+        """A phase of ``trials`` trials starts: each pool learns its share (the router spreads
+        them evenly), so an empty one starts training once its share has joined rather than
+        waiting out its gathering time for a full group (the seeds phase is often smaller)."""
+        import ray
+
+        share = max(1, -(-trials // len(self.actors)))
+        # a pool gone or stuck: the router sends it nothing, PoolsGone stops the study
+        errors = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
+        for actor in self.actors:
+            with contextlib.suppress(*errors):
+                ray.get(actor.expect.remote(share), timeout=60)
 
     def describe(self) -> str:
         plan = self.plan

@@ -274,6 +274,8 @@ def run_phase(phase: Phase, trials: StudyTrials, paths: Any, logger: Any, exp: E
         )  # fmt: skip
     log(f"{phase.name}: {phase.num_samples} trials, up to {trials.concurrent} at once; "
         f"results in {paths.storage}/{phase.name}, MLflow at {paths.tracking_uri}")  # fmt: skip
+    if trials.pools is not None:
+        trials.pools.expect(phase.num_samples)
     grid = tuner.fit()
     trials.check_pools()  # pools gone: that error, not an interruption
     unfinished = unfinished_trials(grid, phase.num_samples, f"{paths.storage}/{phase.name}")
