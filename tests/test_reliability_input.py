@@ -202,6 +202,8 @@ def test_a_study_from_before_a_recipe_knob_is_not_resumed_under_the_new_recipe(
                                          if k != missing})):  # fmt: skip
         (study / trial / "checkpoint_000001").mkdir(parents=True)
         torch.save({"config": recipe}, study / trial / "checkpoint_000001" / LOOP_STATE)
+    (study / "trial_cut" / "checkpoint_000001").mkdir(parents=True)  # a write cut short: skipped
+    (study / "trial_cut" / "checkpoint_000001" / LOOP_STATE).write_bytes(b"PK\x03\x04")
     (study / "tuner.pkl").write_bytes(b"a study started here")
     (study / "experiment.json").write_text('{"fuse": 0, "git_commit": "0123abc"}')
     before = sorted(workdir.rglob("*"))

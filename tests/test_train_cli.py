@@ -99,6 +99,8 @@ def test_a_trial_from_before_a_recipe_knob_runs_as_it_trained(tiny_task, tmp_pat
     recipe = TrainConfig.from_dict({k: v for k, v in config.items() if k in TRAIN_KEYS}).to_dict()
     old = {k: v for k, v in recipe.items() if k not in ("head_lr_scale", "head_lr_max")}
     torch.save({"config": old}, folder / "checkpoint_000001" / LOOP_STATE)
+    (folder / "checkpoint_000002").mkdir()  # the last one's write cut short: the one before tells
+    (folder / "checkpoint_000002" / LOOP_STATE).write_bytes(b"PK\x03\x04 cut short")
     assert main(["--trial", str(folder), "--json"]) == 0
     captured = capsys.readouterr()
     assert (

@@ -139,23 +139,17 @@ def refuse_an_older_recipe(files: StudyFiles) -> None:
     recipe lacks it) is refused: its unstarted trials would train under today's recipe, one
     study of two recipes. The study resumes with the commit that started it."""
     import io
-    import pickle
 
-    import torch
-
-    from trainables.checkpoint_files import LOOP_STATE
+    from trainables.checkpoint_files import LOOP_STATE, saved_recipe
     from trainables.train_config import ADDED_KNOBS, knobs_missing
 
+    local = "://" not in files.storage
     for rel in files.named(LOOP_STATE):
-        local = "://" not in files.storage  # mapped, not read: a state holds the optimizer's too
-        where = (
-            f"{files.storage}/{files.name}/{rel}" if local else io.BytesIO(files.read_bytes(rel))
-        )
-        try:
-            state = torch.load(where, map_location="cpu", weights_only=True, mmap=local)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+        where = Path(files.storage, files.name, rel) if local else io.BytesIO(files.read_bytes(rel))
+        recipe = saved_recipe(where)
+        if recipe is None:
             continue  # unreadable (a write cut short): says nothing of its recipe
-        missing = knobs_missing(state["config"])
+        missing = knobs_missing(recipe)
         if missing:
             knob = next(iter(missing))
             commit = json.loads(files.read_text("experiment.json") or "{}").get("git_commit")

@@ -96,17 +96,16 @@ def study_trial(folder: str) -> dict[str, Any]:
 
 
 def knobs_it_predates(folder: Path) -> dict[str, float]:
-    """The recipe knobs added since the trial's last checkpoint was saved, each with the value
-    it trained as (``trainables.train_config.ADDED_KNOBS``); none without a checkpoint."""
-    from trainables.checkpoint_files import LOOP_STATE
+    """The recipe knobs added since the trial's last readable checkpoint was saved, each with
+    the value it trained as (``trainables.train_config.ADDED_KNOBS``); none without one."""
+    from trainables.checkpoint_files import LOOP_STATE, saved_recipe
     from trainables.train_config import knobs_missing
 
-    states = sorted(folder.glob(f"checkpoint_*/{LOOP_STATE}"))
-    if not states:
-        return {}
-    import torch
-
-    return knobs_missing(torch.load(states[-1], map_location="cpu", weights_only=True)["config"])
+    for state in sorted(folder.glob(f"checkpoint_*/{LOOP_STATE}"), reverse=True):
+        recipe = saved_recipe(state)
+        if recipe is not None:
+            return knobs_missing(recipe)
+    return {}
 
 
 def refuse_unrunnable_quantize(config: dict[str, Any], *, fuse: bool) -> None:
