@@ -155,3 +155,57 @@ def test_graphed_adalora_reallocates_ranks_as_eager_does():
     weights = [{n: p for n, p in m.named_parameters() if p.requires_grad} for m in (eager, graphed)]
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, atol=1e-4, rtol=1e-3, msg=name)
+
+
+@CUDA
+def test_graphs_of_two_runs_stepping_in_turn_share_one_memory_pool_and_train_as_alone():
+    """A fused pool's groups step in turn, each from its own graphs: they share the process's one
+    graph memory pool (one per run held 47-54 GiB for seven groups on an H100), and each still
+    trains as it would alone."""
+    from trainables.training.batching import Batch
+    from trainables.training.graphs import StepGraphs, capturable_optimizer
+
+    def graph_pool_bytes() -> dict[tuple[int, int], int]:
+        sizes: dict[tuple[int, int], int] = {}
+        for segment in torch.cuda.memory_snapshot():
+            pool = tuple(segment.get("segment_pool_id", (0, 0)))
+            if pool != (0, 0):  # a graph's private pool
+                sizes[pool] = sizes.get(pool, 0) + segment["total_size"]
+        return sizes
+
+    torch.manual_seed(3)
+    ids = torch.randint(1, VOCAB, (64, 40))
+    batch = Batch(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=None,
+                  labels=ids[:, 0] % 2, num_tokens=int(ids.numel()))  # fmt: skip
+
+    def stepper(graphed: bool):
+        model = GraphableClassifier().cuda()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = capturable_optimizer([{"params": params, "lr": 1e-3}], torch.device("cuda"))
+
+        def body(b: Batch) -> torch.Tensor:
+            loss = nn.functional.cross_entropy(model(b.input_ids, b.attention_mask), b.labels)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        graphs = StepGraphs(body, optimizer, params, batch_size=None, device=torch.device("cuda"))
+        return model, (graphs.step if graphed else graphs._eager), graphs
+
+    alone = []
+    for _ in range(2):
+        model, step, _ = stepper(graphed=False)
+        for _ in range(4):
+            step(batch.to(torch.device("cuda")))
+        alone.append([p.detach().clone() for p in model.parameters()])
+    (model_a, step_a, graphs_a), (model_b, step_b, graphs_b) = stepper(True), stepper(True)
+    step_a(batch)
+    after_one = graph_pool_bytes()
+    for i in range(7):  # in turn, as the pool's groups: four steps each (a capture replays too)
+        (step_b if i % 2 == 0 else step_a)(batch)
+    sizes = graph_pool_bytes()
+    assert graphs_a.captured == graphs_b.captured == 1 and graphs_a.replays == graphs_b.replays == 4
+    assert len(sizes) == 1 and sum(sizes.values()) < 1.25 * sum(after_one.values()), sizes
+    for model, reference in zip((model_a, model_b), alone, strict=True):
+        for value, expected in zip(model.parameters(), reference, strict=True):
+            torch.testing.assert_close(value.detach(), expected, atol=1e-5, rtol=1e-4)

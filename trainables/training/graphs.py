@@ -15,7 +15,11 @@ What a graphed step may touch is fixed at capture, so the loop keeps these stati
 Capture runs two eager steps on a side stream first (cuBLAS workspaces, lazily created
 optimizer state); the parameters and optimizer state they change are restored afterwards, so
 graphing changes speed, not the run (dropout draws from the same generator, at other offsets).
-All graphs share one memory pool: only one replays at a time and their outputs stay alive.
+All graphs of a process share one memory pool per device (:func:`_graph_pool`): a run's batch
+shapes, a fused pool's groups, the trials a reused actor runs in turn. Only one replays at a time
+(one training thread, one stream) and each one's inputs and outputs stay alive while it can
+replay, so what one graph frees after capture another may use. A pool per run had a fused pool of
+seven groups on an H100 hold 47-54 GiB in graph pools and fail out of memory (docs/BENCHMARKS.md).
 
 A step that waits for the host (``torch.all(mask == 1)`` in a condition, ``.item()``) cannot be
 captured: the second warm-up step runs with such waits raising, and one that raises turns graphs
@@ -67,7 +71,7 @@ class StepGraphs:
         self._batch_size = batch_size
         self._device = device
         self._graphs: dict[tuple[int, ...], _Graph] = {}
-        self._pool = torch.cuda.graph_pool_handle()
+        self._pool = _graph_pool(torch.device(device)).id
         self.off_reason: str | None = None
         self.replays = 0  # steps that ran from a graph
         for p in params:  # persistent gradients: every graph reads and writes these tensors
@@ -171,6 +175,19 @@ def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
     (handle, stream) it has run on; one stream for every capture keeps one, where a new stream per
     capture could leave one behind for each batch shape of each run."""
     return torch.cuda.Stream(device)
+
+
+def _graph_pool(device: torch.device) -> torch.cuda.MemPool:
+    """The memory pool every graph of this process captures into on ``device``; held for the
+    process's life, so its blocks serve the next run's captures (a reused actor's next trial)."""
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return _pool_on(index)
+
+
+@functools.cache
+def _pool_on(index: int) -> torch.cuda.MemPool:
+    with torch.cuda.device(index):
+        return torch.cuda.MemPool()
 
 
 @contextlib.contextmanager
