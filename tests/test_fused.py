@@ -201,6 +201,19 @@ def test_row_adamw_is_adamw_per_row_with_its_heads_own_group():
         torch.testing.assert_close(theta.detach()[k], torch.cat([p.detach() for p in refs[k]]))
 
 
+@pytest.mark.parametrize(
+    ("active", "graphed", "rows"),
+    [([11, 2, 9], True, [0, 2, 9, 11]), ([11, 2, 9], False, [2, 9, 11]), ([5], True, [5]),
+     (list(range(9)), True, list(range(16))), ([0, 1, 2, 3], True, [0, 1, 2, 3])],
+)  # fmt: skip
+def test_a_graphed_step_computes_its_trials_rows_padded_to_a_power_of_two(active, graphed, rows):
+    """A pool's group of 16 rows holding 3 trials computes 4 rows, not 16; eager, the 3."""
+    from trainables.fused.step import row_buckets, rows_to_compute
+
+    assert row_buckets(16) == (1, 2, 4, 8, 16) and row_buckets(3) == (1, 2, 3)
+    assert rows_to_compute(active, 16, graphed=graphed) == rows
+
+
 def test_losses_skip_dummy_rows():
     logits = torch.randn(2, 3, 4)
     labels = torch.tensor([1, 2, IGNORE_INDEX, 0, 3, 1])

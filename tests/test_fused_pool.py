@@ -179,7 +179,8 @@ def test_on_cuda_rows_replay_from_graphs_and_match_alone():
     configs = [{**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1},
                {**BASE, "rank": 8, "alpha": 16, "lr": 1e-3, "seed": 5},
                {**BASE, "rank": 2, "alpha": 2, "lr": 5e-3, "seed": 9}]  # fmt: skip
-    pool = FusedPool(DATA, slots=2, rank=8, device="cuda", build=build)
+    # 3 trials in 8 rows: the graphed steps compute 4 rows (the trials' and an idle one)
+    pool = FusedPool(DATA, slots=8, rank=8, device="cuda", build=build)
     try:
         runs = [poll_to_end(pool, t) for t in [pool.join(c) for c in configs]]
     finally:

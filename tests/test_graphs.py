@@ -189,7 +189,7 @@ def test_graphs_of_two_runs_stepping_in_turn_share_one_memory_pool_and_train_as_
             optimizer.step()
             return loss.detach()
 
-        graphs = StepGraphs(body, optimizer, params, batch_size=None, device=torch.device("cuda"))
+        graphs = StepGraphs(body, optimizer, params, batch_sizes=None, device=torch.device("cuda"))
         return model, (graphs.step if graphed else graphs._eager), graphs
 
     alone = []

@@ -119,7 +119,7 @@ class FusedLoRA(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         *,
         slots: int | None = None,
-        rows: list[int] | None = None,
+        rows: list[int] | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[K, B, num_labels]``; with ``slots``, of a packed batch (:mod:`.packed`,
         ``attention_mask`` its segments): ``B = slots``, in its labels' order. ``rows``: of

@@ -48,7 +48,6 @@ from search_spaces.row_groups import row_signature
 from trainables.fused.batches import pinned, step_batch
 from trainables.fused.pool_group import PoolGroup, RowLimits, build_group, check_fits
 from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights, start_head
-from trainables.fused.rows import FusedRows
 from trainables.fused.step import evaluate_fused
 from trainables.fused.train import check_configs
 from trainables.inference import SDPA_BACKENDS
@@ -302,12 +301,10 @@ class FusedPool:
                                         device=self.device, started=member.started)  # fmt: skip
 
     def _step(self, group: PoolGroup) -> None:
-        """One fused step of ``group``: of its trials' rows only, for eager FusedRows steps; else
-        of every row (an idle one on dummy data at lr 0: a graphed step keeps its shape)."""
+        """One fused step of ``group``: of its trials' rows, and when graphed of idle ones up to
+        a row count it keeps graphs for (on no data, at lr 0: :meth:`FusedStep.select`)."""
         stepper = group.stepper
-        sparse = isinstance(group.model, FusedRows) and not stepper.graphed
-        rows = [i for i, m in enumerate(group.rows) if m is not None or not sparse]
-        stepper.rows = rows if sparse else None
+        rows = stepper.select([i for i, m in enumerate(group.rows) if m is not None])
         parts = [IDLE if group.rows[i] is None else group.rows[i].next_rows(self.data)
                  for i in rows]  # fmt: skip
         batch, counts = step_batch(self.data.train, parts, pack=stepper.pack,
@@ -319,10 +316,7 @@ class FusedPool:
         stepper.lr.copy_(lrs, non_blocking=True)
         with self._rng:
             losses = stepper(batch)
-        if sparse:
-            group.loss_sums[rows] += losses
-        else:
-            group.loss_sums += losses
+        stepper.add_losses(losses, group.loss_sums)
         self.steps += 1
         for i, (samples, tokens, padded) in zip(rows, counts, strict=True):
             m = group.rows[i]

@@ -100,7 +100,7 @@ class FusedRows(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         *,
         slots: int | None = None,
-        rows: list[int] | None = None,
+        rows: list[int] | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[K, B, num_labels]`` of a padded batch whose rows ``k*B..(k+1)*B`` are trial
         ``k``'s; ``rows``: of those trials only (``K = len(rows)``)."""
@@ -132,7 +132,9 @@ class FusedRows(nn.Module):
         types = token_type_ids.view(k, -1, token_type_ids.shape[-1])
         return vmap(one, randomness="different")(stacked, *inputs, types)
 
-    def row_regularization(self, rows: list[int] | None = None) -> torch.Tensor | None:
+    def row_regularization(
+        self, rows: list[int] | torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """Each row's (or each of ``rows``') extra loss ``[K]`` (dynamic fusion's pull of its value
         matrices towards the identity, as the trial alone adds it), or None when it has none."""
         if not self._pulled:
@@ -188,7 +190,7 @@ class FusedRows(nn.Module):
             for part, value in self._pairs(row, member):
                 value.copy_(part)
 
-    def _weights(self, rows: list[int] | None) -> torch.Tensor:
+    def _weights(self, rows: list[int] | torch.Tensor | None) -> torch.Tensor:
         theta = self.theta if rows is None else self.theta[rows]
         return theta * (self.scale if rows is None else self.scale[rows])
 

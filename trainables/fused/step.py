@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 import torch
@@ -30,8 +31,10 @@ class FusedStep:
     0 does not move), weight decay and clipping are set by :meth:`set_row`; a row set again
     starts over (its AdamW state zeroed), as a new trial's. ``pack``: batches are packed rows
     (:mod:`trainables.training.packed`), which take a 3-d attention mask (transformers 4).
-    ``rows``: the rows the next steps' batches hold (None: all), for eager steps only: the others
-    get no forward, zero gradients and (at a zero learning rate) no update.
+    :meth:`select` picks the rows the next steps' batches hold (all, until called): the others get
+    no forward, zero gradients and (at a zero learning rate) no update. A graphed step keeps its
+    shape, so it computes a row count of :func:`row_buckets` (the trials' rows and idle ones), one
+    set of graphs per count: a pool's group with 3 trials in 16 rows computes 4 rows, not 16.
     """
 
     def __init__(
@@ -41,7 +44,6 @@ class FusedStep:
         self.model = model
         self.lr = torch.zeros(k, device=device)
         self.pack = MASK_3D and getattr(model, "packs", True)
-        self.rows: list[int] | None = None
         self._max_norm = torch.zeros(k, device=device)
         self._decay = torch.zeros_like(model.theta)
         self._lr_scale = torch.ones_like(model.theta)
@@ -53,10 +55,41 @@ class FusedStep:
         self._task_kind = task_kind
         self._graphed = graphable(model, first, plan)
         self._device = device
+        self._buckets = row_buckets(k)
+        # the rows the steps compute (None: all); graphed, a static index per row count
+        self._rows: torch.Tensor | None = None
+        self._chosen: list[int] | None = None  # what select chose last
+        self._index = {n: torch.zeros(n, dtype=torch.long, device=device)
+                       for n in self._buckets if n < k and self._graphed}  # fmt: skip
         self._step = TrainStep(
             self._body, self._optimizer, [model.theta], graphed=self._graphed, device=device,
-            batch_size=None if self.pack else k * first.batch_size,
+            batch_sizes=None if self.pack else [n * first.batch_size for n in self._buckets],
         )  # fmt: skip
+
+    def select(self, active: Sequence[int]) -> list[int]:
+        """The rows the next steps compute, in order, for trials in rows ``active``: those, and
+        when graphed idle ones up to the next count of :func:`row_buckets` (an idle row's batch
+        part is empty: its rows carry an ignored label)."""
+        k = self.model.trials
+        rows = rows_to_compute(active, k, graphed=self._graphed)
+        if rows == self._chosen:
+            return rows
+        self._chosen = rows
+        if len(rows) == k:
+            self._rows = None
+        elif self._graphed:  # a graph reads its row count's index: refill it in place
+            self._rows = self._index[len(rows)]
+            self._rows.copy_(torch.tensor(rows))
+        else:
+            self._rows = torch.tensor(rows, device=self._device)
+        return rows
+
+    def add_losses(self, losses: torch.Tensor, into: torch.Tensor) -> None:
+        """Add a step's losses (of the rows :meth:`select` chose) to ``into [K]``, on the device."""
+        if self._rows is None:
+            into += losses
+        else:
+            into.index_add_(0, self._rows, losses)
 
     def set_row(self, row: int, config: TrainConfig) -> None:
         """Row ``row`` trains with ``config``'s learning rate (its head's scaled), weight decay and
@@ -71,7 +104,10 @@ class FusedStep:
     def __call__(self, batch: Batch) -> torch.Tensor:
         """One step on ``batch`` (host tensors); each trial's loss ``[K]`` on the device, valid
         until the next step."""
-        return self._step(batch)
+        return self._step(batch, variant=self._row_count())
+
+    def _row_count(self) -> int:
+        return self.model.trials if self._rows is None else len(self._rows)
 
     @property
     def graphed(self) -> bool:
@@ -90,14 +126,32 @@ class FusedStep:
     def _body(self, batch: Batch) -> torch.Tensor:
         with autocast(self._precision, self._device, cache=not self._graphed):
             logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                                slots=self._slots, rows=self.rows)  # fmt: skip
+                                slots=self._slots, rows=self._rows)  # fmt: skip
         losses = fused_losses(logits, batch.labels, self._task_kind)
-        extra = getattr(self.model, "row_regularization", lambda rows: None)(self.rows)
+        extra = getattr(self.model, "row_regularization", lambda rows: None)(self._rows)
         (losses.sum() if extra is None else losses.sum() + extra.sum()).backward()
         theta = self.model.theta
         clip_rows_(cast(torch.Tensor, theta.grad), self._max_norm)
         self._optimizer.step()
         return losses.detach()
+
+
+def rows_to_compute(active: Sequence[int], k: int, *, graphed: bool) -> list[int]:
+    """The rows of ``k`` a step computes for trials in rows ``active``: those, and when graphed
+    the first idle ones up to the next count of :func:`row_buckets`."""
+    rows = sorted(active)
+    if not graphed:
+        return rows
+    size = next(n for n in row_buckets(k) if n >= len(rows))
+    taken = set(rows)
+    idle = [i for i in range(k) if i not in taken]
+    return sorted(rows + idle[: size - len(rows)])
+
+
+def row_buckets(k: int) -> tuple[int, ...]:
+    """The row counts a graphed step of ``k`` rows computes: the powers of two below ``k``, and
+    ``k`` (a step computes at most twice its trials' rows)."""
+    return (*(2**i for i in range(k.bit_length()) if 2**i < k), k)
 
 
 def fused_losses(logits: torch.Tensor, labels: torch.Tensor, task_kind: str) -> torch.Tensor:
@@ -155,4 +209,4 @@ class _EveryTrial(nn.Module):
         return logits.transpose(0, 1)
 
 
-__all__ = ["FusedStep", "evaluate_fused", "fused_losses"]
+__all__ = ["FusedStep", "evaluate_fused", "fused_losses", "row_buckets", "rows_to_compute"]

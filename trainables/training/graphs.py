@@ -7,7 +7,8 @@ of Python and kernel launches (docs/BENCHMARKS.md). A replay costs one launch.
 What a graphed step may touch is fixed at capture, so the loop keeps these static:
 
 * the batch: copied into per-shape input buffers before each replay (dynamic padding makes at most
-  ``max_length / 8`` shapes; a batch of another size, such as an epoch's short last one, runs eager);
+  ``max_length / 8`` shapes; a batch of a size not asked for, such as an epoch's short last one,
+  runs eager);
 * the gradients: allocated once, zeroed in place at the start of every step (never set to None);
 * the optimizer: fused AdamW with ``capturable=True`` and a tensor learning rate per group, which
   the scheduler fills in place.
@@ -35,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -53,8 +54,8 @@ class _Graph:
 
 class StepGraphs:
     """Runs training steps of ``body`` (forward, backward, optimizer step on a device batch; returns
-    the detached task loss), from one CUDA graph per batch shape where it can: batches of
-    ``batch_size`` rows (None: of any size, where the caller keeps the shapes few)."""
+    the detached task loss), from one CUDA graph per batch shape where it can: batches of one of
+    ``batch_sizes`` rows (None: of any size, where the caller keeps the shapes few)."""
 
     def __init__(
         self,
@@ -62,13 +63,13 @@ class StepGraphs:
         optimizer: torch.optim.Optimizer,
         params: list[nn.Parameter],
         *,
-        batch_size: int | None,
+        batch_sizes: Collection[int] | None,
         device: torch.device,
     ) -> None:
         self._body = body
         self._optimizer = optimizer
         self._params = params
-        self._batch_size = batch_size
+        self._batch_sizes = None if batch_sizes is None else frozenset(batch_sizes)
         self._device = device
         self._graphs: dict[tuple[int, ...], _Graph] = {}
         self._pool = _graph_pool(torch.device(device)).id
@@ -82,12 +83,14 @@ class StepGraphs:
     def captured(self) -> int:
         return len(self._graphs)
 
-    def step(self, batch: Batch) -> torch.Tensor:
+    def step(self, batch: Batch, variant: int = 0) -> torch.Tensor:
         """One training step on ``batch`` (host tensors, pinned); returns the loss on the device,
-        valid until the next step (consume it, e.g. add it to an accumulator, before calling again)."""
-        key = _key(batch)
+        valid until the next step (consume it, e.g. add it to an accumulator, before calling again).
+        ``variant``: one graph per batch shape and variant, for a body that reads other static
+        inputs by variant (a fused step's row index, one per row count)."""
+        key = (*_key(batch), variant)
         graph = None if self.off_reason is not None else self._graphs.get(key)
-        full = self._batch_size is None or batch.size == self._batch_size
+        full = self._batch_sizes is None or batch.size in self._batch_sizes
         if graph is None and self.off_reason is None and full:
             graph = self._capture(batch, key)
         if graph is None:

@@ -88,7 +88,7 @@ class _Run:
         body = model_body(model, forward, self.optimizer, params, config,
                           task_kind=plan.task_kind, device=plan.device, graphed=graphed)  # fmt: skip
         self.step = TrainStep(body, self.optimizer, params, graphed=graphed,
-                              batch_size=config.batch_size, device=plan.device,
+                              batch_sizes=(config.batch_size,), device=plan.device,
                               hook=getattr(model, "step_hook", None))  # fmt: skip
         self.plateau_hook = getattr(model, "plateau_hook", None)
         # training time excludes evaluations and on_eval; a resumed run's wall clock continues

@@ -25,7 +25,7 @@ Body = Callable[[Batch], torch.Tensor]
 
 class TrainStep:
     """Training steps of ``body`` on host batches: replayed from CUDA graphs when ``graphed``
-    (batches of ``batch_size`` rows; None: of any size), else eager, followed by ``hook(index)``
+    (batches of one of ``batch_sizes`` rows; None: of any size), else eager, followed by ``hook(index)``
     (AdaLoRA's rank reallocation: while the gradients exist) and the gradients cleared."""
 
     def __init__(
@@ -35,7 +35,7 @@ class TrainStep:
         params: list[nn.Parameter],
         *,
         graphed: bool,
-        batch_size: int | None,
+        batch_sizes: Collection[int] | None,
         device: torch.device,
         hook: Callable[[int], None] | None = None,
     ) -> None:
@@ -45,13 +45,15 @@ class TrainStep:
         self._hook = hook
         self.graphs = None
         if graphed:
-            self.graphs = StepGraphs(body, optimizer, params, batch_size=batch_size, device=device)
+            self.graphs = StepGraphs(body, optimizer, params, batch_sizes=batch_sizes,
+                                     device=device)  # fmt: skip
 
-    def __call__(self, batch: Batch, index: int = 0) -> torch.Tensor:
+    def __call__(self, batch: Batch, index: int = 0, *, variant: int = 0) -> torch.Tensor:
         """Step ``index`` (0-based) on ``batch``; the loss on the device, valid until the next
-        step (consume it, e.g. add it to an accumulator, before calling again)."""
+        step (consume it, e.g. add it to an accumulator, before calling again). ``variant``: what
+        else the body reads that a graph fixes (see :meth:`.graphs.StepGraphs.step`)."""
         if self.graphs is not None:  # a graph_safe model's hook runs between the steps
-            loss = self.graphs.step(batch)
+            loss = self.graphs.step(batch, variant)
             if self._hook is not None:
                 self._hook(index)
             return loss
