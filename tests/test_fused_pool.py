@@ -141,6 +141,25 @@ def test_an_empty_pool_starts_once_the_trials_its_phase_sends_have_joined():
     assert [r[-1]["status"] for r in runs] == ["completed", "completed"]
 
 
+def test_the_last_wave_of_a_phase_starts_once_its_trials_have_joined():
+    # a phase of 3 trials in a pool of 2 rows: after the first two train, the third (the last
+    # wave, smaller than the pool) starts as soon as it joins, without waiting out gather_s
+    pool = FusedPool(DATA, slots=2, rank=8, device="cpu", build=build, gather_s=600.0)
+    config = {**BASE, "rank": 4, "alpha": 8, "lr": 3e-3}
+    try:
+        pool.expect(3)
+        first = [pool.join({**config, "seed": s}) for s in (1, 2)]
+        [poll_to_end(pool, t) for t in first]
+        last = pool.join({**config, "seed": 3})
+        deadline = time.monotonic() + 30.0  # far below the 600 s it would otherwise wait
+        while pool.status()["training"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pool.status()["training"] == 1
+        assert poll_to_end(pool, last)[-1]["status"] == "completed"
+    finally:
+        pool.close()
+
+
 def test_a_silent_trial_is_dropped_and_its_row_taken():
     pool = FusedPool(DATA, slots=1, rank=8, device="cpu", build=build, lease_s=0.5)
     try:

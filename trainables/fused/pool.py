@@ -23,8 +23,8 @@ weight decay, clipping). An idle row gets no data and a zero learning rate.
 A trial leaves when it completes, or when its Tune process ends (stopped by the scheduler, or
 failed: ``tune_pooled_trial`` leaves in a ``finally``); one that has not polled for
 :data:`LEASE_S` seconds (its process killed) is dropped at the next step. An empty pool waits up
-to :data:`GATHER_S` seconds for ``slots`` trials (fewer where the study said its phase has fewer:
-:meth:`FusedPool.expect`) before its first step, so that the trials Tune starts together train in
+to :data:`GATHER_S` seconds for ``slots`` trials (fewer where the study said fewer are still to
+come: :meth:`FusedPool.expect`) before its first step, so that the trials Tune starts together train in
 step. A fused evaluation runs the rows that are due, together; a
 trial's final test evaluation runs on its own copy of the model, with the trained row written
 back. Pool trials checkpoint their weights once, at the end: a trial restarted by Tune starts
@@ -100,7 +100,8 @@ class FusedPool:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.lease_s = lease_s
         self.gather_s = gather_s
-        self._gather_n = slots  # an empty pool starts once this many trials wait (``expect``)
+        self._expected: int | None = None  # trials the phase sends (``expect``); None: unknown
+        self._joined = 0  # trials joined since ``expect``
         self._build = build
         self._lock = threading.Condition()
         self._pending: list[PoolTrial] = []
@@ -150,6 +151,7 @@ class FusedPool:
                                signature=signature)  # fmt: skip
             self._members[member.token] = member
             self._pending.append(member)
+            self._joined += 1
             self._lock.notify_all()
         return member.token
 
@@ -176,11 +178,12 @@ class FusedPool:
 
     def expect(self, trials: int) -> None:
         """The study's next phase sends this pool ``trials`` trials: an empty pool starts once
-        that many wait (at most ``slots``) rather than waiting out ``gather_s`` for ``slots``."""
+        ``slots`` wait or every one of them not yet trained has joined, rather than waiting out
+        ``gather_s`` for ``slots`` (a phase, or its last wave, smaller than the pool)."""
         if trials < 1:
             raise ConfigError(f"a phase sends a pool at least one trial, not {trials}")
         with self._lock:
-            self._gather_n = min(self.slots, trials)
+            self._expected, self._joined = trials, len(self._pending)  # waiting: the phase's
             self._lock.notify_all()
 
     def leave(self, token: int) -> None:
@@ -248,15 +251,18 @@ class FusedPool:
 
     def _idle(self) -> bool:
         """Nothing to train, or (under the lock) an empty pool still gathering its first trials:
-        it starts once ``slots`` trials wait (or as many as :meth:`expect` said) or ``gather_s``
-        after the first joined, so that trials Tune starts together train together (one
-        evaluation for all, no ramp)."""
+        it starts once ``slots`` trials wait (or every trial :meth:`expect` said is still to
+        come), or ``gather_s`` after the first joined, so that trials Tune starts together train
+        together (one evaluation for all, no ramp)."""
         if self._training():
             return False
         if not self._pending:
             return True
         gathering = time.monotonic() - self._pending[0].joined < self.gather_s
-        return len(self._pending) < self._gather_n and gathering
+        want = self.slots
+        if self._expected is not None:  # the trials still to join, beside those waiting
+            want = min(want, len(self._pending) + max(0, self._expected - self._joined))
+        return len(self._pending) < want and gathering
 
     def _changes(self) -> tuple[list[PoolTrial], list[PoolTrial]]:
         """(trials to admit, trials leaving), under the lock: silent ones leave (done ones left
