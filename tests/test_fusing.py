@@ -108,17 +108,51 @@ def test_pooling_by_default_needs_a_gpu_and_no_gpu_share_per_trial_and_no_fuse_0
     assert resumed == (None, None)
 
 
-def test_resuming_with_another_fuse_than_the_study_started_with_exits_2(tmp_path, capfd):
+@pytest.mark.parametrize(
+    ("started", "fuse", "line"),
+    [(16, "0", "error: --resume --fuse 0: the study started with --fuse 16 and Tune restores its "
+               "trials as they started: drop --fuse, or give another --fuse K >= 1"),
+     (0, "8", "error: --resume --fuse 8: the study started without a pool (--fuse 0) and Tune "
+              "restores its trials as they started: drop --fuse")],
+)  # fmt: skip
+def test_resuming_pooled_trials_as_processes_or_the_reverse_exits_2(
+    started, fuse, line, tmp_path, capfd
+):
     storage = tmp_path / "results"
-    StudyFiles(str(storage), "placement-smoke").write_json("experiment.json", {"fuse": 16})
+    StudyFiles(str(storage), "placement-smoke").write_json("experiment.json", {"fuse": started})
+    (storage / "placement-smoke" / "tuner.pkl").write_bytes(b"a study started here")
     before = sorted(storage.rglob("*"))
-    args = ["placement", "--preset", "smoke", "--storage", str(storage), "--resume", "--fuse", "0",
+    args = ["placement", "--preset", "smoke", "--storage", str(storage), "--resume", "--fuse", fuse,
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
     assert run_cli(main, args) == 2
-    err = capfd.readouterr().err.strip().splitlines()
-    assert err == ["error: --resume --fuse 0: the study started with --fuse 16 (Tune restores "
-                   "the trials it started): drop --fuse"]  # fmt: skip
+    assert capfd.readouterr().err.strip().splitlines() == [line]
     assert sorted(storage.rglob("*")) == before and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_pooled_study_resumes_with_other_rows_per_group_and_keeps_them(tmp_path):
+    """A pool out of GPU memory: the study resumes with smaller groups (Tune restores pooled
+    trials as pooled ones, whatever the rows), and later resumes keep the new size."""
+    exp = lora_only()
+    space, files = build_space(exp), StudyFiles(str(tmp_path), "e4_budget-smoke")
+    files.write_json("experiment.json", {"fuse": 16, "git_commit": "0123abc"})
+    smaller = fuse_plan(exp, space, 8, num_labels=2)
+    plan, line = pooling(smaller, exp, space, pooling_args(resume=True, fuse=8), files,
+                         cluster_gpus=1)  # fmt: skip
+    assert plan.slots == 8
+    assert line == "pooling: 8 rows per fused group from now on (the study started with 16)"
+    assert json.loads(files.read_text("experiment.json")) == {"fuse": 8, "git_commit": "0123abc"}
+    plan, line = pooling(None, exp, space, pooling_args(resume=True), files, cluster_gpus=1)
+    assert plan.slots == 8 and line == "pooling: 8 rows per fused group, as the study started"
+
+
+def test_pools_gone_out_of_memory_say_to_resume_with_smaller_groups():
+    from tuner.fusing import pools_gone_line
+
+    oom = pools_gone_line("pool 0 (GPU 0): OutOfMemoryError('CUDA out of memory')", 16)
+    assert oom.endswith("the study stopped; --resume --fuse 8 continues it with smaller groups")
+    assert "out of GPU memory at 16 rows per group" in oom
+    lost = pools_gone_line("pool 0 (GPU 0): fused pool 0 is gone", 16)
+    assert lost.endswith("--resume continues it once the GPUs are back")
 
 
 @pytest.mark.parametrize(

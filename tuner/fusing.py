@@ -39,6 +39,7 @@ from search_spaces.row_groups import (
     union_sources,
 )
 from tuner.experiment import Experiment
+from tuner.study import started_fuse
 
 SAMPLED = 200  # configurations read up front (a grid's arms are all of them)
 CLIENT_CPUS = 0.25  # a pooled trial's process: it relays reports and writes one checkpoint
@@ -124,7 +125,13 @@ def pooling(fuse: FusePlan | None, exp: Experiment, space: Any, args: Any, files
     from trainables.data.loading import resolve_task
 
     if getattr(args, "fuse", None) is not None:
-        return fuse, None
+        started = started_fuse(files) if args.resume else None
+        if fuse is None or not started or fuse.slots == started:
+            return fuse, None
+        record = json.loads(files.read_text("experiment.json") or "{}")
+        files.write_json("experiment.json", {**record, "fuse": fuse.slots})  # later resumes too
+        return fuse, (f"pooling: {fuse.slots} rows per fused group from now on (the study "
+                      f"started with {started})")  # fmt: skip
     num_labels = resolve_task(exp.task).num_labels
     if args.resume:
         slots = started_fuse(files)
@@ -137,11 +144,17 @@ def pooling(fuse: FusePlan | None, exp: Experiment, space: Any, args: Any, files
     return default_plan(exp, space, num_labels=num_labels)
 
 
-def started_fuse(files: Any) -> int | None:
-    """The rows per fused group a study started with (0: none), from its ``experiment.json``
-    (a :class:`tuner.study.StudyFiles`); None where the record predates the choice's."""
-    record = json.loads(files.read_text("experiment.json") or "{}")
-    return None if "fuse" not in record else record["fuse"] or 0
+def pools_gone_line(why: str, slots: int) -> str:
+    """The one line a study whose pools are all gone stops with: what to run next."""
+    if "OutOfMemoryError" in why:  # the same groups would fill the GPU again
+        fewer = max(1, slots // 2)
+        return (f"error: every fused pool is gone (out of GPU memory at {slots} rows per "
+                f"group: {why}): the study stopped; --resume --fuse {fewer} continues it with "
+                "smaller groups")  # fmt: skip
+    return (
+        f"error: every fused pool is gone ({why}): the study stopped; --resume continues it "
+        "once the GPUs are back"
+    )
 
 
 def first_methods(exp: Experiment, space: Any, *, num_labels: int) -> list[Any]:

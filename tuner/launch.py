@@ -21,11 +21,11 @@ from trainables.data.loading import DATA_DIR_ENV
 from trainables.train_config import TrainConfig
 from tuner.cli import Interrupted
 from tuner.experiment import Experiment
-from tuner.fusing import plan_fuse, pooling, started_fuse
+from tuner.fusing import plan_fuse, pooling
 from tuner.mlflow_views import describe_study, record_outcome, trials_link, ui_address
 from tuner.provenance import provenance
 from tuner.reconcile import closes_parent, parent_opened, unfinished_trials
-from tuner.study import PARENT_RUN_FILE, Resources, StudyFiles, refuse_an_older_recipe, study_paths
+from tuner.study import PARENT_RUN_FILE, Resources, StudyFiles, check_resume, study_paths
 from tuner.tracking import connect, ensure_experiment
 
 
@@ -121,12 +121,11 @@ class StudyTrials:
 
     def check_pools(self) -> None:
         """After a phase: a study whose pools are all gone stops here, with one line."""
-        from tuner.fusing import gone
+        from tuner.fusing import gone, pools_gone_line
 
         why = None if self.pools is None else gone(self.pools.name)
         if why is not None:
-            raise SystemExit(f"error: every fused pool is gone ({why}): the study stopped; "
-                             "--resume continues it once the GPUs are back")  # fmt: skip
+            raise SystemExit(pools_gone_line(why, self.pools.plan.slots))
 
     def close(self) -> None:
         if self.pools is not None:
@@ -219,12 +218,7 @@ def check_inputs(exp: Experiment, args: argparse.Namespace, files: StudyFiles) -
             f"--resume: nothing to resume at {files.storage}/{files.name} (no study started there)"
         )
     if args.resume:
-        refuse_an_older_recipe(files)
-    started = started_fuse(files) if args.resume else None
-    fuse = getattr(args, "fuse", None)
-    if started is not None and fuse is not None and fuse != started:
-        raise ConfigError(f"--resume --fuse {fuse}: the study started with --fuse {started} "
-                          "(Tune restores the trials it started): drop --fuse")  # fmt: skip
+        check_resume(files, getattr(args, "fuse", None))
     if not args.resume and not overwrite and files.exists("tuner.pkl"):
         # a second Tune run in the same folder mixes its trials with the first one's
         raise ConfigError(

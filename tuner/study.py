@@ -158,3 +158,30 @@ def refuse_an_older_recipe(files: StudyFiles) -> None:
                 f"{ADDED_KNOBS[knob][0]}); the study's other trials would train with it: "
                 f"resume with the commit that started the study ({commit or 'unrecorded'})"
             )
+
+
+def started_fuse(files: Any) -> int | None:
+    """The rows per fused group a study started with (0: none), from its ``experiment.json``
+    (a :class:`tuner.study.StudyFiles`); None where the record predates the choice's."""
+    record = json.loads(files.read_text("experiment.json") or "{}")
+    return None if "fuse" not in record else record["fuse"] or 0
+
+
+def refuse_a_pooling_switch(files: Any, fuse: int | None) -> None:
+    """``--resume --fuse K`` may change a pooled study's rows per group (a pool out of memory
+    resumes with fewer), not pool a study of processes or the reverse: Tune restores each trial
+    with the trainable it started with."""
+    started = started_fuse(files)
+    if started is None or fuse is None or (fuse == 0) == (started == 0):
+        return
+    how = f"with --fuse {started}" if started else "without a pool (--fuse 0)"
+    raise ConfigError(f"--resume --fuse {fuse}: the study started {how} and Tune restores its "
+                      f"trials as they started: drop --fuse"
+                      + (", or give another --fuse K >= 1" if started else ""))  # fmt: skip
+
+
+def check_resume(files: StudyFiles, fuse: int | None) -> None:
+    """What ``--resume`` refuses before anything starts: a study of an older recipe, and a
+    switch between pooled trials and processes (``fuse``: ``--fuse`` as given, or None)."""
+    refuse_an_older_recipe(files)
+    refuse_a_pooling_switch(files, fuse)
