@@ -32,13 +32,28 @@ FIRST_TRIAL_TIMEOUT_S = 600
 
 
 def test_a_study_interrupted_in_its_search_stops_there_and_resumes_to_the_end(tmp_path, data_dir):
+    interrupt_and_resume(tmp_path, data_dir, "e1_single_task", ["--cpus-per-trial", "1"], [])
+
+
+def test_a_pooled_study_interrupted_resumes_with_smaller_groups(tmp_path, data_dir):
+    """As after a pool out of GPU memory: resumed with fewer rows per group, Tune restores the
+    pooled trials as pooled ones and the study finishes, its record keeping the new size."""
+    interrupt_and_resume(tmp_path, data_dir, "e4_budget", ["--fuse", "2"], ["--fuse", "1"])
+    record = json.loads((tmp_path / "results" / "e4_budget-smoke" / "experiment.json").read_text())
+    assert record["fuse"] == 1
+
+
+def interrupt_and_resume(
+    tmp_path: Path, data_dir: Path, name: str, given: list[str], on_resume: list[str]
+) -> None:
+    """``name``'s smoke study with 6 search trials, Ctrl-C after its first finished trial, then
+    ``--resume`` (with ``on_resume``) to the end."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="ri-", dir="/tmp"))  # Ray's socket paths stay short
     storage, db = tmp_path / "results", tmp_path / "mlflow.db"
     env = {**os.environ, "PEFT_TUNE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
            "PEFT_TUNE_CACHE_DIR": str(tmp_path / "tokens"), "RAY_TMPDIR": str(ray_tmp)}  # fmt: skip
-    command = [sys.executable, "-m", "tuner.run", "e1_single_task", "--preset", "smoke",
-               "--num-samples", "6", "--cpus-per-trial", "1", "--storage", str(storage),
-               "--tracking-uri", f"sqlite:///{db}"]  # fmt: skip
+    command = [sys.executable, "-m", "tuner.run", name, "--preset", "smoke", "--num-samples", "6",
+               *given, "--storage", str(storage), "--tracking-uri", f"sqlite:///{db}"]  # fmt: skip
     driver = None
     try:
         driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -59,18 +74,19 @@ def test_a_study_interrupted_in_its_search_stops_there_and_resumes_to_the_end(tm
         err = "".join(lines) + rest
         assert driver.returncode == 130, err[-3000:]
         last = err.strip().splitlines()[-1]
-        assert re.fullmatch(r"interrupted: e1_single_task-smoke left \d+ of 6 trials "
-                            r"unfinished; its state is saved: finish it with `python -m tuner.run "
-                            r"e1_single_task --resume` and the first run's --preset, --set and "
+        assert re.fullmatch(rf"interrupted: {name}-smoke left \d+ of 6 trials "
+                            rf"unfinished; its state is saved: finish it with `python -m tuner.run "
+                            rf"{name} --resume` and the first run's --preset, --set and "
                             r"--storage", last), last  # fmt: skip
-        assert not (storage / "e1_single_task-smoke-seeds").exists()  # no seeds from half a search
-        assert not (storage / "e1_single_task-smoke" / "summary.json").exists()
+        assert not (storage / f"{name}-smoke-seeds").exists()  # no seeds from half a search
+        assert not (storage / f"{name}-smoke" / "summary.json").exists()
         assert "done in" not in err
 
-        resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True,
-                                 text=True, timeout=900, start_new_session=True)  # fmt: skip
+        resumed = subprocess.run([*command, "--resume", *on_resume], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=900,
+                                 start_new_session=True)  # fmt: skip
         assert resumed.returncode == 0, resumed.stderr[-4000:]
-        summary = json.loads((storage / "e1_single_task-smoke" / "summary.json").read_text())
+        summary = json.loads((storage / f"{name}-smoke" / "summary.json").read_text())
         assert sum(summary["status_counts"].values()) == 6  # every search trial, once
         assert summary["seeds"]["trials"]  # then the seeds phase, from the finished search
     finally:
