@@ -146,8 +146,8 @@ def pooling(fuse: FusePlan | None, exp: Experiment, space: Any, args: Any, files
 
 def pools_gone_line(why: str, slots: int) -> str:
     """The one line a study whose pools are all gone stops with: what to run next."""
-    if "OutOfMemoryError" in why:  # the same groups would fill the GPU again
-        fewer = max(1, slots // 2)
+    if "OutOfMemoryError" in why and slots > 1:  # the same groups would fill the GPU again
+        fewer = slots // 2
         return (f"error: every fused pool is gone (out of GPU memory at {slots} rows per "
                 f"group: {why}): the study stopped; --resume --fuse {fewer} continues it with "
                 "smaller groups")  # fmt: skip
