@@ -130,6 +130,10 @@ class StudyFiles:
         with filesystem.open_output_stream(f"{base}/{rel}") as stream:
             stream.write(text.encode())
 
+    def read_json(self, rel: str) -> dict[str, Any]:
+        """The JSON object at ``rel``; empty where there is none."""
+        return json.loads(self.read_text(rel) or "{}")
+
     def write_json(self, rel: str, data: Any) -> None:
         self.write_text(rel, json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -152,7 +156,7 @@ def refuse_an_older_recipe(files: StudyFiles) -> None:
         missing = knobs_missing(recipe)
         if missing:
             knob = next(iter(missing))
-            commit = json.loads(files.read_text("experiment.json") or "{}").get("git_commit")
+            commit = files.read_json("experiment.json").get("git_commit")
             raise ConfigError(
                 f"--resume: {rel.split('/')[0]} trained before {knob} (commit "
                 f"{ADDED_KNOBS[knob][0]}); the study's other trials would train with it: "
@@ -160,14 +164,14 @@ def refuse_an_older_recipe(files: StudyFiles) -> None:
             )
 
 
-def started_fuse(files: Any) -> int | None:
-    """The rows per fused group a study started with (0: none), from its ``experiment.json``
-    (a :class:`tuner.study.StudyFiles`); None where the record predates the choice's."""
-    record = json.loads(files.read_text("experiment.json") or "{}")
+def started_fuse(files: StudyFiles) -> int | None:
+    """The rows per fused group a study started with (0: none), from its ``experiment.json``;
+    None where the record predates the choice's."""
+    record = files.read_json("experiment.json")
     return None if "fuse" not in record else record["fuse"] or 0
 
 
-def refuse_a_pooling_switch(files: Any, fuse: int | None) -> None:
+def refuse_a_pooling_switch(files: StudyFiles, fuse: int | None) -> None:
     """``--resume --fuse K`` may change a pooled study's rows per group (a pool out of memory
     resumes with fewer), not pool a study of processes or the reverse: Tune restores each trial
     with the trainable it started with."""

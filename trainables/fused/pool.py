@@ -24,13 +24,13 @@ A trial leaves when it completes, or when its Tune process ends (stopped by the 
 failed: ``tune_pooled_trial`` leaves in a ``finally``); one that has not polled for
 :data:`LEASE_S` seconds (its process killed) is dropped at the next step. An empty pool waits up
 to :data:`GATHER_S` seconds for ``slots`` trials (fewer where the study said fewer are still to
-come: :meth:`FusedPool.expect`) before its first step, so that the trials Tune starts together train in
-step. A fused evaluation runs the rows that are due, together; a
-trial's final test evaluation runs on its own copy of the model, with the trained row written
-back. Pool trials checkpoint their weights once, at the end: a trial restarted by Tune starts
-over. Each trial plans, tallies and reports with the training core (:mod:`trainables.training`:
-its own :class:`~trainables.training.plan.FitPlan`, ``Progress`` and ``TrialReporter``), the
-fused rows step by :class:`~trainables.fused.step.FusedStep`.
+come: :meth:`FusedPool.expect`) before its first step, so that the trials Tune starts together
+train in step. A fused evaluation runs the rows that are due, together; a trial's final test
+evaluation runs on its own copy of the model, with the trained row written back. Pool trials
+checkpoint their weights once, at the end: a trial restarted by Tune starts over. Each trial
+plans, tallies and reports with the training core (:mod:`trainables.training`: its own
+:class:`~trainables.training.plan.FitPlan`, ``Progress`` and ``TrialReporter``), the fused rows
+step by :class:`~trainables.fused.step.FusedStep`.
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ Body = Callable[[Batch], torch.Tensor]
 
 class TrainStep:
     """Training steps of ``body`` on host batches: replayed from CUDA graphs when ``graphed``
-    (batches of one of ``batch_sizes`` rows; None: of any size), else eager, followed by ``hook(index)``
-    (AdaLoRA's rank reallocation: while the gradients exist) and the gradients cleared."""
+    (batches of one of ``batch_sizes`` rows; None: of any size), else eager, followed by
+    ``hook(index)`` (AdaLoRA's rank reallocation: while the gradients exist) and the gradients
+    cleared."""
 
     def __init__(
         self,
