@@ -23,7 +23,7 @@ from tuner.fusing import default_plan, fuse_plan, pooling
 from tuner.overrides import apply_sets, parse_sets
 from tuner.run import main
 from tuner.space import build_space
-from tuner.study import StudyFiles
+from tuner.study import StudyFiles, record_fuse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,7 +140,9 @@ def test_a_pooled_study_resumes_with_other_rows_per_group_and_keeps_them(tmp_pat
                          cluster_gpus=1)  # fmt: skip
     assert plan.slots == 8
     assert line == "pooling: 8 rows per fused group from now on (the study started with 16)"
-    assert json.loads(files.read_text("experiment.json")) == {"fuse": 8, "git_commit": "0123abc"}
+    assert files.read_json("experiment.json") == {"fuse": 16, "git_commit": "0123abc"}  # planned
+    record_fuse(files, plan.slots)  # the launcher's record, for later resumes
+    assert files.read_json("experiment.json") == {"fuse": 8, "git_commit": "0123abc"}
     plan, line = pooling(None, exp, space, pooling_args(resume=True), files, cluster_gpus=1)
     assert plan.slots == 8 and line == "pooling: 8 rows per fused group, as the study started"
 

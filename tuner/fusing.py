@@ -119,17 +119,15 @@ def plan_fuse(exp: Experiment, space: Any, args: Any) -> FusePlan | None:
 def pooling(fuse: FusePlan | None, exp: Experiment, space: Any, args: Any, files: Any, *,
             cluster_gpus: float) -> tuple[FusePlan | None, str | None]:  # fmt: skip
     """The study's pools and the line that says so: ``--fuse K`` or ``--fuse 0`` as given (a
-    resumed pooled study's new K recorded in its ``experiment.json`` for later resumes); a resumed
-    study's first choice (Tune restores the trainable it started with); else, on a GPU cluster
-    with no ``--gpus-per-trial``, :func:`default_plan`; else none, unsaid (a CPU)."""
+    resumed pooled study's new K: the launcher records it, :func:`tuner.study.record_fuse`); a
+    resumed study's last choice (Tune restores the trainable it started with); else, on a GPU
+    cluster with no ``--gpus-per-trial``, :func:`default_plan`; else none, unsaid (a CPU)."""
     from trainables.data.loading import resolve_task
 
     if getattr(args, "fuse", None) is not None:
         started = started_fuse(files) if args.resume else None
         if fuse is None or not started or fuse.slots == started:
             return fuse, None
-        record = files.read_json("experiment.json")
-        files.write_json("experiment.json", {**record, "fuse": fuse.slots})  # later resumes too
         return fuse, (f"pooling: {fuse.slots} rows per fused group from now on (the study "
                       f"started with {started})")  # fmt: skip
     num_labels = resolve_task(exp.task).num_labels

@@ -25,7 +25,15 @@ from tuner.fusing import plan_fuse, pooling
 from tuner.mlflow_views import describe_study, record_outcome, trials_link, ui_address
 from tuner.provenance import provenance
 from tuner.reconcile import closes_parent, parent_opened, unfinished_trials
-from tuner.study import PARENT_RUN_FILE, Resources, StudyFiles, check_resume, study_paths
+from tuner.study import (
+    PARENT_RUN_FILE,
+    Resources,
+    StudyFiles,
+    check_resume,
+    record_fuse,
+    record_start,
+    study_paths,
+)
 from tuner.tracking import connect, ensure_experiment
 
 
@@ -57,6 +65,8 @@ def launch(exp: Experiment, space: Any, *, preset: str, args: argparse.Namespace
             for name in (paths.name, f"{paths.name}-seeds"):
                 StudyFiles(paths.storage, name).remove()
         record_start(files, exp, preset, resources, paths, fuse=fuse)
+    elif fuse is not None:  # a resumed pooled study's rows, for its later resumes
+        record_fuse(files, fuse.slots)
     data, work = ensure_source_adapters(exp, data, bottlenecks=space.source_bottlenecks,
                                   resources=resources, data_dir=args.data_dir,
                                   tracking_uri=paths.tracking_uri, log=log)  # fmt: skip
@@ -373,21 +383,6 @@ def parent_run(client: Any, experiment_id: str, exp: Experiment, preset: str,
         files.write_text(PARENT_RUN_FILE, run.info.run_id)
     parent_opened(client, run.info.run_id)
     return run.info.run_id
-
-
-def record_start(files: StudyFiles, exp: Experiment, preset: str, resources: Resources,
-                 paths: Any, *, fuse: Any = None) -> None:  # fmt: skip
-    """The resolved experiment, commit, versions, device and pooling, beside the results; the
-    resources are what each trial holds (pooled: a client's CPU and no GPU, the pools a GPU each)."""
-    from tuner.fusing import CLIENT_CPUS
-
-    held = vars(resources) if fuse is None else {"cpus_per_trial": CLIENT_CPUS,
-                                                  "gpus_per_trial": 0.0, "gpus_per_pool": 1.0}  # fmt: skip
-    files.write_json("experiment.json", {
-        "experiment": exp.to_dict(), "preset": preset, "resources": held,
-        "fuse": fuse.slots if fuse is not None else 0,
-        "storage": paths.storage, "tracking_uri": paths.tracking_uri, **provenance(),
-    })  # fmt: skip
 
 
 def log(message: str) -> None:

@@ -171,6 +171,30 @@ def started_fuse(files: StudyFiles) -> int | None:
     return None if "fuse" not in record else record["fuse"] or 0
 
 
+def record_start(files: StudyFiles, exp: Experiment, preset: str, resources: Resources,
+                 paths: Any, *, fuse: Any = None) -> None:  # fmt: skip
+    """The resolved experiment, commit, versions, device and pooling, beside the results; the
+    resources are what each trial holds (pooled: a client's CPU and no GPU, the pools a GPU each)."""
+    from tuner.fusing import CLIENT_CPUS
+    from tuner.provenance import provenance
+
+    held = vars(resources) if fuse is None else {"cpus_per_trial": CLIENT_CPUS,
+                                                  "gpus_per_trial": 0.0, "gpus_per_pool": 1.0}  # fmt: skip
+    files.write_json("experiment.json", {
+        "experiment": exp.to_dict(), "preset": preset, "resources": held,
+        "fuse": fuse.slots if fuse is not None else 0,
+        "storage": paths.storage, "tracking_uri": paths.tracking_uri, **provenance(),
+    })  # fmt: skip
+
+
+def record_fuse(files: StudyFiles, slots: int) -> None:
+    """A resumed pooled study's rows per group, kept for its later resumes (a pool out of memory
+    resumes with fewer: ``--resume --fuse K``)."""
+    record = files.read_json("experiment.json")
+    if record.get("fuse") != slots:
+        files.write_json("experiment.json", {**record, "fuse": slots})
+
+
 def refuse_a_pooling_switch(files: StudyFiles, fuse: int | None) -> None:
     """``--resume --fuse K`` may change a pooled study's rows per group (a pool out of memory
     resumes with fewer), not pool a study of processes or the reverse: Tune restores each trial
