@@ -92,6 +92,7 @@ def test_trials_joining_a_full_pool_at_other_times_train_as_each_alone():
         assert final["step"] == result.steps and final["best_dev_score"] == result.best_dev_score
         assert final["dev_score"] == pytest.approx(result.dev_metrics["score"], abs=1e-9)
         assert final["test_score"] is not None and final["trainable_params"] > 0
+        assert final["cuda_graphs"] == 0 and final["cuda_graph_capture_s"] == 0.0  # a CPU: eager
         weights = load(final[WEIGHTS_KEY])
         for name, value in reference.items():
             torch.testing.assert_close(weights[name], value, atol=2e-5, rtol=1e-4, msg=name)
@@ -212,6 +213,7 @@ def test_on_cuda_rows_replay_from_graphs_and_match_alone():
         assert reports[-1]["best_dev_score"] == pytest.approx(reference.best_dev_score, abs=0.03)
         assert reports[-1]["step"] == reference.steps and reports[-1]["mfu"] is not None
         assert reports[-1]["cuda_graphs"] >= 1  # the fused steps replayed from CUDA graphs
+        assert reports[-1]["cuda_graph_capture_s"] > 0  # and say what capturing them cost
 
 
 # --- under a real local Ray and Ray Tune ---------------------------------------------------------

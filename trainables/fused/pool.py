@@ -373,6 +373,7 @@ class FusedPool:
         report = m.reporter.evaluation(
             ev, tokens_seen=progress.tokens_seen, fused_slots=self.slots,
             cuda_graphs=group.stepper.captured,
+            cuda_graph_capture_s=round(group.stepper.capture_s, 3),  # the group's, so far
         )  # fmt: skip
         if not m.reporter.last(ev):
             return report

@@ -119,6 +119,11 @@ class FusedStep:
         return self._step.captured
 
     @property
+    def capture_s(self) -> float:
+        """Seconds spent capturing graphs so far (every row count's)."""
+        return self._step.capture_s
+
+    @property
     def off_reason(self) -> str | None:
         """Why graphs were turned off; None while on, or eager."""
         return self._step.off_reason

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class StepGraphs:
         self._pool = _graph_pool(torch.device(device)).id
         self.off_reason: str | None = None
         self.replays = 0  # steps that ran from a graph
+        self.capture_s = 0.0  # seconds spent capturing (warm-up steps included)
         for p in params:  # persistent gradients: every graph reads and writes these tensors
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -92,7 +94,9 @@ class StepGraphs:
         graph = None if self.off_reason is not None else self._graphs.get(key)
         full = self._batch_sizes is None or batch.size in self._batch_sizes
         if graph is None and self.off_reason is None and full:
-            graph = self._capture(batch, key)
+            started = time.perf_counter()
+            graph = self._capture(batch, key)  # ends synchronised: the time is the GPU's too
+            self.capture_s += time.perf_counter() - started
         if graph is None:
             return self._eager(batch.to(self._device))
         _copy_into(graph.inputs, batch)

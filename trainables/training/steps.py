@@ -75,6 +75,11 @@ class TrainStep:
         return None if self.graphs is None else self.graphs.off_reason
 
     @property
+    def capture_s(self) -> float:
+        """Seconds spent capturing graphs so far."""
+        return 0.0 if self.graphs is None else self.graphs.capture_s
+
+    @property
     def replays(self) -> int:
         """Steps that ran from a graph."""
         return 0 if self.graphs is None else self.graphs.replays
