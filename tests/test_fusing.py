@@ -148,7 +148,7 @@ def test_a_pooled_study_resumes_with_other_rows_per_group_and_keeps_them(tmp_pat
 
 
 def test_pools_gone_out_of_memory_say_to_resume_with_smaller_groups():
-    from tuner.fusing import pools_gone_line
+    from tuner.pools_gone import pools_gone_line
 
     oom = pools_gone_line("pool 0 (GPU 0): OutOfMemoryError('CUDA out of memory')", 16)
     assert oom.endswith("the study stopped; --resume --fuse 8 continues it with smaller groups")

@@ -117,7 +117,8 @@ def run_study(pools: Pools, tmp_path: Path, name: str, lrs: list[float], *, max_
 
     from tests.test_fused_pool import BASE
     from trainables.relay import tune_placed_trial
-    from tuner.fusing import CLIENT_CPUS, PoolsGone
+    from tuner.pools_gone import PoolsGone
+    from tuner.study import CLIENT_CPUS
 
     # four evaluations: a pool killed at its first report still has trials training
     space = {**BASE, "rank": 8, "alpha": 16, "seed": 0, "evals": 4,
@@ -130,7 +131,7 @@ def run_study(pools: Pools, tmp_path: Path, name: str, lrs: list[float], *, max_
                                     num_samples=num_samples,
                                     time_budget_s=400),  # a hang fails the test, not the suite
         run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0,
-                                  stop=PoolsGone(pools.name, every_s=0.5),
+                                  callbacks=[PoolsGone(pools.name), *run.pop("callbacks", [])],
                                   failure_config=tune.FailureConfig(max_failures=max_failures), **run),
     )  # fmt: skip
     grid = tuner.fit()
@@ -252,13 +253,12 @@ def test_the_study_command_puts_one_pool_on_each_gpu(study_env, two_gpu_ray, tmp
     assert len(children) == 5 and all(c.data.metrics["fused_pool"] in (0, 1) for c in children)
 
 
-def test_a_pickled_stopper_keeps_its_router_name_and_checks_afresh():
+def test_a_pickled_pools_gone_callback_keeps_its_router_name_and_checks_afresh():
     import pickle
 
-    from tuner.fusing import PoolsGone
+    from tuner.pools_gone import PoolsGone
 
-    stopper = PoolsGone("peft-tune-pools/placement-full", every_s=2.0)
-    stopper._gone, stopper._checked = True, 1e9  # what a stopped run held
-    again = pickle.loads(pickle.dumps(stopper))
-    assert (again.name, again.every_s, again._gone, again._checked) == (
-        "peft-tune-pools/placement-full", 2.0, False, float("-inf"))  # fmt: skip
+    callback = PoolsGone("peft-tune-pools/placement-full")
+    callback._ended = True  # what an ended run held
+    again = pickle.loads(pickle.dumps(callback))
+    assert (again.name, again._ended) == ("peft-tune-pools/placement-full", False)

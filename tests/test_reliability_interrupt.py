@@ -43,11 +43,44 @@ def test_a_pooled_study_interrupted_resumes_with_smaller_groups(tmp_path, data_d
     assert record["fuse"] == 1
 
 
+def test_a_pooled_study_whose_pool_dies_stops_and_resumes_every_trial(tmp_path, data_dir):
+    """The pool's process killed mid-search (as a pool out of GPU memory is lost): the study ends
+    with the pools-gone line, its running trials saved as unfinished and its search not over, and
+    ``--resume --fuse 1`` runs the search and the seeds phase to the end. Ended through a Tune
+    stopper, the study saved its running trials as ended and its search as over: the resume ran
+    none of them (an H100 study, 2026-12-05)."""
+    interrupt_and_resume(tmp_path, data_dir, "e4_budget", ["--fuse", "2"], ["--fuse", "1"],
+                         stop=kill_the_pool, exit_code=1,
+                         last=r"error: every fused pool is gone \(.*\): the study stopped; "
+                              r"--resume continues it once the GPUs are back")  # fmt: skip
+
+
+def kill_the_pool(driver: subprocess.Popen, ray_tmp: Path) -> None:
+    """SIGKILL to the study's pool actor (Ray titles its process ``ray::PoolActor...``)."""
+    pools = [p for p in processes_using([ray_tmp])
+             if "PoolActor" in " ".join(p.cmdline())]  # fmt: skip
+    assert len(pools) == 1, [p.cmdline() for p in processes_using([ray_tmp])]
+    pools[0].kill()
+
+
+def interrupt(driver: subprocess.Popen, ray_tmp: Path) -> None:
+    driver.send_signal(signal.SIGINT)  # the driver only, as `kill -INT` or `timeout` do
+
+
 def interrupt_and_resume(
-    tmp_path: Path, data_dir: Path, name: str, given: list[str], on_resume: list[str]
+    tmp_path: Path,
+    data_dir: Path,
+    name: str,
+    given: list[str],
+    on_resume: list[str],
+    *,
+    stop=interrupt,
+    exit_code: int = 130,
+    last: str | None = None,
 ) -> None:
-    """``name``'s smoke study with 6 search trials, Ctrl-C after its first finished trial, then
-    ``--resume`` (with ``on_resume``) to the end."""
+    """``name``'s smoke study with 6 search trials, stopped after its first finished trial
+    (Ctrl-C; or ``stop``, ending with ``exit_code`` and the line ``last``), then ``--resume``
+    (with ``on_resume``) to the end."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="ri-", dir="/tmp"))  # Ray's socket paths stay short
     storage, db = tmp_path / "results", tmp_path / "mlflow.db"
     env = {**os.environ, "PEFT_TUNE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
@@ -68,16 +101,17 @@ def interrupt_and_resume(
             assert time.monotonic() < deadline, "no finished trial in time"
         else:
             pytest.fail("the study ended before it could be interrupted:\n" + "".join(lines))
-        driver.send_signal(signal.SIGINT)  # the driver only, as `kill -INT` or `timeout` do
+        stop(driver, ray_tmp)
         rest = driver.stderr.read()
         driver.wait(timeout=300)
         err = "".join(lines) + rest
-        assert driver.returncode == 130, err[-3000:]
-        last = err.strip().splitlines()[-1]
-        assert re.fullmatch(rf"interrupted: {name}-smoke left \d+ of 6 trials "
-                            rf"unfinished; its state is saved: finish it with `python -m tuner.run "
-                            rf"{name} --resume` and the first run's --preset, --set and "
-                            r"--storage", last), last  # fmt: skip
+        assert driver.returncode == exit_code, err[-3000:]
+        said = err.strip().splitlines()[-1]
+        last = last or (rf"interrupted: {name}-smoke left \d+ of 6 trials "
+                        rf"unfinished; its state is saved: finish it with `python -m tuner.run "
+                        rf"{name} --resume` and the first run's --preset, --set and "
+                        r"--storage")  # fmt: skip
+        assert re.fullmatch(last, said), said
         assert not (storage / f"{name}-smoke-seeds").exists()  # no seeds from half a search
         assert not (storage / f"{name}-smoke" / "summary.json").exists()
         assert "done in" not in err

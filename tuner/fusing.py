@@ -15,18 +15,16 @@ Placement: a :class:`PoolRouter` actor puts each trial on the least loaded pool 
 (:func:`choose_pool`). A pool whose actor dies (its GPU fell off the bus, its node went away) or
 whose training failed is marked gone by the trial that finds it so; that trial fails as a known
 error (:class:`trainables.relay.PoolLost`, retried by Tune per the study's failure config),
-and new trials go to the pools alive. With none alive, :class:`PoolsGone` stops the study.
+and new trials go to the pools alive. With none alive, :class:`tuner.pools_gone.PoolsGone` ends
+the study as Ctrl-C does, its trials to be run again by ``--resume``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from ray.tune.stopper import Stopper
 
 from search_spaces.catalog import FUSABLE_METHODS, POOLED_BY_DEFAULT
 from search_spaces.errors import ConfigError
@@ -41,7 +39,6 @@ from tuner.experiment import Experiment
 from tuner.study import started_fuse
 
 SAMPLED = 200  # configurations read up front (a grid's arms are all of them)
-CLIENT_CPUS = 0.25  # a pooled trial's process: it relays reports and writes one checkpoint
 POOL_CPUS = 1.0  # a pool's process: its training thread feeds the GPU
 POOL_START_S = 600.0  # an autoscaling cluster may take minutes to add the node a pool needs
 
@@ -142,19 +139,6 @@ def pooling(fuse: FusePlan | None, exp: Experiment, space: Any, args: Any, files
     return default_plan(exp, space, num_labels=num_labels)
 
 
-def pools_gone_line(why: str, slots: int) -> str:
-    """The one line a study whose pools are all gone stops with: what to run next."""
-    if "OutOfMemoryError" in why and slots > 1:  # the same groups would fill the GPU again
-        fewer = slots // 2
-        return (f"error: every fused pool is gone (out of GPU memory at {slots} rows per "
-                f"group: {why}): the study stopped; --resume --fuse {fewer} continues it with "
-                "smaller groups")  # fmt: skip
-    return (
-        f"error: every fused pool is gone ({why}): the study stopped; --resume continues it "
-        "once the GPUs are back"
-    )
-
-
 def first_methods(exp: Experiment, space: Any, *, num_labels: int) -> list[Any]:
     """The method configs of the first configurations the search would try (a grid: all)."""
     from trainables.recipe import split_config
@@ -251,7 +235,7 @@ class PoolRouter:
 @dataclass(frozen=True)
 class Pools:
     """A study's fused pools: their actors, the GPU ids Ray gave each (empty on a CPU), and the
-    router that places trials on them (a named actor: :class:`PoolsGone` finds it by name)."""
+    router that places trials on them (a named actor: ``tuner.pools_gone`` finds it by name)."""
 
     plan: FusePlan
     actors: tuple[Any, ...]
@@ -266,7 +250,7 @@ class Pools:
         import ray
 
         share = max(1, -(-trials // len(self.actors)))
-        # a pool gone or stuck: the router sends it nothing, PoolsGone stops the study
+        # a pool gone or stuck: the router sends it nothing, PoolsGone ends the study
         errors = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
         for actor in self.actors:
             with contextlib.suppress(*errors):
@@ -337,50 +321,5 @@ def stop(actors: Sequence[Any]) -> None:
         ray.kill(actor, no_restart=True)
 
 
-class PoolsGone(Stopper):
-    """Stops a study once every pool is gone (checked every ``every_s`` seconds). Holds the
-    router's name, not its handle: Tune pickles the stopper, and a resumed study's router is a
-    new actor under the same name."""
-
-    def __init__(self, name: str, every_s: float = 5.0) -> None:
-        self.name = name
-        self.every_s = every_s
-        self._checked = float("-inf")
-        self._gone = False
-
-    def __getstate__(self) -> dict[str, Any]:  # a resumed study checks afresh, on its own clock
-        return {"name": self.name, "every_s": self.every_s}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        if self._gone or time.monotonic() - self._checked < self.every_s:
-            return self._gone
-        self._checked = time.monotonic()
-        self._gone = gone(self.name) is not None
-        return self._gone
-
-
-def gone(name: str) -> str | None:
-    """Why every pool of the router ``name`` is gone, or ``None`` while one is alive (or no such
-    router runs: nothing to say about pools it does not know)."""
-    import ray
-
-    try:
-        router = ray.get_actor(name)
-    except ValueError:
-        return None
-    try:
-        if ray.get(router.alive.remote(), timeout=60):
-            return None
-        return str(ray.get(router.describe_gone.remote(), timeout=60))
-    except ray.exceptions.RayActorError:
-        return "the router that places trials on them is gone"
-
-
-__all__ = ["CLIENT_CPUS", "FusePlan", "PoolRouter", "Pools", "PoolsGone", "choose_pool",
-           "fuse_plan", "gone", "pool_count", "start", "stop"]  # fmt: skip
+__all__ = ["FusePlan", "PoolRouter", "Pools", "choose_pool", "fuse_plan",
+           "pool_count", "start", "stop"]  # fmt: skip

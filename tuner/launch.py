@@ -26,6 +26,7 @@ from tuner.mlflow_views import describe_study, record_outcome, trials_link, ui_a
 from tuner.provenance import provenance
 from tuner.reconcile import closes_parent, parent_opened, unfinished_trials
 from tuner.study import (
+    CLIENT_CPUS,
     PARENT_RUN_FILE,
     Resources,
     StudyFiles,
@@ -124,14 +125,14 @@ class StudyTrials:
     concurrent: int
     pools: Any = None  # tuner.fusing.Pools
 
-    def stopper(self) -> Any:
-        from tuner.fusing import PoolsGone
+    def callbacks(self) -> list[Any]:
+        from tuner.pools_gone import PoolsGone
 
-        return None if self.pools is None else PoolsGone(self.pools.name)
+        return [] if self.pools is None else [PoolsGone(self.pools.name)]
 
     def check_pools(self) -> None:
         """After a phase: a study whose pools are all gone stops here, with one line."""
-        from tuner.fusing import gone, pools_gone_line
+        from tuner.pools_gone import gone, pools_gone_line
 
         why = None if self.pools is None else gone(self.pools.name)
         if why is not None:
@@ -160,7 +161,7 @@ def study_trials(data: Any, resources: Resources, fuse: Any, *, cluster_gpus: fl
         )
         return StudyTrials(trainable, resources.concurrent_trials(ray.cluster_resources()))
     from trainables.relay import tune_placed_trial
-    from tuner.fusing import CLIENT_CPUS, start
+    from tuner.fusing import start
 
     pools = start(fuse, data, cluster_gpus=cluster_gpus, name=f"peft-tune-pools/{name}")
     log(pools.describe())
@@ -270,8 +271,8 @@ def run_phase(phase: Phase, trials: StudyTrials, paths: Any, logger: Any, exp: E
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=phase.name, storage_path=paths.storage, verbose=0, stop=trials.stopper(),
-                callbacks=[logger, ConsoleProgress(total=phase.num_samples)],
+                name=phase.name, storage_path=paths.storage, verbose=0,
+                callbacks=[logger, ConsoleProgress(total=phase.num_samples), *trials.callbacks()],
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),

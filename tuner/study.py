@@ -15,6 +15,7 @@ from search_spaces.errors import ConfigError
 from tuner.experiment import Experiment
 
 DEFAULT_GPUS_PER_TRIAL = 0.125
+CLIENT_CPUS = 0.25  # a pooled trial's process: it relays reports and writes one checkpoint
 PARENT_RUN_FILE = "mlflow_parent_run.txt"  # the study's MLflow parent run id, in its folder
 DEFAULT_RESULTS = Path(os.environ.get("PEFT_TUNE_RESULTS", Path.home() / "peft-tune-results"))
 
@@ -175,7 +176,6 @@ def record_start(files: StudyFiles, exp: Experiment, preset: str, resources: Res
                  paths: Any, *, fuse: Any = None) -> None:  # fmt: skip
     """The resolved experiment, commit, versions, device and pooling, beside the results; the
     resources are what each trial holds (pooled: a client's CPU and no GPU, the pools a GPU each)."""
-    from tuner.fusing import CLIENT_CPUS
     from tuner.provenance import provenance
 
     held = vars(resources) if fuse is None else {"cpus_per_trial": CLIENT_CPUS,
