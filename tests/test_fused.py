@@ -175,6 +175,28 @@ def test_padding_rows_and_columns_stay_zero():
     assert sum(int(v.count_nonzero()) for v in views) <= models[0].trainable_params()
 
 
+def test_a_fused_step_leaves_nothing_of_its_autograd_graph_alive():
+    """What a step keeps past its end stays for the run; under graph capture, per graph (each
+    row count and batch width its own), in the graph pool. FusedLoRA's forward left each
+    linear's factors (views of [K, P], with their autograd graph) on the module until the next."""
+    import gc
+
+    from trainables.fused.train import prepare_fused
+
+    def nonleaf() -> set[int]:
+        gc.collect()
+        return {id(o) for o in gc.get_objects()
+                if isinstance(o, torch.Tensor) and o.grad_fn is not None}  # fmt: skip
+
+    fused = no_dropout(FusedLoRA([member(2, 4, seed=1), member(8, 16, seed=2)]))
+    _, stepper = prepare_fused(fused, len(TRAIN), [BASE, BASE], task_kind="classification",
+                               metric="accuracy", device="cpu")  # fmt: skip
+    batch, _ = next(iter(fused_batches(TRAIN, [BASE, BASE], epoch=0, pack=stepper.pack)))
+    before = nonleaf()
+    stepper(batch)
+    assert nonleaf() <= before
+
+
 def test_row_adamw_is_adamw_per_row_with_its_heads_own_group():
     torch.manual_seed(0)
     rows = torch.randn(3, 10)

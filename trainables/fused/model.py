@@ -136,16 +136,21 @@ class FusedLoRA(nn.Module):
         views = [c.view(k, *s.shape) for c, s in zip(chunks, self._slots, strict=True)]
         for i, module in enumerate(self._lora):
             module.factors = (views[2 * i], views[2 * i + 1])
-        if slots is None:
-            out = self.bert(input_ids=input_ids, attention_mask=encoder_mask(attention_mask),
-                            token_type_ids=token_type_ids)  # fmt: skip
-            pooled = masked_mean(out.last_hidden_state, attention_mask).float()
-        else:
-            out = self.bert(input_ids=input_ids, attention_mask=packed.block_mask(attention_mask),
-                            token_type_ids=token_type_ids,
-                            position_ids=packed.positions(attention_mask))  # fmt: skip
-            pooled = packed.segment_mean(out.last_hidden_state, attention_mask,
-                                         trials=k, slots=slots)  # fmt: skip
+        try:
+            if slots is None:
+                out = self.bert(input_ids=input_ids, attention_mask=encoder_mask(attention_mask),
+                                token_type_ids=token_type_ids)  # fmt: skip
+                pooled = masked_mean(out.last_hidden_state, attention_mask).float()
+            else:
+                out = self.bert(input_ids=input_ids,
+                                attention_mask=packed.block_mask(attention_mask),
+                                token_type_ids=token_type_ids,
+                                position_ids=packed.positions(attention_mask))  # fmt: skip
+                pooled = packed.segment_mean(out.last_hidden_state, attention_mask,
+                                             trials=k, slots=slots)  # fmt: skip
+        finally:  # held past the forward, the factors kept [K, P] and its autograd graph alive:
+            for module in self._lora:  # under graph capture, one more copy per graph
+                module.factors = None
         pooled = self.dropout(pooled).view(k, -1, pooled.shape[-1])
         return torch.baddbmm(views[-1], pooled, views[-2])
 
