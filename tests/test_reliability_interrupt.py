@@ -6,7 +6,8 @@ running. Before this was caught, ``tuner.run`` went on as if the search had ende
 seeds phase's configurations from the unfinished search, counted the unfinished trials as
 "stopped" and printed "done". Now it exits 130 with one line naming the unfinished trials and
 the resume command, starts no seeds phase and writes no summary; ``--resume`` runs the search to
-its end, then the seeds phase.
+its end, then the seeds phase. A pooled study whose pool is lost ends the same way (exit 1 and
+the pools-gone line) and resumes the same way.
 """
 
 from __future__ import annotations
