@@ -13,6 +13,7 @@ from typing import Any
 
 from search_spaces.errors import ConfigError
 from tuner.experiment import Experiment
+from tuner.provenance import provenance
 
 DEFAULT_GPUS_PER_TRIAL = 0.125
 CLIENT_CPUS = 0.25  # a pooled trial's process: it relays reports and writes one checkpoint
@@ -176,8 +177,6 @@ def record_start(files: StudyFiles, exp: Experiment, preset: str, resources: Res
                  paths: Any, *, fuse: Any = None) -> None:  # fmt: skip
     """The resolved experiment, commit, versions, device and pooling, beside the results; the
     resources are what each trial holds (pooled: a client's CPU and no GPU, the pools a GPU each)."""
-    from tuner.provenance import provenance
-
     held = vars(resources) if fuse is None else {"cpus_per_trial": CLIENT_CPUS,
                                                   "gpus_per_trial": 0.0, "gpus_per_pool": 1.0}  # fmt: skip
     files.write_json("experiment.json", {
