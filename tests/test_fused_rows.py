@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
@@ -177,6 +178,29 @@ def test_rows_attend_without_sdpa_which_vmap_cannot_batch(monkeypatch):
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", refuse)
     torch.testing.assert_close(fused(ids, mask), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["fusion-dynamic", "lora_fusion"])
+def test_fusion_rows_make_no_weight_per_token(case, sources):
+    # vmap broadcast a row's fusion key/value weight over AdapterFusion's [B, T, adapters, H]
+    # inputs, a [K, B, T, H, H] copy (10 GiB at 16 rows of MiniLM; H200: slower than one trial)
+    methods = configs_of(case)
+    fused = FusedRows([member(m, seed=i, sources=sources) for i, m in enumerate(methods)],
+                      template=member(group_template(methods), seed=0, sources=sources))  # fmt: skip
+    k, b, t, h = 3, 4, 8, fused.net.encoder.config.hidden_size
+    largest = []
+
+    class Largest(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            largest.extend(o.numel() for o in torch.utils._pytree.tree_leaves(out)
+                           if isinstance(o, torch.Tensor))  # fmt: skip
+            return out
+
+    with Largest():
+        ids, mask = torch.randint(5, 100, (k * b, t)), torch.ones(k * b, t, dtype=torch.long)
+        fused(ids, mask).sum().backward()
+    assert max(largest) < k * b * t * h * h
 
 
 def test_what_cannot_be_rows_is_refused(sources):

@@ -76,6 +76,7 @@ class FusedRows(nn.Module):
                        for n, p in trained]  # fmt: skip
         _unit_lora_scales(self.net)
         _eager_attention(self.net)
+        _flat_row_linears(self.net)
         self._fusion = fusion_name(self.net)
         self._masks = mask_fusion(self.net, self._fusion)  # a row fuses its own sources only
         for p in self.net.parameters():
@@ -309,6 +310,24 @@ def _pulled_slots(template: nn.Module, names: list[str]) -> list[int]:
         return []
     return [i for i, n in enumerate(names)
             if ".adapter_fusion_layer." in n and n.endswith(".value.weight")]  # fmt: skip
+
+
+class _RowLinear(nn.Linear):
+    """A linear whose weight is a row (trainable): its input flattened to 2-d around the call.
+    Under vmap, a batched weight times an input of more than 3 dims broadcasts the weight over
+    the input's leading dims, a [K, B, T, out, in] copy (AdapterFusion's key and value read
+    [B, T, adapters, H]: 10 GiB at 16 rows of MiniLM, and each token's own weight gradient);
+    on a 2-d input it is one batched matmul per row. The same function either way."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+
+
+def _flat_row_linears(net: nn.Module) -> None:
+    """Make ``net``'s linears whose weights are rows :class:`_RowLinear` (the weights stay)."""
+    for module in net.modules():
+        if type(module) is nn.Linear and module.weight.requires_grad:
+            module.__class__ = _RowLinear
 
 
 def _eager_attention(net: nn.Module) -> None:
