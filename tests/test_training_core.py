@@ -4,15 +4,18 @@ continues a resumed epoch where it stopped."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
+from tests.test_loop import DEV
 from trainables.backbones import load_backbone
 from trainables.methods import build_model
 from trainables.metrics import Metric, get_metric
 from trainables.train_config import TrainConfig
+from trainables.training import report
 from trainables.training.plan import FitPlan, improves
 from trainables.training.progress import Progress, scheduled
 from trainables.training.report import TrialReporter
@@ -76,3 +79,28 @@ def test_the_schedule_continues_a_resumed_epoch_and_stops_at_the_last_step():
         seen.append((epoch, index))
         progress.advance(1, 1, 1)
     assert seen == [(0, 2), (1, 0), (1, 1), (1, 2)] and progress.step == at.total_steps == 6
+
+
+def test_latency_is_measured_once_per_architecture(monkeypatch):
+    # a trial's weights do not change its time: a fused pool's finishing trials (every other
+    # trial waiting) measure an architecture's latency once, not 55 passes each (twice for LoRA)
+    monkeypatch.setattr(report, "_LATENCIES", {})
+    measured = []
+
+    def measure(model, data, *, device):  # type: ignore[no-untyped-def]
+        measured.append(model.config.rank)
+        return float(len(measured))
+
+    monkeypatch.setattr(report, "measure_latency", measure)
+    backbone = load_backbone("tiny-bert")
+
+    def lora(rank: int, seed: int):  # type: ignore[no-untyped-def]
+        torch.manual_seed(seed)
+        return build_model(MethodConfig(method="lora", rank=rank, num_labels=2), backbone)
+
+    first = report.latencies(lora(2, seed=0), DEV, "cpu")
+    assert first == {"latency_ms": 1.0, "latency_merged_ms": 2.0}  # unmerged, then merged
+    assert report.latencies(lora(2, seed=1), DEV, "cpu") == first  # other weights: measured
+    assert report.latencies(lora(4, seed=0), DEV, "cpu")["latency_ms"] == 3.0  # another rank
+    assert report.latencies(lora(2, seed=0), DEV.select(np.arange(3)), "cpu")["latency_ms"] == 5.0
+    assert measured == [2, 2, 4, 4, 2, 2]

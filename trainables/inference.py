@@ -28,6 +28,7 @@ TASK_KINDS = ("classification", "regression")
 # cuDNN attention (first choice for bf16 on Hopper) builds a plan for every new shape, and dynamic
 # padding makes up to max_length / 8 widths: measured 2.7x slower over a 150-step run on an H100.
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+LATENCY_PASSES = 50  # timed forward passes of one example each: latency is their median
 LATENCY_WARMUP = 5  # untimed calls first: allocator growth, kernel selection, compilation
 
 
@@ -92,7 +93,7 @@ def measure_latency(
     data: Encoded,
     *,
     batch_size: int = 1,
-    n: int = 50,
+    n: int = LATENCY_PASSES,
     device: torch.device | str | None = None,
     precision: str = "auto",
 ) -> float:
