@@ -20,7 +20,9 @@ transformers' eager attention (matmuls and a softmax, which vmap batches over th
 has no vmap batching rule for ``scaled_dot_product_attention``, whose fallback runs the rows one
 by one, and on CUDA its memory-efficient kernel's backward fails under vmap (H200, 2026-12-04:
 "LSE is not correctly aligned"). A trial alone keeps SDPA: the same function, up to float
-rounding.
+rounding. Linears whose weights are rows flatten their input to 2-d (:class:`_RowLinear`): vmap
+broadcasts a batched weight over the leading dims of a wider input, a weight per token for
+AdapterFusion's key and value.
 """
 
 from __future__ import annotations
