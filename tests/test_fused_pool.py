@@ -121,6 +121,39 @@ def test_rows_over_every_linear_train_trials_of_any_placement_as_each_alone():
         assert reports[-1]["best_dev_score"] == result.best_dev_score
 
 
+def test_trials_finishing_together_score_their_final_splits_in_one_fused_pass(monkeypatch):
+    # a finishing trial's test split once ran alone in the pool's one thread (on an H100 about
+    # 1.4 s a trial while every other trial waited); now through the fused model, as dev
+    from trainables.fused import step
+    from trainables.training import report
+
+    data = PreparedData(task="synthetic", task_kind="classification", metric="accuracy",
+                        num_labels=2, train=TRAIN, dev=DEV, test=DEV, extra_tests={"shift": DEV})  # fmt: skip
+    passes = []
+    fused = step.evaluate_fused
+
+    def counted(model, split, **kwargs):  # type: ignore[no-untyped-def]
+        passes.append(len(kwargs["rows"]))
+        return fused(model, split, **kwargs)
+
+    def alone(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a pooled trial's final splits ran on its own model")
+
+    monkeypatch.setattr(step, "evaluate_fused", counted)
+    monkeypatch.setattr(report, "evaluate", alone)
+    configs = [{**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1},
+               {**BASE, "rank": 2, "alpha": 4, "lr": 1e-3, "seed": 2}]  # fmt: skip
+    pool = FusedPool(data, slots=2, rank=4, device="cpu", build=build)
+    try:
+        finals = [poll_to_end(pool, t)[-1] for t in [pool.join(c) for c in configs]]
+    finally:
+        pool.close()
+    assert passes == [2, 2]  # the test split, then the extra set: each once, for both rows
+    for final in finals:  # test and the extra set are dev's examples here: dev's fused scores
+        assert final["test_score"] == final["shift_shift_score"] == final["dev_score"]
+        assert final["status"] == "completed" and final["latency_ms"] > 0
+
+
 def test_an_empty_pool_starts_once_the_trials_its_phase_sends_have_joined():
     # a phase smaller than the pool's slots (the seeds phase): without `expect` the pool waits out
     # its gathering time for a full group; told the phase's size, it starts when those have joined

@@ -25,8 +25,9 @@ failed: ``tune_pooled_trial`` leaves in a ``finally``); one that has not polled 
 :data:`LEASE_S` seconds (its process killed) is dropped at the next step. An empty pool waits up
 to :data:`GATHER_S` seconds for ``slots`` trials (fewer where the study said fewer are still to
 come: :meth:`FusedPool.expect`) before its first step, so that the trials Tune starts together
-train in step. A fused evaluation runs the rows that are due, together; a trial's final test
-evaluation runs on its own copy of the model, with the trained row written back. Pool trials
+train in step. A fused evaluation runs the rows that are due, together, and so do the test split
+and extra sets of those at their last (as dev, up to float rounding from the trial alone); the
+rest of a trial's final metrics (latency) runs on its own model, its row written back. Pool trials
 checkpoint their weights once, at the end: a trial restarted by Tune starts over. Each trial
 plans, tallies and reports with the training core (:mod:`trainables.training`: its own
 :class:`~trainables.training.plan.FitPlan`, ``Progress`` and ``TrialReporter``), the fused rows
@@ -48,7 +49,7 @@ from search_spaces.row_groups import row_signature
 from trainables.fused.batches import pinned, step_batch
 from trainables.fused.pool_group import PoolGroup, RowLimits, build_group, check_fits
 from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights, start_head
-from trainables.fused.step import evaluate_fused
+from trainables.fused.step import evaluate_fused, final_scores
 from trainables.fused.train import check_configs
 from trainables.inference import SDPA_BACKENDS
 from trainables.model import PeftClassifier
@@ -58,7 +59,7 @@ from trainables.relay import WEIGHTS_KEY
 from trainables.train_config import TrainConfig
 from trainables.training.plan import FitPlan
 from trainables.training.progress import TrainClock
-from trainables.training.report import TrialReporter
+from trainables.training.report import Scores, TrialReporter
 
 # What a pool's trials share: the fused step's shapes and precision (each has its own schedule)
 POOL_SHARED_FIELDS = ("batch_size", "eval_batch_size", "max_length", "precision", "compile",
@@ -343,11 +344,15 @@ class FusedPool:
             batch_size=train.eval_batch_size, device=self.device, precision=train.precision,
             rows=[m.row for m in due],
         )  # fmt: skip
+        last = [m for m in due if m.progress.evaluation + 1 == m.train.evals]  # all at once
+        finals = final_scores(group.model, self.data, [m.row for m in last], train, self.device)
+        scores = {m.token: s for m, s in zip(last, finals, strict=True)}
         losses = group.loss_sums.tolist()
         for member, (dev_loss, metrics) in zip(due, results, strict=True):
             train_loss = losses[member.row] / max(1, member.loss_steps)
             group.loss_sums[member.row] = 0.0
-            report = self._report(group, member, train_loss, dev_loss, metrics)
+            report = self._report(group, member, train_loss, dev_loss, metrics,
+                                  scores.get(member.token))  # fmt: skip
             with self._lock:
                 if member.done:
                     group.rows[member.row] = None  # free for the next trial
@@ -361,6 +366,7 @@ class FusedPool:
         train_loss: float,
         dev_loss: float,
         metrics: dict[str, float],
+        scores: Scores | None,
     ) -> dict[str, Any]:
         """The evaluation's report, as :func:`trainables.recipe.run_trial` reports one; at the
         trial's last, with its final metrics and trained weights (its row written back)."""
@@ -379,7 +385,7 @@ class FusedPool:
             return report
         group.model.store_row(m.row, m.model)
         m.model.to(self.device)
-        m.reporter.finish(report, self.data)
+        m.reporter.finish(report, self.data, scores)
         m.model.to("cpu")
         report[WEIGHTS_KEY] = method_weights(m.model)
         m.done = True

@@ -17,9 +17,11 @@ from trainables.fused.optim import RowAdamW, clip_rows_
 from trainables.fused.rows import FusedRows
 from trainables.inference import autocast, predict, score
 from trainables.model import MASK_3D
+from trainables.prepared import PreparedData
 from trainables.train_config import TrainConfig
 from trainables.training.batching import Batch
 from trainables.training.plan import FitPlan, graphable
+from trainables.training.report import Scores, final_splits
 from trainables.training.steps import TrainStep
 
 
@@ -196,6 +198,26 @@ def evaluate_fused(
     return [score(logits[:, k], data, task_kind=task_kind, metric=metric) for k in range(every.k)]
 
 
+def final_scores(
+    model: FusedLoRA | FusedRows,
+    data: PreparedData,
+    rows: list[int],
+    train: TrainConfig,
+    device: torch.device | str | None = None,
+) -> list[Scores]:
+    """Each of ``rows``' metrics on the splits its trial's final metrics score (the test split
+    and the extra sets, :func:`~trainables.training.report.final_splits`), by split name, at
+    ``train``'s evaluation batch size and precision; every batch runs once for all the rows, as
+    :func:`evaluate_fused` runs dev."""
+    if not rows:
+        return []
+    scored = {name: evaluate_fused(model, split, task_kind=data.task_kind, metric=data.metric,
+                                   batch_size=train.eval_batch_size, device=device,
+                                   precision=train.precision, rows=rows)
+              for name, split in final_splits(data).items()}  # fmt: skip
+    return [{name: results[i][1] for name, results in scored.items()} for i in range(len(rows))]
+
+
 class _EveryTrial(nn.Module):
     """``model`` on one batch for all its trials (or ``rows``): ``[B, T]`` in,
     ``[B, K, num_labels]`` out."""
@@ -214,4 +236,11 @@ class _EveryTrial(nn.Module):
         return logits.transpose(0, 1)
 
 
-__all__ = ["FusedStep", "evaluate_fused", "fused_losses", "row_buckets", "rows_to_compute"]
+__all__ = [
+    "FusedStep",
+    "evaluate_fused",
+    "final_scores",
+    "fused_losses",
+    "row_buckets",
+    "rows_to_compute",
+]

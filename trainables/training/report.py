@@ -24,6 +24,8 @@ from trainables.train_config import TrainConfig
 from trainables.training.plan import improves
 from trainables.training.progress import EvalReport, FitResult
 
+Scores = dict[str, dict[str, float]]  # split name -> its metrics ("score" the primary one)
+
 
 def param_counts(model: Any) -> dict[str, int]:
     """The trial's parameter counts, which every report carries."""
@@ -79,11 +81,13 @@ class TrialReporter:
         """Whether ``ev`` is the trial's last evaluation."""
         return ev.evaluation == self.config.evals
 
-    def finish(self, metrics: dict[str, Any], data: PreparedData) -> dict[str, Any]:
-        """``metrics`` of the last evaluation completed: :func:`final_metrics`, the seconds they
-        took (``final_s``), status ``completed``."""
+    def finish(
+        self, metrics: dict[str, Any], data: PreparedData, scores: Scores | None = None
+    ) -> dict[str, Any]:
+        """``metrics`` of the last evaluation completed: :func:`final_metrics` (``scores``: see
+        there), the seconds they took (``final_s``), status ``completed``."""
         started = time.perf_counter()
-        metrics.update(final_metrics(self.model, data, self.config, self.device))
+        metrics.update(final_metrics(self.model, data, self.config, self.device, scores=scores))
         metrics["final_s"] = time.perf_counter() - started  # test split, latency
         metrics["status"] = "completed"
         return metrics
@@ -106,20 +110,28 @@ def result_report(
 
 
 def final_metrics(
-    model: Any, data: PreparedData, config: TrainConfig, device: str
+    model: Any,
+    data: PreparedData,
+    config: TrainConfig,
+    device: str,
+    *,
+    scores: Scores | None = None,
 ) -> dict[str, float]:
     """Test-split scores (the reported split), extra evaluation sets and inference latency;
     ``trained_at``, the wall clock (``time.time()``) as training and its last dev evaluation
-    ended, dates the trial: its training began at ``trained_at - wall_s`` (tuner.bench)."""
+    ended, dates the trial: its training began at ``trained_at - wall_s`` (tuner.bench).
+    ``scores``: the metrics of the splits (``"test"``, each extra set's name) the caller has
+    scored already (a fused pool scores its finishing rows at once, as their dev evaluations)."""
     kwargs = {"task_kind": data.task_kind, "metric": data.metric,
               "batch_size": config.eval_batch_size, "device": device}  # fmt: skip
     out: dict[str, float] = {"trained_at": time.time()}
-    test_loss, test = evaluate(model, data.test, **kwargs)
-    out["test_score"] = test["score"]
-    out.update({f"test_{k}": v for k, v in test.items() if k != "score"})
-    for name, split in data.extra_tests.items():
-        _, scores = evaluate(model, split, **kwargs)
-        out[f"shift_{name}_score"] = scores["score"]
+    done = scores or {}
+    got = {name: done[name] if name in done else evaluate(model, split, **kwargs)[1]
+           for name, split in final_splits(data).items()}  # fmt: skip
+    out["test_score"] = got["test"]["score"]
+    out.update({f"test_{k}": v for k, v in got["test"].items() if k != "score"})
+    for name in data.extra_tests:
+        out[f"shift_{name}_score"] = got[name]["score"]
     out.update(data.baselines())  # did it learn? the majority class's score beside the trial's
     out.update(model.method_metrics())  # AdaLoRA's final ranks, fusion entropy, grown ranks
     out.update(model.memory_metrics())  # base_mib, adapter_mib: the QLoRA memory table (#24)
@@ -127,6 +139,11 @@ def final_metrics(
     if torch.cuda.is_available() and device.startswith("cuda"):
         out["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def final_splits(data: PreparedData) -> dict[str, Encoded]:
+    """The splits a trial's final metrics score, by name: ``"test"``, then the extra sets."""
+    return {"test": data.test, **data.extra_tests}
 
 
 # what :func:`latencies` measured in this process, by architecture, device and examples
@@ -153,4 +170,12 @@ def latencies(model: Any, data: Encoded, device: str) -> dict[str, float]:
     return dict(_LATENCIES[key])
 
 
-__all__ = ["TrialReporter", "final_metrics", "latencies", "param_counts", "result_report"]
+__all__ = [
+    "Scores",
+    "TrialReporter",
+    "final_metrics",
+    "final_splits",
+    "latencies",
+    "param_counts",
+    "result_report",
+]
