@@ -122,8 +122,9 @@ def test_rows_over_every_linear_train_trials_of_any_placement_as_each_alone():
 
 
 def test_trials_finishing_together_score_their_final_splits_in_one_fused_pass(monkeypatch):
-    # a finishing trial's test split once ran alone in the pool's one thread (on an H100 about
-    # 1.4 s a trial while every other trial waited); now through the fused model, as dev
+    # a finishing trial's test split once ran on its own model in the pool's one thread (on an
+    # H100 about 1.4 s a trial beside its latency, every other trial waiting); now through the
+    # fused model, once for all the rows at their last evaluation, as dev
     from trainables.fused import step
     from trainables.training import report
 
