@@ -100,7 +100,7 @@ def test_latency_is_measured_once_per_architecture(monkeypatch):
 
     first = report.latencies(lora(2, seed=0), DEV, "cpu")
     assert first == {"latency_ms": 1.0, "latency_merged_ms": 2.0}  # unmerged, then merged
-    assert report.latencies(lora(2, seed=1), DEV, "cpu") == first  # not again
+    assert report.latencies(lora(2, seed=1), DEV, "cpu") == first  # other weights: not measured
     assert report.latencies(lora(4, seed=0), DEV, "cpu")["latency_ms"] == 3.0  # another rank
     assert report.latencies(lora(2, seed=0), DEV.select(np.arange(3)), "cpu")["latency_ms"] == 5.0
     assert measured == [2, 2, 4, 4, 2, 2]
