@@ -88,7 +88,7 @@ class TrialReporter:
         there), the seconds they took (``final_s``), status ``completed``."""
         started = time.perf_counter()
         metrics.update(final_metrics(self.model, data, self.config, self.device, scores=scores))
-        metrics["final_s"] = time.perf_counter() - started  # test split, latency
+        metrics["final_s"] = time.perf_counter() - started  # test split (if not scored), latency
         metrics["status"] = "completed"
         return metrics
 
