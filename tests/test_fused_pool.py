@@ -155,6 +155,33 @@ def test_trials_finishing_together_score_their_final_splits_in_one_fused_pass(mo
         assert final["status"] == "completed" and final["latency_ms"] > 0
 
 
+def test_a_poll_during_a_trials_last_evaluation_keeps_the_trial_and_its_report(monkeypatch):
+    """A poll that lands while the pool makes a trial's last report (forced here: right after the
+    reports are made, before they are handed over) returns without it and keeps the trial, whose
+    next poll gets it. Marked done before its report was queued, the trial was dropped by such a
+    poll and its next poll failed (seen in a CPU run of these tests)."""
+    import trainables.fused.pool as pool_module
+
+    made = pool_module.evaluate_due
+    pool = FusedPool(DATA, slots=1, rank=8, device="cpu", build=build)
+    got: list[dict] = []
+
+    def racing(group, due, *args, **kwargs):
+        out = made(group, due, *args, **kwargs)
+        for member, _ in out:
+            got.extend(pool.poll(member.token, wait_s=0.0))
+        return out
+
+    monkeypatch.setattr(pool_module, "evaluate_due", racing)
+    try:
+        token = pool.join({**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1})
+        while not got or got[-1]["status"] != "completed":
+            got.extend(pool.poll(token, wait_s=5.0))
+    finally:
+        pool.close()
+    assert [r["evaluation"] for r in got] == [1, 2] and got[-1][WEIGHTS_KEY]
+
+
 def test_an_empty_pool_starts_once_the_trials_its_phase_sends_have_joined():
     # a phase smaller than the pool's slots (the seeds phase): without `expect` the pool waits out
     # its gathering time for a full group; told the phase's size, it starts when those have joined

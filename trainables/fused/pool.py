@@ -47,9 +47,9 @@ from torch.nn.attention import sdpa_kernel
 from search_spaces.errors import ConfigError
 from search_spaces.row_groups import row_signature
 from trainables.fused.batches import pinned, step_batch
+from trainables.fused.pool_eval import evaluate_due
 from trainables.fused.pool_group import PoolGroup, RowLimits, build_group, check_fits
-from trainables.fused.pool_trial import Build, PoolTrial, build_member, method_weights, start_head
-from trainables.fused.step import evaluate_fused, final_scores
+from trainables.fused.pool_trial import Build, PoolTrial, build_member, start_head
 from trainables.fused.train import check_configs
 from trainables.inference import SDPA_BACKENDS
 from trainables.model import PeftClassifier
@@ -59,7 +59,7 @@ from trainables.relay import WEIGHTS_KEY
 from trainables.train_config import TrainConfig
 from trainables.training.plan import FitPlan
 from trainables.training.progress import TrainClock
-from trainables.training.report import Scores, TrialReporter
+from trainables.training.report import TrialReporter
 
 # What a pool's trials share: the fused step's shapes and precision (each has its own schedule)
 POOL_SHARED_FIELDS = ("batch_size", "eval_batch_size", "max_length", "precision", "compile",
@@ -338,58 +338,14 @@ class FusedPool:
             m.progress.train_s += end - max(start, m.started)
 
     def _evaluate(self, group: PoolGroup, due: list[PoolTrial]) -> None:
-        train = due[0].train
-        results = evaluate_fused(
-            group.model, self.data.dev, task_kind=self.data.task_kind, metric=self.data.metric,
-            batch_size=train.eval_batch_size, device=self.device, precision=train.precision,
-            rows=[m.row for m in due],
-        )  # fmt: skip
-        last = [m for m in due if m.progress.evaluation + 1 == m.train.evals]  # all at once
-        finals = final_scores(group.model, self.data, [m.row for m in last], train, self.device)
-        scores = {m.token: s for m, s in zip(last, finals, strict=True)}
-        losses = group.loss_sums.tolist()
-        for member, (dev_loss, metrics) in zip(due, results, strict=True):
-            train_loss = losses[member.row] / max(1, member.loss_steps)
-            group.loss_sums[member.row] = 0.0
-            report = self._report(group, member, train_loss, dev_loss, metrics,
-                                  scores.get(member.token))  # fmt: skip
-            with self._lock:
+        for member, report in evaluate_due(group, due, self.data, slots=self.slots,
+                                           device=self.device):  # fmt: skip
+            with self._lock:  # done and its last report at once: see evaluate_due
+                member.done = report["status"] == "completed"
                 if member.done:
                     group.rows[member.row] = None  # free for the next trial
                 member.reports.append(report)
                 self._lock.notify_all()
-
-    def _report(
-        self,
-        group: PoolGroup,
-        m: PoolTrial,
-        train_loss: float,
-        dev_loss: float,
-        metrics: dict[str, float],
-        scores: Scores | None,
-    ) -> dict[str, Any]:
-        """The evaluation's report, as :func:`trainables.recipe.run_trial` reports one; at the
-        trial's last, with its final metrics and trained weights (its row written back)."""
-        assert m.reporter is not None
-        progress = m.progress
-        progress.wall_s = time.perf_counter() - m.started
-        progress.record(metrics, m.plan, progress.wall_s)
-        m.loss_steps = 0
-        ev = progress.report(m.plan, train_loss=train_loss, dev_loss=dev_loss)
-        report = m.reporter.evaluation(
-            ev, tokens_seen=progress.tokens_seen, fused_slots=self.slots,
-            cuda_graphs=group.stepper.captured,
-            cuda_graph_capture_s=round(group.stepper.capture_s, 3),  # the group's, so far
-        )  # fmt: skip
-        if not m.reporter.last(ev):
-            return report
-        group.model.store_row(m.row, m.model)
-        m.model.to(self.device)
-        m.reporter.finish(report, self.data, scores)
-        m.model.to("cpu")
-        report[WEIGHTS_KEY] = method_weights(m.model)
-        m.done = True
-        return report
 
     def _raise_error(self) -> None:
         if self._error is not None:
