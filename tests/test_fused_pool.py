@@ -6,6 +6,7 @@ ASHA stopping trials (tune_pooled_trial)."""
 from __future__ import annotations
 
 import time
+import traceback
 
 import numpy as np
 import pytest
@@ -180,6 +181,30 @@ def test_a_poll_during_a_trials_last_evaluation_keeps_the_trial_and_its_report(m
     finally:
         pool.close()
     assert [r["evaluation"] for r in got] == [1, 2] and got[-1][WEIGHTS_KEY]
+
+
+def test_a_failed_training_thread_fails_every_poll_with_its_cause_and_where(monkeypatch):
+    """The error a trial gets when the pool's training fails carries the failure's own traceback:
+    an asynchronous CUDA error on a GPU said only its message (session 25: "an illegal instruction
+    was encountered", no frame)."""
+    import trainables.fused.pool as pool_module
+
+    def failing(group, due, *args, **kwargs):
+        raise ValueError("evaluation broke")
+
+    monkeypatch.setattr(pool_module, "evaluate_due", failing)
+    pool = FusedPool(DATA, slots=1, rank=8, device="cpu", build=build)
+    try:
+        token = pool.join({**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1})
+        with pytest.raises(RuntimeError, match="training failed: ValueError") as raised:
+            while True:
+                pool.poll(token, wait_s=5.0)
+    finally:
+        pool.close()
+    cause = raised.value.__cause__
+    assert isinstance(cause, ValueError) and cause.__traceback__ is not None
+    frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(cause.__traceback__)]
+    assert frames[-1] == "failing" and "_train" in frames  # raised in the training thread
 
 
 def test_an_empty_pool_starts_once_the_trials_its_phase_sends_have_joined():

@@ -349,7 +349,10 @@ class FusedPool:
 
     def _raise_error(self) -> None:
         if self._error is not None:
-            raise RuntimeError(f"the fused pool's training failed: {self._error!r}")
+            # chained: the trial's error (and Ray's) carries where the training thread failed
+            raise RuntimeError(
+                f"the fused pool's training failed: {self._error!r}"
+            ) from self._error
 
 
 __all__ = ["GATHER_S", "LEASE_S", "WEIGHTS_KEY", "FusedPool", "build_member"]
