@@ -185,8 +185,8 @@ def test_a_poll_during_a_trials_last_evaluation_keeps_the_trial_and_its_report(m
 
 def test_a_failed_training_thread_fails_every_poll_with_its_cause_and_where(monkeypatch):
     """The error a trial gets when the pool's training fails carries the failure's own traceback:
-    an asynchronous CUDA error on a GPU said only its message (session 25: "an illegal instruction
-    was encountered", no frame)."""
+    unchained, a CUDA error in the pool said only its message ("an illegal instruction was
+    encountered", no frame: docs/BENCHMARKS.md, 2026-12-05)."""
     import trainables.fused.pool as pool_module
 
     def failing(group, due, *args, **kwargs):
