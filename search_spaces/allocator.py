@@ -39,6 +39,10 @@ from search_spaces.method_config import FUSIONS, PLACEMENTS, MethodConfig
 from search_spaces.shapes import BackboneShape
 
 SPLIT_METHODS = ("lora", "fusion", "lora_fusion")
+# The LoRA placements a split draws from by default: study 000's attention q/v, all attention, FFN,
+# everywhere (lora_fusion: those adapters' LoRA has, attn_qv and ffn). Not every PLACEMENTS value:
+# attn_qv_ffn is there for fused rows to pad into, a study may still name it.
+SPLIT_PLACEMENTS = ("attn_qv", "attn_all", "ffn", "all")
 # The order in which a search space samples the lumps: the expensive, coarse ones first.
 LUMP_ORDER = (
     "method", "fusion", "fusion_depth", "sources", "bottleneck", "target_bottleneck", "placement",
@@ -145,7 +149,7 @@ class Lumps:
     methods: tuple[str, ...] = SPLIT_METHODS
     fusions: tuple[str, ...] = FUSIONS
     depths: tuple[int, ...] | None = None  # fused layers from the top; None = 1 .. num_layers
-    placements: tuple[str, ...] = tuple(PLACEMENTS)
+    placements: tuple[str, ...] = SPLIT_PLACEMENTS
     bottlenecks: tuple[int, ...] = (SOURCE_BOTTLENECK,)
     target_bottlenecks: tuple[int, ...] = TARGET_BOTTLENECKS
     min_sources: int = 1
@@ -283,6 +287,6 @@ def _explain(misses: list[tuple[Infeasible, Split]], budget: Budget, lumps: Lump
 
 
 __all__ = [
-    "LUMPS_OF", "LUMP_ORDER", "SPLIT_METHODS", "Allocation", "Budget", "Infeasible", "Lumps",
-    "Split", "allocate", "candidate_splits", "enumerate_splits", "solve",
+    "LUMPS_OF", "LUMP_ORDER", "SPLIT_METHODS", "SPLIT_PLACEMENTS", "Allocation", "Budget",
+    "Infeasible", "Lumps", "Split", "allocate", "candidate_splits", "enumerate_splits", "solve",
 ]  # fmt: skip

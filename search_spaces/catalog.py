@@ -277,6 +277,7 @@ register_facts(
             "alpha",
             "layer_ranks",
             "layers",
+            "placement",
             "target_bottleneck",
             "sources",
             "fusion_layers",

@@ -19,7 +19,7 @@ PREFIX_MLP_HIDDEN = 512
 # Bottleneck-adapter locations per layer: Houlsby after attention and FFN, Pfeiffer after FFN only.
 BOTTLENECK_LOCATIONS = {"houlsby": 2, "pfeiffer": 1}
 # adapters' LoRA can adapt these BERT linears only (no attention.output): placements it supports.
-ADAPTERS_LORA_PLACEMENTS = ("attn_qv", "ffn")
+ADAPTERS_LORA_PLACEMENTS = ("attn_qv", "ffn", "attn_qv_ffn")
 ADAPTERS_LORA_METHODS = ("unipelt", "lora_fusion")
 # lora_grow stores its growth state (active rank, best dev loss, evaluations without improvement)
 # as one frozen 3-vector: served with the model, so a checkpoint resumes at the grown rank.

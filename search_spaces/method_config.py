@@ -32,6 +32,9 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
     "attn_all": ("query", "key", "value", "attention.output"),
     "ffn": ("intermediate", "output"),
     "all": ("query", "key", "value", "attention.output", "intermediate", "output"),
+    # the query/value and FFN linears: what LoRA+AdapterFusion rows of both attn_qv and ffn trials
+    # pad into (adapters' LoRA adapts no attention.output: "all" is not open to it)
+    "attn_qv_ffn": ("query", "value", "intermediate", "output"),
 }
 # AdaLoRA's update is scaled by lora_alpha / init_rank (peft divides by ``ranknum``, the initial
 # rank). The authors' GLUE scripts (Zhang et al., ICLR 2023, github.com/QingruZhang/AdaLoRA,

@@ -17,8 +17,10 @@ Why each knob pads exactly:
   weights, zero down bias and zero up weights, so it adds nothing. A trial without a target adapter
   (uniform fusion init) is a row whose fusion gives the template's target adapter weight 0, as a
   source it lacks (below).
-* ``lora_fusion``'s LoRA ``rank`` / ``layer_ranks`` / ``layers``: as plain LoRA (adapters' LoRA
-  adds ``scale * x A^T B^T`` to the linear; zero factors add zero).
+* ``lora_fusion``'s LoRA ``rank`` / ``layer_ranks`` / ``layers`` / ``placement``: as plain LoRA
+  (adapters' LoRA adds ``scale * x A^T B^T`` to the linear; zero factors add zero). Its group's
+  template carries LoRA on the linears of every placement of the group (:func:`covering_placement`:
+  ``attn_qv_ffn`` for trials on ``attn_qv`` and on ``ffn``).
 * ``sources`` of ``fusion`` / ``lora_fusion`` with ``fusion_init="uniform"``: the template fuses the
   union of its group's sources; a row's fusion attention gives the sources it lacks a score of
   ``-inf`` (weight exactly 0), and its parameter-free uniform layers average its own sources only
@@ -33,8 +35,7 @@ What never pads: the method, head, labels, a prefix's length and parametrisation
 key still scores 0 against every query and takes softmax mass from the real keys), a bottleneck
 adapter's layers (adapters runs the layer's original LayerNorm twice around an adapter: a zero
 adapter is not an absent one), the sources' bottleneck, the fusion type, dynamic fusion's layers,
-and under a similarity prior the sources, fusion layers and the presence of a target adapter;
-``lora_fusion``'s LoRA placement (other linears of adapters' LoRA).
+and under a similarity prior the sources, fusion layers and the presence of a target adapter.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from typing import Any
 
 from search_spaces import catalog  # noqa: F401  (registers every method's facts)
 from search_spaces.errors import ConfigError
-from search_spaces.method_config import MethodConfig
+from search_spaces.formulas import ADAPTERS_LORA_METHODS, ADAPTERS_LORA_PLACEMENTS
+from search_spaces.method_config import PLACEMENTS, MethodConfig
 from search_spaces.method_facts import METHOD_FACTS
 
 # rows per fused group when tuner.run pools by itself: 16 LoRA trials pooled ran 9.8-10.4x one
@@ -108,7 +110,7 @@ def max_rank(config: MethodConfig) -> int:
 
 def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
     """The method config of a group's template: the first config with every padded size at the
-    group's largest, LoRA on every layer (plain LoRA: on every linear when placements differ)."""
+    group's largest, LoRA on every layer and on the linears of every placement of the group."""
     configs = list(configs)
     first = configs[0]
     if len({row_signature(c) for c in configs}) != 1:
@@ -117,8 +119,7 @@ def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
     changes: dict[str, Any] = {}
     if "rank" in padded:
         changes.update(rank=max(max_rank(c) for c in configs), layer_ranks=None, layers=None)
-        if first.method == "lora" and len({c.placement for c in configs}) > 1:
-            changes["placement"] = "all"
+        changes["placement"] = covering_placement(first.method, {c.placement for c in configs})
     for name in ("bottleneck", "target_bottleneck"):
         if name in padded:
             changes[name] = max(getattr(c, name) for c in configs)
@@ -129,6 +130,18 @@ def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
         every = [n for each in layers if each is not None for n in each]
         changes["fusion_layers"] = None if None in layers else tuple(sorted(set(every)))
     return first.replace(**changes)
+
+
+def covering_placement(method: str, placements: Iterable[str]) -> str:
+    """The placement of ``method`` with the fewest linears that holds every one of ``placements``':
+    the LoRA linears of a fused group's template (a trial's other linears are zero factors)."""
+    wanted = {module for p in placements for module in PLACEMENTS[p]}
+    allowed = ADAPTERS_LORA_PLACEMENTS if method in ADAPTERS_LORA_METHODS else tuple(PLACEMENTS)
+    covering = [p for p in allowed if wanted <= set(PLACEMENTS[p])]
+    if not covering:
+        raise ConfigError(f"no placement of method={method!r} holds the linears {sorted(wanted)}; "
+                          f"its placements: {', '.join(allowed)}")  # fmt: skip
+    return min(covering, key=lambda p: len(PLACEMENTS[p]))
 
 
 def union_sources(configs: Iterable[MethodConfig]) -> tuple[str, ...]:
@@ -145,6 +158,7 @@ def count_groups(configs: Iterable[MethodConfig]) -> dict[str, int]:
 
 
 __all__ = [
-    "PADDED", "ROW_METHODS", "count_groups", "group_template", "max_rank", "pads",
+    "PADDED", "ROW_METHODS", "count_groups", "covering_placement", "group_template", "max_rank",
+    "pads",
     "row_signature", "union_sources",
 ]  # fmt: skip

@@ -137,6 +137,7 @@ def _variants() -> list[tuple[str, dict[str, object]]]:
         ],
         "lora_fusion": [
             {"placement": "ffn", "fusion": "static"},
+            {"placement": "attn_qv_ffn", "rank": 3},
             {"layers": (0,), "fusion_layers": (1,), "target_bottleneck": 6},
             {"layer_ranks": "uniform"},
             {

@@ -55,6 +55,12 @@ CASES = {
     "lora_fusion": [{"fusion": "static", "rank": 4, "alpha": 8},
                     {"fusion": "static", "rank": 2, "alpha": 8, "layers": (0,)},
                     {"fusion": "static", "rank": 3, "alpha": 3, "layer_ranks": (0, 3)}],
+    # LoRA on other linears: the template's on the query/value and FFN linears, zero where a trial
+    # has none
+    "lora_fusion-placement": [{"fusion": "static", "rank": 4, "alpha": 8},
+                              {"fusion": "static", "rank": 2, "alpha": 8, "placement": "ffn"},
+                              {"fusion": "static", "rank": 3, "alpha": 3, "placement": "ffn",
+                               "layers": (1,)}],
     "lora_fusion-target": [{"rank": 4, "target_bottleneck": 6, "fusion_layers": (0,)},
                            {"rank": 8, "target_bottleneck": 8, "fusion_layers": (0,)},
                            {"rank": 2, "target_bottleneck": 2, "fusion_layers": (0,)}],
@@ -255,7 +261,12 @@ def test_row_signatures_group_what_pads():
     lora = [
         MethodConfig(method="lora", rank=r, placement=p) for r, p in ((4, "ffn"), (8, "attn_qv"))
     ]
-    assert group_template(lora).placement == "all" and group_template(lora).rank == 8
+    assert group_template(lora).placement == "attn_qv_ffn" and group_template(lora).rank == 8
+    assert group_template([*lora, lora[0].replace(placement="attn_all")]).placement == "all"
+    hybrid = [fusion.replace(method="lora_fusion", placement=p) for p in ("attn_qv", "ffn")]
+    assert row_signature(hybrid[0]) == row_signature(hybrid[1])
+    assert group_template(hybrid).placement == "attn_qv_ffn"
+    assert group_template(hybrid[:1] * 2).placement == "attn_qv"
     mixed = [*pfeiffer, fusion, fusion.replace(fusion="static"), *lora]
     assert count_groups(mixed) == {"fusion": 2, "lora": 1, "pfeiffer": 1}
     # a prefix's length and parametrisation do not pad (a zero key takes softmax mass)
@@ -268,7 +279,6 @@ def test_row_signatures_group_what_pads():
 
 
 def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
-    data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
     fusion = {**POOL_BASE, "method": "fusion", "fusion": "static", "sources": SOURCES,
               "bottleneck": 8}  # fmt: skip
     configs = [
@@ -280,13 +290,30 @@ def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
         {**POOL_BASE, "rank": 8, "alpha": 8, "lr": 1e-3, "seed": 4, "train_samples": 200},
     ]  # fmt: skip
     limits = RowLimits(rank=8, target_bottleneck=8, sources=SOURCES)
+    status = pool_each_as_alone(configs, limits, sources)
+    assert (status["groups"], status["rows"], status["training"]) == (2, 4, 0)
+
+
+def test_lora_fusion_trials_on_other_linears_share_a_group_and_train_as_each_alone(sources):
+    hybrid = {**POOL_BASE, "method": "lora_fusion", "fusion": "static", "sources": SOURCES,
+              "bottleneck": 8, "rank": 4, "alpha": 8}  # fmt: skip
+    configs = [{**hybrid, "lr": 3e-3, "seed": 1},
+               {**hybrid, "placement": "ffn", "rank": 2, "lr": 2e-3, "seed": 2}]  # fmt: skip
+    limits = RowLimits(rank=4, sources=SOURCES, lora_fusion_placement="attn_qv_ffn")
+    status = pool_each_as_alone(configs, limits, sources)
+    assert (status["groups"], status["rows"]) == (1, 2)
+
+
+def pool_each_as_alone(configs: list[dict], limits: RowLimits, sources) -> dict:
+    """Train ``configs`` in a pool of 2 rows per group, check each trial's reports and weights
+    against the trial trained alone, and return the pool's status at the end."""
+    data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
     pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
     try:
         runs = [poll_to_end(pool, t) for t in [pool.join(c) for c in configs]]
         status = pool.status()
     finally:
         pool.close()
-    assert (status["groups"], status["rows"], status["training"]) == (2, 4, 0)
     for config, reports in zip(configs, runs, strict=True):
         rows = train_rows(data, config.get("train_samples"), seed=config["seed"])
         reference, result = alone(config, rows, data)
@@ -294,6 +321,7 @@ def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
         assert_same_weights({n: weights[n] for n in reference}, reference)
         assert reports[-1]["best_dev_score"] == result.best_dev_score
         assert reports[-1]["step"] == result.steps
+    return status
 
 
 @pytest.mark.parametrize("method", ["fusion", "lora_fusion"])
@@ -318,11 +346,18 @@ def test_a_pool_of_rows_over_a_bf16_backbone_takes_its_trials(method, sources):
 
 def test_a_pool_refuses_a_trial_larger_than_its_rows(sources):
     data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
-    limits = RowLimits(rank=8, bottleneck=8, sources=("glue/sst2",))
+    limits = RowLimits(rank=8, bottleneck=8, sources=("glue/sst2",), lora_fusion_placement="ffn")
     pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
     try:
         with pytest.raises(ConfigError, match="rows fuse sources glue/sst2, not 'imdb'"):
             pool.join({**POOL_BASE, "method": "fusion", "sources": SOURCES, "bottleneck": 8})
+        with pytest.raises(
+            ConfigError,
+            match="lora_fusion rows hold LoRA on placement='ffn', "
+            "which lacks some linears of placement='attn_qv'",
+        ):
+            pool.join({**POOL_BASE, "method": "lora_fusion", "sources": ("glue/sst2",),
+                       "bottleneck": 8, "rank": 4})  # fmt: skip
         with pytest.raises(ConfigError, match="bottleneck <= 8, not bottleneck=16"):
             pool.join({**POOL_BASE, "method": "pfeiffer", "bottleneck": 16, "seed": 1})
         pool.join({**POOL_BASE, "method": "pfeiffer", "bottleneck": 8, "seed": 1})

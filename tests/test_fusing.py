@@ -17,6 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from search_spaces.errors import ConfigError
+from search_spaces.method_config import MethodConfig
 from tuner.cli import run_cli
 from tuner.experiments import get_experiment
 from tuner.fusing import default_plan, fuse_plan, pooling
@@ -57,6 +58,20 @@ def test_a_study_of_lora_and_fusion_gets_one_group_per_row_signature():
     assert set(groups) <= {"lora", "fusion", "lora_fusion"} and groups.get("lora", 1) == 1
     assert sum(groups.values()) <= exp.num_samples and plan.rank >= 1
     assert plan.describe_groups().startswith(f"{sum(groups.values())} fused group")
+
+
+def test_e4_budgets_hybrid_trials_on_other_linears_share_a_group():
+    """Its LoRA+AdapterFusion trials sit on attn_qv or ffn: rows on both, so one group per fusion
+    type rather than two (7 groups in all before, 5 now)."""
+    exp = get_experiment("e4_budget")
+    plan = fuse_plan(exp, build_space(exp), 16, num_labels=3)
+    assert (plan.placement, plan.lora_fusion_placement) == ("all", "attn_qv_ffn")
+    assert dict(plan.groups) == {"fusion": 2, "lora": 1, "lora_fusion": 2}
+    limits = plan.limits()
+    for placement in ("attn_qv", "ffn"):
+        hybrid = MethodConfig(method="lora_fusion", placement=placement, sources=("imdb",))
+        limits.refuse(hybrid)
+        assert limits.template(hybrid).placement == "attn_qv_ffn"
 
 
 def lora_only(name: str = "e4_budget", *extra: str):

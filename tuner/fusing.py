@@ -6,8 +6,10 @@ Each configuration stays its own Tune trial (its searcher suggestion, scheduler 
 run, checkpoint); its process only relays a pool's reports, so it holds a quarter of a CPU and
 no GPU. Checked before anything starts: every configuration the search would try first is of a
 fusable method with the mean head. The rows' sizes are the largest those configurations have
-(LoRA rank, bottleneck, target adapter); a study whose plain LoRA configurations sit on
-different linears gets LoRA rows over every linear (``placement="all"``). Without ``--fuse``, a
+(LoRA rank, bottleneck, target adapter); a study whose LoRA configurations sit on different
+linears or layers gets rows with LoRA on every layer, on the linears of all their placements
+(:func:`search_spaces.row_groups.covering_placement`: plain LoRA's ``all``, LoRA+AdapterFusion's
+``attn_qv_ffn``). Without ``--fuse``, a
 study on a GPU cluster pools where every method it tries is pooled by default
 (:func:`default_plan`); ``--fuse 0`` turns that off; a resumed study keeps its first choice.
 
@@ -32,6 +34,7 @@ from search_spaces.row_groups import (
     DEFAULT_SLOTS,
     PADDED,
     count_groups,
+    covering_placement,
     max_rank,
     union_sources,
 )
@@ -47,19 +50,21 @@ POOL_START_S = 600.0  # an autoscaling cluster may take minutes to add the node 
 class FusePlan:
     slots: int  # trials trained at once per fused group, as rows of one fused model
     rank: int  # the rows' LoRA rank: no trial may have a larger one
-    # plain LoRA rows' linears: None for the first trial's, "all" for every one
+    # plain LoRA rows' linears: None for the first trial's, else one covering every configuration's
     placement: str | None
     bottleneck: int | None = None  # the largest trainable bottleneck adapter (houlsby, pfeiffer)
     target_bottleneck: int | None = None  # the largest target adapter of a fusion trial
     groups: tuple[tuple[str, int], ...] = ()  # fused groups (row signatures) per method, up front
     sources: tuple[str, ...] | None = None  # every fusion source the rows may fuse (their union)
+    lora_fusion_placement: str | None = None  # LoRA+AdapterFusion rows' linears, as ``placement``
 
     def limits(self) -> Any:
         from trainables.fused.pool_group import RowLimits
 
         return RowLimits(rank=self.rank, bottleneck=self.bottleneck,
                          target_bottleneck=self.target_bottleneck, placement=self.placement,
-                         sources=self.sources)  # fmt: skip
+                         sources=self.sources,
+                         lora_fusion_placement=self.lora_fusion_placement)  # fmt: skip
 
     def describe_groups(self) -> str:
         """``N fused groups (method n, ...)``: what the configurations read up front need."""
@@ -158,18 +163,25 @@ def unpooled(methods: Sequence[Any], poolable: Sequence[str]) -> str | None:
 
 
 def plan_for(methods: Sequence[Any], slots: int) -> FusePlan:
-    """The rows' sizes: the largest the ``methods`` have; LoRA over every linear where plain
-    LoRA configurations sit on different ones."""
+    """The rows' sizes: the largest the ``methods`` have; LoRA on every layer, on the linears of
+    all their placements, where a method's configurations sit on different ones."""
     ranked = [max_rank(m) for m in methods if "rank" in PADDED[m.method]]
-    lora = {(m.placement, m.layers) for m in methods if m.method == "lora"}
     adapters = [m.bottleneck for m in methods if "bottleneck" in PADDED[m.method]]
     targets = [m.target_bottleneck for m in methods if m.target_bottleneck]
     sources = union_sources(m for m in methods if "sources" in PADDED[m.method])
     return FusePlan(
-        slots, max(ranked, default=8), "all" if len(lora) > 1 else None,
+        slots, max(ranked, default=8), _placement(methods, "lora"),
         max(adapters, default=None), max(targets, default=None),
         tuple(count_groups(methods).items()), sources or None,
+        _placement(methods, "lora_fusion"),
     )  # fmt: skip
+
+
+def _placement(methods: Sequence[Any], method: str) -> str | None:
+    """The placement that covers ``method``'s configurations where they differ in placement or
+    layers; None (each group its first trial's) where they do not."""
+    where = {(m.placement, m.layers) for m in methods if m.method == method}
+    return covering_placement(method, {p for p, _ in where}) if len(where) > 1 else None
 
 
 def pool_count(cluster_gpus: float) -> int:
@@ -258,7 +270,11 @@ class Pools:
 
     def describe(self) -> str:
         plan = self.plan
-        lines = ", every linear" if plan.placement else ""
+        lines = "".join(f", {text}" for text in (
+            plan.placement and ("every linear" if plan.placement == "all"
+                                else f"LoRA on {plan.placement}"),
+            plan.lora_fusion_placement and f"lora_fusion's LoRA on {plan.lora_fusion_placement}",
+        ) if text)  # fmt: skip
         if [m for m, _ in plan.groups] in ([], ["lora"]):
             rows = f"{plan.slots} rows of LoRA rank {plan.rank}"
         else:  # the sizes rows pad to, then how many groups the first configurations need

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from search_spaces.errors import ConfigError
-from search_spaces.method_config import MethodConfig
+from search_spaces.method_config import PLACEMENTS, MethodConfig
 from search_spaces.row_groups import PADDED, max_rank, pads
 from trainables.fused.model import FusedLoRA, check_members
 from trainables.fused.pool_trial import PoolTrial
@@ -28,7 +28,8 @@ from trainables.train_config import TrainConfig
 class RowLimits:
     """The largest sizes a pool's rows hold (smaller trials pad into them): LoRA ``rank``,
     ``bottleneck`` of a trainable bottleneck adapter and ``target_bottleneck`` (None: the first
-    trial's of its group), plain LoRA's ``placement`` (None: the first trial's), and the fusion
+    trial's of its group), the LoRA placement of plain LoRA rows (``placement``) and of
+    LoRA+AdapterFusion rows (``lora_fusion_placement``; None: the first trial's), and the fusion
     ``sources`` a row may fuse (None: the first trial's of its group)."""
 
     rank: int = 16
@@ -36,6 +37,11 @@ class RowLimits:
     target_bottleneck: int | None = None
     placement: str | None = None
     sources: tuple[str, ...] | None = None
+    lora_fusion_placement: str | None = None
+
+    def placement_of(self, method: str) -> str | None:
+        """The placement ``method``'s rows hold LoRA on (None: the first trial's of its group)."""
+        return {"lora": self.placement, "lora_fusion": self.lora_fusion_placement}.get(method)
 
     def template(self, method: MethodConfig) -> MethodConfig:
         """The method config of the template of ``method``'s group, raised to these limits."""
@@ -43,10 +49,11 @@ class RowLimits:
         changes: dict[str, Any] = {}
         if "rank" in padded:
             changes.update(rank=self.rank, layer_ranks=None)
-            if method.method != "lora" or self.placement is not None:
+            placement = self.placement_of(method.method)
+            if method.method != "lora" or placement is not None:
                 changes["layers"] = None
-            if method.method == "lora" and self.placement is not None:
-                changes["placement"] = self.placement
+            if placement is not None:
+                changes["placement"] = placement
         for name in ("bottleneck", "target_bottleneck"):
             limit, present = getattr(self, name), getattr(method, name) > 0
             if pads(method, name) and limit is not None and (present or unions_adapters(method)):
@@ -63,6 +70,13 @@ class RowLimits:
         if "rank" in PADDED[method.method] and rank > self.rank:
             raise ConfigError(f"the fused pool takes LoRA trials of rank <= {self.rank}, not "
                               f"method={method.method!r} rank={rank}")  # fmt: skip
+        placement = self.placement_of(method.method)
+        if placement is not None and not set(PLACEMENTS[method.placement]) <= set(
+            PLACEMENTS[placement]
+        ):
+            raise ConfigError(f"the fused pool's {method.method} rows hold LoRA on "
+                              f"placement={placement!r}, which lacks some linears of "
+                              f"placement={method.placement!r}")  # fmt: skip
         for name in ("bottleneck", "target_bottleneck"):
             limit, value = getattr(self, name), getattr(method, name)
             if name in PADDED[method.method] and limit is not None and value > limit:

@@ -19,6 +19,12 @@ from search_spaces.method_config import MethodConfig
 _LORA_PLACEMENTS = {
     "attn_qv": {"selfattn_lora": True, "attn_matrices": ["q", "v"]},
     "ffn": {"selfattn_lora": False, "intermediate_lora": True, "output_lora": True},
+    "attn_qv_ffn": {
+        "selfattn_lora": True,
+        "attn_matrices": ["q", "v"],
+        "intermediate_lora": True,
+        "output_lora": True,
+    },  # fmt: skip
 }
 
 
@@ -63,7 +69,7 @@ def leave_out(config: MethodConfig, num_layers: int) -> list[int]:
 
 
 def lora_switches(placement: str) -> dict[str, object]:
-    """The ``LoRAConfig`` switches of ``placement`` (adapters' LoRA: attn_qv or ffn only)."""
+    """The ``LoRAConfig`` switches of ``placement`` (adapters' LoRA: no attention.output)."""
     return dict(_LORA_PLACEMENTS[placement])
 
 
