@@ -39,9 +39,9 @@ from search_spaces.method_config import FUSIONS, PLACEMENTS, MethodConfig
 from search_spaces.shapes import BackboneShape
 
 SPLIT_METHODS = ("lora", "fusion", "lora_fusion")
-# The LoRA placements a split draws from by default: study 000's attention q/v, all attention, FFN,
-# everywhere (lora_fusion: those adapters' LoRA has, attn_qv and ffn). Not every PLACEMENTS value:
-# attn_qv_ffn is there for fused rows to pad into, a study may still name it.
+# The LoRA placements a split draws from by default: study 000's attention q/v, all attention, FFN
+# and everywhere (lora_fusion: attn_qv and ffn, the two of them adapters' LoRA takes). Not every
+# PLACEMENTS value: attn_qv_ffn is there for fused rows to pad into (a study may still name it).
 SPLIT_PLACEMENTS = ("attn_qv", "attn_all", "ffn", "all")
 # The order in which a search space samples the lumps: the expensive, coarse ones first.
 LUMP_ORDER = (

@@ -159,6 +159,5 @@ def count_groups(configs: Iterable[MethodConfig]) -> dict[str, int]:
 
 __all__ = [
     "PADDED", "ROW_METHODS", "count_groups", "covering_placement", "group_template", "max_rank",
-    "pads",
-    "row_signature", "union_sources",
+    "pads", "row_signature", "union_sources",
 ]  # fmt: skip

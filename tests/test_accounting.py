@@ -127,6 +127,7 @@ def _variants() -> list[tuple[str, dict[str, object]]]:
         "prefix": [{"prefix_reparam": False}, {"prefix_length": 5, "layers": (0,)}],
         "unipelt": [
             {"placement": "ffn", "prefix_reparam": False},
+            {"placement": "attn_qv_ffn"},
             {"layers": (1,), "bottleneck": 5},
         ],
         "fusion": [

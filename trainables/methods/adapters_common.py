@@ -24,7 +24,7 @@ _LORA_PLACEMENTS = {
         "attn_matrices": ["q", "v"],
         "intermediate_lora": True,
         "output_lora": True,
-    },  # fmt: skip
+    },
 }
 
 
