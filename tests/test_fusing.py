@@ -20,7 +20,7 @@ from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
 from tuner.cli import run_cli
 from tuner.experiments import get_experiment
-from tuner.fusing import default_plan, fuse_plan, pooling
+from tuner.fusing import Pools, default_plan, fuse_plan, pooling
 from tuner.overrides import apply_sets, parse_sets
 from tuner.run import main
 from tuner.space import build_space
@@ -67,6 +67,8 @@ def test_e4_budgets_hybrid_trials_on_other_linears_share_a_group():
     plan = fuse_plan(exp, build_space(exp), 16, num_labels=3)
     assert (plan.placement, plan.lora_fusion_placement) == ("all", "attn_qv_ffn")
     assert dict(plan.groups) == {"fusion": 2, "lora": 1, "lora_fusion": 2}
+    line = Pools(plan, ("p",), ((0,),), router=None, name="n").describe()
+    assert line.endswith("on one GPU, every linear, lora_fusion's LoRA on attn_qv_ffn"), line
     limits = plan.limits()
     for placement in ("attn_qv", "ffn"):
         hybrid = MethodConfig(method="lora_fusion", placement=placement, sources=("imdb",))
