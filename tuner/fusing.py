@@ -9,9 +9,9 @@ fusable method with the mean head. The rows' sizes are the largest those configu
 (LoRA rank, bottleneck, target adapter); a study whose LoRA configurations sit on different
 linears or layers gets rows with LoRA on every layer, on the linears of all their placements
 (:func:`search_spaces.row_groups.covering_placement`: plain LoRA's ``all``, LoRA+AdapterFusion's
-``attn_qv_ffn``). Without ``--fuse``, a
-study on a GPU cluster pools where every method it tries is pooled by default
-(:func:`default_plan`); ``--fuse 0`` turns that off; a resumed study keeps its first choice.
+``attn_qv_ffn``). Without ``--fuse``, a study on a GPU cluster pools where every method it tries
+is pooled by default (:func:`default_plan`); ``--fuse 0`` turns that off; a resumed study keeps
+its first choice.
 
 Placement: a :class:`PoolRouter` actor puts each trial on the least loaded pool alive
 (:func:`choose_pool`). A pool whose actor dies (its GPU fell off the bus, its node went away) or
