@@ -135,13 +135,19 @@ def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
 def covering_placement(method: str, placements: Iterable[str]) -> str:
     """The placement of ``method`` with the fewest linears that holds every one of ``placements``':
     the LoRA linears of a fused group's template (a trial's other linears are zero factors)."""
-    wanted = {module for p in placements for module in PLACEMENTS[p]}
+    placements = set(placements)
     allowed = ADAPTERS_LORA_PLACEMENTS if method in ADAPTERS_LORA_METHODS else tuple(PLACEMENTS)
-    covering = [p for p in allowed if wanted <= set(PLACEMENTS[p])]
+    covering = [p for p in allowed if holds(p, placements)]
     if not covering:
-        raise ConfigError(f"no placement of method={method!r} holds the linears {sorted(wanted)}; "
-                          f"its placements: {', '.join(allowed)}")  # fmt: skip
+        raise ConfigError(f"no placement of method={method!r} holds the linears of "
+                          f"{', '.join(sorted(placements))}; its placements: "
+                          f"{', '.join(allowed)}")  # fmt: skip
     return min(covering, key=lambda p: len(PLACEMENTS[p]))
+
+
+def holds(outer: str, placements: Iterable[str]) -> bool:
+    """Whether placement ``outer`` has LoRA on every linear of each of ``placements``."""
+    return {m for p in placements for m in PLACEMENTS[p]} <= set(PLACEMENTS[outer])
 
 
 def union_sources(configs: Iterable[MethodConfig]) -> tuple[str, ...]:
@@ -158,6 +164,6 @@ def count_groups(configs: Iterable[MethodConfig]) -> dict[str, int]:
 
 
 __all__ = [
-    "PADDED", "ROW_METHODS", "count_groups", "covering_placement", "group_template", "max_rank",
-    "pads", "row_signature", "union_sources",
+    "PADDED", "ROW_METHODS", "count_groups", "covering_placement", "group_template", "holds",
+    "max_rank", "pads", "row_signature", "union_sources",
 ]  # fmt: skip

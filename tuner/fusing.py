@@ -270,11 +270,13 @@ class Pools:
 
     def describe(self) -> str:
         plan = self.plan
-        lines = "".join(f", {text}" for text in (
-            plan.placement and ("every linear" if plan.placement == "all"
-                                else f"LoRA on {plan.placement}"),
-            plan.lora_fusion_placement and f"lora_fusion's LoRA on {plan.lora_fusion_placement}",
-        ) if text)  # fmt: skip
+        linears = []
+        if plan.placement:
+            linears.append("every linear" if plan.placement == "all"
+                           else f"LoRA on {plan.placement}")  # fmt: skip
+        if plan.lora_fusion_placement:
+            linears.append(f"lora_fusion's LoRA on {plan.lora_fusion_placement}")
+        lines = "".join(f", {text}" for text in linears)
         if [m for m, _ in plan.groups] in ([], ["lora"]):
             rows = f"{plan.slots} rows of LoRA rank {plan.rank}"
         else:  # the sizes rows pad to, then how many groups the first configurations need

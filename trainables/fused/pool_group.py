@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from search_spaces.errors import ConfigError
-from search_spaces.method_config import PLACEMENTS, MethodConfig
-from search_spaces.row_groups import PADDED, max_rank, pads
+from search_spaces.method_config import MethodConfig
+from search_spaces.row_groups import PADDED, holds, max_rank, pads
 from trainables.fused.model import FusedLoRA, check_members
 from trainables.fused.pool_trial import PoolTrial
 from trainables.fused.rows import FusedRows, check_rows
@@ -71,9 +71,7 @@ class RowLimits:
             raise ConfigError(f"the fused pool takes LoRA trials of rank <= {self.rank}, not "
                               f"method={method.method!r} rank={rank}")  # fmt: skip
         placement = self.placement_of(method.method)
-        if placement is not None and not set(PLACEMENTS[method.placement]) <= set(
-            PLACEMENTS[placement]
-        ):
+        if placement is not None and not holds(placement, [method.placement]):
             raise ConfigError(f"the fused pool's {method.method} rows hold LoRA on "
                               f"placement={placement!r}, which lacks some linears of "
                               f"placement={method.placement!r}")  # fmt: skip
