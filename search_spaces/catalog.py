@@ -250,7 +250,7 @@ register_facts(
         knobs=(*_FUSION, "fusion_init", "source_similarity"),
         size_knob="fusion_layers",
         # rows of FusedRows (trainables/fused/rows.py)
-        fused_padding=("target_bottleneck", "sources", "fusion_layers"),
+        fused_padding=("target_bottleneck", "sources", "fusion_layers", "fusion"),
         per_layer_ranks=False,
     )
 )
@@ -281,6 +281,7 @@ register_facts(
             "target_bottleneck",
             "sources",
             "fusion_layers",
+            "fusion",
         ),  # rows of FusedRows (trainables/fused/rows.py)
         per_layer_ranks=False,
     )

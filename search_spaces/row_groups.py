@@ -26,16 +26,19 @@ Why each knob pads exactly:
   ``-inf`` (weight exactly 0), and its parameter-free uniform layers average its own sources only
   (:class:`trainables.fused.rows.FusedRows`). The fusion's parameters do not depend on how many
   adapters it fuses.
-* ``fusion_layers`` of static fusion (uniform init): a layer where the trial has no learned fusion
-  is a template fusion layer with query and key zero: every score 0, so the weights are uniform
-  over the row's adapters, which is the trial's parameter-free uniform layer. (Dynamic fusion's
-  value matrix would have to be the identity there, not zero: its layers do not pad.)
+* ``fusion_layers`` (uniform init): a layer where the trial has no learned fusion is a template
+  fusion layer with query and key zero: every score 0, so the weights are uniform over the row's
+  adapters, which is the trial's parameter-free uniform layer; a dynamic template's value matrix
+  is the identity there (a row's fixed ``shift``, :class:`trainables.fused.rows.FusedRows`).
+* ``fusion`` (uniform init): static fusion is dynamic fusion with its value matrix the identity,
+  fixed, and no pull towards it; in a group holding both, the template is dynamic and a static
+  row's value matrices are that fixed identity (zero gradient, zero pull).
 
 What never pads: the method, head, labels, a prefix's length and parametrisation (a zero prefix
 key still scores 0 against every query and takes softmax mass from the real keys), a bottleneck
 adapter's layers (adapters runs the layer's original LayerNorm twice around an adapter: a zero
-adapter is not an absent one), the sources' bottleneck, the fusion type, dynamic fusion's layers,
-and under a similarity prior the sources, fusion layers and the presence of a target adapter.
+adapter is not an absent one), the sources' bottleneck, and under a similarity prior the sources,
+the fusion type, the fusion layers and the presence of a target adapter.
 """
 
 from __future__ import annotations
@@ -71,16 +74,16 @@ _IGNORED = ("init_rank", "adalora_scale", "budget_rank", "start_rank", "grow_ste
 
 def pads(config: MethodConfig, name: str) -> bool:
     """Whether knob ``name`` of ``config`` pads (or is a union) in its fused group: the knobs of
-    :data:`PADDED`, the sources and the target adapter's presence only under the uniform fusion
-    init (a similarity prior is per fused adapter), the fusion layers of static fusion only."""
+    :data:`PADDED`; the sources, the target adapter's presence, the fusion layers and the fusion
+    type only under the uniform fusion init (a similarity prior is per fused adapter)."""
     if name not in PADDED[config.method]:
         return False
     if (
-        name in ("sources", "target_bottleneck", "fusion_layers")
+        name in ("sources", "target_bottleneck", "fusion_layers", "fusion")
         and config.fusion_init != "uniform"
     ):
         return name == "target_bottleneck"  # its size pads, its presence does not
-    return name != "fusion_layers" or config.fusion == "static"
+    return True
 
 
 def row_signature(config: MethodConfig) -> tuple[Any, ...]:
@@ -110,7 +113,8 @@ def max_rank(config: MethodConfig) -> int:
 
 def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
     """The method config of a group's template: the first config with every padded size at the
-    group's largest, LoRA on every layer and on the linears of every placement of the group."""
+    group's largest, LoRA on every layer and on the linears of every placement of the group,
+    dynamic fusion where any trial's is."""
     configs = list(configs)
     first = configs[0]
     if len({row_signature(c) for c in configs}) != 1:
@@ -125,6 +129,8 @@ def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
             changes[name] = max(getattr(c, name) for c in configs)
     if pads(first, "sources"):
         changes["sources"] = union_sources(configs)
+    if pads(first, "fusion"):  # static fusion is dynamic's with the value fixed to the identity
+        changes["fusion"] = "dynamic" if any(c.fusion == "dynamic" for c in configs) else "static"
     if pads(first, "fusion_layers"):
         layers = [c.fusion_layers for c in configs]
         every = [n for each in layers if each is not None for n in each]

@@ -52,6 +52,14 @@ CASES = {
                       {"fusion": "static", "target_bottleneck": 4},
                       {"fusion": "static", "target_bottleneck": 6}],
     "fusion-dynamic": [{"fusion": "dynamic", "fusion_layers": (1,)}] * 3,
+    # static and dynamic fusion in one group, over other layers: a dynamic template whose value
+    # matrices are the identity, fixed, where a row has none (static, or outside its layers)
+    "fusion-types": [{"fusion": "dynamic", "fusion_layers": (1,)},
+                     {"fusion": "static", "target_bottleneck": 4},
+                     {"fusion": "dynamic", "fusion_layers": (0,), "sources": ("imdb",)}],
+    "lora_fusion-types": [{"fusion": "static", "rank": 4, "alpha": 8},
+                          {"fusion": "dynamic", "rank": 2, "alpha": 8, "fusion_layers": (1,)},
+                          {"fusion": "dynamic", "rank": 3, "alpha": 3, "placement": "ffn"}],
     "lora_fusion": [{"fusion": "static", "rank": 4, "alpha": 8},
                     {"fusion": "static", "rank": 2, "alpha": 8, "layers": (0,)},
                     {"fusion": "static", "rank": 3, "alpha": 3, "layer_ranks": (0, 3)}],
@@ -232,10 +240,11 @@ def test_what_cannot_be_rows_is_refused(sources):
                      sources=sources) for s in (SOURCES[:1], SOURCES)]  # fmt: skip
     with pytest.raises(ConfigError, match="frozen .*src_imdb.* differs"):
         FusedRows(fusion)
+    # a static template has no value matrices for a dynamic trial (a dynamic one holds a static)
     static = member(MethodConfig(method="fusion", sources=SOURCES, bottleneck=8, fusion="static"),
                      seed=1, sources=sources)  # fmt: skip
-    with pytest.raises(ConfigError, match="method='fusion' differs from the template's"):
-        FusedRows([fusion[1], static])
+    with pytest.raises(ConfigError, match="trial 1: dynamic fusion does not fit a template of st"):
+        FusedRows([static, fusion[1]])
 
 
 def test_row_signatures_group_what_pads():
@@ -254,8 +263,13 @@ def test_row_signatures_group_what_pads():
     assert row_signature(prior) != row_signature(prior.replace(target_bottleneck=0))
     static = fusion.replace(fusion="static", fusion_layers=(1,))
     assert row_signature(static) == row_signature(static.replace(fusion_layers=(0, 1)))
-    assert row_signature(fusion) != row_signature(fusion.replace(fusion_layers=(1,)))  # dynamic
+    assert row_signature(fusion) == row_signature(fusion.replace(fusion_layers=(1,)))  # dynamic
+    assert row_signature(fusion) == row_signature(static)  # static: a dynamic row, value fixed
     assert group_template([static, static.replace(fusion_layers=(0,))]).fusion_layers == (0, 1)
+    assert group_template([static, static.replace(fusion_layers=(0,))]).fusion == "static"
+    assert group_template([static, fusion.replace(fusion_layers=(0,))]).fusion == "dynamic"
+    assert row_signature(prior) != row_signature(prior.replace(fusion="static"))
+    assert row_signature(prior) != row_signature(prior.replace(fusion_layers=(1,)))
     assert group_template([fusion, fusion.replace(sources=("newsgroups/bydate",))]).sources == (
         "glue/sst2", "imdb", "newsgroups/bydate")  # fmt: skip
     lora = [
@@ -268,7 +282,9 @@ def test_row_signatures_group_what_pads():
     assert group_template(hybrid).placement == "attn_qv_ffn"
     assert group_template(hybrid[:1] * 2).placement == "attn_qv"
     mixed = [*pfeiffer, fusion, fusion.replace(fusion="static"), *lora]
-    assert count_groups(mixed) == {"fusion": 2, "lora": 1, "pfeiffer": 1}
+    assert count_groups(mixed) == {"fusion": 1, "lora": 1, "pfeiffer": 1}
+    assert count_groups([*mixed, prior.replace(method="fusion")]) == {
+        "fusion": 2, "lora": 1, "pfeiffer": 1}  # fmt: skip
     # a prefix's length and parametrisation do not pad (a zero key takes softmax mass)
     prefix = MethodConfig(method="prefix", prefix_length=4)
     assert row_signature(prefix) != row_signature(prefix.replace(prefix_length=8))
@@ -294,12 +310,14 @@ def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
     assert (status["groups"], status["rows"], status["training"]) == (2, 4, 0)
 
 
-def test_lora_fusion_trials_on_other_linears_share_a_group_and_train_as_each_alone(sources):
+def test_lora_fusion_trials_of_other_linears_and_fusion_types_share_a_group_as_each_alone(sources):
     hybrid = {**POOL_BASE, "method": "lora_fusion", "fusion": "static", "sources": SOURCES,
               "bottleneck": 8, "rank": 4, "alpha": 8}  # fmt: skip
     configs = [{**hybrid, "lr": 3e-3, "seed": 1},
-               {**hybrid, "placement": "ffn", "rank": 2, "lr": 2e-3, "seed": 2}]  # fmt: skip
-    limits = RowLimits(rank=4, sources=SOURCES, lora_fusion_placement="attn_qv_ffn")
+               {**hybrid, "placement": "ffn", "rank": 2, "lr": 2e-3, "seed": 2,
+                "fusion": "dynamic", "fusion_layers": (1,)}]  # fmt: skip
+    limits = RowLimits(rank=4, sources=SOURCES, lora_fusion_placement="attn_qv_ffn",
+                       fusion="dynamic")  # fmt: skip
     status = pool_each_as_alone(configs, limits, sources)
     assert (status["groups"], status["rows"]) == (1, 2)
 

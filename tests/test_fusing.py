@@ -60,20 +60,26 @@ def test_a_study_of_lora_and_fusion_gets_one_group_per_row_signature():
     assert plan.describe_groups().startswith(f"{sum(groups.values())} fused group")
 
 
-def test_e4_budgets_hybrid_trials_on_other_linears_share_a_group():
-    """Its LoRA+AdapterFusion trials sit on attn_qv or ffn: rows on both, so one group per fusion
-    type rather than two (7 groups in all before, 5 now)."""
+def test_e4_budgets_trials_share_one_group_per_method():
+    """Its LoRA+AdapterFusion trials sit on attn_qv or ffn (rows on both), its fusion trials are
+    static or dynamic (dynamic rows, a static one's value fixed to the identity): one group per
+    method (7 groups in all, then 5 with both placements in one, now 3)."""
     exp = get_experiment("e4_budget")
     plan = fuse_plan(exp, build_space(exp), 16, num_labels=3)
     assert (plan.placement, plan.lora_fusion_placement) == ("all", "attn_qv_ffn")
-    assert dict(plan.groups) == {"fusion": 2, "lora": 1, "lora_fusion": 2}
+    assert plan.fusion == "dynamic"
+    assert dict(plan.groups) == {"fusion": 1, "lora": 1, "lora_fusion": 1}
     line = Pools(plan, ("p",), ((0,),), router=None, name="n").describe()
-    assert line.endswith("on one GPU, every linear, lora_fusion's LoRA on attn_qv_ffn"), line
+    assert line.endswith("on one GPU, every linear, lora_fusion's LoRA on attn_qv_ffn, static "
+                         "fusion as dynamic rows"), line  # fmt: skip
     limits = plan.limits()
-    for placement in ("attn_qv", "ffn"):
-        hybrid = MethodConfig(method="lora_fusion", placement=placement, sources=("imdb",))
+    for placement, fusion in (("attn_qv", "static"), ("ffn", "dynamic")):
+        hybrid = MethodConfig(method="lora_fusion", placement=placement, sources=("imdb",),
+                              fusion=fusion, fusion_layers=(5,))  # fmt: skip
         limits.refuse(hybrid)
-        assert limits.template(hybrid).placement == "attn_qv_ffn"
+        template = limits.template(hybrid)
+        assert (template.placement, template.fusion, template.fusion_layers) == (
+            "attn_qv_ffn", "dynamic", None)  # fmt: skip
 
 
 def lora_only(name: str = "e4_budget", *extra: str):

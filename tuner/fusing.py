@@ -36,6 +36,7 @@ from search_spaces.row_groups import (
     count_groups,
     covering_placement,
     max_rank,
+    pads,
     union_sources,
 )
 from tuner.experiment import Experiment
@@ -57,6 +58,7 @@ class FusePlan:
     groups: tuple[tuple[str, int], ...] = ()  # fused groups (row signatures) per method, up front
     sources: tuple[str, ...] | None = None  # every fusion source the rows may fuse (their union)
     lora_fusion_placement: str | None = None  # LoRA+AdapterFusion rows' linears, as ``placement``
+    fusion: str | None = None  # "dynamic": fusion rows of both types, static ones as dynamic
 
     def limits(self) -> Any:
         from trainables.fused.pool_group import RowLimits
@@ -64,7 +66,8 @@ class FusePlan:
         return RowLimits(rank=self.rank, bottleneck=self.bottleneck,
                          target_bottleneck=self.target_bottleneck, placement=self.placement,
                          sources=self.sources,
-                         lora_fusion_placement=self.lora_fusion_placement)  # fmt: skip
+                         lora_fusion_placement=self.lora_fusion_placement,
+                         fusion=self.fusion)  # fmt: skip
 
     def describe_groups(self) -> str:
         """``N fused groups (method n, ...)``: what the configurations read up front need."""
@@ -173,8 +176,15 @@ def plan_for(methods: Sequence[Any], slots: int) -> FusePlan:
         slots, max(ranked, default=8), _placement(methods, "lora"),
         max(adapters, default=None), max(targets, default=None),
         tuple(count_groups(methods).items()), sources or None,
-        _placement(methods, "lora_fusion"),
+        _placement(methods, "lora_fusion"), _fusion_type(methods),
     )  # fmt: skip
+
+
+def _fusion_type(methods: Sequence[Any]) -> str | None:
+    """The fusion rows' type: ``"dynamic"`` where the configurations hold both (a static row is a
+    dynamic one with its value matrices fixed to the identity); None (each group its first's)."""
+    types = {m.fusion for m in methods if pads(m, "fusion")}
+    return "dynamic" if len(types) > 1 else None
 
 
 def _placement(methods: Sequence[Any], method: str) -> str | None:
@@ -270,13 +280,15 @@ class Pools:
 
     def describe(self) -> str:
         plan = self.plan
-        linears = []
+        notes = []
         if plan.placement:
-            linears.append("every linear" if plan.placement == "all"
-                           else f"LoRA on {plan.placement}")  # fmt: skip
+            notes.append("every linear" if plan.placement == "all"
+                         else f"LoRA on {plan.placement}")  # fmt: skip
         if plan.lora_fusion_placement:
-            linears.append(f"lora_fusion's LoRA on {plan.lora_fusion_placement}")
-        lines = "".join(f", {text}" for text in linears)
+            notes.append(f"lora_fusion's LoRA on {plan.lora_fusion_placement}")
+        if plan.fusion:
+            notes.append("static fusion as dynamic rows")
+        lines = "".join(f", {text}" for text in notes)
         if [m for m, _ in plan.groups] in ([], ["lora"]):
             rows = f"{plan.slots} rows of LoRA rank {plan.rank}"
         else:  # the sizes rows pad to, then how many groups the first configurations need

@@ -29,8 +29,10 @@ class RowLimits:
     """The largest sizes a pool's rows hold (smaller trials pad into them): LoRA ``rank``,
     ``bottleneck`` of a trainable bottleneck adapter and ``target_bottleneck`` (None: the first
     trial's of its group), the LoRA placement of plain LoRA rows (``placement``) and of
-    LoRA+AdapterFusion rows (``lora_fusion_placement``; None: the first trial's), and the fusion
-    ``sources`` a row may fuse (None: the first trial's of its group)."""
+    LoRA+AdapterFusion rows (``lora_fusion_placement``; None: the first trial's), the fusion
+    ``sources`` a row may fuse (None: the first trial's of its group), and the ``fusion`` type of
+    fusion rows ("dynamic" holds static trials too; None: the first trial's, and a dynamic trial
+    does not fit a static group: :func:`~trainables.fused.rows.check_rows` refuses it)."""
 
     rank: int = 16
     bottleneck: int | None = None
@@ -38,6 +40,7 @@ class RowLimits:
     placement: str | None = None
     sources: tuple[str, ...] | None = None
     lora_fusion_placement: str | None = None
+    fusion: str | None = None
 
     def placement_of(self, method: str) -> str | None:
         """The placement ``method``'s rows hold LoRA on (None: the first trial's of its group)."""
@@ -62,6 +65,8 @@ class RowLimits:
             changes["sources"] = self.sources
         if pads(method, "fusion_layers"):
             changes["fusion_layers"] = None  # every layer: a trial's others are zero-score ones
+        if pads(method, "fusion") and self.fusion is not None:
+            changes["fusion"] = self.fusion  # a static row's value matrices: the identity
         return method.replace(**changes)
 
     def refuse(self, method: MethodConfig) -> None:

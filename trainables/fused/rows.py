@@ -8,7 +8,9 @@ trial smaller than the template (a lower LoRA rank, a narrower adapter) fills th
 slot; its :attr:`scale` is zero over the rest, so the padded entries are zero in the forward, get
 zero gradient and stay zero (which knobs pad exactly: :mod:`search_spaces.row_groups`). LoRA's
 ``alpha / rank`` is a row's scale over its B factors (the template's own scale set to 1), as in
-:class:`~trainables.fused.model.FusedLoRA`.
+:class:`~trainables.fused.model.FusedLoRA`. A dynamic fusion template's value matrix that a row
+lacks (a static trial's, or one outside the trial's fusion layers) is the identity, fixed: the
+row's :attr:`shift`, added where its scale is zero.
 
 Differences from :class:`~trainables.fused.model.FusedLoRA`: no packed batches (``slots``). As
 there, :meth:`FusedRows.backbone_to` stores the frozen backbone and source adapters in bf16 on a
@@ -59,6 +61,7 @@ class FusedRows(nn.Module):
     head_mask: torch.Tensor
     scale: torch.Tensor
     present: torch.Tensor
+    shift: torch.Tensor | None
     packs = False  # takes padded batches only (no ``slots``)
     # no per-step hooks (check_rows refuses members with them): the step may replay from graphs
     graph_safe = True
@@ -91,6 +94,10 @@ class FusedRows(nn.Module):
         adapters = len(presence(self._fusion, self._fusion))
         self.register_buffer("present", torch.zeros(k, adapters, device=device))
         self._pulled = _pulled_slots(template, self._names)
+        # dynamic fusion's value matrices a row lacks (a static trial's; a layer outside its
+        # fusion_layers): the identity, fixed, where its scale is zero (search_spaces.row_groups)
+        shift = torch.zeros_like(self.theta) if self._pulled else None
+        self.register_buffer("shift", shift)
         self._dtype = torch.float32  # the shared copy's, until backbone_to
         with torch.no_grad():
             for row, member in enumerate(members):
@@ -181,11 +188,18 @@ class FusedRows(nn.Module):
             self.scale[row].zero_()
             self.present[row] = presence(self._fusion, fusion_name(member))
             scales = self.scale.detach()[row].split([s.size for s in self._slots])
+            own = set()
             for (part, value), (i, _) in zip(self._pairs(row, member), _indexed(self, member),
                                              strict=True):  # fmt: skip
                 part.copy_(value)
                 corner = scales[i].view(self._slots[i].shape)[_corner(value)]
                 corner.fill_(_lora_scale(member, self._names[i]))
+                own.add(i)
+            if self.shift is not None:
+                self.shift[row].zero_()
+                shifts = self.shift[row].split([s.size for s in self._slots])
+                for i in set(self._pulled) - own:
+                    shifts[i].view(self._slots[i].shape).copy_(torch.eye(self._slots[i].shape[0]))
 
     def store_row(self, row: int, member: PeftClassifier) -> None:
         """Copy row ``row``'s trained weights into ``member`` (the trial that row holds)."""
@@ -195,7 +209,10 @@ class FusedRows(nn.Module):
 
     def _weights(self, rows: list[int] | torch.Tensor | None) -> torch.Tensor:
         theta = self.theta if rows is None else self.theta[rows]
-        return theta * (self.scale if rows is None else self.scale[rows])
+        weights = theta * (self.scale if rows is None else self.scale[rows])
+        if self.shift is None:
+            return weights
+        return weights + (self.shift if rows is None else self.shift[rows])
 
     def _pairs(self, row: int, member: PeftClassifier) -> Iterator[tuple[torch.Tensor, Any]]:
         """(corner of the slot in row ``row``, the member's tensor) for each trainable tensor."""
@@ -219,6 +236,10 @@ def check_rows(template: nn.Module, members: Sequence[nn.Module], *, copied: boo
         if config.head != "mean" or config.quantize != "none":
             raise ConfigError(f"trial {k}: head={config.head!r} quantize={config.quantize!r} "
                               "cannot be fused; fusable: head='mean', quantize='none'")  # fmt: skip
+        if getattr(config, "fusion", None) == "dynamic" != _config(template).fusion:
+            raise ConfigError(f"trial {k}: dynamic fusion does not fit a template of static "
+                              "fusion (a group holding both is built dynamic: "
+                              "search_spaces.row_groups.group_template)")  # fmt: skip
         if row_signature(config) != ours:
             raise ConfigError(f"trial {k}: method={config.method!r} differs from the template's "
                               "beyond the sizes that pad (search_spaces.row_groups)")  # fmt: skip
