@@ -156,6 +156,33 @@ def test_trials_finishing_together_score_their_final_splits_in_one_fused_pass(mo
         assert final["status"] == "completed" and final["latency_ms"] > 0
 
 
+def test_a_few_rows_due_evaluate_in_wider_batches_and_score_as_alone(monkeypatch):
+    # each fused evaluation forward is host work under vmap: a trial alone in a group of 4 rows
+    # takes 4x the examples a forward (the sequences of a full group's), so a quarter the forwards
+    from trainables.fused import pool_eval, step
+
+    widths = []
+    fused = step.evaluate_fused
+
+    def counted(model, split, **kwargs):  # type: ignore[no-untyped-def]
+        widths.append((len(kwargs["rows"]), kwargs["batch_size"]))
+        return fused(model, split, **kwargs)
+
+    for module in (step, pool_eval):  # the test split's forwards, dev's
+        monkeypatch.setattr(module, "evaluate_fused", counted)
+    config = {**BASE, "rank": 4, "alpha": 8, "lr": 3e-3, "seed": 1}
+    pool = FusedPool(DATA, slots=4, rank=4, device="cpu", build=build, gather_s=0.0)
+    try:
+        reports = poll_to_end(pool, pool.join(config))
+    finally:
+        pool.close()
+    assert set(widths) == {(1, 4 * BASE["eval_batch_size"])}
+    assert len(widths) == BASE["evals"] + 1  # dev at each evaluation, then the test split
+    reference, result = alone(config, train_rows(DATA, None, seed=1))
+    assert reports[-1]["best_dev_score"] == result.best_dev_score
+    assert reports[-1]["dev_score"] == pytest.approx(result.dev_metrics["score"])
+
+
 def test_a_poll_during_a_trials_last_evaluation_keeps_the_trial_and_its_report(monkeypatch):
     """A poll that lands while the pool makes a trial's last report (forced here: right after the
     reports are made, before they are handed over) returns without it and keeps the trial, whose

@@ -25,8 +25,9 @@ failed: ``tune_pooled_trial`` leaves in a ``finally``); one that has not polled 
 :data:`LEASE_S` seconds (its process killed) is dropped at the next step. An empty pool waits up
 to :data:`GATHER_S` seconds for ``slots`` trials (fewer where the study said fewer are still to
 come: :meth:`FusedPool.expect`) before its first step, so that the trials Tune starts together
-train in step. A fused evaluation runs the rows that are due, together, and so do the test split
-and extra sets of those at their last (as dev, up to float rounding from the trial alone); the
+train in step. A fused evaluation runs the rows that are due, together (in a full group's
+sequences a forward: :func:`~.pool_eval.eval_batch`), and so do the test split and extra sets of
+those at their last (as dev, up to float rounding from the trial alone); the
 rest of a trial's final metrics (latency) runs on its own model, its row written back. Pool trials
 checkpoint their weights once, at the end: a trial restarted by Tune starts over. Each trial
 plans, tallies and reports with the training core (:mod:`trainables.training`: its own

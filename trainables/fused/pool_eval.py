@@ -11,6 +11,7 @@ from trainables.fused.pool_trial import PoolTrial, method_weights
 from trainables.fused.step import evaluate_fused, final_scores
 from trainables.prepared import PreparedData
 from trainables.relay import WEIGHTS_KEY
+from trainables.train_config import TrainConfig
 from trainables.training.report import Scores
 
 
@@ -26,11 +27,12 @@ def evaluate_due(
     train = due[0].train
     results = evaluate_fused(
         group.model, data.dev, task_kind=data.task_kind, metric=data.metric,
-        batch_size=train.eval_batch_size, device=device, precision=train.precision,
+        batch_size=eval_batch(train, len(due), slots), device=device, precision=train.precision,
         rows=[m.row for m in due],
     )  # fmt: skip
     last = [m for m in due if m.progress.evaluation + 1 == m.train.evals]  # all at once
-    finals = final_scores(group.model, data, [m.row for m in last], train, device)
+    finals = final_scores(group.model, data, [m.row for m in last], train, device,
+                          batch_size=eval_batch(train, len(last), slots))  # fmt: skip
     scores = {m.token: s for m, s in zip(last, finals, strict=True)}
     losses = group.loss_sums.tolist()
     out = []
@@ -41,6 +43,13 @@ def evaluate_due(
                          data, slots=slots, device=device)  # fmt: skip
         out.append((member, report))
     return out
+
+
+def eval_batch(train: TrainConfig, rows: int, slots: int) -> int:
+    """Examples per fused evaluation forward of ``rows`` of a group of ``slots``: as many sequences
+    as a full group's forward (``eval_batch_size`` examples for each of ``slots`` rows), so that a
+    few rows due take fewer forwards, each of them host work under ``vmap``, in no more memory."""
+    return train.eval_batch_size * max(1, slots // max(1, rows))
 
 
 def _report(
@@ -77,4 +86,4 @@ def _report(
     return report
 
 
-__all__ = ["evaluate_due"]
+__all__ = ["eval_batch", "evaluate_due"]

@@ -204,15 +204,17 @@ def final_scores(
     rows: list[int],
     train: TrainConfig,
     device: torch.device | str | None = None,
+    *,
+    batch_size: int | None = None,
 ) -> list[Scores]:
     """Each of ``rows``' metrics on the splits its trial's final metrics score (the test split
     and the extra sets, :func:`~trainables.training.report.final_splits`), by split name, at
-    ``train``'s evaluation batch size and precision; every batch runs once for all the rows, as
-    :func:`evaluate_fused` runs dev."""
+    ``batch_size`` examples a batch (default ``train``'s evaluation batch size) and ``train``'s
+    precision; every batch runs once for all the rows, as :func:`evaluate_fused` runs dev."""
     if not rows:
         return []
     scored = {name: evaluate_fused(model, split, task_kind=data.task_kind, metric=data.metric,
-                                   batch_size=train.eval_batch_size, device=device,
+                                   batch_size=batch_size or train.eval_batch_size, device=device,
                                    precision=train.precision, rows=rows)
               for name, split in final_splits(data).items()}  # fmt: skip
     return [{name: results[i][1] for name, results in scored.items()} for i in range(len(rows))]
