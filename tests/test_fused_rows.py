@@ -451,7 +451,8 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @CUDA
 @pytest.mark.parametrize("case", [
     # prefix-flat waited for the host on an H200 (2026-12-05, commit c598cf8): adapters made the flat
-    # prefix's mask on the host; found on CPU by tests/test_host_waits.py, fixed, not yet re-run here
+    # prefix's mask on the host; found on CPU by tests/test_host_waits.py, fixed; passed on an H100
+    # (2026-12-06, commit 170b2e4), as did fusion-types
     "pfeiffer", "lora_fusion-union", "fusion-dynamic", "prefix-flat", "fusion-types",
 ])  # fmt: skip
 def test_rows_replay_from_graphs_on_cuda_as_they_run_eager(case, sources):
