@@ -30,7 +30,7 @@ def evaluate_due(
         batch_size=eval_batch(train, len(due), slots), device=device, precision=train.precision,
         rows=[m.row for m in due],
     )  # fmt: skip
-    last = [m for m in due if m.progress.evaluation + 1 == m.train.evals]  # all at once
+    last = [m for m in due if m.reporter.is_last(m.progress.evaluation + 1)]  # all at once
     finals = final_scores(group.model, data, [m.row for m in last], train, device,
                           batch_size=eval_batch(train, len(last), slots))  # fmt: skip
     scores = {m.token: s for m, s in zip(last, finals, strict=True)}

@@ -79,7 +79,11 @@ class TrialReporter:
 
     def last(self, ev: EvalReport) -> bool:
         """Whether ``ev`` is the trial's last evaluation."""
-        return ev.evaluation == self.config.evals
+        return self.is_last(ev.evaluation)
+
+    def is_last(self, evaluation: int) -> bool:
+        """Whether evaluation number ``evaluation`` (1-based) is the trial's last."""
+        return evaluation == self.config.evals
 
     def finish(
         self, metrics: dict[str, Any], data: PreparedData, scores: Scores | None = None
