@@ -43,7 +43,7 @@ from torch.func import functional_call, vmap
 from transformers.models.bert import modeling_bert
 
 from search_spaces.errors import ConfigError
-from search_spaces.row_groups import row_signature
+from search_spaces.row_groups import pads, row_signature
 from trainables.fused.model import Slot, slot_mask
 from trainables.fused.rows_fusion import fusion_name, mask_fusion, presence, rename
 from trainables.model import PeftClassifier
@@ -236,7 +236,7 @@ def check_rows(template: nn.Module, members: Sequence[nn.Module], *, copied: boo
         if config.head != "mean" or config.quantize != "none":
             raise ConfigError(f"trial {k}: head={config.head!r} quantize={config.quantize!r} "
                               "cannot be fused; fusable: head='mean', quantize='none'")  # fmt: skip
-        if getattr(config, "fusion", None) == "dynamic" != _config(template).fusion:
+        if pads(config, "fusion") and config.fusion == "dynamic" != _config(template).fusion:
             raise ConfigError(f"trial {k}: dynamic fusion does not fit a template of static "
                               "fusion (a group holding both is built dynamic: "
                               "search_spaces.row_groups.group_template)")  # fmt: skip
