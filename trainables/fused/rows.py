@@ -209,10 +209,12 @@ class FusedRows(nn.Module):
 
     def _weights(self, rows: list[int] | torch.Tensor | None) -> torch.Tensor:
         theta = self.theta if rows is None else self.theta[rows]
-        weights = theta * (self.scale if rows is None else self.scale[rows])
+        scale = self.scale if rows is None else self.scale[rows]
         if self.shift is None:
-            return weights
-        return weights + (self.shift if rows is None else self.shift[rows])
+            return theta * scale
+        # one fused kernel, the same values: where shift is non-zero scale is zero, elsewhere the
+        # shift adds an exact zero
+        return torch.addcmul(self.shift if rows is None else self.shift[rows], theta, scale)
 
     def _pairs(self, row: int, member: PeftClassifier) -> Iterator[tuple[torch.Tensor, Any]]:
         """(corner of the slot in row ``row``, the member's tensor) for each trainable tensor."""
