@@ -132,9 +132,7 @@ def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
     if pads(first, "fusion"):  # static fusion is dynamic's with the value fixed to the identity
         changes["fusion"] = "dynamic" if any(c.fusion == "dynamic" for c in configs) else "static"
     if pads(first, "fusion_layers"):
-        layers = [c.fusion_layers for c in configs]
-        every = [n for each in layers if each is not None for n in each]
-        changes["fusion_layers"] = None if None in layers else tuple(sorted(set(every)))
+        changes["fusion_layers"] = union_fusion_layers(configs)
     return first.replace(**changes)
 
 
@@ -161,6 +159,15 @@ def union_sources(configs: Iterable[MethodConfig]) -> tuple[str, ...]:
     return tuple(sorted({s for c in configs for s in c.sources}))
 
 
+def union_fusion_layers(configs: Iterable[MethodConfig]) -> tuple[int, ...] | None:
+    """Every layer the configs fuse at, sorted; None (every layer) where one of them fuses at
+    every layer, or there are none: the fusion layers of their groups' templates."""
+    layers = [c.fusion_layers for c in configs]
+    if not layers or None in layers:
+        return None
+    return tuple(sorted({n for each in layers if each is not None for n in each}))
+
+
 def count_groups(configs: Iterable[MethodConfig]) -> dict[str, int]:
     """How many fused groups (row signatures) ``configs`` fall into, per method."""
     seen: dict[str, set[tuple[Any, ...]]] = {}
@@ -171,5 +178,5 @@ def count_groups(configs: Iterable[MethodConfig]) -> dict[str, int]:
 
 __all__ = [
     "PADDED", "ROW_METHODS", "count_groups", "covering_placement", "group_template", "holds",
-    "max_rank", "pads", "row_signature", "union_sources",
+    "max_rank", "pads", "row_signature", "union_fusion_layers", "union_sources",
 ]  # fmt: skip

@@ -322,6 +322,21 @@ def test_lora_fusion_trials_of_other_linears_and_fusion_types_share_a_group_as_e
     assert (status["groups"], status["rows"]) == (1, 2)
 
 
+def test_fusion_trials_of_the_top_layer_fuse_there_only_as_each_alone(sources):
+    """A study whose fusion trials fuse at some layers only (e4_budget's at its top one or two):
+    its rows fuse at their union of layers, not every layer, and train as each trial alone."""
+    fusion = {**POOL_BASE, "method": "fusion", "sources": SOURCES, "bottleneck": 8,
+              "fusion_layers": (1,)}  # fmt: skip
+    configs = [
+        {**fusion, "fusion": "static", "target_bottleneck": 4, "lr": 3e-3, "seed": 1},
+        {**fusion, "fusion": "dynamic", "sources": ("imdb",), "lr": 2e-3, "seed": 2},
+    ]
+    limits = RowLimits(target_bottleneck=8, sources=SOURCES, fusion="dynamic",
+                       fusion_layers=(1,))  # fmt: skip
+    status = pool_each_as_alone(configs, limits, sources)
+    assert (status["groups"], status["rows"]) == (1, 2)
+
+
 def pool_each_as_alone(configs: list[dict], limits: RowLimits, sources) -> dict:
     """Train ``configs`` in a pool of 2 rows per group, check each trial's reports and weights
     against the trial trained alone, and return the pool's status at the end."""
@@ -364,11 +379,15 @@ def test_a_pool_of_rows_over_a_bf16_backbone_takes_its_trials(method, sources):
 
 def test_a_pool_refuses_a_trial_larger_than_its_rows(sources):
     data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
-    limits = RowLimits(rank=8, bottleneck=8, sources=("glue/sst2",), lora_fusion_placement="ffn")
+    limits = RowLimits(rank=8, bottleneck=8, sources=("glue/sst2",), lora_fusion_placement="ffn",
+                       fusion_layers=(1,))  # fmt: skip
     pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
     try:
         with pytest.raises(ConfigError, match="rows fuse sources glue/sst2, not 'imdb'"):
             pool.join({**POOL_BASE, "method": "fusion", "sources": SOURCES, "bottleneck": 8})
+        with pytest.raises(ConfigError, match="rows fuse at layers 1, not fusion_layers=every"):
+            pool.join({**POOL_BASE, "method": "fusion", "sources": ("glue/sst2",),
+                       "bottleneck": 8})  # fmt: skip
         with pytest.raises(
             ConfigError,
             match="lora_fusion rows hold LoRA on placement='ffn', "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -63,15 +64,17 @@ def test_a_study_of_lora_and_fusion_gets_one_group_per_row_signature():
 def test_e4_budgets_trials_share_one_group_per_method():
     """Its LoRA+AdapterFusion trials sit on attn_qv or ffn (rows on both), its fusion trials are
     static or dynamic (dynamic rows, a static one's value fixed to the identity): one group per
-    method (7 groups in all, then 5 with both placements in one, now 3)."""
+    method (7 groups in all, then 5 with both placements in one, now 3). Its fusion trials fuse
+    at the top one or two layers: rows fuse there only, not at every layer (which cost a fusion
+    row 2.3x its trial's FLOPs a step, 1.5x at the union)."""
     exp = get_experiment("e4_budget")
     plan = fuse_plan(exp, build_space(exp), 16, num_labels=3)
     assert (plan.placement, plan.lora_fusion_placement) == ("all", "attn_qv_ffn")
-    assert plan.fusion == "dynamic"
+    assert (plan.fusion, plan.fusion_layers) == ("dynamic", (4, 5))
     assert dict(plan.groups) == {"fusion": 1, "lora": 1, "lora_fusion": 1}
     line = Pools(plan, ("p",), ((0,),), router=None, name="n").describe()
     assert line.endswith("on one GPU, every linear, lora_fusion's LoRA on attn_qv_ffn, static "
-                         "fusion as dynamic rows"), line  # fmt: skip
+                         "fusion as dynamic rows, fusion at layers 4,5"), line  # fmt: skip
     limits = plan.limits()
     for placement, fusion in (("attn_qv", "static"), ("ffn", "dynamic")):
         hybrid = MethodConfig(method="lora_fusion", placement=placement, sources=("imdb",),
@@ -79,7 +82,14 @@ def test_e4_budgets_trials_share_one_group_per_method():
         limits.refuse(hybrid)
         template = limits.template(hybrid)
         assert (template.placement, template.fusion, template.fusion_layers) == (
-            "attn_qv_ffn", "dynamic", None)  # fmt: skip
+            "attn_qv_ffn", "dynamic", (4, 5))  # fmt: skip
+    for layers, named in (((3, 4, 5), "(3, 4, 5)"), (None, "every layer")):
+        with pytest.raises(ConfigError, match=rf"rows fuse at layers 4,5, not fusion_layers="
+                           rf"{re.escape(named)}$"):  # fmt: skip
+            limits.refuse(hybrid.replace(fusion_layers=layers))
+    similar = hybrid.replace(fusion_init="similarity", fusion_layers=None)
+    limits.refuse(similar)  # its layers are its group's (in its signature), not the limits'
+    assert limits.template(similar).fusion_layers is None
 
 
 def lora_only(name: str = "e4_budget", *extra: str):

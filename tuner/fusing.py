@@ -6,8 +6,9 @@ Each configuration stays its own Tune trial (its searcher suggestion, scheduler 
 run, checkpoint); its process only relays a pool's reports, so it holds a quarter of a CPU and
 no GPU. Checked before anything starts: every configuration the search would try first is of a
 fusable method with the mean head. The rows' sizes are the largest those configurations have
-(LoRA rank, bottleneck, target adapter); a study whose LoRA configurations sit on different
-linears or layers gets rows with LoRA on every layer, on the linears of all their placements
+(LoRA rank, bottleneck, target adapter; the fusion layers their union); a study whose LoRA
+configurations sit on different linears or layers gets rows with LoRA on every layer, on the
+linears of all their placements
 (:func:`search_spaces.row_groups.covering_placement`: plain LoRA's ``all``, LoRA+AdapterFusion's
 ``attn_qv_ffn``). Without ``--fuse``, a study on a GPU cluster pools where every method it tries
 is pooled by default (:func:`default_plan`); ``--fuse 0`` turns that off; a resumed study keeps
@@ -37,6 +38,7 @@ from search_spaces.row_groups import (
     covering_placement,
     max_rank,
     pads,
+    union_fusion_layers,
     union_sources,
 )
 from tuner.experiment import Experiment
@@ -59,6 +61,7 @@ class FusePlan:
     sources: tuple[str, ...] | None = None  # every fusion source the rows may fuse (their union)
     lora_fusion_placement: str | None = None  # LoRA+AdapterFusion rows' linears, as ``placement``
     fusion: str | None = None  # "dynamic": fusion rows of both types, static ones as dynamic
+    fusion_layers: tuple[int, ...] | None = None  # every layer a fusion row may fuse at; None: all
 
     def limits(self) -> Any:
         from trainables.fused.pool_group import RowLimits
@@ -67,7 +70,7 @@ class FusePlan:
                          target_bottleneck=self.target_bottleneck, placement=self.placement,
                          sources=self.sources,
                          lora_fusion_placement=self.lora_fusion_placement,
-                         fusion=self.fusion)  # fmt: skip
+                         fusion=self.fusion, fusion_layers=self.fusion_layers)  # fmt: skip
 
     def describe_groups(self) -> str:
         """``N fused groups (method n, ...)``: what the configurations read up front need."""
@@ -167,7 +170,9 @@ def unpooled(methods: Sequence[Any], poolable: Sequence[str]) -> str | None:
 
 def plan_for(methods: Sequence[Any], slots: int) -> FusePlan:
     """The rows' sizes: the largest the ``methods`` have; LoRA on every layer, on the linears of
-    all their placements, where a method's configurations sit on different ones."""
+    all their placements, where a method's configurations sit on different ones; fusion at the
+    layers any of them fuses at (not every layer: a trial's unused fusion layers cost a row the
+    source adapters' compute there)."""
     ranked = [max_rank(m) for m in methods if "rank" in PADDED[m.method]]
     adapters = [m.bottleneck for m in methods if "bottleneck" in PADDED[m.method]]
     targets = [m.target_bottleneck for m in methods if m.target_bottleneck]
@@ -177,6 +182,7 @@ def plan_for(methods: Sequence[Any], slots: int) -> FusePlan:
         max(adapters, default=None), max(targets, default=None),
         tuple(count_groups(methods).items()), sources or None,
         _placement(methods, "lora_fusion"), _fusion_type(methods),
+        union_fusion_layers(m for m in methods if pads(m, "fusion_layers")),
     )  # fmt: skip
 
 
@@ -288,6 +294,8 @@ class Pools:
             notes.append(f"lora_fusion's LoRA on {plan.lora_fusion_placement}")
         if plan.fusion:
             notes.append("static fusion as dynamic rows")
+        if plan.fusion_layers:
+            notes.append(f"fusion at layers {','.join(map(str, plan.fusion_layers))}")
         lines = "".join(f", {text}" for text in notes)
         if [m for m, _ in plan.groups] in ([], ["lora"]):
             rows = f"{plan.slots} rows of LoRA rank {plan.rank}"

@@ -30,9 +30,10 @@ class RowLimits:
     ``bottleneck`` of a trainable bottleneck adapter and ``target_bottleneck`` (None: the first
     trial's of its group), the LoRA placement of plain LoRA rows (``placement``) and of
     LoRA+AdapterFusion rows (``lora_fusion_placement``; None: the first trial's), the fusion
-    ``sources`` a row may fuse (None: the first trial's of its group), and the ``fusion`` type of
-    fusion rows ("dynamic" holds static trials too; None: the first trial's, and a dynamic trial
-    does not fit a static group: :func:`~trainables.fused.rows.check_rows` refuses it)."""
+    ``sources`` a row may fuse (None: the first trial's of its group), the ``fusion_layers`` a
+    row may fuse at (None: every layer), and the ``fusion`` type of fusion rows ("dynamic" holds
+    static trials too; None: the first trial's, and a dynamic trial does not fit a static group:
+    :func:`~trainables.fused.rows.check_rows` refuses it)."""
 
     rank: int = 16
     bottleneck: int | None = None
@@ -41,6 +42,7 @@ class RowLimits:
     sources: tuple[str, ...] | None = None
     lora_fusion_placement: str | None = None
     fusion: str | None = None
+    fusion_layers: tuple[int, ...] | None = None
 
     def placement_of(self, method: str) -> str | None:
         """The placement ``method``'s rows hold LoRA on (None: the first trial's of its group)."""
@@ -63,8 +65,8 @@ class RowLimits:
                 changes[name] = limit
         if pads(method, "sources") and self.sources:
             changes["sources"] = self.sources
-        if pads(method, "fusion_layers"):
-            changes["fusion_layers"] = None  # every layer: a trial's others are zero-score ones
+        if pads(method, "fusion_layers"):  # a trial's layers outside its own: zero-score ones
+            changes["fusion_layers"] = self.fusion_layers
         if pads(method, "fusion") and self.fusion is not None:
             changes["fusion"] = self.fusion  # a static row's value matrices: the identity
         return method.replace(**changes)
@@ -89,6 +91,12 @@ class RowLimits:
             if extra:
                 raise ConfigError(f"the fused pool's rows fuse sources {','.join(self.sources)}, "
                                   f"not {extra[0]!r}")  # fmt: skip
+        layers, own = self.fusion_layers, method.fusion_layers
+        outside = own is None or not set(own) <= set(layers or ())
+        if pads(method, "fusion_layers") and layers is not None and outside:
+            raise ConfigError(f"the fused pool's rows fuse at layers "
+                              f"{','.join(map(str, layers))}, not fusion_layers="
+                              f"{'every layer' if own is None else own}")  # fmt: skip
 
 
 def unions_adapters(method: MethodConfig) -> bool:
