@@ -171,8 +171,8 @@ def unpooled(methods: Sequence[Any], poolable: Sequence[str]) -> str | None:
 def plan_for(methods: Sequence[Any], slots: int) -> FusePlan:
     """The rows' sizes: the largest the ``methods`` have; LoRA on every layer, on the linears of
     all their placements, where a method's configurations sit on different ones; fusion at the
-    layers any of them fuses at (not every layer: a trial's unused fusion layers cost a row the
-    source adapters' compute there)."""
+    layers any of them fuses at (not every layer: where a trial averages its adapters, a row's
+    fusion layer still projects every adapter's output)."""
     ranked = [max_rank(m) for m in methods if "rank" in PADDED[m.method]]
     adapters = [m.bottleneck for m in methods if "bottleneck" in PADDED[m.method]]
     targets = [m.target_bottleneck for m in methods if m.target_bottleneck]

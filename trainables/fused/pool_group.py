@@ -96,7 +96,7 @@ class RowLimits:
         if pads(method, "fusion_layers") and layers is not None and outside:
             raise ConfigError(f"the fused pool's rows fuse at layers "
                               f"{','.join(map(str, layers))}, not fusion_layers="
-                              f"{'every layer' if own is None else own}")  # fmt: skip
+                              f"{'every layer' if own is None else ','.join(map(str, own))}")  # fmt: skip
 
 
 def unions_adapters(method: MethodConfig) -> bool:
