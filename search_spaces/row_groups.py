@@ -43,8 +43,8 @@ the fusion type, the fusion layers and the presence of a target adapter.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from search_spaces import catalog  # noqa: F401  (registers every method's facts)
@@ -176,7 +176,124 @@ def count_groups(configs: Iterable[MethodConfig]) -> dict[str, int]:
     return {method: len(signatures) for method, signatures in sorted(seen.items())}
 
 
+@dataclass(frozen=True)
+class RowLimits:
+    """The largest sizes one method's rows hold in a pool (smaller trials pad into them): LoRA
+    ``rank``, the ``bottleneck`` of a trainable bottleneck adapter and ``target_bottleneck``
+    (None: the first trial's of its group), LoRA's ``placement`` (None: the first trial's), the
+    fusion ``sources`` a row may fuse (None: the first trial's), the ``fusion_layers`` a row may
+    learn its fusion at (None: every layer), and the ``fusion`` type ("dynamic" holds static
+    trials too; None: the first trial's, and a dynamic trial does not fit a static group:
+    :func:`trainables.fused.rows.check_rows` refuses it)."""
+
+    rank: int = 16
+    bottleneck: int | None = None
+    target_bottleneck: int | None = None
+    placement: str | None = None
+    sources: tuple[str, ...] | None = None
+    fusion: str | None = None
+    fusion_layers: tuple[int, ...] | None = None
+
+    def template(self, method: MethodConfig) -> MethodConfig:
+        """The method config of the template of ``method``'s group, raised to these limits."""
+        padded = PADDED[method.method]
+        changes: dict[str, Any] = {}
+        if "rank" in padded:
+            changes.update(rank=self.rank, layer_ranks=None)
+            if method.method != "lora" or self.placement is not None:
+                changes["layers"] = None
+            if self.placement is not None:
+                changes["placement"] = self.placement
+        for name in ("bottleneck", "target_bottleneck"):
+            limit, present = getattr(self, name), getattr(method, name) > 0
+            if pads(method, name) and limit is not None and (present or unions_adapters(method)):
+                changes[name] = limit
+        if pads(method, "sources") and self.sources:
+            changes["sources"] = self.sources
+        if pads(method, "fusion_layers"):  # a trial's layers outside its own: zero-score ones
+            changes["fusion_layers"] = self.fusion_layers
+        if pads(method, "fusion") and self.fusion is not None:
+            changes["fusion"] = self.fusion  # a static row's value matrices: the identity
+        return method.replace(**changes)
+
+    def refuse(self, method: MethodConfig) -> None:
+        """Refuse, naming the size, a trial larger than these limits."""
+        padded, rank = PADDED[method.method], max_rank(method)
+        if "rank" in padded and rank > self.rank:
+            raise ConfigError(f"the fused pool takes LoRA trials of rank <= {self.rank}, not "
+                              f"method={method.method!r} rank={rank}")  # fmt: skip
+        placement = self.placement if "placement" in padded else None
+        if placement is not None and not holds(placement, [method.placement]):
+            raise ConfigError(f"the fused pool's {method.method} rows hold LoRA on "
+                              f"placement={placement!r}, which lacks some linears of "
+                              f"placement={method.placement!r}")  # fmt: skip
+        for name in ("bottleneck", "target_bottleneck"):
+            limit, value = getattr(self, name), getattr(method, name)
+            if name in padded and limit is not None and value > limit:
+                raise ConfigError(f"the fused pool takes {name} <= {limit}, not {name}={value}")
+        if "sources" in padded and self.sources is not None:
+            extra = sorted(set(method.sources) - set(self.sources))
+            if extra:
+                raise ConfigError(f"the fused pool's rows fuse sources {','.join(self.sources)}, "
+                                  f"not {extra[0]!r}")  # fmt: skip
+        layers, own = self.fusion_layers, method.fusion_layers
+        outside = own is None or not set(own) <= set(layers or ())
+        if pads(method, "fusion_layers") and layers is not None and outside:
+            named = "every layer" if own is None else ",".join(map(str, own))
+            raise ConfigError(f"the fused pool's rows fuse at {_layers(layers)}, not "
+                              f"fusion_layers={named}")  # fmt: skip
+
+    def describe(self, method: str) -> str:
+        """What ``method``'s rows hold, in words: ``LoRA rank 65 on every linear``, ..."""
+        padded, parts = PADDED[method], []
+        if "rank" in padded:
+            where = {None: "", "all": " on every linear"}.get(
+                self.placement, f" on {self.placement}"
+            )
+            parts.append(f"LoRA rank {self.rank}{where}")
+        parts += [f"{name} {getattr(self, name)}" for name in ("bottleneck", "target_bottleneck")
+                  if name in padded and getattr(self, name)]  # fmt: skip
+        if self.fusion == "dynamic" and "fusion" in padded:
+            parts.append("static fusion as dynamic")
+        if self.fusion_layers and "fusion_layers" in padded:
+            parts.append(f"fusion at {_layers(self.fusion_layers)}")
+        return ", ".join(parts)
+
+
+def _layers(layers: tuple[int, ...]) -> str:
+    return f"layer{'s' * (len(layers) > 1)} {','.join(map(str, layers))}"
+
+
+def row_limits(configs: Sequence[MethodConfig]) -> RowLimits:
+    """The limits of one method's rows for ``configs`` (of that method): their largest padded
+    sizes; LoRA on every layer, on the linears of all their placements, where they sit on
+    different ones; dynamic fusion where they hold both types; fusion at the layers any of them
+    learns its fusion at (not every layer: where a trial averages its adapters, a row's fusion
+    layer would still project every adapter's output)."""
+    first = configs[0]
+    padded = PADDED[first.method]
+    where = {(c.placement, c.layers) for c in configs}
+    types = {c.fusion for c in configs if pads(c, "fusion")}
+    targets = [c.target_bottleneck for c in configs if c.target_bottleneck]
+    return RowLimits(
+        rank=max((max_rank(c) for c in configs), default=8) if "rank" in padded else 8,
+        bottleneck=max(c.bottleneck for c in configs) if "bottleneck" in padded else None,
+        target_bottleneck=max(targets, default=None) if "target_bottleneck" in padded else None,
+        placement=covering_placement(first.method, {p for p, _ in where})
+        if "placement" in padded and len(where) > 1 else None,
+        sources=(union_sources(configs) or None) if "sources" in padded else None,
+        fusion="dynamic" if len(types) > 1 else None,
+        fusion_layers=union_fusion_layers(c for c in configs if pads(c, "fusion_layers")),
+    )  # fmt: skip
+
+
+def unions_adapters(method: MethodConfig) -> bool:
+    """Whether a trial fuses the union of its group's adapters (a target one too, if any has it)."""
+    return method.method in ("fusion", "lora_fusion") and method.fusion_init == "uniform"
+
+
 __all__ = [
-    "PADDED", "ROW_METHODS", "count_groups", "covering_placement", "group_template", "holds",
-    "max_rank", "pads", "row_signature", "union_fusion_layers", "union_sources",
+    "PADDED", "ROW_METHODS", "RowLimits", "count_groups", "covering_placement", "group_template",
+    "holds", "max_rank", "pads", "row_limits", "row_signature", "union_fusion_layers",
+    "union_sources", "unions_adapters",
 ]  # fmt: skip

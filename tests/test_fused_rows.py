@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from search_spaces.errors import ConfigError
 from search_spaces.method_config import MethodConfig
-from search_spaces.row_groups import count_groups, group_template, row_signature
+from search_spaces.row_groups import RowLimits, count_groups, group_template, row_signature
 from tests.test_fused import BASE, no_dropout, trainable
 from tests.test_fused_pool import BASE as POOL_BASE
 from tests.test_fused_pool import DATA as POOL_DATA
@@ -28,7 +28,6 @@ from tests.test_fused_pool import build as pool_build
 from tests.test_loop import DEV, TRAIN
 from trainables.backbones import load_backbone
 from trainables.fused import FusedRows, fit_fused
-from trainables.fused.pool_group import RowLimits
 from trainables.fused_pool import WEIGHTS_KEY, FusedPool
 from trainables.methods import build_model, save_source_adapter
 from trainables.prepared import train_rows
@@ -305,7 +304,7 @@ def test_lora_and_fusion_trials_in_one_pool_train_as_each_alone(sources):
          "train_samples": 200},
         {**POOL_BASE, "rank": 8, "alpha": 8, "lr": 1e-3, "seed": 4, "train_samples": 200},
     ]  # fmt: skip
-    limits = RowLimits(rank=8, target_bottleneck=8, sources=SOURCES)
+    limits = {"lora": RowLimits(rank=8), "fusion": RowLimits(target_bottleneck=8, sources=SOURCES)}
     status = pool_each_as_alone(configs, limits, sources)
     assert (status["groups"], status["rows"], status["training"]) == (2, 4, 0)
 
@@ -316,8 +315,8 @@ def test_lora_fusion_trials_of_other_linears_and_fusion_types_share_a_group_as_e
     configs = [{**hybrid, "lr": 3e-3, "seed": 1},
                {**hybrid, "placement": "ffn", "rank": 2, "lr": 2e-3, "seed": 2,
                 "fusion": "dynamic", "fusion_layers": (1,)}]  # fmt: skip
-    limits = RowLimits(rank=4, sources=SOURCES, lora_fusion_placement="attn_qv_ffn",
-                       fusion="dynamic")  # fmt: skip
+    limits = {"lora_fusion": RowLimits(rank=4, sources=SOURCES, placement="attn_qv_ffn",
+                                       fusion="dynamic")}  # fmt: skip
     status = pool_each_as_alone(configs, limits, sources)
     assert (status["groups"], status["rows"]) == (1, 2)
 
@@ -331,13 +330,13 @@ def test_fusion_trials_of_the_top_layer_fuse_there_only_as_each_alone(sources):
         {**fusion, "fusion": "static", "target_bottleneck": 4, "lr": 3e-3, "seed": 1},
         {**fusion, "fusion": "dynamic", "sources": ("imdb",), "lr": 2e-3, "seed": 2},
     ]
-    limits = RowLimits(target_bottleneck=8, sources=SOURCES, fusion="dynamic",
-                       fusion_layers=(1,))  # fmt: skip
+    limits = {"fusion": RowLimits(target_bottleneck=8, sources=SOURCES, fusion="dynamic",
+                                  fusion_layers=(1,))}  # fmt: skip
     status = pool_each_as_alone(configs, limits, sources)
     assert (status["groups"], status["rows"]) == (1, 2)
 
 
-def pool_each_as_alone(configs: list[dict], limits: RowLimits, sources) -> dict:
+def pool_each_as_alone(configs: list[dict], limits: dict[str, RowLimits], sources) -> dict:
     """Train ``configs`` in a pool of 2 rows per group, check each trial's reports and weights
     against the trial trained alone, and return the pool's status at the end."""
     data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
@@ -368,7 +367,7 @@ def test_a_pool_of_rows_over_a_bf16_backbone_takes_its_trials(method, sources):
               "bottleneck": 8, "precision": "bf16", **lora}  # fmt: skip
     configs = [{**fusion, "target_bottleneck": 4, "seed": 1},
                {**fusion, "target_bottleneck": 8, "seed": 2, "lr": 3e-3}]  # fmt: skip
-    limits = RowLimits(rank=4, target_bottleneck=8, sources=SOURCES)
+    limits = {method: RowLimits(rank=4, target_bottleneck=8, sources=SOURCES)}
     pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
     try:
         runs = [poll_to_end(pool, t) for t in [pool.join(c) for c in configs]]
@@ -379,13 +378,14 @@ def test_a_pool_of_rows_over_a_bf16_backbone_takes_its_trials(method, sources):
 
 def test_a_pool_refuses_a_trial_larger_than_its_rows(sources):
     data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
-    limits = RowLimits(rank=8, bottleneck=8, sources=("glue/sst2",), lora_fusion_placement="ffn",
-                       fusion_layers=(1,))  # fmt: skip
+    fusion = RowLimits(sources=("glue/sst2",), fusion_layers=(1,))
+    limits = {"fusion": fusion, "pfeiffer": RowLimits(bottleneck=8),
+              "lora_fusion": RowLimits(sources=("glue/sst2",), placement="ffn")}  # fmt: skip
     pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
     try:
         with pytest.raises(ConfigError, match="rows fuse sources glue/sst2, not 'imdb'"):
             pool.join({**POOL_BASE, "method": "fusion", "sources": SOURCES, "bottleneck": 8})
-        with pytest.raises(ConfigError, match="rows fuse at layers 1, not fusion_layers=every"):
+        with pytest.raises(ConfigError, match="rows fuse at layer 1, not fusion_layers=every"):
             pool.join({**POOL_BASE, "method": "fusion", "sources": ("glue/sst2",),
                        "bottleneck": 8})  # fmt: skip
         with pytest.raises(

@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_a_study_of_several_placements_gets_rows_over_every_linear():
     exp = get_experiment("placement").with_preset("smoke")
     plan = fuse_plan(exp, build_space(exp), 4, num_labels=2)
-    assert (plan.slots, plan.rank, plan.placement) == (4, 8, "all")
+    assert (plan.slots, plan.of("lora").rank, plan.of("lora").placement) == (4, 8, "all")
 
 
 def test_a_study_of_one_placement_keeps_it():
     exp = get_experiment("placement").with_preset("smoke")
     one = [a for a in exp.search.configs if a["placement"] == "ffn"]
     exp = replace(exp, search=replace(exp.search, configs=tuple(one)), num_samples=len(one))
-    assert fuse_plan(exp, build_space(exp), 2, num_labels=2).placement is None
+    assert fuse_plan(exp, build_space(exp), 2, num_labels=2).of("lora").placement is None
 
 
 def test_a_study_that_tries_unfusable_methods_is_refused():
@@ -56,40 +56,53 @@ def test_a_study_of_lora_and_fusion_gets_one_group_per_row_signature():
     plan = fuse_plan(exp, build_space(exp), 2, num_labels=3)
     groups = dict(plan.groups)
     assert set(groups) <= {"lora", "fusion", "lora_fusion"} and groups.get("lora", 1) == 1
-    assert sum(groups.values()) <= exp.num_samples and plan.rank >= 1
+    assert sum(groups.values()) <= exp.num_samples and plan.of("lora").rank >= 1
     assert plan.describe_groups().startswith(f"{sum(groups.values())} fused group")
 
 
 def test_e4_budgets_trials_share_one_group_per_method():
     """Its LoRA+AdapterFusion trials sit on attn_qv or ffn (rows on both), its fusion trials are
     static or dynamic (dynamic rows, a static one's value fixed to the identity): one group per
-    method (7 groups in all, then 5 with both placements in one, now 3). Its fusion trials fuse
-    at the top one or two layers: rows fuse there only, not at every layer (which cost a fusion
-    row 2.3x its trial's FLOPs a step, 1.5x at the union)."""
+    method (7 groups in all, then 5 with both placements in one, now 3). Each method's rows hold
+    its own trials' largest sizes (LoRA+fusion rows rank 33, not plain LoRA's 65), and learn
+    their fusion at the layers its trials do, the top one or two, not at every layer (a fusion
+    row cost 2.25x its trial's FLOPs a step at every layer, 1.45x at the union)."""
     exp = get_experiment("e4_budget")
     plan = fuse_plan(exp, build_space(exp), 16, num_labels=3)
-    assert (plan.placement, plan.lora_fusion_placement) == ("all", "attn_qv_ffn")
-    assert (plan.fusion, plan.fusion_layers) == ("dynamic", (4, 5))
     assert dict(plan.groups) == {"fusion": 1, "lora": 1, "lora_fusion": 1}
+    lora, fusion, hybrid = plan.of("lora"), plan.of("fusion"), plan.of("lora_fusion")
+    assert (lora.rank, lora.placement) == (65, "all")
+    assert (hybrid.rank, hybrid.placement, hybrid.target_bottleneck) == (33, "attn_qv_ffn", 16)
+    assert (fusion.target_bottleneck, fusion.fusion, fusion.fusion_layers) == (
+        65,
+        "dynamic",
+        (4, 5),
+    )
+    assert (hybrid.fusion, hybrid.fusion_layers) == ("dynamic", (4, 5))
     line = Pools(plan, ("p",), ((0,),), router=None, name="n").describe()
-    assert line.endswith("on one GPU, every linear, lora_fusion's LoRA on attn_qv_ffn, static "
-                         "fusion as dynamic rows, fusion at layers 4,5"), line  # fmt: skip
-    limits = plan.limits()
-    for placement, fusion in (("attn_qv", "static"), ("ffn", "dynamic")):
-        hybrid = MethodConfig(method="lora_fusion", placement=placement, sources=("imdb",),
-                              fusion=fusion, fusion_layers=(5,))  # fmt: skip
-        limits.refuse(hybrid)
-        template = limits.template(hybrid)
-        assert (template.placement, template.fusion, template.fusion_layers) == (
-            "attn_qv_ffn", "dynamic", (4, 5))  # fmt: skip
+    assert line == (
+        "fused pool: 3 fused groups (fusion 1, lora 1, lora_fusion 1) of 16 rows each on one GPU; "
+        "fusion: target_bottleneck 65, static fusion as dynamic, fusion at layers 4,5; "
+        "lora: LoRA rank 65 on every linear; lora_fusion: LoRA rank 33 on attn_qv_ffn, "
+        "target_bottleneck 16, static fusion as dynamic, fusion at layers 4,5"
+    ), line
+    for placement, kind in (("attn_qv", "static"), ("ffn", "dynamic")):
+        trial = MethodConfig(method="lora_fusion", placement=placement, sources=("imdb",),
+                             fusion=kind, fusion_layers=(5,))  # fmt: skip
+        hybrid.refuse(trial)
+        template = hybrid.template(trial)
+        assert (template.placement, template.fusion, template.fusion_layers, template.rank) == (
+            "attn_qv_ffn", "dynamic", (4, 5), 33)  # fmt: skip
     for layers, named in (((3, 4, 5), "3,4,5"), (None, "every layer")):
         with pytest.raises(
             ConfigError, match=f"rows fuse at layers 4,5, not fusion_layers={named}$"
         ):
-            limits.refuse(hybrid.replace(fusion_layers=layers))
-    similar = hybrid.replace(fusion_init="similarity", fusion_layers=None)
-    limits.refuse(similar)  # its layers are its group's (in its signature), not the limits'
-    assert limits.template(similar).fusion_layers is None
+            hybrid.refuse(trial.replace(fusion_layers=layers))
+    with pytest.raises(ConfigError, match="takes LoRA trials of rank <= 33, not .* rank=34"):
+        hybrid.refuse(trial.replace(rank=34))
+    similar = trial.replace(fusion_init="similarity", fusion_layers=None)
+    hybrid.refuse(similar)  # its layers are its group's (in its signature), not the limits'
+    assert hybrid.template(similar).fusion_layers is None
 
 
 def lora_only(name: str = "e4_budget", *extra: str):
@@ -101,7 +114,8 @@ def lora_only(name: str = "e4_budget", *extra: str):
 def test_a_lora_study_pools_by_default_and_a_study_of_slower_rows_does_not():
     exp = lora_only()
     plan, line = default_plan(exp, build_space(exp), num_labels=3)
-    assert (plan.slots, plan.placement) == (16, "all") and dict(plan.groups) == {"lora": 1}
+    assert (plan.slots, plan.of("lora").placement) == (16, "all")
+    assert dict(plan.groups) == {"lora": 1}
     assert line.startswith("pooling: on, up to 16 trials at once per GPU") and "--fuse 0" in line
     for exp, needle in [
         (get_experiment("e4_budget").with_preset("smoke"), "tries method='lora_fusion'"),  # slower rows

@@ -14,6 +14,7 @@ import pytest
 from ray.tune import Callback
 
 from search_spaces.errors import ConfigError
+from search_spaces.row_groups import RowLimits
 from tuner.fusing import FusePlan, PoolRouter, Pools, choose_pool, pool_count
 
 
@@ -58,10 +59,12 @@ def test_the_router_spreads_trials_over_pools_and_skips_a_lost_one():
 
 
 def test_the_log_line_names_one_pool_as_before_and_several_with_their_gpus():
-    plan = FusePlan(slots=4, rank=8, placement="all")
+    plan = FusePlan(slots=4, limits=(("lora", RowLimits(rank=8, placement="all")),))
     one = Pools(plan, ("p",), ((0,),), router=None, name="n")
     assert one.describe() == "fused pool: 4 rows of LoRA rank 8 on one GPU, every linear"
-    on_cpu = Pools(FusePlan(2, 4, None), ("p",), ((),), router=None, name="n")
+    on_cpu = Pools(
+        FusePlan(2, (("lora", RowLimits(rank=4)),)), ("p",), ((),), router=None, name="n"
+    )
     assert on_cpu.describe() == "fused pool: 2 rows of LoRA rank 4 on a CPU"
     two = Pools(plan, ("p", "q"), ((0,), (1,)), router=None, name="n")
     assert two.describe() == (
@@ -145,7 +148,8 @@ def test_two_pools_one_per_gpu_survive_a_dead_one_and_stop_when_none_is_left(two
     from tuner.fusing import start
     from tuner.launch import StudyTrials
 
-    pools = start(FusePlan(slots=2, rank=8, placement=None), DATA, cluster_gpus=2, name="pools")
+    pools = start(FusePlan(slots=2, limits=(("lora", RowLimits(rank=8)),)), DATA, cluster_gpus=2,
+                  name="pools")  # fmt: skip
     seen = ray.get([a.__ray_call__.remote(lambda pool: ray.get_gpu_ids()) for a in pools.actors])
     assert sorted(map(tuple, seen)) == [(0,), (1,)]  # each pool holds its own GPU
     assert sorted(pools.gpu_ids) == [(0,), (1,)]

@@ -5,12 +5,11 @@ group per row signature: :mod:`search_spaces.row_groups`).
 Each configuration stays its own Tune trial (its searcher suggestion, scheduler decision, MLflow
 run, checkpoint); its process only relays a pool's reports, so it holds a quarter of a CPU and
 no GPU. Checked before anything starts: every configuration the search would try first is of a
-fusable method with the mean head. The rows' sizes are the largest those configurations have
-(LoRA rank, bottleneck, target adapter; the fusion layers their union); a study whose LoRA
-configurations sit on different linears or layers gets rows with LoRA on every layer, on the
-linears of all their placements
-(:func:`search_spaces.row_groups.covering_placement`: plain LoRA's ``all``, LoRA+AdapterFusion's
-``attn_qv_ffn``). Without ``--fuse``, a study on a GPU cluster pools where every method it tries
+fusable method with the mean head. Each method's rows hold the largest sizes its
+configurations have (:func:`search_spaces.row_groups.row_limits`: LoRA rank, bottleneck, target
+adapter; the union of their sources and fusion layers); a method whose configurations sit on
+different linears or layers gets rows with LoRA on every layer, on the linears of all their
+placements (plain LoRA's ``all``, LoRA+AdapterFusion's ``attn_qv_ffn``). Without ``--fuse``, a study on a GPU cluster pools where every method it tries
 is pooled by default (:func:`default_plan`); ``--fuse 0`` turns that off; a resumed study keeps
 its first choice.
 
@@ -31,16 +30,7 @@ from typing import Any
 
 from search_spaces.catalog import FUSABLE_METHODS, POOLED_BY_DEFAULT
 from search_spaces.errors import ConfigError
-from search_spaces.row_groups import (
-    DEFAULT_SLOTS,
-    PADDED,
-    count_groups,
-    covering_placement,
-    max_rank,
-    pads,
-    union_fusion_layers,
-    union_sources,
-)
+from search_spaces.row_groups import DEFAULT_SLOTS, RowLimits, count_groups, row_limits
 from tuner.experiment import Experiment
 from tuner.study import started_fuse
 
@@ -52,25 +42,13 @@ POOL_START_S = 600.0  # an autoscaling cluster may take minutes to add the node 
 @dataclass(frozen=True)
 class FusePlan:
     slots: int  # trials trained at once per fused group, as rows of one fused model
-    rank: int  # the rows' LoRA rank: no trial may have a larger one
-    # plain LoRA rows' linears: None for the first trial's, else one covering every configuration's
-    placement: str | None
-    bottleneck: int | None = None  # the largest trainable bottleneck adapter (houlsby, pfeiffer)
-    target_bottleneck: int | None = None  # the largest target adapter of a fusion trial
+    # each method's rows' sizes (search_spaces.row_groups.row_limits): no trial may be larger
+    limits: tuple[tuple[str, RowLimits], ...] = ()
     groups: tuple[tuple[str, int], ...] = ()  # fused groups (row signatures) per method, up front
-    sources: tuple[str, ...] | None = None  # every fusion source the rows may fuse (their union)
-    lora_fusion_placement: str | None = None  # LoRA+AdapterFusion rows' linears, as ``placement``
-    fusion: str | None = None  # "dynamic": fusion rows of both types, static ones as dynamic
-    fusion_layers: tuple[int, ...] | None = None  # every layer a fusion row may fuse at; None: all
 
-    def limits(self) -> Any:
-        from trainables.fused.pool_group import RowLimits
-
-        return RowLimits(rank=self.rank, bottleneck=self.bottleneck,
-                         target_bottleneck=self.target_bottleneck, placement=self.placement,
-                         sources=self.sources,
-                         lora_fusion_placement=self.lora_fusion_placement,
-                         fusion=self.fusion, fusion_layers=self.fusion_layers)  # fmt: skip
+    def of(self, method: str) -> RowLimits:
+        """``method``'s rows' limits (each size the first trial's where the plan has none)."""
+        return dict(self.limits).get(method, RowLimits())
 
     def describe_groups(self) -> str:
         """``N fused groups (method n, ...)``: what the configurations read up front need."""
@@ -169,35 +147,12 @@ def unpooled(methods: Sequence[Any], poolable: Sequence[str]) -> str | None:
 
 
 def plan_for(methods: Sequence[Any], slots: int) -> FusePlan:
-    """The rows' sizes: the largest the ``methods`` have; LoRA on every layer, on the linears of
-    all their placements, where a method's configurations sit on different ones; fusion at the
-    layers any of them fuses at (not every layer: where a trial averages its adapters, a row's
-    fusion layer still projects every adapter's output)."""
-    ranked = [max_rank(m) for m in methods if "rank" in PADDED[m.method]]
-    adapters = [m.bottleneck for m in methods if "bottleneck" in PADDED[m.method]]
-    targets = [m.target_bottleneck for m in methods if m.target_bottleneck]
-    sources = union_sources(m for m in methods if "sources" in PADDED[m.method])
-    return FusePlan(
-        slots, max(ranked, default=8), _placement(methods, "lora"),
-        max(adapters, default=None), max(targets, default=None),
-        tuple(count_groups(methods).items()), sources or None,
-        _placement(methods, "lora_fusion"), _fusion_type(methods),
-        union_fusion_layers(m for m in methods if pads(m, "fusion_layers")),
-    )  # fmt: skip
-
-
-def _fusion_type(methods: Sequence[Any]) -> str | None:
-    """The fusion rows' type: ``"dynamic"`` where the configurations hold both (a static row is a
-    dynamic one with its value matrices fixed to the identity); None (each group its first's)."""
-    types = {m.fusion for m in methods if pads(m, "fusion")}
-    return "dynamic" if len(types) > 1 else None
-
-
-def _placement(methods: Sequence[Any], method: str) -> str | None:
-    """The placement that covers ``method``'s configurations where they differ in placement or
-    layers; None (each group its first trial's) where they do not."""
-    where = {(m.placement, m.layers) for m in methods if m.method == method}
-    return covering_placement(method, {p for p, _ in where}) if len(where) > 1 else None
+    """Each method's rows' sizes: the largest its configurations have (:func:`row_limits`)."""
+    by_method: dict[str, list[Any]] = {}
+    for method in methods:
+        by_method.setdefault(method.method, []).append(method)
+    limits = tuple((name, row_limits(configs)) for name, configs in sorted(by_method.items()))
+    return FusePlan(slots, limits, tuple(count_groups(methods).items()))
 
 
 def pool_count(cluster_gpus: float) -> int:
@@ -286,24 +241,16 @@ class Pools:
 
     def describe(self) -> str:
         plan = self.plan
-        notes = []
-        if plan.placement:
-            notes.append("every linear" if plan.placement == "all"
-                         else f"LoRA on {plan.placement}")  # fmt: skip
-        if plan.lora_fusion_placement:
-            notes.append(f"lora_fusion's LoRA on {plan.lora_fusion_placement}")
-        if plan.fusion:
-            notes.append("static fusion as dynamic rows")
-        if plan.fusion_layers:
-            notes.append(f"fusion at layers {','.join(map(str, plan.fusion_layers))}")
-        lines = "".join(f", {text}" for text in notes)
         if [m for m, _ in plan.groups] in ([], ["lora"]):
-            rows = f"{plan.slots} rows of LoRA rank {plan.rank}"
-        else:  # the sizes rows pad to, then how many groups the first configurations need
-            sizes = ", ".join(f"{name} {value}" for name, value in (
-                ("LoRA rank", plan.rank), ("bottleneck", plan.bottleneck),
-                ("target_bottleneck", plan.target_bottleneck)) if value)  # fmt: skip
-            rows = f"{plan.describe_groups()}, up to {sizes}"
+            lora = plan.of("lora")
+            rows = f"{plan.slots} rows of LoRA rank {lora.rank}"
+            placement = lora.placement
+            lines = "" if placement is None else (
+                ", every linear" if placement == "all" else f", LoRA on {placement}")  # fmt: skip
+        else:  # how many groups the first configurations need, then what each method's rows hold
+            rows = plan.describe_groups()
+            lines = "".join(f"; {m}: {plan.of(m).describe(m)}" for m, _ in plan.groups
+                            if plan.of(m).describe(m))  # fmt: skip
         if len(self.actors) == 1:
             where = "one GPU" if self.gpu_ids[0] else "a CPU"
             return f"fused pool: {rows} on {where}{lines}"
@@ -333,7 +280,8 @@ def start(plan: FusePlan, data: Any, *, cluster_gpus: float, name: str) -> Pools
     remote = ray.remote(PoolActor).options(num_cpus=POOL_CPUS, num_gpus=gpus,
                                            max_concurrency=max(16, 4 * plan.slots))  # fmt: skip
     # device=None: the pool picks CUDA where its process sees one (its own GPU), else the CPU
-    actors = tuple(remote.remote(shared, slots=plan.slots, limits=plan.limits(), device=None)
+    actors = tuple(remote.remote(shared, slots=plan.slots, limits=dict(plan.limits),
+                                 device=None)
                    for _ in range(pool_count(cluster_gpus)))  # fmt: skip
     try:
         gpu_ids = ray.get([a.__ray_call__.remote(gpu_ids_of) for a in actors],

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,10 @@ import torch
 from torch.nn.attention import sdpa_kernel
 
 from search_spaces.errors import ConfigError
-from search_spaces.row_groups import row_signature
+from search_spaces.row_groups import RowLimits, row_signature
 from trainables.fused.batches import pinned, step_batch
 from trainables.fused.pool_eval import evaluate_due
-from trainables.fused.pool_group import PoolGroup, RowLimits, build_group, check_fits
+from trainables.fused.pool_group import PoolGroup, build_group, check_fits
 from trainables.fused.pool_trial import Build, PoolTrial, build_member, start_head
 from trainables.fused.train import check_configs
 from trainables.inference import SDPA_BACKENDS
@@ -75,8 +76,9 @@ class FusedPool:
     whichever trials have joined. Thread-safe: Ray runs it as a threaded actor.
 
     A trial trains in its row signature's group. The first trial fixes what all share (the
-    fields of :data:`POOL_SHARED_FIELDS`); ``limits`` are the largest sizes a trial may have
-    (:class:`~.pool_group.RowLimits`; without it, ``rank`` and ``placement`` set them).
+    fields of :data:`POOL_SHARED_FIELDS`); ``limits`` are the largest sizes a trial of each
+    method may have (:class:`search_spaces.row_groups.RowLimits`; for a method without, ``rank``
+    and ``placement`` set them).
     """
 
     def __init__(
@@ -86,19 +88,20 @@ class FusedPool:
         slots: int,
         rank: int = 16,
         placement: str | None = None,
-        limits: RowLimits | None = None,
+        limits: Mapping[str, RowLimits] | None = None,
         device: str | None = None,
         lease_s: float = LEASE_S,
         gather_s: float = GATHER_S,
         build: Build = build_member,
     ) -> None:
-        limits = limits or RowLimits(rank=rank, placement=placement)
-        if slots < 1 or limits.rank < 1:
+        self._limits = dict(limits or {})
+        self._default_limits = RowLimits(rank=rank, placement=placement)
+        lowest = min(x.rank for x in (self._default_limits, *self._limits.values()))
+        if slots < 1 or lowest < 1:
             raise ConfigError(f"a fused pool needs slots >= 1 and rank >= 1, not {slots}, "
-                              f"{limits.rank}")  # fmt: skip
+                              f"{lowest}")  # fmt: skip
         self.data = data
         self.slots = slots
-        self.limits = limits
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.lease_s = lease_s
         self.gather_s = gather_s
@@ -129,7 +132,8 @@ class FusedPool:
         returns its token. Refuses, with the reason, a trial that cannot fuse with the pool's."""
         method, train = split_config(config, num_labels=self.data.num_labels)
         signature = row_signature(method)  # refuses a method rows cannot hold
-        self.limits.refuse(method)
+        limits = self._limits.get(method.method, self._default_limits)
+        limits.refuse(method)
         backbone = str(config.get("backbone", "minilm-l6"))
         sources = self.data.adapters_for(method.bottleneck) if method.sources else None
         with self._rng:
@@ -137,7 +141,7 @@ class FusedPool:
             start_head(model, train, self.data, train_samples=config.get("train_samples"),
                        backbone=backbone, device=self.device)  # fmt: skip
             if signature not in self._templates:
-                template = self._build(self.limits.template(method), train, backbone,
+                template = self._build(limits.template(method), train, backbone,
                                        sources=sources)  # fmt: skip
                 self._templates[signature] = (template, train)
         rows = train_rows(self.data, config.get("train_samples"), seed=train.seed)
