@@ -119,21 +119,11 @@ def group_template(configs: Iterable[MethodConfig]) -> MethodConfig:
     first = configs[0]
     if len({row_signature(c) for c in configs}) != 1:
         raise ConfigError("one fused group holds trials of one row signature only")
-    padded = PADDED[first.method]
-    changes: dict[str, Any] = {}
-    if "rank" in padded:
-        changes.update(rank=max(max_rank(c) for c in configs), layer_ranks=None, layers=None)
-        changes["placement"] = covering_placement(first.method, {c.placement for c in configs})
-    for name in ("bottleneck", "target_bottleneck"):
-        if name in padded:
-            changes[name] = max(getattr(c, name) for c in configs)
-    if pads(first, "sources"):
-        changes["sources"] = union_sources(configs)
-    if pads(first, "fusion"):  # static fusion is dynamic's with the value fixed to the identity
-        changes["fusion"] = "dynamic" if any(c.fusion == "dynamic" for c in configs) else "static"
-    if pads(first, "fusion_layers"):
-        changes["fusion_layers"] = union_fusion_layers(configs)
-    return first.replace(**changes)
+    template = row_limits(configs).template(first)
+    if "rank" not in PADDED[first.method]:
+        return template
+    placements = {c.placement for c in configs}  # LoRA on every layer, one placement or several
+    return template.replace(layers=None, placement=covering_placement(first.method, placements))
 
 
 def covering_placement(method: str, placements: Iterable[str]) -> str:

@@ -9,9 +9,9 @@ fusable method with the mean head. Each method's rows hold the largest sizes its
 configurations have (:func:`search_spaces.row_groups.row_limits`: LoRA rank, bottleneck, target
 adapter; the union of their sources and fusion layers); a method whose configurations sit on
 different linears or layers gets rows with LoRA on every layer, on the linears of all their
-placements (plain LoRA's ``all``, LoRA+AdapterFusion's ``attn_qv_ffn``). Without ``--fuse``, a study on a GPU cluster pools where every method it tries
-is pooled by default (:func:`default_plan`); ``--fuse 0`` turns that off; a resumed study keeps
-its first choice.
+placements (plain LoRA's ``all``, LoRA+AdapterFusion's ``attn_qv_ffn``). Without ``--fuse``, a
+study on a GPU cluster pools where every method it tries is pooled by default
+(:func:`default_plan`); ``--fuse 0`` turns that off; a resumed study keeps its first choice.
 
 Placement: a :class:`PoolRouter` actor puts each trial on the least loaded pool alive
 (:func:`choose_pool`). A pool whose actor dies (its GPU fell off the bus, its node went away) or
@@ -249,8 +249,8 @@ class Pools:
                 ", every linear" if placement == "all" else f", LoRA on {placement}")  # fmt: skip
         else:  # how many groups the first configurations need, then what each method's rows hold
             rows = plan.describe_groups()
-            lines = "".join(f"; {m}: {plan.of(m).describe(m)}" for m, _ in plan.groups
-                            if plan.of(m).describe(m))  # fmt: skip
+            held = [(m, plan.of(m).describe(m)) for m, _ in plan.groups]
+            lines = "".join(f"; {m}: {words}" for m, words in held if words)
         if len(self.actors) == 1:
             where = "one GPU" if self.gpu_ids[0] else "a CPU"
             return f"fused pool: {rows} on {where}{lines}"
