@@ -525,7 +525,7 @@ def test_rows_replay_from_graphs_on_cuda_as_they_run_eager(case, sources):
 
 
 @CUDA
-def test_a_graphed_pool_steps_fusion_rows_in_sub_steps_as_it_steps_them_eager(sources):
+def test_on_cuda_a_graphed_pool_steps_fusion_rows_in_sub_steps_as_it_steps_them_eager(sources):
     """On a GPU: 5 fusion trials in 8 rows, graphed (a sub-step of 3 trials computes 4 rows,
     another trial's among them) against the same pool eager (a sub-step computes its own rows):
     the same runs up to rounding, the graphed steps replayed."""
