@@ -223,61 +223,6 @@ def test_row_adamw_is_adamw_per_row_with_its_heads_own_group():
         torch.testing.assert_close(theta.detach()[k], torch.cat([p.detach() for p in refs[k]]))
 
 
-def test_row_adamw_leaves_the_rows_it_does_not_move_as_they_were():
-    """A pool's sub-step trains some rows (``moving``): each of those steps as its own AdamW, whose
-    trial skipped the others; the rest keep their weights, moments and step count, whatever their
-    gradient (a row computed on no data still has its regularisation's)."""
-    torch.manual_seed(0)
-    rows = torch.randn(3, 10)
-    masks = [[1, 1, 1], [1, 0, 1], [0, 1, 0], [0, 0, 1], [1, 1, 0]]
-    grads = [torch.randn(3, 10) for _ in masks]
-    lrs, wds = [1e-2, 3e-3, 1e-3], [0.0, 0.01, 0.1]
-    theta, moving = nn.Parameter(rows.clone()), torch.ones(3)
-    ours = RowAdamW(theta, lr=torch.tensor(lrs), lr_scale=torch.ones(3, 10),
-                    decay=torch.tensor(wds)[:, None].expand(3, 10), moving=moving)  # fmt: skip
-    refs = [nn.Parameter(rows[k].clone()) for k in range(3)]
-    theirs = [torch.optim.AdamW([refs[k]], lr=lrs[k], weight_decay=wds[k]) for k in range(3)]
-    for mask, g in zip(masks, grads, strict=True):
-        moving.copy_(torch.tensor(mask, dtype=torch.float32))
-        theta.grad = g.clone()
-        ours.step()
-        for k in (k for k in range(3) if mask[k]):
-            refs[k].grad = g[k].clone()
-            theirs[k].step()
-    state = ours.state[theta]
-    assert state["step"].tolist() == [3, 3, 3]
-    for k in range(3):
-        torch.testing.assert_close(theta.detach()[k], refs[k].detach())
-        torch.testing.assert_close(state["exp_avg_sq"][k], theirs[k].state[refs[k]]["exp_avg_sq"])
-    # a row never moved: untouched, no NaN from a bias correction over zero steps
-    fresh = RowAdamW(theta, lr=torch.tensor(lrs), lr_scale=torch.ones(3, 10),
-                     decay=torch.zeros(3, 10), moving=torch.tensor([1.0, 0.0, 1.0]))  # fmt: skip
-    before = theta.detach().clone()
-    theta.grad = grads[0].clone()
-    fresh.step()
-    assert torch.equal(theta.detach()[1], before[1]) and fresh.state[theta]["step"][1] == 0
-
-
-@pytest.mark.parametrize(
-    ("widths", "graphed", "split"),
-    [({0: 16, 1: 64, 2: 24, 3: 64}, False, [[0, 2], [1, 3]]),
-     ({0: 56, 1: 64, 2: 64}, False, [[0, 1, 2]]),  # 1 row of 56 in 3 of 64: too little to gain
-     # graphed, 5 trials of 8 rows: the narrow 4 in 4 rows, the wide one in 1
-     ({0: 16, 1: 16, 2: 24, 3: 24, 4: 96}, True, [[0, 1, 2, 3], [4]]),
-     # graphed, 3 narrow and 2 wide: 3 would compute 4 rows, 2 wide 2: 4*16 + 2*96 < 8*96
-     ({0: 16, 1: 96, 2: 16, 3: 96, 4: 16}, True, [[0, 2, 4], [1, 3]]),
-     ({}, True, [])],
-)  # fmt: skip
-def test_a_padded_step_splits_in_two_by_batch_width_where_that_pads_less(widths, graphed, split):
-    from trainables.fused.batches import width_split
-    from trainables.fused.step import rows_to_compute
-
-    def computed(n: int) -> int:
-        return len(rows_to_compute(range(n), 8, graphed=graphed))
-
-    assert width_split(widths, computed) == split
-
-
 @pytest.mark.parametrize(
     ("active", "graphed", "rows"),
     [([11, 2, 9], True, [0, 2, 9, 11]), ([11, 2, 9], False, [2, 9, 11]), ([5], True, [5]),

@@ -321,33 +321,6 @@ def test_lora_fusion_trials_of_other_linears_and_fusion_types_share_a_group_as_e
     assert (status["groups"], status["rows"]) == (1, 2)
 
 
-def test_trials_stepped_in_two_sub_steps_padded_with_each_others_rows_train_as_each_alone(
-    sources, monkeypatch
-):
-    """Fused rows pad each step to its widest trial's batch, so a step whose trials are at batches
-    of other widths runs in two sub-steps (``width_split``). On a GPU a sub-step of 3 trials
-    computes 4 rows (its graphs' count), the fourth another sub-step's trial's on no data: made
-    so on this CPU, each trial must still train as alone (that row not moved by the sub-step).
-    Here 5 trials in 8 rows: 23 of 24 steps split (4 and 1 trials, once 3 and 2)."""
-    from trainables.fused import pool, step
-
-    graphed_rows, split = step.rows_to_compute, pool.width_split
-    monkeypatch.setattr(step, "rows_to_compute",
-                        lambda active, k, graphed: graphed_rows(active, k, graphed=True))  # fmt: skip
-    sizes: list[int] = []  # the sub-steps' trial counts
-    monkeypatch.setattr(pool, "width_split", lambda widths, computed: [
-        sizes.append(len(s)) or s for s in split(widths, computed)])  # fmt: skip
-    fusion = {**POOL_BASE, "method": "fusion", "fusion": "static", "sources": SOURCES,
-              "bottleneck": 8}  # fmt: skip
-    configs = [{**fusion, "target_bottleneck": k + 2, "lr": 1e-3 * (k + 1), "seed": k}
-               for k in range(5)]  # fmt: skip
-    limits = {"fusion": RowLimits(target_bottleneck=8, sources=SOURCES)}
-    status = pool_each_as_alone(configs, limits, sources, slots=8)
-    assert status["sub_steps"] > status["steps"]
-    # a sub-step of 3 computed 4 rows, the 4th another trial's (rows 0-4 hold the 5 trials)
-    assert 3 in sizes
-
-
 def test_fusion_trials_of_the_top_layer_fuse_there_only_as_each_alone(sources):
     """A study whose fusion trials fuse at some layers only (e4_budget's at its top one or two):
     its rows fuse at their union of layers, not every layer, and train as each trial alone."""
@@ -363,13 +336,11 @@ def test_fusion_trials_of_the_top_layer_fuse_there_only_as_each_alone(sources):
     assert (status["groups"], status["rows"]) == (1, 2)
 
 
-def pool_each_as_alone(
-    configs: list[dict], limits: dict[str, RowLimits], sources, *, slots: int = 2
-) -> dict:
-    """Train ``configs`` in a pool of ``slots`` rows per group, check each trial's reports and
-    weights against the trial trained alone, and return the pool's status at the end."""
+def pool_each_as_alone(configs: list[dict], limits: dict[str, RowLimits], sources) -> dict:
+    """Train ``configs`` in a pool of 2 rows per group, check each trial's reports and weights
+    against the trial trained alone, and return the pool's status at the end."""
     data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
-    pool = FusedPool(data, slots=slots, limits=limits, device="cpu", build=pool_build)
+    pool = FusedPool(data, slots=2, limits=limits, device="cpu", build=pool_build)
     try:
         runs = [poll_to_end(pool, t) for t in [pool.join(c) for c in configs]]
         status = pool.status()
@@ -522,30 +493,3 @@ def test_rows_replay_from_graphs_on_cuda_as_they_run_eager(case, sources):
         assert e.cuda_graphs == 0
         assert g.best_dev_score == pytest.approx(e.best_dev_score, abs=0.03)
         assert g.samples_seen == e.samples_seen
-
-
-@CUDA
-def test_on_cuda_a_graphed_pool_steps_fusion_rows_in_sub_steps_as_it_steps_them_eager(sources):
-    """On a GPU: 5 fusion trials in 8 rows, graphed (a sub-step of 3 trials computes 4 rows,
-    another trial's among them) against the same pool eager (a sub-step computes its own rows):
-    the same runs up to rounding, the graphed steps replayed."""
-    data = dataclasses.replace(POOL_DATA, source_adapters={8: dict(sources)})
-    fusion = {**POOL_BASE, "method": "fusion", "fusion": "static", "sources": SOURCES,
-              "bottleneck": 8}  # fmt: skip
-    limits = {"fusion": RowLimits(target_bottleneck=8, sources=SOURCES)}
-
-    def run(graphs: bool) -> tuple[list[dict], dict]:
-        pool = FusedPool(data, slots=8, limits=limits, device="cuda", build=pool_build)
-        try:
-            tokens = [pool.join({**fusion, "target_bottleneck": k + 2, "lr": 1e-3 * (k + 1),
-                                 "seed": k, "cuda_graphs": graphs}) for k in range(5)]  # fmt: skip
-            return [poll_to_end(pool, t)[-1] for t in tokens], pool.status()
-        finally:
-            pool.close()
-
-    (graphed, status), (eager, _) = run(True), run(False)
-    assert status["sub_steps"] > status["steps"]
-    for g, e in zip(graphed, eager, strict=True):
-        assert g["cuda_graphs"] >= 1 and e["cuda_graphs"] == 0
-        assert g["step"] == e["step"]
-        assert g["best_dev_score"] == pytest.approx(e["best_dev_score"], abs=0.03)

@@ -4,7 +4,7 @@ step's widest; and each trial's counts of rows and tokens."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -14,9 +14,6 @@ from trainables.train_config import TrainConfig
 from trainables.training import packed
 from trainables.training.batching import Batch, collate, epoch_plan
 
-# a step splits in two only where that computes this share of its tokens fewer: each sub-step
-# also costs a replay and an optimizer pass over every row (a guess, not yet tuned on a GPU)
-SPLIT_GAIN = 0.1
 IGNORE_INDEX = -100  # a dummy row's class label (cross-entropy skips it); regression uses NaN
 Counts = list[tuple[int, int, int]]  # per trial: samples, real tokens, padded tokens
 
@@ -74,27 +71,6 @@ def padded_step(data: Encoded, parts: list[np.ndarray]) -> tuple[Batch, list[tup
     return batch, counts
 
 
-def width_split(widths: Mapping[int, int], computed: Callable[[int], int]) -> list[list[int]]:
-    """The trials of one padded fused step (row -> the padded width of its batch) as one sub-step,
-    or two (narrow ones, wide ones) where that pads :data:`SPLIT_GAIN` fewer tokens: a trial at a
-    batch of short tweets then does not pad to another's long ones (e4_budget's 16 trials, each
-    at its own place of its own data order, padded 1.90x the tokens they hold in one step, 1.44x
-    in two: docs/BENCHMARKS.md). ``computed(n)``: the rows a step of n trials computes (a graphed
-    step's count of rows); a sub-step pads to its widest trial's width."""
-    order = sorted(widths, key=lambda row: (widths[row], row))
-    if not order:
-        return []
-    whole = computed(len(order)) * widths[order[-1]]
-    best, at = whole, 0
-    for i in range(1, len(order)):
-        cost = computed(i) * widths[order[i - 1]] + computed(len(order) - i) * widths[order[-1]]
-        if cost < best:
-            best, at = cost, i
-    if best > (1 - SPLIT_GAIN) * whole:
-        return [sorted(order)]
-    return [sorted(order[:at]), sorted(order[at:])]
-
-
 def pinned(batch: Batch) -> Batch:
     types = batch.token_type_ids
     return Batch(batch.input_ids.pin_memory(), batch.attention_mask.pin_memory(),
@@ -102,12 +78,4 @@ def pinned(batch: Batch) -> Batch:
                  batch.num_tokens)  # fmt: skip
 
 
-__all__ = [
-    "IGNORE_INDEX",
-    "SPLIT_GAIN",
-    "fused_batches",
-    "padded_step",
-    "pinned",
-    "step_batch",
-    "width_split",
-]
+__all__ = ["IGNORE_INDEX", "fused_batches", "padded_step", "pinned", "step_batch"]

@@ -18,10 +18,8 @@ class RowAdamW(torch.optim.Optimizer):
     """``torch.optim.AdamW``'s update on one ``[K, P]`` parameter whose rows are K trials, with a
     learning rate (``lr [K]``, a device tensor the caller fills each step), a scale of it per
     number (``lr_scale [K, P]``: a row's head learns at its ``TrainConfig.head_lr``, as its own param
-    group would) and a weight decay (``decay [K, P]``) per row. ``moving [K]`` (a device tensor the
-    caller fills, ones by default): a step moves the rows at 1 and leaves the others as they were
-    (weights, moments, step count: a row the step did not compute, as a pool's sub-steps leave the
-    other sub-step's rows). Capturable in a CUDA graph: no host reads, state on the device."""
+    group would) and a weight decay (``decay [K, P]``) per row. Capturable in a CUDA graph: no host
+    reads, state on the device."""
 
     def __init__(
         self,
@@ -30,27 +28,23 @@ class RowAdamW(torch.optim.Optimizer):
         lr: torch.Tensor,
         lr_scale: torch.Tensor,
         decay: torch.Tensor,
-        moving: torch.Tensor | None = None,
     ) -> None:
         super().__init__([param], {})
         self.lr = lr
         self.lr_scale = lr_scale
         self.decay = decay
-        self.moving = torch.ones_like(lr) if moving is None else moving
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
         p, state = self._state()
         beta1, beta2 = ADAM_BETAS
         step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
-        moving = self.moving[:, None]
-        step += self.moving
-        # a row never moved (count 0) gets no update: its zero learning rate, over a count of 1
-        lr, count = self.lr[:, None] * self.lr_scale * moving, step.clamp(min=1)[:, None]
-        grad = cast(torch.Tensor, p.grad).mul_(moving)
+        step += 1
+        lr, count = self.lr[:, None] * self.lr_scale, step[:, None]
+        grad = cast(torch.Tensor, p.grad)
         p.mul_(1 - lr * self.decay)
-        exp_avg.lerp_(grad, (1 - beta1) * moving)
-        exp_avg_sq.mul_(1 - (1 - beta2) * moving).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = (exp_avg_sq.sqrt() / (1 - beta2**count).sqrt()).add_(ADAM_EPS)
         p.sub_(exp_avg / denom * (lr / (1 - beta1**count)))
 

@@ -48,7 +48,7 @@ from torch.nn.attention import sdpa_kernel
 
 from search_spaces.errors import ConfigError
 from search_spaces.row_groups import RowLimits, row_signature
-from trainables.fused.batches import pinned, step_batch, width_split
+from trainables.fused.batches import pinned, step_batch
 from trainables.fused.pool_eval import evaluate_due
 from trainables.fused.pool_group import PoolGroup, build_group, check_fits
 from trainables.fused.pool_trial import Build, PoolTrial, build_member, start_head
@@ -59,7 +59,6 @@ from trainables.prepared import PreparedData, train_rows
 from trainables.recipe import split_config
 from trainables.relay import WEIGHTS_KEY
 from trainables.train_config import TrainConfig
-from trainables.training.batching import padded_width
 from trainables.training.plan import FitPlan
 from trainables.training.progress import TrainClock
 from trainables.training.report import TrialReporter
@@ -207,13 +206,10 @@ class FusedPool:
         self._thread.join()
 
     def status(self) -> dict[str, Any]:
-        """Trials training and waiting, fused steps run (and the sub-steps they ran, a step split
-        by batch width counting two), groups (signatures met) and rows built."""
+        """Trials training and waiting, fused steps run, groups (signatures met) and rows built."""
         with self._lock:
             training = sum(m is not None for g in self._groups.values() for m in g.rows)
-            sub_steps = sum(g.sub_steps for g in self._groups.values())
             return {"training": training, "waiting": len(self._pending), "steps": self.steps,
-                    "sub_steps": sub_steps,
                     "slots": self.slots, "groups": len(self._templates),
                     "rows": self.slots * len(self._groups),
                     "group_methods": sorted(g.label for g in self._groups.values())}  # fmt: skip
@@ -317,26 +313,12 @@ class FusedPool:
                                         device=self.device, started=member.started)  # fmt: skip
 
     def _step(self, group: PoolGroup) -> None:
-        """One fused step of ``group``'s trials, each on its next batch: padded rows in one
-        sub-step or two by batch width (:func:`~.batches.width_split`), packed ones in one."""
-        members = {i: m for i, m in enumerate(group.rows) if m is not None}
-        parts = {i: m.next_rows(self.data) for i, m in members.items()}
-        widths = {i: padded_width(self.data.train.lengths[p]) for i, p in parts.items()}
+        """One fused step of ``group``: of its trials' rows, and when graphed of idle ones up to
+        a row count it keeps graphs for (on no data, at lr 0: :meth:`FusedStep.select`)."""
         stepper = group.stepper
-        subsets = [sorted(parts)] if stepper.pack else width_split(widths, stepper.computed)
-        for subset in subsets:
-            self._sub_step(group, {i: (members[i], parts[i]) for i in subset})
-        group.sub_steps += len(subsets)
-        self.steps += 1
-        for m in members.values():
-            m.loss_steps += 1
-
-    def _sub_step(self, group: PoolGroup, trials: dict[int, tuple[PoolTrial, np.ndarray]]) -> None:
-        """A step of ``trials`` (by row: the trial, its batch's rows), and when graphed of other
-        rows up to a row count it keeps graphs for (on no data, unmoved: :meth:`FusedStep.select`)."""
-        stepper = group.stepper
-        rows = stepper.select(list(trials))
-        parts = [trials[i][1] if i in trials else IDLE for i in rows]
+        rows = stepper.select([i for i, m in enumerate(group.rows) if m is not None])
+        parts = [IDLE if group.rows[i] is None else group.rows[i].next_rows(self.data)
+                 for i in rows]  # fmt: skip
         batch, counts = step_batch(self.data.train, parts, pack=stepper.pack,
                                    slots=group.train.batch_size)  # fmt: skip
         lrs = torch.tensor([0.0 if m is None else m.train.lr * m.factor(m.progress.step)
@@ -347,9 +329,12 @@ class FusedPool:
         with self._rng:
             losses = stepper(batch)
         stepper.add_losses(losses, group.loss_sums)
+        self.steps += 1
         for i, (samples, tokens, padded) in zip(rows, counts, strict=True):
-            if i in trials:
-                trials[i][0].progress.advance(samples, tokens, padded)
+            m = group.rows[i]
+            if m is not None:
+                m.progress.advance(samples, tokens, padded)
+                m.loss_steps += 1
 
     def _charge(self, clock: TrainClock) -> None:
         """The training segment that ends now to every trial training in it."""

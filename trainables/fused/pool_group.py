@@ -39,7 +39,6 @@ class PoolGroup:
     rows: list[PoolTrial | None]
     loss_sums: torch.Tensor  # each row's training loss since its last eval
     trials: int = 0  # trials ever admitted
-    sub_steps: int = 0  # steps run, a step split by batch width counting two
     label: str = field(default="")
 
     def free(self) -> int:

@@ -33,12 +33,10 @@ class FusedStep:
     0 does not move), weight decay and clipping are set by :meth:`set_row`; a row set again
     starts over (its AdamW state zeroed), as a new trial's. ``pack``: batches are packed rows
     (:mod:`trainables.training.packed`), which take a 3-d attention mask (transformers 4).
-    :meth:`select` picks the trials' rows the next steps train (all, until called): the others get
-    no forward and no update (weights, AdamW moments and step count stay). A graphed step keeps its
-    shape, so it computes a row count of :func:`row_buckets` (the trials' rows and others on no
-    data, which do not move), one set of graphs per count: a pool's group with 3 trials in 16 rows
-    computes 4 rows, not 16; a pool's sub-step (:func:`~trainables.fused.batches.width_split`)
-    the rows of its own trials.
+    :meth:`select` picks the rows the next steps' batches hold (all, until called): the others get
+    no forward, zero gradients and (at a zero learning rate) no update. A graphed step keeps its
+    shape, so it computes a row count of :func:`row_buckets` (the trials' rows and idle ones), one
+    set of graphs per count: a pool's group with 3 trials in 16 rows computes 4 rows, not 16.
     """
 
     def __init__(
@@ -51,9 +49,9 @@ class FusedStep:
         self._max_norm = torch.zeros(k, device=device)
         self._decay = torch.zeros_like(model.theta)
         self._lr_scale = torch.ones_like(model.theta)
-        self._moving = torch.ones(k, device=device)  # the rows the next steps train
-        self._optimizer = RowAdamW(model.theta, lr=self.lr, lr_scale=self._lr_scale,
-                                   decay=self._decay, moving=self._moving)  # fmt: skip
+        self._optimizer = RowAdamW(
+            model.theta, lr=self.lr, lr_scale=self._lr_scale, decay=self._decay
+        )
         self._precision = model.autocast_precision(first.precision)
         self._slots = first.batch_size if self.pack else None
         self._task_kind = task_kind
@@ -62,7 +60,7 @@ class FusedStep:
         self._buckets = row_buckets(k)
         # the rows the steps compute (None: all); graphed, a static index per row count
         self._rows: torch.Tensor | None = None
-        self._chosen: list[int] | None = None  # the trials' rows select was given last
+        self._chosen: list[int] | None = None  # what select chose last
         self._index = {n: torch.zeros(n, dtype=torch.long, device=device)
                        for n in self._buckets if n < k and self._graphed}  # fmt: skip
         self._step = TrainStep(
@@ -71,17 +69,14 @@ class FusedStep:
         )  # fmt: skip
 
     def select(self, active: Sequence[int]) -> list[int]:
-        """The rows the next steps compute, in order, for trials in rows ``active``, which those
-        steps train: those, and when graphed others up to the next count of :func:`row_buckets`
-        (a row the caller gives no data: its batch part all dummy rows, its weights not moved)."""
+        """The rows the next steps compute, in order, for trials in rows ``active``: those, and
+        when graphed idle ones up to the next count of :func:`row_buckets` (an idle row's batch
+        part is empty: its rows carry an ignored label)."""
         k = self.model.trials
         rows = rows_to_compute(active, k, graphed=self._graphed)
-        if sorted(active) == self._chosen:
+        if rows == self._chosen:
             return rows
-        self._chosen = sorted(active)
-        moving = torch.zeros(k)
-        moving[self._chosen] = 1.0
-        self._moving.copy_(moving)
+        self._chosen = rows
         if len(rows) == k:
             self._rows = None
         elif self._graphed:  # a graph reads its row count's index: refill it in place
@@ -90,11 +85,6 @@ class FusedStep:
         else:
             self._rows = torch.tensor(rows, device=self._device)
         return rows
-
-    def computed(self, trials: int) -> int:
-        """How many rows a step computes for ``trials`` trials (graphed: a count of
-        :func:`row_buckets`)."""
-        return len(rows_to_compute(range(trials), self.model.trials, graphed=self._graphed))
 
     def add_losses(self, losses: torch.Tensor, into: torch.Tensor) -> None:
         """Add a step's losses (of the rows :meth:`select` chose) to ``into [K]``, on the device."""

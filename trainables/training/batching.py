@@ -93,7 +93,8 @@ def collate(data: Encoded, indices: np.ndarray, *, pin_memory: bool = False) -> 
     """Pad the rows ``indices`` of ``data`` to their longest, rounded up to :data:`PAD_MULTIPLE`."""
     indices = np.asarray(indices, dtype=np.int64)
     lengths = data.lengths[indices]
-    width = padded_width(lengths)
+    longest = int(lengths.max()) if len(lengths) else 0
+    width = max(PAD_MULTIPLE, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
     mask = np.arange(width)[None, :] < lengths[:, None]
     # the flat position of every real token, row-major, which is the order mask-assignment fills
     source = (data.offsets[indices][:, None] + np.arange(width)[None, :])[mask]
@@ -111,13 +112,6 @@ def collate(data: Encoded, indices: np.ndarray, *, pin_memory: bool = False) -> 
         tensors = [t.pin_memory() for t in tensors]
         type_tensor = None if type_tensor is None else type_tensor.pin_memory()
     return Batch(tensors[0], tensors[1], type_tensor, tensors[2], int(lengths.sum()))
-
-
-def padded_width(lengths: np.ndarray) -> int:
-    """The width :func:`collate` pads rows of these ``lengths`` to: the longest, rounded up to
-    :data:`PAD_MULTIPLE`."""
-    longest = int(lengths.max()) if len(lengths) else 0
-    return max(PAD_MULTIPLE, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
 
 
 def epoch_batches(
