@@ -102,8 +102,8 @@ register_facts(
         per_layer_ranks=True,  # peft's rank_pattern
         # graphed rows: 16 Tune trials pooled 9.8-10.4x one trial (H100, H200; BENCHMARKS.md);
         # the other fusable methods' graphed rows 3.9-5.7x at 8 in one process (H200 2026-12-05),
-        # but e4_budget pooled (fusion, LoRA+fusion, LoRA) completed 781 trials per GPU-hour
-        # against 2,445 as processes (H100 2026-12-06): not by default
+        # but e4_budget pooled (fusion, LoRA+fusion, LoRA) completed 1,003 trials per GPU-hour
+        # against 2,498 as processes under MPS (H100 2026-12-06): not by default
         pools_by_default=True,
     )
 )
