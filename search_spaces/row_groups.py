@@ -266,7 +266,7 @@ def row_limits(configs: Sequence[MethodConfig]) -> RowLimits:
     types = {c.fusion for c in configs if pads(c, "fusion")}
     targets = [c.target_bottleneck for c in configs if c.target_bottleneck]
     return RowLimits(
-        rank=max((max_rank(c) for c in configs), default=8) if "rank" in padded else 8,
+        rank=max(max_rank(c) for c in configs) if "rank" in padded else RowLimits.rank,
         bottleneck=max(c.bottleneck for c in configs) if "bottleneck" in padded else None,
         target_bottleneck=max(targets, default=None) if "target_bottleneck" in padded else None,
         placement=covering_placement(first.method, {p for p, _ in where})
