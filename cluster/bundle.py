@@ -18,10 +18,11 @@ QLoRA's 4-bit base (``--set quantize=nf4``) needs bitsandbytes, an optional extr
 
 On the host, run every folder's ``install.sh`` (in any order, in one go or one per transfer): each
 copies its files into the stage (``$PEFT_TUNE_BUNDLE_DIR``, default /tmp/peft-tune-bundle); the one
-that completes the set checks every checksum, joins the pieces, installs the wheels with ``pip install --no-index
---no-deps --target $STAGE/site`` and writes ``$STAGE/env.sh`` (``PYTHONPATH`` and
-``PEFT_TUNE_DATA_DIR``). Exit status: 0 installed, 3 files of other parts still missing, 1 a
-checksum failed.
+that completes the set checks every checksum, joins the pieces, installs the wheels with ``pip
+install --no-index --no-deps --target $STAGE/site``, compiles them to bytecode (``compileall``: a
+host that sets ``PYTHONDONTWRITEBYTECODE`` would compile every module again in every process) and
+writes ``$STAGE/env.sh`` (``PYTHONPATH`` and ``PEFT_TUNE_DATA_DIR``). Exit status: 0 installed, 3
+files of other parts still missing, 1 a checksum failed.
 """
 
 from __future__ import annotations
@@ -287,6 +288,7 @@ done
 if ls wheels/*.whl >/dev/null 2>&1; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$stage/site" wheels/*.whl
+  "$python" -m compileall -q -j 0 "$stage/site" >/dev/null || echo "bundle: not all compiled"
 fi
 { echo "export PYTHONPATH=$stage/site\${PYTHONPATH:+:\$PYTHONPATH}"
   if [ -d data ]; then echo "export PEFT_TUNE_DATA_DIR=$stage/data"; fi; } > env.sh

@@ -109,9 +109,14 @@ def test_resolves_subtracts_the_host_and_installs_from_parts(source, tmp_path, c
     assert (stage / "data" / "glue" / "tiny" / "labels.json").read_text() == '["neg", "pos"]'
     installed = sorted(p.name for p in (stage / "site").iterdir() if not p.name.endswith("-info"))
     assert installed == ["alpha_pkg", "beta_pkg"]
+    # compiled at install: a host that writes no bytecode does not compile them in every process
+    tag = sys.implementation.cache_tag
+    for name in installed:
+        assert (stage / "site" / name / "__pycache__" / f"__init__.{tag}.pyc").is_file()
     imported = subprocess.run(
         [sys.executable, "-c", "import alpha_pkg, beta_pkg; print(alpha_pkg.VALUE + beta_pkg.VALUE)"],
-        env={**os.environ, "PYTHONPATH": str(stage / "site")}, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(stage / "site"), "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True, text=True,
     )  # fmt: skip
     assert imported.stdout.strip() == "17", imported.stderr
     assert _install(parts[1], stage).returncode == 0  # a second run is a no-op
