@@ -19,7 +19,8 @@ PROBE_KEYS = ("dev_probe_score", "test_probe_score")  # trained on the train row
 class PreparedData:
     """Tokenised splits of one task for one backbone and max length.
 
-    ``test`` is the task's reported split (never used for selection); ``extra_tests`` are
+    ``test`` is the task's reported split (never used for selection; empty in a source adapter's
+    data, which is scored on dev only: ``tuner.prepare.prepare(test=False)``); ``extra_tests`` are
     further evaluation sets scored at the end (e.g. domain-shift sets in E3), keyed by name.
     ``source_adapters`` maps a fusion source task to its trained adapter folder, per bottleneck.
     """

@@ -7,9 +7,11 @@ and checksums, and are logged to MLflow (experiment ``source-adapters``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +87,6 @@ def ensure_source_adapters(
         return data, {"source_adapters_needed": 0, "source_adapters_trained": 0}
     import ray
 
-    from trainables.backbones import load_backbone
-    from tuner.prepare import prepare
-
     store = store or AdapterStore()
     specs = needed_specs(exp, bottlenecks, max_length=dict(exp.train).get("max_length", 128))
     for half in store.sweep():
@@ -98,14 +97,11 @@ def ensure_source_adapters(
     log(f"source adapters: {len(specs) - len(missing)} reused, {len(missing)} to train "
         f"({', '.join(sorted({s.source for s in missing})) or 'none'}) in {store.root}")  # fmt: skip
     if missing:
-        tokenizer = load_backbone(exp.backbone, meta=True).tokenizer
         task = ray.remote(train_source_adapter).options(
             num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)  # fmt: skip
-        futures = {}
-        for spec in missing:
-            source_data = prepare(spec.source, tokenizer=tokenizer, max_length=dict(spec.train)["max_length"],
-                                  train_samples=spec.train_samples, data_dir=data_dir)  # fmt: skip
-            futures[spec] = task.remote(spec, source_data, str(store.root))
+        futures = {spec: task.remote(spec, source_data, str(store.root))
+                   for spec, source_data in source_data_of(missing, backbone=exp.backbone,
+                                                           data_dir=data_dir)}  # fmt: skip
         for spec, future in futures.items():
             metrics = ray.get(future)
             log(
@@ -120,6 +116,34 @@ def ensure_source_adapters(
         adapters.setdefault(spec.bottleneck, {})[spec.source] = folder
     work = {"source_adapters_needed": len(specs), "source_adapters_trained": len(missing)}
     return dataclasses.replace(data, source_adapters=adapters), work
+
+
+def source_data_of(
+    specs: list[SourceSpec], *, backbone: str, data_dir: str | None
+) -> Iterator[tuple[SourceSpec, PreparedData]]:
+    """Each spec with its source's train and dev split (``prepare(test=False)``), as each is
+    tokenised: every source in a thread of its own, with its own copy of the tokenizer (a fast
+    tokenizer's Rust core releases the GIL while it works, and its truncation state is not safe
+    to share between threads). Specs that differ only in bottleneck share one tokenisation."""
+    from trainables.backbones import load_backbone
+    from tuner.prepare import prepare
+
+    tokenizer = load_backbone(backbone, meta=True).tokenizer
+    by_data: dict[tuple[Any, ...], list[SourceSpec]] = {}
+    for spec in specs:
+        key = (spec.source, dict(spec.train)["max_length"], spec.train_samples)
+        by_data.setdefault(key, []).append(spec)
+
+    def tokenised(key: tuple[Any, ...]) -> PreparedData:
+        source, max_length, train_samples = key
+        return prepare(source, tokenizer=copy.deepcopy(tokenizer), max_length=max_length,
+                       train_samples=train_samples, data_dir=data_dir, test=False)  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=max(1, len(by_data))) as pool:
+        pending = {pool.submit(tokenised, key): key for key in by_data}
+        for done in as_completed(pending):
+            for spec in by_data[pending[done]]:
+                yield spec, done.result()
 
 
 def _log_to_mlflow(

@@ -227,7 +227,8 @@ def _with_sources(
             log(f"training source adapter {spec.source} (bottleneck {spec.bottleneck})")
             tokenizer = load_backbone(args.backbone, meta=True).tokenizer
             source = prepare(spec.source, tokenizer=tokenizer, max_length=max_length,
-                             train_samples=spec.train_samples, data_dir=args.data_dir)  # fmt: skip
+                             train_samples=spec.train_samples, data_dir=args.data_dir,
+                             test=False)  # fmt: skip
             train_source_adapter(spec, source, str(store.root))
         folders[spec.source] = store.get(spec)
     return dataclasses.replace(data, source_adapters={method_config.bottleneck: folders})

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ DEFAULT_CACHE_DIR = Path("~/.cache/peft-tune/tokens")
 CACHE_FORMAT = 1  # bump when the stored arrays change meaning; old files then simply miss
 BATCH_SIZE = 1024  # rows per tokenizer call: large enough to use the fast tokenizer's threads
 _STATS = {"hits": 0, "misses": 0}
+_STATS_LOCK = threading.Lock()  # source tasks' splits are tokenised in threads (tuner/sources.py)
 _TRANSIENT_BACKEND_KEYS = ("truncation", "padding")
 
 
@@ -79,10 +81,10 @@ def encode(
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = path / f"{key}.npz"
     cached = _read(path, labels)
+    with _STATS_LOCK:
+        _STATS["hits" if cached is not None else "misses"] += 1
     if cached is not None:
-        _STATS["hits"] += 1
         return cached
-    _STATS["misses"] += 1
     encoded = _tokenize(texts, labels, tokenizer=tokenizer, max_length=max_length)
     _write(path, encoded)
     return encoded
