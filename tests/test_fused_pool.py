@@ -79,7 +79,10 @@ def test_trials_joining_a_full_pool_at_other_times_train_as_each_alone():
     pool = FusedPool(DATA, slots=2, rank=8, device="cpu", build=build)
     try:
         tokens = [pool.join(c) for c in configs]
-        time.sleep(0.5)
+        # the pool's thread builds the group first: under load (CI, 2026-12-06) not within 0.5 s
+        deadline = time.monotonic() + 30.0
+        while pool.status()["training"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert pool.status()["waiting"] == 1 and pool.status()["training"] == 2
         runs = [poll_to_end(pool, t) for t in tokens]
         assert pool.status()["training"] == 0
