@@ -128,6 +128,8 @@ def source_data_of(
     from trainables.backbones import load_backbone
     from tuner.prepare import prepare
 
+    if not specs:
+        return
     tokenizer = load_backbone(backbone, meta=True).tokenizer
     by_data: dict[tuple[Any, ...], list[SourceSpec]] = {}
     for spec in specs:

@@ -210,27 +210,21 @@ def _with_sources(
     """Train (or reuse) the source adapters in-process, as the study's stage would."""
     import dataclasses
 
-    from trainables.backbones import load_backbone
     from trainables.source_store import AdapterStore
     from tuner.experiment import Experiment, Search
-    from tuner.prepare import prepare
-    from tuner.sources import needed_specs, train_source_adapter
+    from tuner.sources import needed_specs, source_data_of, train_source_adapter
 
     exp = Experiment(name="train", summary="", task=args.task, backbone=args.backbone,
                      search=Search(kind="grid", configs=({"method": "lora"},),
                                    sources=method_config.sources),
                      train_samples=args.train_samples)  # fmt: skip
     store = AdapterStore()
-    folders = {}
-    for spec in needed_specs(exp, (method_config.bottleneck,), max_length=max_length):
-        if store.get(spec) is None:
-            log(f"training source adapter {spec.source} (bottleneck {spec.bottleneck})")
-            tokenizer = load_backbone(args.backbone, meta=True).tokenizer
-            source = prepare(spec.source, tokenizer=tokenizer, max_length=max_length,
-                             train_samples=spec.train_samples, data_dir=args.data_dir,
-                             test=False)  # fmt: skip
-            train_source_adapter(spec, source, str(store.root))
-        folders[spec.source] = store.get(spec)
+    specs = needed_specs(exp, (method_config.bottleneck,), max_length=max_length)
+    missing = [spec for spec in specs if store.get(spec) is None]
+    for spec, source in source_data_of(missing, backbone=args.backbone, data_dir=args.data_dir):
+        log(f"training source adapter {spec.source} (bottleneck {spec.bottleneck})")
+        train_source_adapter(spec, source, str(store.root))
+    folders = {spec.source: store.get(spec) for spec in specs}
     return dataclasses.replace(data, source_adapters={method_config.bottleneck: folders})
 
 
