@@ -101,9 +101,13 @@ def test_a_failed_trial_goes_on_from_its_last_checkpoint_as_if_uninterrupted(dat
 
 def test_a_trial_reports_where_its_time_went(data, tmp_path):
     """Model build (``setup_s``, every report), the final test/latency work (``final_s``, last
-    report) and steps replayed from CUDA graphs (``graphed_steps``: none on CPU)."""
+    report), training (``train_s``, of ``wall_s``: the rest is evaluating) and steps replayed
+    from CUDA graphs (``graphed_steps``, ``cuda_graph_capture_s``: none on CPU)."""
     reports: list[dict] = []
     run(CONFIG, data, tmp_path / "timed", reports)
     assert all(r["setup_s"] > 0 and r["graphed_steps"] == 0 for r in reports)
+    assert all(r["cuda_graph_capture_s"] == 0.0 for r in reports)
+    assert all(0 < r["train_s"] < r["wall_s"] for r in reports)
+    assert [r["train_s"] for r in reports] == sorted(r["train_s"] for r in reports)
     assert "final_s" not in reports[0] and reports[-1]["final_s"] > 0
     assert reports[-1]["wall_s"] > 0 and reports[-1]["status"] == "completed"

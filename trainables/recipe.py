@@ -91,7 +91,8 @@ def run_trial(
     setup_s = reporter.started - entered
 
     def on_eval(ev: EvalReport) -> bool:
-        metrics = reporter.evaluation(ev, setup_s=setup_s, graphed_steps=ev.graphed_steps)
+        metrics = reporter.evaluation(ev, setup_s=setup_s, graphed_steps=ev.graphed_steps,
+                                      cuda_graph_capture_s=round(ev.capture_s, 3))  # fmt: skip
         if resume_from is None:
             inject_fault(config.get("fault"), ev.evaluation)
         if reporter.last(ev):

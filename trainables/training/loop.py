@@ -147,6 +147,7 @@ class _Run:
         # eager model: dev batches have other shapes, each a costly compilation
         report = progress.report(plan, train_loss=train_loss, dev_loss=dev_loss,
                                  graphed_steps=self.step.replays,
+                                 capture_s=self.step.capture_s,
                                  state=lambda: self._state(step))  # fmt: skip
         if self.plateau_hook is not None:
             # lora_grow: grow the rank when the dev loss stalls, before on_eval checkpoints it.

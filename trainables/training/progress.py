@@ -54,6 +54,7 @@ class EvalReport:
     tokens_seen: int  # real tokens trained on so far (for an MFU estimate)
     train_s: float  # training wall time so far, evaluations excluded
     graphed_steps: int  # steps of this fit call (since start or resume) run from a CUDA graph
+    capture_s: float  # of train_s, the seconds this fit call spent capturing graphs
     state: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
 
 
@@ -137,6 +138,7 @@ class Progress:
         train_loss: float,
         dev_loss: float,
         graphed_steps: int = 0,
+        capture_s: float = 0.0,
         state: Callable[[], dict[str, Any]] | None = None,
     ) -> EvalReport:
         """The report of the evaluation just recorded."""
@@ -154,6 +156,7 @@ class Progress:
             tokens_seen=self.tokens_seen,
             train_s=self.train_s,
             graphed_steps=graphed_steps,
+            capture_s=capture_s,
             state=state or no_state,
         )
 

@@ -67,6 +67,7 @@ class TrialReporter:
             "dev_score": ev.dev_score,
             **{f"dev_{k}": v for k, v in ev.dev_metrics.items() if k != "score"},
             "train_samples_per_s": ev.train_samples_per_s,
+            "train_s": ev.train_s,  # of wall_s, training (graph capture included), evaluations not
             "mfu": trial_mfu(self.model, ev, self.device),  # None on CPU: no known peak
             "wall_s": time.perf_counter() - self.started,
             "status": "running",
