@@ -17,6 +17,8 @@ from trainables.training.batching import (
     epoch_batches,
     epoch_plan,
     eval_plan,
+    padded_width,
+    shared_widths,
 )
 
 
@@ -120,6 +122,51 @@ def test_epoch_batches_resume_at_a_batch_index_exactly():
     assert epoch_batches(data, start=len(full), **kwargs) == []
     with pytest.raises(ValueError, match="start="):
         epoch_batches(data, start=len(full) + 1, **kwargs)
+
+
+def tweet_like(n: int = 3_000, *, seed: int = 0) -> Encoded:
+    """Mostly short rows and a thin tail of long ones, as tweets are (widths 56-96 rare)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.where(rng.random(n) < 0.02, rng.integers(50, 97, size=n),
+                       np.clip(rng.normal(30, 8, size=n), 3, 48)).astype(np.int64)  # fmt: skip
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = rng.integers(1, 1000, size=offsets[-1]).astype(np.int32)
+    return Encoded(ids, offsets, rng.integers(0, 3, size=n), None)
+
+
+def test_rare_widths_pad_up_to_a_common_one_and_the_widest_stays():
+    data = tweet_like()
+    plan = epoch_plan(data.lengths, batch_size=32, seed=0, epoch=0)
+    own = [padded_width(int(data.lengths[idx].max())) for idx in plan]
+    shared = shared_widths(data.lengths, plan, batch_size=32, min_batches=8)
+    full = [i for i, idx in enumerate(plan) if len(idx) == 32]
+    counts = {w: sum(own[i] == w for i in full) for w in set(own)}
+    kept = {w for w, n in counts.items() if n >= 8} | {max(own[i] for i in full)}
+    assert set(own) - kept, "the data must have rare widths for this test to mean anything"
+    assert {shared[i] for i in full} == kept  # fewer shapes to capture
+    for i, idx in enumerate(plan):
+        assert shared[i] >= own[i]  # never narrower than the batch's longest row
+        if len(idx) == 32:  # the next width kept, no wider
+            assert shared[i] == min(w for w in kept if w >= own[i])
+        else:
+            assert shared[i] == own[i]  # a short batch runs eager: its own width
+    assert shared_widths(data.lengths, plan, batch_size=32, min_batches=1) == own
+
+
+def test_epoch_batches_pad_rare_widths_up_and_resume_as_the_whole_epoch():
+    data = tweet_like()
+    kwargs = {"batch_size": 32, "seed": 3, "epoch": 0, "min_width_batches": 8}
+    plain = epoch_batches(data, batch_size=32, seed=3, epoch=0)
+    shared = epoch_batches(data, **kwargs)
+    widths = {b.input_ids.shape[1] for b in shared if b.size == 32}
+    assert len(widths) < len({b.input_ids.shape[1] for b in plain if b.size == 32})
+    for a, b in zip(plain, shared, strict=True):  # the same rows and tokens, only more padding
+        w = a.input_ids.shape[1]
+        assert torch.equal(a.input_ids, b.input_ids[:, :w]) and not b.attention_mask[:, w:].any()
+        assert (b.input_ids[:, w:] == PAD_ID).all() and a.num_tokens == b.num_tokens
+    rest = epoch_batches(data, start=40, **kwargs)  # widths from the whole epoch, not the rest
+    assert [b.input_ids.shape for b in rest] == [b.input_ids.shape for b in shared[40:]]
 
 
 def test_eval_plan_is_longest_first_and_covers_everything():

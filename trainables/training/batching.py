@@ -4,7 +4,9 @@ Contracts the loop relies on:
 
 * :func:`epoch_plan` is a pure function of ``(seed, epoch)`` and the lengths, so a resumed run
   rebuilds the same plan and skips to its batch index exactly; every example appears once per epoch.
-* :func:`collate` pads a batch only to its longest row, rounded up to :data:`PAD_MULTIPLE`.
+* :func:`collate` pads a batch only to its longest row, rounded up to :data:`PAD_MULTIPLE`;
+  a graphed run's :func:`epoch_batches` pads a batch of a rare width up to a common one
+  (:func:`shared_widths`), so that a shape seen a few times an epoch is not captured for them.
 * :func:`eval_plan` sorts by length without shuffling; callers undo the order with the indices.
 """
 
@@ -23,6 +25,13 @@ PAD_MULTIPLE = 8
 # Length grouping sorts within chunks of this many batches: wide enough that batches come out
 # nearly uniform in length, narrow enough that each chunk is still a random sample of the data.
 CHUNK_BATCHES = 50
+# A graphed run captures each batch width once, at the cost of about three eager steps and the
+# graph's instantiation (0.19 s a width for e4_budget's LoRA trial alone on an H100, 0.5 s with
+# 16 processes sharing it). Tweets' longest widths (56-96 tokens) come up 2-10 times an epoch of
+# 1,363 batches, 1-6 times before ASHA's first decision: a width with fewer full batches than this
+# an epoch is padded up to the next width kept, which costs those few batches a replay a little
+# wider (docs/BENCHMARKS.md).
+MIN_WIDTH_BATCHES = 16
 PAD_ID = 0  # BERT's [PAD]; masked out by attention_mask, so the value only has to be a valid id
 
 
@@ -89,12 +98,34 @@ def eval_plan(lengths: np.ndarray, *, batch_size: int) -> list[np.ndarray]:
     return _cut(np.argsort(-lengths, kind="stable"), batch_size)
 
 
-def collate(data: Encoded, indices: np.ndarray, *, pin_memory: bool = False) -> Batch:
-    """Pad the rows ``indices`` of ``data`` to their longest, rounded up to :data:`PAD_MULTIPLE`."""
+def padded_width(longest: int) -> int:
+    """The width a batch whose longest row is ``longest`` tokens pads to by default."""
+    return max(PAD_MULTIPLE, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
+def shared_widths(
+    lengths: np.ndarray, plan: list[np.ndarray], *, batch_size: int, min_batches: int
+) -> list[int]:
+    """The width each batch of ``plan`` pads to when widths of fewer than ``min_batches`` full
+    batches in the plan are padded up to the next width kept; the widest is always kept. A short
+    batch (run eager, never captured) keeps its own width."""
+    own = [padded_width(int(lengths[idx].max())) for idx in plan]
+    full = [w for w, idx in zip(own, plan, strict=True) if len(idx) == batch_size]
+    widths, counts = np.unique(np.asarray(full, dtype=np.int64), return_counts=True)
+    kept = sorted({int(w) for w, n in zip(widths, counts, strict=True) if n >= min_batches}
+                  | ({int(widths[-1])} if len(widths) else set()))  # fmt: skip
+    return [next((k for k in kept if k >= w), w) if len(idx) == batch_size else w
+            for w, idx in zip(own, plan, strict=True)]  # fmt: skip
+
+
+def collate(
+    data: Encoded, indices: np.ndarray, *, pin_memory: bool = False, width: int | None = None
+) -> Batch:
+    """Pad the rows ``indices`` of ``data`` to their longest, rounded up to :data:`PAD_MULTIPLE`,
+    or to ``width`` (at least that)."""
     indices = np.asarray(indices, dtype=np.int64)
     lengths = data.lengths[indices]
-    longest = int(lengths.max()) if len(lengths) else 0
-    width = max(PAD_MULTIPLE, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+    width = max(width or 0, padded_width(int(lengths.max()) if len(lengths) else 0))
     mask = np.arange(width)[None, :] < lengths[:, None]
     # the flat position of every real token, row-major, which is the order mask-assignment fills
     source = (data.offsets[indices][:, None] + np.arange(width)[None, :])[mask]
@@ -123,15 +154,23 @@ def epoch_batches(
     length_grouping: bool = True,
     start: int = 0,
     pin_memory: bool = False,
+    min_width_batches: int = 0,
 ) -> list[Batch]:
     """The padded batches of ``epoch`` from batch ``start`` on, built up front so the step loop
-    does no numpy work. ``start`` is the batch index a resumed run continues from."""
+    does no numpy work. ``start`` is the batch index a resumed run continues from.
+    ``min_width_batches``: rarer widths padded up (:func:`shared_widths`, over the whole epoch,
+    so a resumed run pads as the uninterrupted one); 0 pads each batch to its own width."""
     plan = epoch_plan(
         data.lengths, batch_size=batch_size, seed=seed, epoch=epoch, length_grouping=length_grouping
     )
     if not 0 <= start <= len(plan):
         raise ValueError(f"start={start} is outside the epoch's {len(plan)} batches")
-    return [collate(data, idx, pin_memory=pin_memory) for idx in plan[start:]]
+    widths: list[int | None] = [None] * len(plan)
+    if min_width_batches > 0 and plan:
+        widths = list(shared_widths(data.lengths, plan, batch_size=batch_size,
+                                    min_batches=min_width_batches))  # fmt: skip
+    return [collate(data, idx, pin_memory=pin_memory, width=w)
+            for idx, w in zip(plan[start:], widths[start:], strict=True)]  # fmt: skip
 
 
 def _cut(order: np.ndarray, batch_size: int) -> list[np.ndarray]:

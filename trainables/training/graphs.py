@@ -7,14 +7,16 @@ of Python and kernel launches (docs/BENCHMARKS.md). A replay costs one launch.
 What a graphed step may touch is fixed at capture, so the loop keeps these static:
 
 * the batch: copied into per-shape input buffers before each replay (dynamic padding makes at most
-  ``max_length / 8`` shapes; a batch of a size not asked for, such as an epoch's short last one,
+  ``max_length / 8`` shapes, fewer where rare widths pad up to common ones,
+  ``batching.MIN_WIDTH_BATCHES``; a batch of a size not asked for, such as an epoch's short last one,
   runs eager);
 * the gradients: allocated once, zeroed in place at the start of every step (never set to None);
 * the optimizer: fused AdamW with ``capturable=True`` and a tensor learning rate per group, which
   the scheduler fills in place.
 
-Capture runs two eager steps on a side stream first (cuBLAS workspaces, lazily created
-optimizer state); the parameters and optimizer state they change are restored afterwards, so
+Capture runs eager steps on a side stream first (cuBLAS workspaces, lazily created optimizer
+state): two before a run's first shape, one (the host-wait check below) before each later one,
+which finds the optimizer state made; the parameters and optimizer state they change are restored afterwards, so
 graphing changes speed, not the run (dropout draws from the same generator, at other offsets).
 All graphs of a process share one memory pool per device (:func:`_graph_pool`): a run's batch
 shapes, a fused pool's groups, the trials a reused actor runs in turn. Only one replays at a time
@@ -23,7 +25,7 @@ replay, so what one graph frees after capture another may use. A pool per run ha
 seven groups on an H100 hold 47-54 GiB in graph pools and fail out of memory (docs/BENCHMARKS.md).
 
 A step that waits for the host (``torch.all(mask == 1)`` in a condition, ``.item()``) cannot be
-captured: the second warm-up step runs with such waits raising, and one that raises turns graphs
+captured: the last warm-up step runs with such waits raising, and one that raises turns graphs
 off for the rest of the run, as does a capture that fails; :attr:`StepGraphs.off_reason` says
 why. Methods with per-step Python hooks that change what a step computes (lora_grow, the
 fusion-entropy LoRA placement) must not be graphed: the loop checks ``model.graph_safe``. A hook
@@ -119,7 +121,8 @@ class StepGraphs:
             with torch.cuda.stream(side), warnings.catch_warnings():
                 # a capturable optimizer stepping outside a graph warns once; that is the warm-up
                 warnings.simplefilter("ignore", UserWarning)
-                self._eager(inputs)  # creates the optimizer state (a host copy): not checked
+                if fresh:  # the run's first capture: the step creates the optimizer state (a
+                    self._eager(inputs)  # host copy), not checked; later shapes need one step
                 with _host_syncs_raise():
                     self._eager(inputs)
         except RuntimeError as error:

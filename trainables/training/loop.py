@@ -25,7 +25,7 @@ from trainables.data.encoded import Encoded
 from trainables.inference import SDPA_BACKENDS, evaluate
 from trainables.model import PeftClassifier
 from trainables.train_config import TrainConfig
-from trainables.training.batching import Batch, epoch_batches
+from trainables.training.batching import MIN_WIDTH_BATCHES, Batch, epoch_batches
 from trainables.training.plan import FitPlan, graphable
 from trainables.training.progress import (
     EvalReport,
@@ -128,6 +128,7 @@ class _Run:
             return epoch_batches(
                 train, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
                 length_grouping=config.length_grouping, start=start, pin_memory=self.plan.cuda,
+                min_width_batches=MIN_WIDTH_BATCHES if self.step.graphed else 0,
             )  # fmt: skip
 
         return batches

@@ -65,6 +65,11 @@ class TrainStep:
         return loss
 
     @property
+    def graphed(self) -> bool:
+        """Whether steps replay from CUDA graphs (asked for, and not turned off since)."""
+        return self.graphs is not None and self.graphs.off_reason is None
+
+    @property
     def captured(self) -> int:
         """Batch shapes whose step runs from a CUDA graph."""
         return 0 if self.graphs is None else self.graphs.captured
