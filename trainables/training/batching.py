@@ -26,7 +26,7 @@ PAD_MULTIPLE = 8
 # nearly uniform in length, narrow enough that each chunk is still a random sample of the data.
 CHUNK_BATCHES = 50
 # A graphed run captures each batch width once, at the cost of about three eager steps and the
-# graph's instantiation (0.19 s a width for e4_budget's LoRA trial alone on an H100, 0.5 s with
+# graph's instantiation (about 0.2 s a width for e4_budget's LoRA trial alone on an H100, 0.5 s with
 # 16 processes sharing it). Tweets' longest widths (56-96 tokens) come up 2-10 times an epoch of
 # 1,363 batches, 1-6 times before ASHA's first decision: a width with fewer full batches than this
 # an epoch is padded up to the next width kept, which costs those few batches a replay a little
