@@ -8,16 +8,17 @@ What a graphed step may touch is fixed at capture, so the loop keeps these stati
 
 * the batch: copied into per-shape input buffers before each replay (dynamic padding makes at most
   ``max_length / 8`` shapes, fewer where rare widths pad up to common ones,
-  ``batching.MIN_WIDTH_BATCHES``; a batch of a size not asked for, such as an epoch's short last one,
-  runs eager);
+  ``batching.MIN_WIDTH_BATCHES``; a batch of a size not asked for, such as an epoch's short last
+  one, runs eager);
 * the gradients: allocated once, zeroed in place at the start of every step (never set to None);
 * the optimizer: fused AdamW with ``capturable=True`` and a tensor learning rate per group, which
   the scheduler fills in place.
 
 Capture runs eager steps on a side stream first (cuBLAS workspaces, lazily created optimizer
 state): two before a run's first shape, one (the host-wait check below) before each later one,
-which finds the optimizer state made; the parameters and optimizer state they change are restored afterwards, so
-graphing changes speed, not the run (dropout draws from the same generator, at other offsets).
+which finds the optimizer state made. The parameters and optimizer state they change are restored
+afterwards, so graphing changes speed, not the run (dropout draws from the same generator, at
+other offsets).
 All graphs of a process share one memory pool per device (:func:`_graph_pool`): a run's batch
 shapes, a fused pool's groups, the trials a reused actor runs in turn. Only one replays at a time
 (one training thread, one stream) and each one's inputs and outputs stay alive while it can
