@@ -67,6 +67,9 @@ class MethodHooks:
     # tuning: position ids and the prefix mask, every step): a wait for the host that a CUDA graph
     # cannot hold. The forward then runs with the inputs' device as the default device.
     host_tensors: bool = False
+    # sees each batch's [B, T] token mask before the encoder runs (UniPELT's gates average over a
+    # row's real tokens: trainables/methods/gates.py)
+    token_mask: Callable[[torch.Tensor], None] | None = None
 
 
 class PeftClassifier(nn.Module):
@@ -112,6 +115,8 @@ class PeftClassifier(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, num_labels]`` for a padded batch (``attention_mask`` 1 on real tokens)."""
+        if self._hooks.token_mask is not None:
+            self._hooks.token_mask(attention_mask)
         on_device = self._hooks.host_tensors and input_ids.device.type != "cpu"
         with torch.device(input_ids.device) if on_device else contextlib.nullcontext():
             out = self.encoder(

@@ -21,6 +21,7 @@ from trainables.methods.adapters_common import (
     quiet_activation,
     reduction_factor,
 )
+from trainables.methods.gates import masked_gates
 from trainables.methods.registry import BuildContext, register_method
 from trainables.model import MethodHooks
 
@@ -101,7 +102,9 @@ def build_unipelt(
     )
     bert = init_adapters(bert)
     hooks = MethodHooks(stored_adjustment=lambda: flattening_adjustment(bert))
-    return add_trainable_adapter(bert, union, hooks)
+    bert, hooks = add_trainable_adapter(bert, union, hooks)
+    # adapters averages each gate over every position, pads included: over real tokens here
+    return bert, dataclasses.replace(hooks, token_mask=masked_gates(bert))
 
 
 register_method(
