@@ -44,6 +44,17 @@ def test_the_library_mean_of_hooked_logits_is_the_masked_mean_with_its_gradient(
         torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-5)
 
 
+def test_saturated_gates_in_bf16_stay_finite_value_and_gradient():
+    model, x = Gated().to(torch.bfloat16), torch.randn(2, 4, 6, dtype=torch.bfloat16)
+    with torch.no_grad():
+        model.gate.bias.fill_(40.0)  # sigmoid rounds to 1 in bf16
+    masked_gates(model)(torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]]))
+    out = model(x)
+    grads = torch.autograd.grad(out.sum(), list(model.parameters()))
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    torch.testing.assert_close(out, torch.ones_like(out))
+
+
 def test_a_mask_of_another_shape_leaves_the_logits_as_they_are():
     model, x = Gated(), torch.randn(2, 4, 6)
     before = model(x)

@@ -58,11 +58,11 @@ def masked_gates(model: nn.Module) -> Callable[[torch.Tensor], None]:
         if mask is None or logits.dim() != 3 or tuple(mask.shape) != tuple(logits.shape[:2]):
             return logits
         real = mask.to(torch.bool).unsqueeze(-1)  # [B, T, 1]
-        weight = real.to(logits.dtype)
-        mean = (torch.sigmoid(logits) * weight).sum(1, keepdim=True) / weight.sum(
-            1, keepdim=True
-        ).clamp_min(1)
-        return torch.where(real, logits, torch.logit(mean.clamp(EPS, 1 - EPS)))
+        weight = real.to(torch.float32)  # in fp32: under bf16 autocast 1 - EPS would round to 1
+        total = (torch.sigmoid(logits.float()) * weight).sum(1, keepdim=True)
+        mean = total / weight.sum(1, keepdim=True).clamp_min(1)
+        fill = torch.logit(mean.clamp(EPS, 1 - EPS)).to(logits.dtype)
+        return torch.where(real, logits, fill)
 
     layers = gate_layers(model)
     if not layers:
