@@ -135,23 +135,40 @@ def tweet_like(n: int = 3_000, *, seed: int = 0) -> Encoded:
     return Encoded(ids, offsets, rng.integers(0, 3, size=n), None)
 
 
-def test_rare_widths_pad_up_to_a_common_one_and_the_widest_stays():
-    data = tweet_like()
+def widths_of(data: Encoded, **kwargs) -> tuple[list[np.ndarray], list[int], list[int]]:
     plan = epoch_plan(data.lengths, batch_size=32, seed=0, epoch=0)
     own = [padded_width(int(data.lengths[idx].max())) for idx in plan]
-    shared = shared_widths(data.lengths, plan, batch_size=32, min_batches=8)
+    return plan, own, shared_widths(data.lengths, plan, batch_size=32, **kwargs)
+
+
+def test_rare_widths_pad_up_to_the_next_width_kept_and_the_widest_stays():
+    plan, own, shared = widths_of(tweet_like(), min_batches=8)
     full = [i for i, idx in enumerate(plan) if len(idx) == 32]
-    counts = {w: sum(own[i] == w for i in full) for w in set(own)}
-    kept = {w for w, n in counts.items() if n >= 8} | {max(own[i] for i in full)}
-    assert set(own) - kept, "the data must have rare widths for this test to mean anything"
-    assert {shared[i] for i in full} == kept  # fewer shapes to capture
+    counts = {w: sum(own[i] == w for i in full) for w in {own[i] for i in full}}
+    kept = {shared[i] for i in full}
+    assert kept < set(counts), "the data must have rare widths for this test to mean anything"
+    assert max(counts) in kept and all(counts[w] < 8 for w in set(counts) - kept)
     for i, idx in enumerate(plan):
-        assert shared[i] >= own[i]  # never narrower than the batch's longest row
-        if len(idx) == 32:  # the next width kept, no wider
+        if len(idx) == 32:  # never narrower than its longest row; the next width kept, no wider
             assert shared[i] == min(w for w in kept if w >= own[i])
         else:
             assert shared[i] == own[i]  # a short batch runs eager: its own width
-    assert shared_widths(data.lengths, plan, batch_size=32, min_batches=1) == own
+    assert widths_of(tweet_like(), min_batches=1)[2] == own
+
+
+def test_padding_up_stays_within_its_share_of_the_tokens_when_every_width_is_rare():
+    rng = np.random.default_rng(1)  # RTE-like: 78 batches of long pairs over many widths
+    lengths = np.clip(rng.lognormal(4.3, 0.45, size=2_490), 20, 256).astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = Encoded(np.ones(offsets[-1], dtype=np.int32), offsets, np.zeros(len(lengths)), None)
+    plan, own, shared = widths_of(data, min_batches=16, max_extra=0.05)
+    tokens = [sum(w * len(idx) for w, idx in zip(ws, plan, strict=True)) for ws in (own, shared)]
+    assert tokens[0] < tokens[1] <= 1.05 * tokens[0]  # some merged, within the share
+    assert 1 < len(set(shared)) < len(set(own))  # not every batch at the widest
+    everything = widths_of(data, min_batches=16, max_extra=10.0)[2]
+    full = {w for w, idx in zip(everything, plan, strict=True) if len(idx) == 32}
+    assert full == {max(own[i] for i, idx in enumerate(plan) if len(idx) == 32)}
 
 
 def test_epoch_batches_pad_rare_widths_up_and_resume_as_the_whole_epoch():

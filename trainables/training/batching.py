@@ -32,6 +32,10 @@ CHUNK_BATCHES = 50
 # an epoch is padded up to the next width kept, which costs those few batches a replay a little
 # wider (docs/BENCHMARKS.md).
 MIN_WIDTH_BATCHES = 16
+# ...as long as the padding this adds stays within this share of the epoch's padded tokens
+# (tweets: 6 widths of 11 kept at +2.0 %; RTE, 78 batches an epoch over 21 widths, all rare,
+# keeps 17 at +4.8 %, where merging every one would pad each batch to 256: 3.3x the tokens).
+MAX_EXTRA_PADDING = 0.05
 PAD_ID = 0  # BERT's [PAD]; masked out by attention_mask, so the value only has to be a valid id
 
 
@@ -104,18 +108,32 @@ def padded_width(longest: int) -> int:
 
 
 def shared_widths(
-    lengths: np.ndarray, plan: list[np.ndarray], *, batch_size: int, min_batches: int
+    lengths: np.ndarray,
+    plan: list[np.ndarray],
+    *,
+    batch_size: int,
+    min_batches: int,
+    max_extra: float = MAX_EXTRA_PADDING,
 ) -> list[int]:
-    """The width each batch of ``plan`` pads to when widths of fewer than ``min_batches`` full
-    batches in the plan are padded up to the next width kept; the widest is always kept. A short
+    """The width each batch of ``plan`` pads to when a width of fewer than ``min_batches`` full
+    batches in the plan pads up to the next width kept above it, widest first, while the tokens
+    this adds stay within ``max_extra`` of the full batches' padded tokens (past that a rare width
+    is kept: a small training set of long rows does not pad every batch to its longest). A short
     batch (run eager, never captured) keeps its own width."""
     own = [padded_width(int(lengths[idx].max())) for idx in plan]
     full = [w for w, idx in zip(own, plan, strict=True) if len(idx) == batch_size]
-    widths, counts = np.unique(np.asarray(full, dtype=np.int64), return_counts=True)
-    kept = sorted({int(w) for w, n in zip(widths, counts, strict=True) if n >= min_batches}
-                  | ({int(widths[-1])} if len(widths) else set()))  # fmt: skip
-    return [next((k for k in kept if k >= w), w) if len(idx) == batch_size else w
-            for w, idx in zip(own, plan, strict=True)]  # fmt: skip
+    counts = {int(w): int(n) for w, n in zip(*np.unique(full, return_counts=True), strict=True)}
+    budget = max_extra * batch_size * sum(full)
+    target: dict[int, int] = {}
+    kept = 0  # the narrowest width kept so far (none yet)
+    for width in sorted(counts, reverse=True):
+        extra = counts[width] * batch_size * (kept - width)
+        if kept and counts[width] < min_batches and extra <= budget:
+            budget -= extra
+            target[width] = kept
+        else:
+            kept = target[width] = width
+    return [target[w] if len(idx) == batch_size else w for w, idx in zip(own, plan, strict=True)]
 
 
 def collate(
