@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from trainables.data.encoded import Encoded
-from trainables.training.batching import PAD_ID, PAD_MULTIPLE, Batch
+from trainables.training.batching import PAD_ID, Batch, padded_width
 
 WIDTH = 64  # tokens a packed row holds: one tile of the memory-efficient attention kernel
 
@@ -53,7 +53,7 @@ def first_fit(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 def width_for(longest: int) -> int:
     """The packed row width for a step whose longest sequence has ``longest`` tokens."""
-    return max(WIDTH, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+    return max(WIDTH, padded_width(longest))
 
 
 def pack(
